@@ -41,7 +41,7 @@ if [[ ! -x "$out/tidegate-controlplane" || ! -x "$out/helm" ]]; then
   # `go build -v` names each package as it compiles: a heartbeat with a count,
   # so a long cold build never sits silent.
   progress() {
-    awk -v what="$1" '/^#|\.go:[0-9]+|rror/ { print > "/dev/stderr"; next }
+    awk -v what="$1" '/^#|\.go:[0-9]+:|^go: / { print > "/dev/stderr"; next }
       { n++; if (n % 50 == 0) printf "  %s: compiled %d packages\n", what, n > "/dev/stderr" }'
   }
   if ! go build -v -trimpath -ldflags "$ldflags" -o "$out.partial/tidegate-controlplane" . 2>&1 | progress tidegate-controlplane; then
@@ -55,6 +55,8 @@ if [[ ! -x "$out/tidegate-controlplane" || ! -x "$out/helm" ]]; then
   fi
   rm -rf "$out"
   mv "$out.partial" "$out"
+  # Builds for other go.sum or Go versions are not used again.
+  find "$cache" -mindepth 1 -maxdepth 1 ! -name "$key" -exec rm -rf {} +
   echo "built in $(($(date +%s) - start))s into $out" >&2
 fi
 

@@ -1,1 +1,265 @@
-fn main() {}
+//! Developer tasks: `cargo xtask <task>`.
+//!
+//!   controlplane    build the test control plane and helm (cached)
+//!   cluster up      start the local control plane in the background
+//!   cluster down    stop it
+//!   demo            start it, sync examples/cluster-state into it, show the result
+//!   test            build what the tests need, then run the whole test suite
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+type Result<T> = std::result::Result<T, String>;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let result = match args.as_slice() {
+        ["controlplane"] => tools_dir().map(|dir| println!("{}", dir.display())),
+        ["cluster", "up"] => cluster_up().map(|kubeconfig| println!("export KUBECONFIG={}", kubeconfig.display())),
+        ["cluster", "down"] => cluster_down(),
+        ["demo"] => demo(),
+        ["test", rest @ ..] => test(rest),
+        _ => Err("usage: cargo xtask <controlplane | cluster up | cluster down | demo | test [cargo test args]>".into()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from)
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(root());
+    cmd
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{cmd:?} failed ({status})"))
+    }
+}
+
+/// Builds the control plane and helm if not cached; returns their directory.
+fn tools_dir() -> Result<PathBuf> {
+    let out = Command::new("bash")
+        .arg(root().join("tests/controlplane/build.sh"))
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run tests/controlplane/build.sh: {e}"))?;
+    if !out.status.success() {
+        return Err("building the control plane failed (see above)".into());
+    }
+    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
+fn cluster_dir() -> PathBuf {
+    target_dir().join("cluster")
+}
+
+fn running_pid(dir: &Path) -> Option<String> {
+    let pid = std::fs::read_to_string(dir.join("pid")).ok()?;
+    let pid = pid.trim().to_string();
+    Path::new("/proc").join(&pid).exists().then_some(pid)
+}
+
+/// Starts the control plane in the background (or finds it running).
+fn cluster_up() -> Result<PathBuf> {
+    let dir = cluster_dir();
+    let kubeconfig = dir.join("kubeconfig");
+    if running_pid(&dir).is_some() && dir.join("ready").exists() {
+        eprintln!(
+            "the local control plane is already running ({})",
+            dir.display()
+        );
+        return Ok(kubeconfig);
+    }
+    let bin = tools_dir()?.join("tidegate-controlplane");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    let log_path = dir.join("supervisor.log");
+    let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
+    eprintln!("starting the local control plane in {}", dir.display());
+    let started = Instant::now();
+    let mut child = {
+        use std::os::unix::process::CommandExt;
+        Command::new(&bin)
+            .arg("up")
+            .arg("--dir")
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log)
+            // Its own process group: it outlives this command and the terminal's Ctrl-C.
+            .process_group(0)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", bin.display()))?
+    };
+    while !dir.join("ready").exists() {
+        let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("the control plane exited ({status}):\n{}", log()));
+        }
+        if started.elapsed() > Duration::from_secs(180) {
+            let _ = child.kill();
+            return Err(format!(
+                "the control plane was not ready after 180s:\n{}",
+                log()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "control plane ready in {:.1}s (logs in {}); stop it with `cargo xtask cluster down`",
+        started.elapsed().as_secs_f64(),
+        dir.join("logs").display()
+    );
+    Ok(kubeconfig)
+}
+
+fn cluster_down() -> Result<()> {
+    let dir = cluster_dir();
+    let Some(pid) = running_pid(&dir) else {
+        eprintln!("the local control plane is not running");
+        return Ok(());
+    };
+    run(Command::new("kill").args(["-TERM", &pid]))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Path::new("/proc").join(&pid).exists() {
+        if Instant::now() > deadline {
+            return Err(format!("process {pid} did not stop within 30s"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("stopped the local control plane");
+    Ok(())
+}
+
+fn git(dir: &Path, args: &[&str]) -> Result<()> {
+    run(Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "tidegate demo")
+        .env("GIT_AUTHOR_EMAIL", "demo@tidegate.invalid")
+        .env("GIT_COMMITTER_NAME", "tidegate demo")
+        .env("GIT_COMMITTER_EMAIL", "demo@tidegate.invalid"))
+}
+
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to).map_err(|e| e.to_string())?;
+    for entry in std::fs::read_dir(from).map_err(|e| e.to_string())? {
+        let entry = entry.map_err(|e| e.to_string())?;
+        let dest = to.join(entry.file_name());
+        if entry.file_type().map_err(|e| e.to_string())?.is_dir() {
+            copy_dir(&entry.path(), &dest)?;
+        } else {
+            std::fs::copy(entry.path(), &dest).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
+}
+
+/// The main job on an embedded default: the bundled cluster-state repository
+/// synced into the local control plane.
+fn demo() -> Result<()> {
+    let kubeconfig = cluster_up()?;
+    run(cargo().args(["build", "--quiet", "--bin", "tidegate"]))?;
+
+    // Serve examples/cluster-state as a Git repository, as a Git host would.
+    let demo = target_dir().join("demo");
+    let _ = std::fs::remove_dir_all(&demo);
+    let work = demo.join("work");
+    copy_dir(&root().join("examples/cluster-state"), &work)?;
+    git(
+        &demo,
+        &[
+            "init",
+            "--quiet",
+            "--bare",
+            "-b",
+            "main",
+            "cluster-state.git",
+        ],
+    )?;
+    git(&work, &["init", "--quiet", "-b", "main"])?;
+    git(&work, &["add", "--all"])?;
+    git(&work, &["commit", "--quiet", "-m", "cluster state"])?;
+    git(
+        &work,
+        &[
+            "push",
+            "--quiet",
+            demo.join("cluster-state.git").to_str().unwrap(),
+            "main",
+        ],
+    )?;
+
+    let url = format!("file://{}", demo.join("cluster-state.git").display());
+    let tidegate = target_dir().join("debug/tidegate");
+    let args = [
+        "daemon",
+        "--once",
+        "--git-url",
+        &url,
+        "--git-branch",
+        "main",
+    ];
+    println!("\n$ tidegate {}", args.join(" "));
+    run(Command::new(&tidegate)
+        .args(args)
+        .env("KUBECONFIG", &kubeconfig))?;
+
+    let kubectl_args = [
+        "get",
+        "namespaces,storageclasses,configmaps,deployments,services,cronjobs,pods",
+        "--all-namespaces",
+        "--selector",
+        "app.kubernetes.io/managed-by=tidegate",
+    ];
+    println!("\n$ kubectl {}", kubectl_args.join(" "));
+    let bin = tools_dir()?.join("tidegate-controlplane");
+    run(Command::new(&bin)
+        .arg("kubectl")
+        .args(kubectl_args)
+        .env("KUBECONFIG", &kubeconfig))?;
+    println!("\n$ kubectl get pods --namespace shop");
+    run(Command::new(&bin)
+        .args(["kubectl", "get", "pods", "--namespace", "shop"])
+        .env("KUBECONFIG", &kubeconfig))?;
+
+    println!(
+        "\nThe control plane keeps running. To look around:\n  export KUBECONFIG={}\n  {} kubectl get all -A\n\
+         Sync again (every object unchanged):\n  {} {}\nStop it:\n  cargo xtask cluster down",
+        kubeconfig.display(),
+        bin.display(),
+        tidegate.display(),
+        args.join(" ")
+    );
+    Ok(())
+}
+
+/// Everything the tests need, then the whole suite.
+fn test(extra: &[&str]) -> Result<()> {
+    tools_dir()?;
+    run(cargo().args(["test", "--workspace"]).args(extra))
+}

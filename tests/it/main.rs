@@ -1,0 +1,9 @@
+//! Integration tests against a real Kubernetes control plane (kube-apiserver,
+//! etcd, controller-manager, scheduler, fake nodes) started once per run by
+//! [`support::control_plane`]. Each test works in namespaces of its own.
+//!
+//! Plain unit tests live beside the code in `src/` and never touch a cluster.
+
+mod control_plane;
+mod support;
+mod sync_once;

@@ -1,0 +1,273 @@
+//! Shared setup: one real control plane per test run, Git repositories pushed
+//! to with `git`, and a helper that runs the built `tidegate` binary.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+pub struct ControlPlane {
+    pub kubeconfig: PathBuf,
+    /// Holds the supervisor's stdin: when the test binary exits the pipe
+    /// closes and the control plane shuts down.
+    _process: Mutex<Option<Child>>,
+}
+
+const READY_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// The control plane shared by every test in this run, started on first use.
+/// `TIDEGATE_TEST_KUBECONFIG` points the tests at an existing cluster instead.
+pub fn control_plane() -> &'static ControlPlane {
+    static CONTROL_PLANE: OnceLock<ControlPlane> = OnceLock::new();
+    CONTROL_PLANE.get_or_init(|| {
+        if let Ok(path) = std::env::var("TIDEGATE_TEST_KUBECONFIG") {
+            return ControlPlane {
+                kubeconfig: PathBuf::from(path),
+                _process: Mutex::new(None),
+            };
+        }
+        start_control_plane()
+    })
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Builds (or finds in the cache) the control plane and helm; returns their directory.
+pub fn tools_dir() -> PathBuf {
+    static TOOLS: OnceLock<PathBuf> = OnceLock::new();
+    TOOLS
+        .get_or_init(|| {
+            let script = repo_root().join("tests/controlplane/build.sh");
+            let output = Command::new("bash")
+                .arg(&script)
+                .stderr(Stdio::inherit())
+                .output()
+                .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+            if !output.status.success() {
+                panic!(
+                    "the test control plane could not be built (see the messages above).\n\
+                     It needs Go >= 1.24 and the Go module proxy: run `cargo xtask controlplane` \
+                     to build it, or set TIDEGATE_TEST_KUBECONFIG to the kubeconfig of an \
+                     existing cluster to test against that instead."
+                );
+            }
+            PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
+        })
+        .clone()
+}
+
+fn start_control_plane() -> ControlPlane {
+    let bin = tools_dir().join("tidegate-controlplane");
+    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let dir = base.join(format!("controlplane-{}", std::process::id()));
+    // Earlier runs leave their directories behind; their processes are gone.
+    if let Ok(entries) = std::fs::read_dir(&base) {
+        for entry in entries.flatten() {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with("controlplane-")
+            {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    std::fs::create_dir_all(&dir).expect("create control plane directory");
+    let log = std::fs::File::create(dir.join("supervisor.log")).expect("create log");
+    let started = Instant::now();
+    let mut child = Command::new(&bin)
+        .args(["up", "--dir"])
+        .arg(&dir)
+        .arg("--exit-on-stdin-close")
+        .stdin(Stdio::piped())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+    let ready = dir.join("ready");
+    while !ready.exists() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "the control plane exited ({status}) before it was ready:\n{}",
+                read_tail(&dir.join("supervisor.log"))
+            );
+        }
+        if started.elapsed() > READY_TIMEOUT {
+            let _ = child.kill();
+            panic!(
+                "the control plane was not ready after {READY_TIMEOUT:?}:\n{}",
+                read_tail(&dir.join("supervisor.log"))
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "control plane ready in {:.1}s ({})",
+        started.elapsed().as_secs_f64(),
+        dir.display()
+    );
+    ControlPlane {
+        kubeconfig: dir.join("kubeconfig"),
+        _process: Mutex::new(Some(child)),
+    }
+}
+
+fn read_tail(path: &Path) -> String {
+    let mut text = String::new();
+    if let Ok(mut f) = std::fs::File::open(path) {
+        let _ = f.read_to_string(&mut text);
+    }
+    let start = text.len().saturating_sub(4000);
+    text[text.ceil_char_boundary(start)..].to_string()
+}
+
+/// A client for the shared control plane.
+pub async fn client() -> kube::Client {
+    let cp = control_plane();
+    let kubeconfig = Kubeconfig::read_from(&cp.kubeconfig).expect("read kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("kubeconfig");
+    kube::Client::try_from(config).expect("client")
+}
+
+/// A name unique to this test run, for a test's own namespace.
+pub fn unique(prefix: &str) -> String {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Runs the built `tidegate` binary against the shared control plane.
+pub fn tidegate(args: &[&str]) -> Output {
+    let cp = control_plane();
+    Command::new(env!("CARGO_BIN_EXE_tidegate"))
+        .args(args)
+        .env("KUBECONFIG", &cp.kubeconfig)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run tidegate")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A bare repository and a clone of it to commit into.
+pub struct GitRepo {
+    _dir: tempfile::TempDir,
+    pub bare: PathBuf,
+    pub work: PathBuf,
+    pub cache: PathBuf,
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "test")
+        .env("GIT_AUTHOR_EMAIL", "test@example.com")
+        .env("GIT_COMMITTER_NAME", "test")
+        .env("GIT_COMMITTER_EMAIL", "test@example.com")
+        .output()
+        .expect("run git");
+    assert!(
+        out.status.success(),
+        "git {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+impl GitRepo {
+    pub fn new() -> GitRepo {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bare = dir.path().join("repo.git");
+        let work = dir.path().join("work");
+        let cache = dir.path().join("cache");
+        git(
+            dir.path(),
+            &["init", "--quiet", "--bare", "-b", "main", "repo.git"],
+        );
+        git(dir.path(), &["init", "--quiet", "-b", "main", "work"]);
+        git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
+        GitRepo {
+            _dir: dir,
+            bare,
+            work,
+            cache,
+        }
+    }
+
+    pub fn write(&self, path: &str, text: &str) -> &Self {
+        let file = self.work.join(path);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(file, text).unwrap();
+        self
+    }
+
+    /// Commits everything and pushes it to `main`; returns the commit SHA.
+    pub fn push(&self, message: &str) -> String {
+        git(&self.work, &["add", "--all"]);
+        git(
+            &self.work,
+            &["commit", "--quiet", "--allow-empty", "-m", message],
+        );
+        git(&self.work, &["push", "--quiet", "origin", "HEAD:main"]);
+        git(&self.work, &["rev-parse", "HEAD"])
+    }
+
+    pub fn url(&self) -> String {
+        format!("file://{}", self.bare.display())
+    }
+
+    /// `tidegate daemon --once` on this repository, plus extra arguments.
+    pub fn sync_once(&self, extra: &[&str]) -> Output {
+        let url = self.url();
+        let cache = self.cache.to_string_lossy().into_owned();
+        let mut args = vec![
+            "daemon",
+            "--once",
+            "--git-url",
+            &url,
+            "--git-branch",
+            "main",
+            "--git-cache-dir",
+            &cache,
+        ];
+        args.extend_from_slice(extra);
+        tidegate(&args)
+    }
+}
+
+/// Polls `check` until it returns `Some`, or panics after `timeout` with `what`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
