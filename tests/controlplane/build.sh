@@ -30,19 +30,19 @@ if [[ ! -x "$out/tidegate-controlplane" || ! -x "$out/helm" ]]; then
   start=$(date +%s)
   echo "building the test control plane: Kubernetes $k8s_version and helm $helm_version from the Go module proxy" >&2
   echo "(a cold build downloads about 1 GB of modules and compiles for 15-30 minutes on 2 cores; later runs reuse $cache)" >&2
-  go mod download -x 2>&1 | awk '/^# get .*200 OK/ { n++; if (n % 100 == 0) printf "  downloaded %d modules\n", n > "/dev/stderr" }'
-  echo "  modules ready after $(($(date +%s) - start))s" >&2
 
   build_date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
   minor=$(echo "$k8s_version" | cut -d. -f2)
   kv() { echo "-X $1.gitVersion=$k8s_version -X $1.gitMajor=1 -X $1.gitMinor=$minor -X $1.gitTreeState=clean -X $1.buildDate=$build_date"; }
   ldflags="-s -w $(kv k8s.io/component-base/version) $(kv k8s.io/client-go/pkg/version)"
 
-  # `go build -v` names each package as it compiles: a heartbeat with a count,
-  # so a long cold build never sits silent.
+  # `go build -v` names each module it downloads and each package it compiles:
+  # counted into a heartbeat, so a long cold build never sits silent.
   progress() {
-    awk -v what="$1" '/^#|\.go:[0-9]+:|^go: / { print > "/dev/stderr"; next }
-      { n++; if (n % 50 == 0) printf "  %s: compiled %d packages\n", what, n > "/dev/stderr" }'
+    awk -v what="$1" '
+      /^go: downloading/ { d++; if (d % 50 == 0) printf "  %s: downloaded %d modules\n", what, d > "/dev/stderr"; next }
+      /^#|\.go:[0-9]+:|^go: / { print > "/dev/stderr"; next }
+      { n++; if (n % 100 == 0) printf "  %s: compiled %d packages (%ds)\n", what, n, systime() - start > "/dev/stderr" }' start="$start"
   }
   if ! go build -v -trimpath -ldflags "$ldflags" -o "$out.partial/tidegate-controlplane" . 2>&1 | progress tidegate-controlplane; then
     echo "error: go build of the control plane failed (see above)" >&2
