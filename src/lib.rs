@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod cluster;
 pub mod object;
+pub mod plan;
 pub mod render;
 pub mod source;
 pub mod sync;

@@ -1,193 +1,718 @@
-//! One sync: source → render → apply, with a report of what happened to every
-//! object.
+//! One sync: source → render → plan → apply → prune → record.
+//!
+//! The plan is computed from the desired set and the live objects (one list
+//! per resource, no per-object reads for objects tidegate already manages), so
+//! a sync of an unchanged revision sends no writes for the objects.
 
-use std::path::PathBuf;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures::StreamExt;
-use futures::stream;
+use futures::{StreamExt, stream};
+use serde::Serialize;
+use serde_json::Value;
 
-use crate::cluster::Cluster;
-use crate::cluster::apply::{self, Action, Ownership};
+use crate::cluster::apply::{is_immutable_error, reason};
+use crate::cluster::state::{ObjectError, Outcome, StateRef, SyncStatus, now};
+use crate::cluster::{Cluster, Resolved};
 use crate::object::ObjectRef;
+use crate::plan::{self, Change, Desired, Inventory, Stage};
 use crate::render::{self, DesiredSet, Manifest};
-use crate::source::{self, GitSource, Snapshot};
+use crate::source::{GitSource, Snapshot};
 
 /// Objects applied at once within a stage.
 const CONCURRENCY: usize = 16;
 const CRD_ESTABLISH_TIMEOUT: Duration = Duration::from_secs(60);
 
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub paths: Vec<PathBuf>,
-    pub default_namespace: String,
-    pub sync_set: String,
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GarbageCollection {
+    Off,
+    /// Log what would be deleted, delete nothing.
+    Dry,
+    On,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("fetch failed")]
-    Source(#[from] source::Error),
-    #[error("render of revision {revision} failed: {errors}")]
-    Render {
-        revision: String,
-        errors: render::Errors,
-    },
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub render: render::Options,
+    pub default_namespace: String,
+    /// When not empty, objects may live only in these namespaces.
+    pub allow_namespaces: Vec<String>,
+    pub sync_set: String,
+    /// Take over fields other managers own (server-side apply `force`).
+    pub force_conflicts: bool,
+    pub gc: GarbageCollection,
+    pub state: StateRef,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Created,
+    Configured,
+    Unchanged,
+    Recreated,
+    Ignored,
+    Pruned,
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let word = serde_json::to_value(self).expect("serializes");
+        f.write_str(word.as_str().expect("a string"))
+    }
+}
+
+/// What a sync reports as it goes, for the CLI to print.
+pub enum Progress<'a> {
+    Object(&'a ObjectRef, Action),
+    Failed(&'a ObjectError),
+    WouldPrune(&'a ObjectRef),
+    Warning(&'a str),
+}
+
+pub type OnProgress<'a> = &'a mut (dyn FnMut(Progress<'_>) + Send);
+
+/// One object of a plan, with the live state it was compared to.
+#[derive(Debug, Clone)]
+pub struct Item {
+    pub desired: Desired,
+    pub resolved: Resolved,
+    pub live: Option<Value>,
+    pub change: Change,
+}
+
+/// A desired set placed and compared with the cluster.
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub items: Vec<Item>,
+    /// Custom resources whose CRD is in the same desired set but not yet served.
+    pub deferred: Vec<Manifest>,
+    pub errors: Vec<ObjectError>,
+    pub prune: Vec<ObjectRef>,
+}
+
+fn object_error(id: &ObjectRef, origin: Option<String>, reason: String) -> ObjectError {
+    ObjectError {
+        object: id.to_string(),
+        origin,
+        reason,
+    }
+}
+
+/// Kinds that custom resource definitions in the desired set will define.
+fn kinds_defined(set: &DesiredSet) -> HashSet<(String, String)> {
+    set.manifests
+        .iter()
+        .filter(|m| m.id.group == "apiextensions.k8s.io" && m.id.kind == "CustomResourceDefinition")
+        .filter_map(|m| {
+            let spec = &m.object["spec"];
+            Some((
+                spec["group"].as_str()?.to_string(),
+                spec["names"]["kind"].as_str()?.to_string(),
+            ))
+        })
+        .collect()
+}
+
+/// Resolves kinds, places namespaces, checks allowed namespaces, adds marks.
+async fn place(
+    cluster: &Cluster,
+    manifests: &[Manifest],
+    settings: &Settings,
+    crd_kinds: &HashSet<(String, String)>,
+    plan: &mut Plan,
+) -> Vec<(Desired, Resolved)> {
+    let mut placed = Vec::new();
+    for m in manifests {
+        let resolved = match cluster.resolve(&m.id).await {
+            Ok(r) => r,
+            Err(e) => {
+                if crd_kinds.contains(&(m.id.group.clone(), m.id.kind.clone())) {
+                    plan.deferred.push(m.clone());
+                } else {
+                    plan.errors.push(object_error(
+                        &m.id,
+                        Some(m.origin().to_string()),
+                        crate::error_chain(&e),
+                    ));
+                }
+                continue;
+            }
+        };
+        let mut id = m.id.clone();
+        id.namespace = if resolved.namespaced() {
+            Some(
+                m.id.namespace
+                    .clone()
+                    .unwrap_or_else(|| settings.default_namespace.clone()),
+            )
+        } else {
+            None
+        };
+        if !settings.allow_namespaces.is_empty() {
+            let refusal = match &id.namespace {
+                None => Some("it is cluster-scoped, and --k8s-allow-namespace limits tidegate to namespaced objects".to_string()),
+                Some(ns) if !settings.allow_namespaces.contains(ns) => Some(format!(
+                    "namespace {ns} is not allowed (--k8s-allow-namespace: {})",
+                    settings.allow_namespaces.join(", ")
+                )),
+                Some(_) => None,
+            };
+            if let Some(reason) = refusal {
+                plan.errors
+                    .push(object_error(&id, Some(m.origin().to_string()), reason));
+                continue;
+            }
+        }
+        let checksum = render::checksum(&m.object);
+        let object = plan::place(&m.object, &id, &settings.sync_set, &checksum);
+        let stage = Stage::of(&id, resolved.namespaced());
+        placed.push((
+            Desired {
+                id,
+                origin: m.origin(),
+                object,
+                checksum,
+                stage,
+            },
+            resolved,
+        ));
+    }
+    placed
+}
+
+/// Reads the live objects (one list per resource, then single reads for
+/// objects that carry no tidegate label yet) and classifies each desired one.
+async fn observe(cluster: &Cluster, placed: Vec<(Desired, Resolved)>, plan: &mut Plan) {
+    let mut by_resource: BTreeMap<(String, String, String), (Resolved, BTreeSet<String>)> =
+        BTreeMap::new();
+    for (d, r) in &placed {
+        let key = (
+            r.resource.group.clone(),
+            r.resource.version.clone(),
+            r.resource.plural.clone(),
+        );
+        let entry = by_resource
+            .entry(key)
+            .or_insert_with(|| (r.clone(), BTreeSet::new()));
+        if let Some(ns) = &d.id.namespace {
+            entry.1.insert(ns.clone());
+        }
+    }
+    let mut live: HashMap<ObjectRef, Value> = HashMap::new();
+    let mut unreadable: HashMap<(String, String, String), String> = HashMap::new();
+    for (key, (resolved, namespaces)) in by_resource {
+        let namespaces: Vec<String> = namespaces.into_iter().collect();
+        match cluster.list_managed(&resolved, &namespaces).await {
+            Ok(items) => {
+                for obj in items {
+                    let id = ObjectRef {
+                        group: resolved.resource.group.clone(),
+                        version: resolved.resource.version.clone(),
+                        kind: resolved.resource.kind.clone(),
+                        namespace: obj.metadata.namespace.clone(),
+                        name: obj.metadata.name.clone().unwrap_or_default(),
+                    };
+                    live.insert(id, serde_json::to_value(&obj).expect("objects serialize"));
+                }
+            }
+            Err(e) => {
+                unreadable.insert(key, reason(&e));
+            }
+        }
+    }
+    let unlisted: Vec<&(Desired, Resolved)> = placed
+        .iter()
+        .filter(|(d, _)| !live.contains_key(&d.id))
+        .collect();
+    let fetched: Vec<(ObjectRef, Result<Option<Value>, String>)> =
+        stream::iter(unlisted.into_iter().map(|(d, r)| async move {
+            let found = cluster
+                .get(r, &d.id)
+                .await
+                .map(|o| o.map(|o| serde_json::to_value(&o).expect("objects serialize")))
+                .map_err(|e| reason(&e));
+            (d.id.clone(), found)
+        }))
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await;
+    let mut missing = HashSet::new();
+    for (id, found) in fetched {
+        match found {
+            Ok(Some(v)) => {
+                live.insert(id, v);
+            }
+            Ok(None) => {
+                missing.insert(id);
+            }
+            Err(reason) => {
+                plan.errors.push(object_error(
+                    &id,
+                    None,
+                    format!("cannot read the live object: {reason}"),
+                ));
+            }
+        }
+    }
+    for (desired, resolved) in placed {
+        let key = (
+            resolved.resource.group.clone(),
+            resolved.resource.version.clone(),
+            resolved.resource.plural.clone(),
+        );
+        if let Some(reason) = unreadable.get(&key) {
+            tracing::debug!(object = %desired.id, "list failed ({reason}); read singly");
+        }
+        let live_object = live.remove(&desired.id);
+        let change = match &live_object {
+            None if missing.contains(&desired.id) => Change::Create,
+            None => continue, // read error, reported above
+            Some(l) if render::is_ignored(l) => Change::Ignored,
+            Some(l) if plan::is_subset(&desired.object, l) => Change::Unchanged,
+            Some(_) => Change::Update,
+        };
+        plan.items.push(Item {
+            desired,
+            resolved,
+            live: live_object,
+            change,
+        });
+    }
+}
+
+/// Places and compares a desired set, and works out what to prune.
+pub async fn plan(
+    cluster: &Cluster,
+    set: &DesiredSet,
+    settings: &Settings,
+    inventory: &Inventory,
+) -> Plan {
+    let mut plan = Plan::default();
+    let crd_kinds = kinds_defined(set);
+    let placed = place(cluster, &set.manifests, settings, &crd_kinds, &mut plan).await;
+    observe(cluster, placed, &mut plan).await;
+    let mut desired: BTreeMap<ObjectRef, Stage> = plan
+        .items
+        .iter()
+        .map(|i| (i.desired.id.clone(), i.desired.stage))
+        .collect();
+    // Whatever Git still has is not pruned, even if it failed to place, waits
+    // for its CRD, or moved to another API version.
+    for m in &set.manifests {
+        for id in inventory
+            .iter()
+            .filter(|id| id.group == m.id.group && id.kind == m.id.kind && id.name == m.id.name)
+        {
+            if m.id.namespace.is_none() || m.id.namespace == id.namespace {
+                desired.entry(id.clone()).or_insert(Stage::Workloads);
+            }
+        }
+    }
+    plan.prune = plan::to_prune(inventory, &desired, |id| {
+        Stage::of(id, id.namespace.is_some())
+    });
+    plan
 }
 
 /// What one sync did.
 #[derive(Debug, Default)]
 pub struct SyncReport {
-    pub revision: String,
-    pub applied: Vec<(ObjectRef, Action)>,
-    pub failed: Vec<apply::Error>,
+    pub revision: Option<String>,
+    pub actions: Vec<(ObjectRef, Action)>,
+    pub errors: Vec<ObjectError>,
+    pub warnings: Vec<String>,
+    /// Why the sync stopped before applying anything (fetch or render).
+    pub message: Option<String>,
+    pub interrupted: bool,
+    /// Write requests sent for objects (applies and deletes).
+    pub writes: usize,
 }
 
 impl SyncReport {
-    pub fn succeeded(&self) -> bool {
-        self.failed.is_empty()
-    }
-
     pub fn count(&self, action: Action) -> usize {
-        self.applied.iter().filter(|(_, a)| *a == action).count()
-    }
-}
-
-/// Apply order: CRDs first (and wait for them), then Namespaces, then
-/// everything else. Kinds are resolved only after the CRDs exist.
-fn early_stage(m: &Manifest) -> Option<u8> {
-    match (m.id.group.as_str(), m.id.kind.as_str()) {
-        ("apiextensions.k8s.io", "CustomResourceDefinition") => Some(0),
-        ("", "Namespace") => Some(1),
-        _ => None,
-    }
-}
-
-/// Where a namespaced kind goes among the namespaced objects: what others
-/// refer to first, workloads after, admission webhooks last.
-fn kind_rank(id: &ObjectRef) -> u8 {
-    match id.kind.as_str() {
-        "ServiceAccount" => 0,
-        "Role" | "RoleBinding" | "ClusterRole" | "ClusterRoleBinding" => 1,
-        "ConfigMap" | "Secret" | "PersistentVolumeClaim" | "LimitRange" | "ResourceQuota" => 2,
-        "Service" => 3,
-        "MutatingWebhookConfiguration" | "ValidatingWebhookConfiguration" => 9,
-        _ => 5,
-    }
-}
-
-/// Fetches, renders and applies one revision.
-pub async fn run_once(
-    cluster: &Cluster,
-    source: &GitSource,
-    settings: &Settings,
-    on_object: &mut dyn FnMut(&ObjectRef, &Result<Action, &apply::Error>),
-) -> Result<SyncReport, Error> {
-    let snapshot: Snapshot = source.fetch()?;
-    let span = tracing::info_span!("sync", revision = %snapshot.revision);
-    let _enter = span.enter();
-    let desired =
-        render::render(&snapshot.tree, &settings.paths).map_err(|errors| Error::Render {
-            revision: snapshot.revision.clone(),
-            errors,
-        })?;
-    drop(_enter);
-    let mut report = apply_set(cluster, &desired, settings, on_object).await;
-    report.revision = snapshot.revision;
-    Ok(report)
-}
-
-/// Applies a desired set in stages.
-pub async fn apply_set(
-    cluster: &Cluster,
-    desired: &DesiredSet,
-    settings: &Settings,
-    on_object: &mut dyn FnMut(&ObjectRef, &Result<Action, &apply::Error>),
-) -> SyncReport {
-    let ownership = Ownership {
-        sync_set: settings.sync_set.clone(),
-    };
-    let mut report = SyncReport::default();
-    let mut stages: Vec<Vec<&Manifest>> = vec![Vec::new(); 3];
-    for m in &desired.manifests {
-        stages[early_stage(m).map_or(2, usize::from)].push(m);
+        self.actions.iter().filter(|(_, a)| *a == action).count()
     }
 
-    for (n, stage) in stages.iter_mut().enumerate() {
-        if n == 2 {
-            // Cluster-scoped kinds before namespaced ones; then by kind rank.
-            let mut keyed = Vec::new();
-            for m in stage.drain(..) {
-                let cluster_scoped = match cluster.resolve(&m.id).await {
-                    Ok(r) => !r.namespaced(),
-                    Err(_) => false, // reported when applied
-                };
-                keyed.push(((!cluster_scoped, kind_rank(&m.id)), m));
-            }
-            keyed.sort_by_key(|(k, _)| *k);
-            let mut groups: Vec<Vec<&Manifest>> = Vec::new();
-            let mut last = None;
-            for (key, m) in keyed {
-                if last != Some(key) {
-                    groups.push(Vec::new());
-                    last = Some(key);
-                }
-                groups.last_mut().expect("pushed").push(m);
-            }
-            for group in groups {
-                apply_group(
-                    cluster,
-                    &group,
-                    settings,
-                    &ownership,
-                    &mut report,
-                    on_object,
-                )
-                .await;
-            }
+    pub fn outcome(&self) -> Outcome {
+        if self.interrupted {
+            Outcome::Interrupted
+        } else if self.message.is_some() || !self.errors.is_empty() {
+            Outcome::Failed
         } else {
-            apply_group(cluster, stage, settings, &ownership, &mut report, on_object).await;
+            Outcome::Succeeded
         }
-        if n == 0 && !stage.is_empty() {
-            for m in stage.iter() {
-                if let Err(e) = apply::wait_established(cluster, &m.id, CRD_ESTABLISH_TIMEOUT).await
+    }
+
+    pub fn status(&self, started: String) -> SyncStatus {
+        let mut counts = BTreeMap::new();
+        for action in [
+            Action::Created,
+            Action::Configured,
+            Action::Unchanged,
+            Action::Recreated,
+            Action::Ignored,
+            Action::Pruned,
+        ] {
+            counts.insert(action.to_string(), self.count(action));
+        }
+        counts.insert("failed".to_string(), self.errors.len());
+        SyncStatus {
+            revision: self.revision.clone(),
+            started,
+            finished: now(),
+            result: self.outcome(),
+            message: self.message.clone(),
+            counts,
+            errors: self.errors.clone(),
+            warnings: self.warnings.clone(),
+        }
+    }
+}
+
+/// Applies one object as planned.
+async fn apply_item(
+    cluster: &Cluster,
+    item: &Item,
+    settings: &Settings,
+) -> Result<Action, ObjectError> {
+    let d = &item.desired;
+    let fail = |reason: String| object_error(&d.id, Some(d.origin.to_string()), reason);
+    let before = item.live.as_ref().and_then(|l| {
+        l["metadata"]["resourceVersion"]
+            .as_str()
+            .map(str::to_string)
+    });
+    match cluster
+        .apply(
+            &item.resolved,
+            &d.id,
+            &d.object,
+            settings.force_conflicts,
+            false,
+        )
+        .await
+    {
+        Ok(after) => Ok(match before {
+            None => Action::Created,
+            Some(rv) if after.metadata.resource_version.as_deref() == Some(rv.as_str()) => {
+                Action::Unchanged
+            }
+            Some(_) => Action::Configured,
+        }),
+        Err(e) if is_immutable_error(&e) && d.force_recreate() => {
+            tracing::info!(object = %d.id, "deleting and recreating: a change to an immutable field");
+            cluster
+                .recreate(&item.resolved, &d.id, &d.object, settings.force_conflicts)
+                .await
+                .map(|_| Action::Recreated)
+                .map_err(|e| fail(format!("recreate failed: {}", reason(&e))))
+        }
+        Err(e) if is_immutable_error(&e) => Err(fail(format!(
+            "{}; to delete and recreate the object, annotate it tidegate.dev/force: \"true\"",
+            reason(&e)
+        ))),
+        Err(e) => Err(fail(reason(&e))),
+    }
+}
+
+async fn apply_stage(
+    cluster: &Cluster,
+    items: &[Item],
+    settings: &Settings,
+    stop: &AtomicBool,
+    report: &mut SyncReport,
+    on: OnProgress<'_>,
+) {
+    let writes_before = cluster.writes();
+    let mut results = stream::iter(items.iter().filter(|_| !stop.load(Ordering::SeqCst)).map(
+        |item| async move {
+            let result = match item.change {
+                Change::Unchanged => Ok(Action::Unchanged),
+                Change::Ignored => Ok(Action::Ignored),
+                Change::Create | Change::Update => apply_item(cluster, item, settings).await,
+                Change::Invalid { ref reason } => Err(object_error(
+                    &item.desired.id,
+                    Some(item.desired.origin.to_string()),
+                    reason.clone(),
+                )),
+            };
+            (&item.desired.id, result)
+        },
+    ))
+    .buffered(CONCURRENCY);
+    while let Some((id, result)) = results.next().await {
+        match result {
+            Ok(action) => {
+                if matches!(
+                    action,
+                    Action::Created | Action::Configured | Action::Recreated
+                ) {
+                    tracing::info!(object = %id, "{action}");
+                } else {
+                    tracing::debug!(object = %id, "{action}");
+                }
+                on(Progress::Object(id, action));
+                report.actions.push((id.clone(), action));
+            }
+            Err(e) => {
+                tracing::warn!(object = %id, reason = %e.reason, "apply failed");
+                on(Progress::Failed(&e));
+                report.errors.push(e);
+            }
+        }
+    }
+    report.writes += cluster.writes() - writes_before;
+}
+
+/// Applies a plan stage by stage; returns the refs of every object the
+/// desired set holds (applied or not) for the next inventory.
+async fn apply_plan(
+    cluster: &Cluster,
+    mut plan: Plan,
+    settings: &Settings,
+    stop: &AtomicBool,
+    report: &mut SyncReport,
+    on: OnProgress<'_>,
+) -> Plan {
+    report.errors.append(&mut plan.errors);
+    for e in &report.errors {
+        on(Progress::Failed(e));
+    }
+    let mut stages: BTreeMap<Stage, Vec<Item>> = BTreeMap::new();
+    for item in std::mem::take(&mut plan.items) {
+        stages.entry(item.desired.stage).or_default().push(item);
+    }
+    let mut done: Vec<Item> = Vec::new();
+    while let Some((stage, items)) = stages.pop_first() {
+        if stop.load(Ordering::SeqCst) {
+            report.interrupted = true;
+            done.extend(items);
+            continue;
+        }
+        apply_stage(cluster, &items, settings, stop, report, on).await;
+        if stop.load(Ordering::SeqCst) {
+            report.interrupted = true;
+        }
+        if stage == Stage::CustomResourceDefinitions {
+            for item in &items {
+                if !cluster
+                    .wait_established(&item.desired.id.name, CRD_ESTABLISH_TIMEOUT)
+                    .await
                 {
-                    report.failed.push(e);
+                    let e = object_error(
+                        &item.desired.id,
+                        Some(item.desired.origin.to_string()),
+                        format!(
+                            "not Established within {}s",
+                            CRD_ESTABLISH_TIMEOUT.as_secs()
+                        ),
+                    );
+                    on(Progress::Failed(&e));
+                    report.errors.push(e);
                 }
             }
             cluster.forget_kinds();
+            if !plan.deferred.is_empty() {
+                let mut later = Plan::default();
+                let deferred = std::mem::take(&mut plan.deferred);
+                let placed = place(cluster, &deferred, settings, &HashSet::new(), &mut later).await;
+                observe(cluster, placed, &mut later).await;
+                for e in later.errors {
+                    on(Progress::Failed(&e));
+                    report.errors.push(e);
+                }
+                for item in later.items {
+                    stages.entry(item.desired.stage).or_default().push(item);
+                }
+            }
         }
+        done.extend(items);
+    }
+    plan.items = done;
+    plan
+}
+
+/// Deletes what Git no longer has, if it still carries our marks. Returns
+/// the refs that stay in the inventory (failed deletes, dry runs).
+async fn prune(
+    cluster: &Cluster,
+    candidates: &[ObjectRef],
+    settings: &Settings,
+    report: &mut SyncReport,
+    on: OnProgress<'_>,
+) -> Vec<ObjectRef> {
+    let mut keep = Vec::new();
+    if settings.gc == GarbageCollection::Off {
+        return keep;
+    }
+    let writes_before = cluster.writes();
+    for id in candidates {
+        let resolved = match cluster.resolve(id).await {
+            Ok(r) => r,
+            Err(e) => {
+                // The kind is gone (its CRD was removed): so are its objects.
+                tracing::debug!(object = %id, "not pruned: {}", crate::error_chain(&e));
+                continue;
+            }
+        };
+        let live = match cluster.get(&resolved, id).await {
+            Ok(Some(obj)) => serde_json::to_value(&obj).expect("objects serialize"),
+            Ok(None) => continue,
+            Err(e) => {
+                keep.push(id.clone());
+                let e = object_error(
+                    id,
+                    None,
+                    format!("cannot read it to prune it: {}", reason(&e)),
+                );
+                on(Progress::Failed(&e));
+                report.errors.push(e);
+                continue;
+            }
+        };
+        if let Some(why) = plan::prune_refusal(&live, &settings.sync_set) {
+            tracing::info!(object = %id, "not pruned: {why}");
+            continue;
+        }
+        if settings.gc == GarbageCollection::Dry {
+            tracing::info!(object = %id, "would prune (--sync-garbage-collection-dry)");
+            on(Progress::WouldPrune(id));
+            keep.push(id.clone());
+            continue;
+        }
+        match cluster.delete(&resolved, id).await {
+            Ok(_) => {
+                tracing::info!(object = %id, "pruned");
+                on(Progress::Object(id, Action::Pruned));
+                report.actions.push((id.clone(), Action::Pruned));
+            }
+            Err(e) => {
+                keep.push(id.clone());
+                let e = object_error(
+                    id,
+                    None,
+                    format!("prune failed, retried next sync: {}", reason(&e)),
+                );
+                on(Progress::Failed(&e));
+                report.errors.push(e);
+            }
+        }
+    }
+    report.writes += cluster.writes() - writes_before;
+    keep
+}
+
+/// Applies a rendered desired set: plan, apply, prune. Returns the report and
+/// the new inventory.
+pub async fn apply_set(
+    cluster: &Cluster,
+    set: &DesiredSet,
+    settings: &Settings,
+    inventory: &Inventory,
+    stop: &AtomicBool,
+    on: OnProgress<'_>,
+) -> (SyncReport, Inventory) {
+    let mut report = SyncReport::default();
+    for w in &set.warnings {
+        on(Progress::Warning(w));
+        report.warnings.push(w.clone());
+    }
+    let plan = plan(cluster, set, settings, inventory).await;
+    let candidates = plan.prune.clone();
+    let mut next: Inventory = inventory
+        .iter()
+        .filter(|id| !candidates.contains(id))
+        .cloned()
+        .collect();
+    let plan = apply_plan(cluster, plan, settings, stop, &mut report, on).await;
+    next.extend(plan.items.iter().map(|i| i.desired.id.clone()));
+    if !report.interrupted {
+        next.extend(prune(cluster, &candidates, settings, &mut report, on).await);
+    } else {
+        next.extend(candidates);
+    }
+    (report, next)
+}
+
+/// Fetches a Git source (off the async threads: libgit2 blocks).
+pub async fn fetch(source: &GitSource) -> Result<Snapshot, crate::source::Error> {
+    let source = source.clone();
+    tokio::task::spawn_blocking(move || source.fetch())
+        .await
+        .expect("fetch task")
+}
+
+/// One whole sync of a fetched revision (or of a failed fetch), recorded in
+/// the cluster.
+pub async fn run(
+    cluster: &Cluster,
+    snapshot: Result<Snapshot, crate::source::Error>,
+    settings: &Settings,
+    stop: &AtomicBool,
+    on: OnProgress<'_>,
+) -> SyncReport {
+    let started = now();
+    let (report, inventory) = sync_snapshot(cluster, snapshot, settings, stop, on).await;
+    let status = report.status(started);
+    if let Err(e) = cluster
+        .record(&settings.state, &status, inventory.as_ref())
+        .await
+    {
+        tracing::error!("{}", crate::error_chain(&e));
     }
     report
 }
 
-async fn apply_group(
+async fn sync_snapshot(
     cluster: &Cluster,
-    group: &[&Manifest],
+    snapshot: Result<Snapshot, crate::source::Error>,
     settings: &Settings,
-    ownership: &Ownership,
-    report: &mut SyncReport,
-    on_object: &mut dyn FnMut(&ObjectRef, &Result<Action, &apply::Error>),
-) {
-    let mut results = stream::iter(group.iter().map(|m| async move {
-        (
-            m.id.clone(),
-            apply::apply(cluster, m, &settings.default_namespace, ownership).await,
-        )
-    }))
-    .buffered(CONCURRENCY);
-    while let Some((id, result)) = results.next().await {
-        match result {
-            Ok((placed, action)) => {
-                tracing::info!(object = %placed, "{action}");
-                on_object(&placed, &Ok(action));
-                report.applied.push((placed, action));
-            }
-            Err(e) => {
-                tracing::warn!(object = %id, error = %crate::error_chain(&e), "apply failed");
-                on_object(&id, &Err(&e));
-                report.failed.push(e);
-            }
+    stop: &AtomicBool,
+    on: OnProgress<'_>,
+) -> (SyncReport, Option<Inventory>) {
+    let snapshot = match snapshot {
+        Ok(s) => s,
+        Err(e) => {
+            let report = SyncReport {
+                message: Some(crate::error_chain(&e)),
+                ..SyncReport::default()
+            };
+            return (report, None);
         }
-    }
+    };
+    let span = tracing::info_span!("sync", revision = %snapshot.revision);
+    let _guard = span.enter();
+    let set = match render::render(&snapshot.tree, &settings.render) {
+        Ok(set) => set,
+        Err(errors) => {
+            // A broken commit must not delete anything: no plan, no prune.
+            let report = SyncReport {
+                revision: Some(snapshot.revision.clone()),
+                message: Some(format!(
+                    "render of revision {} failed: {errors}",
+                    snapshot.revision
+                )),
+                ..SyncReport::default()
+            };
+            return (report, None);
+        }
+    };
+    drop(_guard);
+    let inventory = match cluster.read_inventory(&settings.state).await {
+        Ok(i) => i,
+        Err(e) => {
+            let report = SyncReport {
+                revision: Some(snapshot.revision.clone()),
+                message: Some(crate::error_chain(&e)),
+                ..SyncReport::default()
+            };
+            return (report, None);
+        }
+    };
+    let (mut report, next) = apply_set(cluster, &set, settings, &inventory, stop, on).await;
+    report.revision = Some(snapshot.revision);
+    (report, Some(next))
 }

@@ -1,9 +1,13 @@
 //! The command line: arguments in, a subcommand run, an exit code out.
 //!
-//! Exit codes: 0 success; 1 the sync (or check) ran and failed; 2 tidegate could
-//! not run (bad arguments, unreachable cluster or repository).
+//! Exit codes: 0 success (for `diff`: no changes); 1 the sync or check ran and
+//! failed (for `diff`: there are changes); 2 tidegate could not run, or `diff`
+//! found an error.
 
 mod daemon;
+mod diff;
+mod status;
+mod validate;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,6 +32,9 @@ pub struct Cli {
     /// The kubeconfig context to use
     #[arg(long, global = true, value_name = "NAME")]
     context: Option<String>,
+    /// The daemon's namespace, where it keeps its state (default: the context's namespace)
+    #[arg(short, long, global = true, env = "TIDEGATE_NAMESPACE")]
+    namespace: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -36,6 +43,12 @@ pub struct Cli {
 enum Command {
     /// Run the reconciler: fetch the repository and sync it into the cluster
     Daemon(daemon::Args),
+    /// Show what a sync of a local checkout would change in the cluster
+    Diff(diff::Args),
+    /// Check manifests without a cluster, for a pull request
+    Validate(validate::Args),
+    /// Show the last sync: revision, time, counts, errors per object
+    Status(status::Args),
 }
 
 impl Cli {
@@ -43,18 +56,25 @@ impl Cli {
         Connection {
             kubeconfig: self.kubeconfig.clone(),
             context: self.context.clone(),
+            namespace: self.namespace.clone(),
         }
     }
 }
 
 pub fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
+    let connection = cli.connection();
+    if let Command::Validate(args) = cli.command {
+        return Ok(validate::run(args));
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let connection = cli.connection();
     match cli.command {
         Command::Daemon(args) => runtime.block_on(daemon::run(args, connection)),
+        Command::Diff(args) => runtime.block_on(diff::run(args, connection)),
+        Command::Status(args) => runtime.block_on(status::run(args, connection)),
+        Command::Validate(_) => unreachable!("handled above"),
     }
 }
 
@@ -66,4 +86,11 @@ fn init_logging(default_level: &str) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+    Yaml,
 }

@@ -2,13 +2,15 @@
 //! cache (kind → resource and scope) and server-side apply out.
 
 pub mod apply;
+pub mod state;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use kube::Client;
-use kube::api::{Api, DynamicObject};
+use kube::api::{Api, DynamicObject, ListParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::core::GroupVersionKind;
 use kube::discovery::{ApiCapabilities, ApiResource, Scope};
@@ -43,6 +45,8 @@ pub enum Error {
 pub struct Connection {
     pub kubeconfig: Option<PathBuf>,
     pub context: Option<String>,
+    /// The daemon's namespace; default the context's (or the pod's) namespace.
+    pub namespace: Option<String>,
 }
 
 impl Connection {
@@ -65,6 +69,12 @@ impl Connection {
         };
         Client::try_from(config).map_err(Error::Client)
     }
+
+    pub fn namespace(&self, client: &Client) -> String {
+        self.namespace
+            .clone()
+            .unwrap_or_else(|| client.default_namespace().to_string())
+    }
 }
 
 /// A resolved kind: the resource to call and whether it is namespaced.
@@ -84,6 +94,7 @@ impl Resolved {
 pub struct Cluster {
     pub client: Client,
     kinds: Mutex<HashMap<GroupVersionKind, Resolved>>,
+    writes: AtomicUsize,
 }
 
 impl Cluster {
@@ -91,7 +102,58 @@ impl Cluster {
         Cluster {
             client,
             kinds: Mutex::new(HashMap::new()),
+            writes: AtomicUsize::new(0),
         }
+    }
+
+    /// Write requests (apply, delete, create) sent so far.
+    pub fn writes(&self) -> usize {
+        self.writes.load(Ordering::Relaxed)
+    }
+
+    fn count_write(&self) {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Every object of one resource that carries tidegate's label, in all
+    /// namespaces (or, if RBAC allows less, in the given ones).
+    pub async fn list_managed(
+        &self,
+        resolved: &Resolved,
+        namespaces: &[String],
+    ) -> Result<Vec<DynamicObject>, kube::Error> {
+        let params = ListParams::default().labels(&format!(
+            "{}={}",
+            crate::plan::MANAGED_BY_LABEL,
+            crate::plan::MANAGED_BY_VALUE
+        ));
+        let all = Api::<DynamicObject>::all_with(self.client.clone(), &resolved.resource);
+        match all.list(&params).await {
+            Ok(list) => Ok(list.items),
+            Err(kube::Error::Api(status)) if status.code == 403 && resolved.namespaced() => {
+                let mut items = Vec::new();
+                for ns in namespaces {
+                    let api = Api::<DynamicObject>::namespaced_with(
+                        self.client.clone(),
+                        ns,
+                        &resolved.resource,
+                    );
+                    items.extend(api.list(&params).await?.items);
+                }
+                Ok(items)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn get(
+        &self,
+        resolved: &Resolved,
+        id: &ObjectRef,
+    ) -> Result<Option<DynamicObject>, kube::Error> {
+        self.api(resolved, id.namespace.as_deref())
+            .get_opt(&id.name)
+            .await
     }
 
     /// Resolves a kind through discovery, once per kind.

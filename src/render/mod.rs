@@ -4,6 +4,7 @@
 //! its documents. Pure apart from reading files.
 
 pub mod manifest;
+pub mod removed;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -17,6 +18,34 @@ use crate::object::ObjectRef;
 #[derive(Debug, Default, Clone)]
 pub struct DesiredSet {
     pub manifests: Vec<Manifest>,
+    /// Objects annotated to be left alone.
+    pub ignored: Vec<ObjectRef>,
+    /// Things the user should fix that did not stop the render.
+    pub warnings: Vec<String>,
+}
+
+/// What to render and how.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Directories (or files) relative to the root; empty means the whole tree.
+    pub paths: Vec<PathBuf>,
+    /// Apply objects of removed API versions under their replacement, where
+    /// the schema did not change.
+    pub upgrade_removed_apis: bool,
+}
+
+/// Annotations that make tidegate leave an object alone, in Git or live.
+pub const IGNORE_ANNOTATIONS: [&str; 2] = ["fluxcd.io/ignore", "tidegate.dev/ignore"];
+
+/// Flux v1 semantics: `"true"` ignores the object; `sync_only` ignores it
+/// when syncing (Flux still updated images in it, tidegate has nothing else).
+pub fn is_ignored(object: &serde_json::Value) -> bool {
+    IGNORE_ANNOTATIONS.iter().any(|key| {
+        matches!(
+            object["metadata"]["annotations"][key].as_str(),
+            Some("true" | "sync_only")
+        )
+    })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +60,14 @@ pub enum Error {
     },
     #[error(transparent)]
     Parse(#[from] ParseError),
+    #[error("{origin}: {id}: {api_version} {kind} was removed from Kubernetes; {advice}")]
+    RemovedApi {
+        origin: Origin,
+        id: Box<ObjectRef>,
+        api_version: String,
+        kind: String,
+        advice: String,
+    },
     #[error("{id} is defined twice: in {first} and in {second}; neither is applied")]
     Duplicate {
         id: Box<ObjectRef>,
@@ -70,15 +107,14 @@ pub fn checksum(object: &serde_json::Value) -> String {
         .collect()
 }
 
-/// Renders the desired set from `root`, reading each of `paths` (relative to
-/// `root`; empty means the whole tree).
-pub fn render(root: &Path, paths: &[PathBuf]) -> Result<DesiredSet, Errors> {
+/// Renders the desired set from `root`.
+pub fn render(root: &Path, options: &Options) -> Result<DesiredSet, Errors> {
     let mut errors = Vec::new();
     let mut files = Vec::new();
-    let roots: Vec<PathBuf> = if paths.is_empty() {
+    let roots: Vec<PathBuf> = if options.paths.is_empty() {
         vec![PathBuf::new()]
     } else {
-        paths.to_vec()
+        options.paths.clone()
     };
     for rel in &roots {
         let abs = root.join(rel);
@@ -105,12 +141,77 @@ pub fn render(root: &Path, paths: &[PathBuf]) -> Result<DesiredSet, Errors> {
         }
     }
 
-    let manifests = reject_duplicates(manifests, &mut errors);
+    let mut set = DesiredSet::default();
+    for mut m in manifests {
+        if is_ignored(&m.object) {
+            tracing::debug!(object = %m.id, "ignored: annotated in Git");
+            set.ignored.push(m.id);
+            continue;
+        }
+        match upgrade_removed(&mut m, options.upgrade_removed_apis) {
+            Ok(Some(warning)) => set.warnings.push(warning),
+            Ok(None) => {}
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        }
+        set.manifests.push(m);
+    }
+    set.manifests = reject_duplicates(std::mem::take(&mut set.manifests), &mut errors);
     if errors.is_empty() {
-        Ok(DesiredSet { manifests })
+        Ok(set)
     } else {
         Err(Errors(errors))
     }
+}
+
+/// Refuses an object of a removed API version, or moves it to the
+/// replacement when allowed; returns the warning to show for a move.
+fn upgrade_removed(m: &mut Manifest, allowed: bool) -> Result<Option<String>, Error> {
+    let api_version = m.id.api_version();
+    let refuse = |advice: String| Error::RemovedApi {
+        origin: m.origin(),
+        id: Box::new(m.id.clone()),
+        api_version: api_version.clone(),
+        kind: m.id.kind.clone(),
+        advice,
+    };
+    if removed::removed_without_replacement(&api_version, &m.id.kind) {
+        return Err(refuse("nothing replaces it; remove the object".into()));
+    }
+    let Some(found) = removed::lookup(&api_version, &m.id.kind) else {
+        return Ok(None);
+    };
+    if !(allowed && found.same_schema) {
+        let advice = if found.same_schema {
+            format!(
+                "use apiVersion {} (its schema is the same: --upgrade-removed-apis applies it so)",
+                found.replacement
+            )
+        } else {
+            format!(
+                "use apiVersion {} and update the object to its schema",
+                found.replacement
+            )
+        };
+        return Err(refuse(advice));
+    }
+    let from = m.id.to_string();
+    m.object["apiVersion"] = found.replacement.into();
+    let (group, version) = found
+        .replacement
+        .split_once('/')
+        .unwrap_or(("", found.replacement));
+    m.id.group = group.to_string();
+    m.id.version = version.to_string();
+    let warning = format!(
+        "{}: {from} uses a removed API version; applied as {} (update the file)",
+        m.origin(),
+        found.replacement
+    );
+    tracing::warn!("{warning}");
+    Ok(Some(warning))
 }
 
 fn is_yaml(path: &Path) -> bool {
@@ -227,7 +328,7 @@ mod tests {
             &cm("{{ .Values.name }}"),
         );
         write(dir.path(), ".hidden/w.yaml", &cm("ww"));
-        let set = render(dir.path(), &[]).unwrap();
+        let set = render(dir.path(), &Options::default()).unwrap();
         let names: Vec<&str> = set.manifests.iter().map(|m| m.id.name.as_str()).collect();
         assert_eq!(names, ["yy", "xx", "zz"]);
     }
@@ -237,7 +338,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "apps/a.yaml", &cm("a"));
         write(dir.path(), "infra/b.yaml", &cm("b"));
-        let set = render(dir.path(), &[PathBuf::from("infra")]).unwrap();
+        let options = Options {
+            paths: vec![PathBuf::from("infra")],
+            ..Options::default()
+        };
+        let set = render(dir.path(), &options).unwrap();
         assert_eq!(set.manifests.len(), 1);
         assert_eq!(set.manifests[0].id.name, "b");
         assert_eq!(set.manifests[0].file, Path::new("infra/b.yaml"));
@@ -252,7 +357,7 @@ mod tests {
             "two.yaml",
             &format!("{}---\n{}", cm("other"), cm("same")),
         );
-        let errors = render(dir.path(), &[]).unwrap_err();
+        let errors = render(dir.path(), &Options::default()).unwrap_err();
         assert_eq!(errors.0.len(), 1);
         let msg = errors.to_string();
         assert!(msg.contains("one.yaml (document 0)"), "{msg}");
@@ -263,7 +368,89 @@ mod tests {
     fn missing_path_and_bad_file_are_all_reported() {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "ok/bad.yaml", "apiVersion: v1\nkind: [\n");
-        let errors = render(dir.path(), &[PathBuf::from("ok"), PathBuf::from("gone")]).unwrap_err();
+        let options = Options {
+            paths: vec![PathBuf::from("ok"), PathBuf::from("gone")],
+            ..Options::default()
+        };
+        let errors = render(dir.path(), &options).unwrap_err();
         assert_eq!(errors.0.len(), 2, "{errors}");
+    }
+
+    const CRONJOB_V1BETA1: &str = "apiVersion: batch/v1beta1\nkind: CronJob\nmetadata: {name: nightly, namespace: demo}\nspec: {schedule: '@daily'}\n";
+
+    #[test]
+    fn removed_api_version_names_its_replacement() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "cron.yaml", CRONJOB_V1BETA1);
+        let msg = render(dir.path(), &Options::default())
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("cron.yaml (document 0)"), "{msg}");
+        assert!(
+            msg.contains(
+                "batch/v1beta1 CronJob was removed from Kubernetes; use apiVersion batch/v1"
+            ),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn removed_api_version_is_upgraded_when_allowed_and_schema_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "cron.yaml", CRONJOB_V1BETA1);
+        write(
+            dir.path(),
+            "deploy.yaml",
+            "apiVersion: extensions/v1beta1\nkind: Deployment\nmetadata: {name: old}\n",
+        );
+        let options = Options {
+            upgrade_removed_apis: true,
+            ..Options::default()
+        };
+        // The Deployment's schema changed: still refused.
+        let errors = render(dir.path(), &options).unwrap_err();
+        assert_eq!(errors.0.len(), 1);
+        assert!(
+            errors
+                .to_string()
+                .contains("update the object to its schema")
+        );
+        std::fs::remove_file(dir.path().join("deploy.yaml")).unwrap();
+        let set = render(dir.path(), &options).unwrap();
+        assert_eq!(set.manifests[0].id.api_version(), "batch/v1");
+        assert_eq!(set.manifests[0].object["apiVersion"], "batch/v1");
+        assert_eq!(set.warnings.len(), 1);
+    }
+
+    #[test]
+    fn ignore_annotations_drop_objects() {
+        let dir = tempfile::tempdir().unwrap();
+        let annotated = |name: &str, key: &str, value: &str| {
+            format!("{}  annotations:\n    {key}: \"{value}\"\n", cm(name))
+        };
+        write(
+            dir.path(),
+            "a.yaml",
+            &annotated("flux", "fluxcd.io/ignore", "true"),
+        );
+        write(
+            dir.path(),
+            "b.yaml",
+            &annotated("ours", "tidegate.dev/ignore", "true"),
+        );
+        write(
+            dir.path(),
+            "c.yaml",
+            &annotated("synconly", "fluxcd.io/ignore", "sync_only"),
+        );
+        write(
+            dir.path(),
+            "d.yaml",
+            &annotated("kept", "fluxcd.io/ignore", "false"),
+        );
+        let set = render(dir.path(), &Options::default()).unwrap();
+        let kept: Vec<&str> = set.manifests.iter().map(|m| m.id.name.as_str()).collect();
+        assert_eq!(kept, ["kept"]);
+        assert_eq!(set.ignored.len(), 3);
     }
 }

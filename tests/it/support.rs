@@ -172,6 +172,8 @@ pub struct GitRepo {
     pub bare: PathBuf,
     pub work: PathBuf,
     pub cache: PathBuf,
+    /// A sync set of its own, so tests' inventories and status do not mix.
+    pub sync_set: String,
 }
 
 fn git(dir: &Path, args: &[&str]) -> String {
@@ -209,6 +211,7 @@ impl GitRepo {
             bare,
             work,
             cache,
+            sync_set: unique("set"),
         }
     }
 
@@ -247,6 +250,8 @@ impl GitRepo {
             "main",
             "--git-cache-dir",
             &cache,
+            "--sync-set-name",
+            &self.sync_set,
         ];
         args.extend_from_slice(extra);
         tidegate(&args)

@@ -1,0 +1,236 @@
+//! `tidegate diff [PATH]`: render a local checkout and show, per object, the
+//! unified diff against the live cluster (decided by a server-side apply
+//! dry-run), and what would be pruned.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use serde::Serialize;
+
+use super::daemon::SyncArgs;
+use super::{EXIT_ERROR, EXIT_FAILED, Format};
+use crate::cluster::apply::reason;
+use crate::cluster::{Cluster, Connection};
+use crate::plan::{self, Change};
+use crate::render;
+use crate::sync::{self, GarbageCollection};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The checkout to compare with the cluster
+    #[arg(default_value = ".")]
+    path: PathBuf,
+    #[command(flatten)]
+    sync: SyncArgs,
+    #[arg(short, long, value_enum, default_value = "text")]
+    output: Format,
+}
+
+/// One object's entry in the printed plan.
+#[derive(Debug, Serialize)]
+struct Entry {
+    object: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    origin: Option<String>,
+    #[serde(flatten)]
+    change: Change,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    diff: Option<String>,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Summary {
+    create: usize,
+    update: usize,
+    unchanged: usize,
+    ignored: usize,
+    prune: usize,
+    invalid: usize,
+}
+
+#[derive(Debug, Serialize)]
+struct Output {
+    objects: Vec<Entry>,
+    prune: Vec<String>,
+    /// False when garbage collection is off: the objects in `prune` would stay.
+    prune_enabled: bool,
+    summary: Summary,
+}
+
+pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode> {
+    super::init_logging("warn");
+    let set = match render::render(&args.path, &sync_render_options(&args)) {
+        Ok(set) => set,
+        Err(errors) => {
+            eprintln!("error: {errors}");
+            return Ok(ExitCode::from(EXIT_ERROR));
+        }
+    };
+    let client = connection
+        .client()
+        .await
+        .context("cannot connect to the cluster")?;
+    let settings = args.sync.settings(connection.namespace(&client));
+    let cluster = Cluster::new(client);
+    let inventory = cluster
+        .read_inventory(&settings.state)
+        .await
+        .unwrap_or_else(|e| {
+            eprintln!("warning: {}; pruning not shown", crate::error_chain(&e));
+            Default::default()
+        });
+    let plan = sync::plan(&cluster, &set, &settings, &inventory).await;
+
+    let mut objects = Vec::new();
+    for item in &plan.items {
+        let d = &item.desired;
+        let (change, diff) = match &item.change {
+            Change::Create | Change::Update => {
+                match cluster
+                    .apply(
+                        &item.resolved,
+                        &d.id,
+                        &d.object,
+                        settings.force_conflicts,
+                        true,
+                    )
+                    .await
+                {
+                    Ok(after) => {
+                        let after = serde_json::to_value(&after).expect("objects serialize");
+                        match plan::object_diff(&d.id, item.live.as_ref(), &after) {
+                            None => (Change::Unchanged, None),
+                            Some(diff) => (item.change.clone(), Some(diff)),
+                        }
+                    }
+                    Err(e) => (Change::Invalid { reason: reason(&e) }, None),
+                }
+            }
+            other => (other.clone(), None),
+        };
+        objects.push(Entry {
+            object: d.id.to_string(),
+            origin: Some(d.origin.to_string()),
+            change,
+            diff,
+        });
+    }
+    for m in &plan.deferred {
+        objects.push(Entry {
+            object: m.id.to_string(),
+            origin: Some(m.origin().to_string()),
+            change: Change::Create,
+            diff: Some(String::from(
+                "(its CustomResourceDefinition is created by the same sync; no dry-run possible)\n",
+            )),
+        });
+    }
+    for e in &plan.errors {
+        objects.push(Entry {
+            object: e.object.clone(),
+            origin: e.origin.clone(),
+            change: Change::Invalid {
+                reason: e.reason.clone(),
+            },
+            diff: None,
+        });
+    }
+    let mut summary = Summary::default();
+    for o in &objects {
+        match o.change {
+            Change::Create => summary.create += 1,
+            Change::Update => summary.update += 1,
+            Change::Unchanged => summary.unchanged += 1,
+            Change::Ignored => summary.ignored += 1,
+            Change::Invalid { .. } => summary.invalid += 1,
+        }
+    }
+    let prune: Vec<String> = plan.prune.iter().map(ToString::to_string).collect();
+    summary.prune = prune.len();
+    let output = Output {
+        objects,
+        prune,
+        prune_enabled: settings.gc == GarbageCollection::On,
+        summary,
+    };
+    match args.output {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&output)?),
+        Format::Yaml => print!("{}", serde_saphyr::to_string(&output)?),
+        Format::Text => print_text(&output, std::io::stdout().is_terminal()),
+    }
+    let s = &output.summary;
+    Ok(if s.invalid > 0 {
+        ExitCode::from(EXIT_ERROR)
+    } else if s.create + s.update > 0 || (output.prune_enabled && s.prune > 0) {
+        ExitCode::from(EXIT_FAILED)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn sync_render_options(args: &Args) -> render::Options {
+    render::Options {
+        paths: args.sync.git_path.clone(),
+        upgrade_removed_apis: args.sync.upgrade_removed_apis,
+    }
+}
+
+fn paint(line: &str, color: bool) -> String {
+    if !color {
+        return line.to_string();
+    }
+    let code = if line.starts_with("+++") || line.starts_with("---") {
+        "1"
+    } else if line.starts_with('+') {
+        "32"
+    } else if line.starts_with('-') {
+        "31"
+    } else if line.starts_with("@@") {
+        "36"
+    } else {
+        return line.to_string();
+    };
+    format!("\x1b[{code}m{line}\x1b[0m")
+}
+
+fn print_text(output: &Output, color: bool) {
+    for o in &output.objects {
+        let origin = o
+            .origin
+            .as_deref()
+            .map(|s| format!(" ({s})"))
+            .unwrap_or_default();
+        match &o.change {
+            Change::Unchanged | Change::Ignored => continue,
+            Change::Create => println!(
+                "{}",
+                paint(&format!("+ create {}{origin}", o.object), color)
+            ),
+            Change::Update => println!("~ update {}{origin}", o.object),
+            Change::Invalid { reason } => println!(
+                "{}",
+                paint(&format!("! invalid {}{origin}: {reason}", o.object), color)
+            ),
+        }
+        if let Some(diff) = &o.diff {
+            for line in diff.lines() {
+                println!("{}", paint(line, color));
+            }
+        }
+    }
+    for p in &output.prune {
+        let note = if output.prune_enabled {
+            ""
+        } else {
+            " (garbage collection is off: kept)"
+        };
+        println!("{}", paint(&format!("- prune {p}{note}"), color));
+    }
+    let s = &output.summary;
+    println!(
+        "{} to create, {} to update, {} unchanged, {} to prune, {} invalid",
+        s.create, s.update, s.unchanged, s.prune, s.invalid
+    );
+}

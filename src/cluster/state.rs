@@ -1,0 +1,298 @@
+//! Sync state kept in the cluster, in the daemon's namespace: the inventory
+//! and the last sync's status, in one ConfigMap per sync set, plus an Event
+//! per sync.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Event, ObjectReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::Api;
+use kube::api::{Patch, PatchParams, PostParams};
+use serde::{Deserialize, Serialize};
+
+use super::Cluster;
+use crate::object::ObjectRef;
+use crate::plan::Inventory;
+
+const INVENTORY_KEY: &str = "inventory";
+const STATUS_KEY: &str = "status";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read the sync state {namespace}/{name}")]
+    Read {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("cannot record the sync state {namespace}/{name}")]
+    Write {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error(
+        "the sync state {namespace}/{name} holds an unreadable {key}; delete that key to start afresh"
+    )]
+    Corrupt {
+        namespace: String,
+        name: String,
+        key: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// Where the state of one sync set lives.
+#[derive(Debug, Clone)]
+pub struct StateRef {
+    pub namespace: String,
+    pub sync_set: String,
+}
+
+impl StateRef {
+    pub fn name(&self) -> String {
+        format!("{}-state", self.sync_set)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Succeeded,
+    Failed,
+    Interrupted,
+}
+
+/// One object that could not be applied or pruned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectError {
+    pub object: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
+    pub reason: String,
+}
+
+/// The record of one sync.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SyncStatus {
+    #[serde(default)]
+    pub revision: Option<String>,
+    pub started: String,
+    pub finished: String,
+    pub result: Outcome,
+    /// Why the whole sync failed (fetch or render), if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Objects per action: created, configured, unchanged, recreated, pruned, failed, ignored.
+    pub counts: BTreeMap<String, usize>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<ObjectError>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+pub fn now() -> String {
+    Timestamp::now().to_string()
+}
+
+/// Inventory as stored: `apiVersion` → `Kind` → `namespace` ("" when
+/// cluster-scoped) → names. Grouped, so 10,000 objects stay far below the
+/// ConfigMap size limit.
+type StoredInventory = BTreeMap<String, BTreeMap<String, BTreeMap<String, Vec<String>>>>;
+
+pub fn encode_inventory(inventory: &Inventory) -> String {
+    let mut stored: StoredInventory = BTreeMap::new();
+    for id in inventory {
+        stored
+            .entry(id.api_version())
+            .or_default()
+            .entry(id.kind.clone())
+            .or_default()
+            .entry(id.namespace.clone().unwrap_or_default())
+            .or_default()
+            .push(id.name.clone());
+    }
+    serde_json::to_string(&stored).expect("inventory serializes")
+}
+
+pub fn decode_inventory(text: &str) -> Result<Inventory, serde_json::Error> {
+    let stored: StoredInventory = serde_json::from_str(text)?;
+    let mut inventory = Inventory::new();
+    for (api_version, kinds) in stored {
+        for (kind, namespaces) in kinds {
+            for (ns, names) in namespaces {
+                let ns = (!ns.is_empty()).then_some(ns.as_str());
+                for name in names {
+                    inventory.insert(ObjectRef::new(&api_version, &kind, ns, &name));
+                }
+            }
+        }
+    }
+    Ok(inventory)
+}
+
+impl Cluster {
+    async fn state_map(&self, state: &StateRef) -> Result<Option<ConfigMap>, Error> {
+        Api::<ConfigMap>::namespaced(self.client.clone(), &state.namespace)
+            .get_opt(&state.name())
+            .await
+            .map_err(|source| Error::Read {
+                namespace: state.namespace.clone(),
+                name: state.name(),
+                source,
+            })
+    }
+
+    fn decode<T: for<'de> Deserialize<'de>>(
+        state: &StateRef,
+        map: &ConfigMap,
+        key: &'static str,
+        parse: impl Fn(&str) -> Result<T, serde_json::Error>,
+    ) -> Result<Option<T>, Error> {
+        let Some(text) = map.data.as_ref().and_then(|d| d.get(key)) else {
+            return Ok(None);
+        };
+        parse(text).map(Some).map_err(|source| Error::Corrupt {
+            namespace: state.namespace.clone(),
+            name: state.name(),
+            key,
+            source,
+        })
+    }
+
+    /// The inventory of the last sync; empty if there was none.
+    pub async fn read_inventory(&self, state: &StateRef) -> Result<Inventory, Error> {
+        let Some(map) = self.state_map(state).await? else {
+            return Ok(Inventory::new());
+        };
+        Ok(Self::decode(state, &map, INVENTORY_KEY, decode_inventory)?.unwrap_or_default())
+    }
+
+    /// The status of the last sync, if one was recorded.
+    pub async fn read_status(&self, state: &StateRef) -> Result<Option<SyncStatus>, Error> {
+        let Some(map) = self.state_map(state).await? else {
+            return Ok(None);
+        };
+        Self::decode(state, &map, STATUS_KEY, |t| serde_json::from_str(t))
+    }
+
+    /// Records a sync's status, and its inventory when it has one (a sync that
+    /// failed before rendering leaves the inventory as it was).
+    pub async fn record(
+        &self,
+        state: &StateRef,
+        status: &SyncStatus,
+        inventory: Option<&Inventory>,
+    ) -> Result<(), Error> {
+        let mut data = BTreeMap::new();
+        data.insert(
+            STATUS_KEY.to_string(),
+            serde_json::to_string(status).expect("status serializes"),
+        );
+        if let Some(inventory) = inventory {
+            data.insert(INVENTORY_KEY.to_string(), encode_inventory(inventory));
+        }
+        let map = ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(state.name()),
+                namespace: Some(state.namespace.clone()),
+                labels: Some(
+                    [(
+                        "app.kubernetes.io/part-of".to_string(),
+                        "tidegate".to_string(),
+                    )]
+                    .into(),
+                ),
+                ..ObjectMeta::default()
+            },
+            data: Some(data),
+            ..ConfigMap::default()
+        };
+        let write_err = |source| Error::Write {
+            namespace: state.namespace.clone(),
+            name: state.name(),
+            source,
+        };
+        Api::<ConfigMap>::namespaced(self.client.clone(), &state.namespace)
+            .patch(
+                &state.name(),
+                &PatchParams::apply("tidegate-state").force(),
+                &Patch::Apply(&map),
+            )
+            .await
+            .map_err(write_err)?;
+        self.emit_event(state, status).await.map_err(write_err)
+    }
+
+    async fn emit_event(&self, state: &StateRef, status: &SyncStatus) -> Result<(), kube::Error> {
+        let (kind, reason) = match status.result {
+            Outcome::Succeeded => ("Normal", "SyncSucceeded"),
+            Outcome::Failed => ("Warning", "SyncFailed"),
+            Outcome::Interrupted => ("Warning", "SyncInterrupted"),
+        };
+        let counts: Vec<String> = status
+            .counts
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(k, n)| format!("{n} {k}"))
+            .collect();
+        let revision = status.revision.as_deref().unwrap_or("(none)");
+        let mut message = format!("revision {revision}: {}", counts.join(", "));
+        if let Some(m) = &status.message {
+            message = format!("{message}; {m}");
+        }
+        let now = Timestamp::now();
+        let event = Event {
+            metadata: ObjectMeta {
+                generate_name: Some(format!("{}-", state.name())),
+                namespace: Some(state.namespace.clone()),
+                ..ObjectMeta::default()
+            },
+            involved_object: ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("ConfigMap".into()),
+                name: Some(state.name()),
+                namespace: Some(state.namespace.clone()),
+                ..ObjectReference::default()
+            },
+            reason: Some(reason.into()),
+            message: Some(message.chars().take(1000).collect()),
+            type_: Some(kind.into()),
+            first_timestamp: Some(Time(now)),
+            last_timestamp: Some(Time(now)),
+            event_time: Some(MicroTime(now)),
+            reporting_component: Some("tidegate".into()),
+            reporting_instance: Some(state.sync_set.clone()),
+            action: Some("Sync".into()),
+            count: Some(1),
+            ..Event::default()
+        };
+        Api::<Event>::namespaced(self.client.clone(), &state.namespace)
+            .create(&PostParams::default(), &event)
+            .await
+            .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inventory_round_trips() {
+        let inventory: Inventory = [
+            ObjectRef::new("v1", "Namespace", None, "shop"),
+            ObjectRef::new("v1", "ConfigMap", Some("shop"), "a"),
+            ObjectRef::new("v1", "ConfigMap", Some("shop"), "b"),
+            ObjectRef::new("apps/v1", "Deployment", Some("shop"), "web"),
+        ]
+        .into();
+        let text = encode_inventory(&inventory);
+        assert_eq!(decode_inventory(&text).unwrap(), inventory);
+        assert!(text.contains(r#""ConfigMap":{"shop":["a","b"]}"#), "{text}");
+    }
+}

@@ -1,0 +1,466 @@
+//! Plan: desired objects and live state in, what a sync would do out. Pure: no
+//! I/O, so every rule here is tested without a cluster.
+//!
+//! Also the comparison and diff helpers: normalizing objects (no server-owned
+//! fields), masking Secret values, unified diffs.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::object::ObjectRef;
+use crate::render::Origin;
+
+/// Ownership marks on every object tidegate applies.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY_VALUE: &str = "tidegate";
+pub const SYNC_SET_ANNOTATION: &str = "tidegate.dev/sync-set";
+pub const CHECKSUM_ANNOTATION: &str = "tidegate.dev/checksum";
+/// `"true"`: delete and recreate the object when a change cannot be applied in place.
+pub const FORCE_ANNOTATION: &str = "tidegate.dev/force";
+/// `disabled`: never prune the object.
+pub const PRUNE_ANNOTATION: &str = "tidegate.dev/prune";
+
+/// A desired object placed in the cluster: namespace resolved, marks added.
+#[derive(Debug, Clone)]
+pub struct Desired {
+    pub id: ObjectRef,
+    pub origin: Origin,
+    /// The object as sent to the API server.
+    pub object: Value,
+    pub checksum: String,
+    pub stage: Stage,
+}
+
+impl Desired {
+    pub fn force_recreate(&self) -> bool {
+        self.object["metadata"]["annotations"][FORCE_ANNOTATION].as_str() == Some("true")
+    }
+}
+
+/// Apply order; pruning runs in reverse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum Stage {
+    CustomResourceDefinitions,
+    Namespaces,
+    ClusterScoped,
+    ServiceAccounts,
+    Rbac,
+    Config,
+    Services,
+    Workloads,
+    AdmissionWebhooks,
+}
+
+impl Stage {
+    pub fn of(id: &ObjectRef, namespaced: bool) -> Stage {
+        match (id.group.as_str(), id.kind.as_str()) {
+            ("apiextensions.k8s.io", "CustomResourceDefinition") => {
+                Stage::CustomResourceDefinitions
+            }
+            ("", "Namespace") => Stage::Namespaces,
+            ("admissionregistration.k8s.io", _) => Stage::AdmissionWebhooks,
+            _ if !namespaced => Stage::ClusterScoped,
+            ("", "ServiceAccount") => Stage::ServiceAccounts,
+            ("rbac.authorization.k8s.io", _) => Stage::Rbac,
+            (
+                "",
+                "ConfigMap" | "Secret" | "PersistentVolumeClaim" | "LimitRange" | "ResourceQuota",
+            ) => Stage::Config,
+            ("", "Service") => Stage::Services,
+            _ => Stage::Workloads,
+        }
+    }
+}
+
+/// Adds the namespace and ownership marks to an object as written in Git.
+pub fn place(object: &Value, id: &ObjectRef, sync_set: &str, checksum: &str) -> Value {
+    let mut object = object.clone();
+    let Some(root) = object.as_object_mut() else {
+        return object;
+    };
+    let meta = as_map(
+        root.entry("metadata")
+            .or_insert_with(|| Value::Object(Map::new())),
+    );
+    match &id.namespace {
+        Some(ns) => meta.insert("namespace".into(), ns.clone().into()),
+        None => meta.remove("namespace"),
+    };
+    as_map(
+        meta.entry("labels")
+            .or_insert_with(|| Value::Object(Map::new())),
+    )
+    .insert(MANAGED_BY_LABEL.into(), MANAGED_BY_VALUE.into());
+    let annotations = as_map(
+        meta.entry("annotations")
+            .or_insert_with(|| Value::Object(Map::new())),
+    );
+    annotations.insert(SYNC_SET_ANNOTATION.into(), sync_set.into());
+    annotations.insert(CHECKSUM_ANNOTATION.into(), checksum.into());
+    object
+}
+
+/// The map inside `value`, replacing a non-map (e.g. `labels: null`) with an empty one.
+fn as_map(value: &mut Value) -> &mut Map<String, Value> {
+    if !value.is_object() {
+        *value = Value::Object(Map::new());
+    }
+    value.as_object_mut().expect("just made an object")
+}
+
+/// True when every field of `desired` is in `live` with the same value:
+/// applying it would change nothing that tidegate sets.
+///
+/// Fields the server adds (defaults, status) are ignored; a field that tidegate
+/// set and someone changed is drift. A false "no" only costs an apply that
+/// the server turns into a no-op.
+pub fn is_subset(desired: &Value, live: &Value) -> bool {
+    match (desired, live) {
+        (Value::Object(d), Value::Object(l)) => d.iter().all(|(k, dv)| match l.get(k) {
+            Some(lv) => is_subset(dv, lv),
+            // Empty values in Git are dropped by the server.
+            None => is_empty(dv),
+        }),
+        (Value::Array(d), Value::Array(l)) => {
+            d.len() == l.len() && d.iter().zip(l).all(|(dv, lv)| is_subset(dv, lv))
+        }
+        (Value::Number(d), Value::Number(l)) => d.as_f64() == l.as_f64(),
+        (Value::Null, _) => true,
+        _ => desired == live,
+    }
+}
+
+fn is_empty(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Object(m) => m.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        _ => false,
+    }
+}
+
+/// Strips what the server owns and what changes on every write, so two
+/// objects compare (and diff) on what a user wrote.
+pub fn normalize(object: &Value) -> Value {
+    let mut object = object.clone();
+    if let Some(root) = object.as_object_mut() {
+        root.remove("status");
+        if let Some(Value::Object(meta)) = root.get_mut("metadata") {
+            for key in [
+                "managedFields",
+                "resourceVersion",
+                "uid",
+                "creationTimestamp",
+                "generation",
+                "selfLink",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+            ] {
+                meta.remove(key);
+            }
+            if let Some(Value::Object(annotations)) = meta.get_mut("annotations") {
+                annotations.remove("deployment.kubernetes.io/revision");
+                if annotations.is_empty() {
+                    meta.remove("annotations");
+                }
+            }
+        }
+    }
+    object
+}
+
+/// Replaces Secret values so a diff shows which keys changed, never what
+/// they hold.
+pub fn mask_secrets(id: &ObjectRef, live: &mut Value, desired: &mut Value) {
+    if !(id.group.is_empty() && id.kind == "Secret") {
+        return;
+    }
+    for field in ["data", "stringData"] {
+        let live_values = live
+            .get(field)
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        let desired_values = desired
+            .get(field)
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        let mask = |values: &Map<String, Value>,
+                    other: &Map<String, Value>,
+                    changed_mark: &str|
+         -> Map<String, Value> {
+            values
+                .iter()
+                .map(|(k, v)| {
+                    let text = if other.get(k) == Some(v) {
+                        "(masked)".to_string()
+                    } else {
+                        format!("(masked, {changed_mark})")
+                    };
+                    (k.clone(), Value::String(text))
+                })
+                .collect()
+        };
+        if let Some(v) = live.get_mut(field) {
+            *v = Value::Object(mask(&live_values, &desired_values, "old value"));
+        }
+        if let Some(v) = desired.get_mut(field) {
+            *v = Value::Object(mask(&desired_values, &live_values, "new value"));
+        }
+    }
+}
+
+/// YAML text of an object, keys sorted, for diffs.
+pub fn to_yaml(object: &Value) -> String {
+    serde_saphyr::to_string(object)
+        .unwrap_or_else(|_| serde_json::to_string_pretty(object).unwrap_or_default())
+}
+
+/// Unified diff of two texts, or `None` if they are equal.
+pub fn unified_diff(old: &str, new: &str, old_name: &str, new_name: &str) -> Option<String> {
+    if old == new {
+        return None;
+    }
+    let diff = similar::TextDiff::from_lines(old, new);
+    Some(
+        diff.unified_diff()
+            .context_radius(3)
+            .header(old_name, new_name)
+            .to_string(),
+    )
+}
+
+/// The diff between a live object and what applying the desired one gives,
+/// both normalized, Secret values masked.
+pub fn object_diff(id: &ObjectRef, live: Option<&Value>, after: &Value) -> Option<String> {
+    let mut after = normalize(after);
+    let mut live = live.map(normalize).unwrap_or(Value::Null);
+    mask_secrets(id, &mut live, &mut after);
+    let old = if live.is_null() {
+        String::new()
+    } else {
+        to_yaml(&live)
+    };
+    unified_diff(
+        &old,
+        &to_yaml(&after),
+        &format!("live/{id}"),
+        &format!("desired/{id}"),
+    )
+}
+
+/// What a sync would do to one object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase", tag = "action")]
+pub enum Change {
+    Create,
+    Update,
+    Unchanged,
+    /// Annotated to be left alone in the cluster.
+    Ignored,
+    Invalid {
+        reason: String,
+    },
+}
+
+/// The inventory: what the last successful sync applied, by object ref.
+pub type Inventory = BTreeSet<ObjectRef>;
+
+/// Objects in the inventory that the desired set no longer has, in prune order
+/// (the reverse of apply order: namespaced objects first, CRDs last).
+pub fn to_prune(
+    inventory: &Inventory,
+    desired: &BTreeMap<ObjectRef, Stage>,
+    stage_of: impl Fn(&ObjectRef) -> Stage,
+) -> Vec<ObjectRef> {
+    let mut gone: Vec<(Stage, ObjectRef)> = inventory
+        .iter()
+        .filter(|id| !desired.contains_key(*id))
+        .map(|id| (stage_of(id), id.clone()))
+        .collect();
+    gone.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    gone.into_iter().map(|(_, id)| id).collect()
+}
+
+/// Why a live object must not be pruned even though Git no longer has it:
+/// `None` if it may be deleted.
+pub fn prune_refusal(live: &Value, sync_set: &str) -> Option<&'static str> {
+    let meta = &live["metadata"];
+    if meta["labels"][MANAGED_BY_LABEL].as_str() != Some(MANAGED_BY_VALUE) {
+        return Some("it no longer carries the label app.kubernetes.io/managed-by=tidegate");
+    }
+    if meta["annotations"][SYNC_SET_ANNOTATION].as_str() != Some(sync_set) {
+        return Some("it belongs to another sync set");
+    }
+    if meta["annotations"][PRUNE_ANNOTATION].as_str() == Some("disabled") {
+        return Some("it is annotated tidegate.dev/prune: disabled");
+    }
+    if crate::render::is_ignored(live) {
+        return Some("it is annotated to be ignored");
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn id(kind: &str, ns: Option<&str>, name: &str) -> ObjectRef {
+        ObjectRef::new(
+            if kind == "Deployment" {
+                "apps/v1"
+            } else {
+                "v1"
+            },
+            kind,
+            ns,
+            name,
+        )
+    }
+
+    #[test]
+    fn subset_ignores_server_defaults_and_catches_drift() {
+        let desired = json!({"spec": {"replicas": 2, "template": {"containers": [{"name": "a", "image": "x"}]}}});
+        let live = json!({"spec": {"replicas": 2, "progressDeadlineSeconds": 600,
+            "template": {"containers": [{"name": "a", "image": "x", "imagePullPolicy": "IfNotPresent"}]}},
+            "status": {"replicas": 2}});
+        assert!(is_subset(&desired, &live));
+        let drifted = json!({"spec": {"replicas": 5, "template": {"containers": [{"name": "a", "image": "x"}]}}});
+        assert!(!is_subset(&desired, &drifted));
+        let extra_container = json!({"spec": {"replicas": 2, "template": {"containers": [{"name": "a", "image": "x"}, {"name": "b"}]}}});
+        assert!(!is_subset(&desired, &extra_container));
+        assert!(is_subset(&json!({"data": {}, "x": null}), &json!({})));
+        assert!(is_subset(&json!({"port": 80}), &json!({"port": 80.0})));
+    }
+
+    #[test]
+    fn stages_order_crds_namespaces_cluster_then_namespaced_and_webhooks_last() {
+        let crd = ObjectRef::new(
+            "apiextensions.k8s.io/v1",
+            "CustomResourceDefinition",
+            None,
+            "x",
+        );
+        let hook = ObjectRef::new(
+            "admissionregistration.k8s.io/v1",
+            "ValidatingWebhookConfiguration",
+            None,
+            "h",
+        );
+        let sc = ObjectRef::new("storage.k8s.io/v1", "StorageClass", None, "fast");
+        let mut stages = [
+            Stage::of(&hook, false),
+            Stage::of(&id("Deployment", Some("a"), "d"), true),
+            Stage::of(&id("Service", Some("a"), "s"), true),
+            Stage::of(&id("ConfigMap", Some("a"), "c"), true),
+            Stage::of(&sc, false),
+            Stage::of(&id("Namespace", None, "a"), false),
+            Stage::of(&crd, false),
+            Stage::of(&id("ServiceAccount", Some("a"), "sa"), true),
+        ];
+        stages.sort();
+        assert_eq!(
+            stages,
+            [
+                Stage::CustomResourceDefinitions,
+                Stage::Namespaces,
+                Stage::ClusterScoped,
+                Stage::ServiceAccounts,
+                Stage::Config,
+                Stage::Services,
+                Stage::Workloads,
+                Stage::AdmissionWebhooks,
+            ]
+        );
+    }
+
+    #[test]
+    fn place_sets_namespace_and_marks() {
+        let object = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "labels": null}});
+        let placed = place(&object, &id("ConfigMap", Some("ns"), "c"), "prod", "abc");
+        assert_eq!(placed["metadata"]["namespace"], "ns");
+        assert_eq!(placed["metadata"]["labels"][MANAGED_BY_LABEL], "tidegate");
+        assert_eq!(
+            placed["metadata"]["annotations"][SYNC_SET_ANNOTATION],
+            "prod"
+        );
+        assert_eq!(
+            placed["metadata"]["annotations"][CHECKSUM_ANNOTATION],
+            "abc"
+        );
+    }
+
+    #[test]
+    fn normalize_drops_server_fields() {
+        let live = json!({"metadata": {"name": "x", "uid": "u", "resourceVersion": "1", "generation": 3,
+            "creationTimestamp": "t", "managedFields": []}, "spec": {"a": 1}, "status": {"b": 2}});
+        assert_eq!(
+            normalize(&live),
+            json!({"metadata": {"name": "x"}, "spec": {"a": 1}})
+        );
+    }
+
+    #[test]
+    fn secret_values_are_masked_but_changes_show() {
+        let secret = ObjectRef::new("v1", "Secret", Some("ns"), "s");
+        let live = json!({"kind": "Secret", "data": {"same": "c2FtZQ==", "changed": "b2xk"}});
+        let desired = json!({"kind": "Secret", "data": {"same": "c2FtZQ==", "changed": "bmV3"}});
+        let diff = object_diff(&secret, Some(&live), &desired).expect("a change");
+        assert!(
+            !diff.contains("b2xk") && !diff.contains("bmV3") && !diff.contains("c2FtZQ=="),
+            "{diff}"
+        );
+        assert!(diff.contains("-  changed: (masked, old value)"), "{diff}");
+        assert!(diff.contains("+  changed: (masked, new value)"), "{diff}");
+        assert!(diff.contains("   same: (masked)"), "{diff}");
+    }
+
+    #[test]
+    fn configmap_diff_is_unified_and_equal_objects_have_none() {
+        let cm = id("ConfigMap", Some("ns"), "c");
+        let live = json!({"metadata": {"name": "c", "resourceVersion": "7"}, "data": {"a": "1"}});
+        let desired = json!({"metadata": {"name": "c"}, "data": {"a": "2"}});
+        let diff = object_diff(&cm, Some(&live), &desired).unwrap();
+        assert!(
+            diff.starts_with("--- live/v1 ConfigMap ns/c\n+++ desired/v1 ConfigMap ns/c\n"),
+            "{diff}"
+        );
+        assert!(
+            diff.contains("-  a: '1'") || diff.contains("-  a: \"1\""),
+            "{diff}"
+        );
+        assert!(object_diff(&cm, Some(&live), &live).is_none());
+    }
+
+    #[test]
+    fn prune_order_is_reverse_of_apply_and_skips_desired() {
+        let ns = id("Namespace", None, "gone");
+        let cm = id("ConfigMap", Some("gone"), "c");
+        let kept = id("ConfigMap", Some("a"), "kept");
+        let inventory: Inventory = [ns.clone(), cm.clone(), kept.clone()].into();
+        let desired: BTreeMap<ObjectRef, Stage> = [(kept, Stage::Config)].into();
+        let order = to_prune(&inventory, &desired, |i| {
+            Stage::of(i, i.namespace.is_some())
+        });
+        assert_eq!(order, [cm, ns]);
+    }
+
+    #[test]
+    fn prune_needs_our_marks() {
+        let ours = json!({"metadata": {"labels": {MANAGED_BY_LABEL: "tidegate"}, "annotations": {SYNC_SET_ANNOTATION: "s"}}});
+        assert_eq!(prune_refusal(&ours, "s"), None);
+        assert!(prune_refusal(&ours, "other").is_some());
+        assert!(prune_refusal(&json!({"metadata": {}}), "s").is_some());
+        let mut disabled = ours.clone();
+        disabled["metadata"]["annotations"][PRUNE_ANNOTATION] = "disabled".into();
+        assert!(prune_refusal(&disabled, "s").is_some());
+        let mut ignored = ours;
+        ignored["metadata"]["annotations"]["fluxcd.io/ignore"] = "true".into();
+        assert!(prune_refusal(&ignored, "s").is_some());
+    }
+}
