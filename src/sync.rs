@@ -215,7 +215,11 @@ async fn observe(cluster: &Cluster, placed: Vec<(Desired, Resolved)>, plan: &mut
                         namespace: obj.metadata.namespace.clone(),
                         name: obj.metadata.name.clone().unwrap_or_default(),
                     };
-                    live.insert(id, serde_json::to_value(&obj).expect("objects serialize"));
+                    let mut value = serde_json::to_value(&obj).expect("objects serialize");
+                    // Items of a list response carry no apiVersion and kind.
+                    value["apiVersion"] = resolved.resource.api_version.clone().into();
+                    value["kind"] = resolved.resource.kind.clone().into();
+                    live.insert(id, value);
                 }
             }
             Err(e) => {

@@ -83,6 +83,17 @@ pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode>
         });
     let plan = sync::plan(&cluster, &set, &settings, &inventory).await;
 
+    // Namespaces this plan creates: objects in them cannot be dry-run yet.
+    let new_namespaces: Vec<&str> = plan
+        .items
+        .iter()
+        .filter(|i| {
+            i.change == Change::Create
+                && i.desired.id.group.is_empty()
+                && i.desired.id.kind == "Namespace"
+        })
+        .map(|i| i.desired.id.name.as_str())
+        .collect();
     let mut objects = Vec::new();
     for item in &plan.items {
         let d = &item.desired;
@@ -104,6 +115,14 @@ pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode>
                             None => (Change::Unchanged, None),
                             Some(diff) => (item.change.clone(), Some(diff)),
                         }
+                    }
+                    Err(_)
+                        if d.id
+                            .namespace
+                            .as_deref()
+                            .is_some_and(|ns| new_namespaces.contains(&ns)) =>
+                    {
+                        (Change::Create, plan::object_diff(&d.id, None, &d.object))
                     }
                     Err(e) => (Change::Invalid { reason: reason(&e) }, None),
                 }

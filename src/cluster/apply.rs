@@ -9,10 +9,19 @@ use serde_json::Value;
 use super::{Cluster, FIELD_MANAGER, Resolved};
 use crate::object::ObjectRef;
 
-/// True for the API server's refusal of a change to an immutable field.
+/// True for the API server's refusal of a change to an immutable field. The
+/// wording differs by kind: "field is immutable" (Deployment selector, Job
+/// template), "may not change once set" (Service clusterIP), "updates to
+/// statefulset spec for fields other than … are forbidden".
 pub fn is_immutable_error(e: &kube::Error) -> bool {
     match e {
-        kube::Error::Api(status) => status.code == 422 && status.message.contains("immutable"),
+        kube::Error::Api(status) => {
+            let m = &status.message;
+            status.code == 422
+                && (m.contains("immutable")
+                    || m.contains("may not change once set")
+                    || (m.contains("updates to") && m.contains("are forbidden")))
+        }
         _ => false,
     }
 }

@@ -217,14 +217,34 @@ impl Cluster {
             name: state.name(),
             source,
         };
-        Api::<ConfigMap>::namespaced(self.client.clone(), &state.namespace)
-            .patch(
-                &state.name(),
-                &PatchParams::apply("tidegate-state").force(),
-                &Patch::Apply(&map),
-            )
-            .await
-            .map_err(write_err)?;
+        let api = Api::<ConfigMap>::namespaced(self.client.clone(), &state.namespace);
+        let apply = PatchParams::apply("tidegate-state").force();
+        if inventory.is_some() {
+            api.patch(&state.name(), &apply, &Patch::Apply(&map))
+                .await
+                .map_err(write_err)?;
+        } else {
+            // Without an inventory, update the status alone: an apply that
+            // leaves the inventory out would remove it.
+            let merge = serde_json::json!({"data": map.data});
+            match api
+                .patch(
+                    &state.name(),
+                    &PatchParams::default(),
+                    &Patch::Merge(&merge),
+                )
+                .await
+            {
+                Err(kube::Error::Api(status)) if status.code == 404 => {
+                    api.patch(&state.name(), &apply, &Patch::Apply(&map))
+                        .await
+                        .map_err(write_err)?;
+                }
+                other => {
+                    other.map_err(write_err)?;
+                }
+            }
+        }
         self.emit_event(state, status).await.map_err(write_err)
     }
 

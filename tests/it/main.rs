@@ -5,5 +5,6 @@
 //! Plain unit tests live beside the code in `src/` and never touch a cluster.
 
 mod control_plane;
+mod engine;
 mod support;
 mod sync_once;
