@@ -372,6 +372,7 @@ impl SyncReport {
             counts,
             errors: self.errors.clone(),
             warnings: self.warnings.clone(),
+            writes: self.writes,
         }
     }
 }

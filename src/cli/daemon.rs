@@ -251,7 +251,7 @@ fn counts(report: &SyncReport) -> String {
         }
     }
     parts.push(format!("{} failed", report.errors.len()));
-    parts.join(", ")
+    format!("{} ({} object writes)", parts.join(", "), report.writes)
 }
 
 fn short(report: &SyncReport) -> &str {

@@ -93,6 +93,9 @@ pub struct SyncStatus {
     pub errors: Vec<ObjectError>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Write requests sent for managed objects (applies, deletes).
+    #[serde(default)]
+    pub writes: usize,
 }
 
 pub fn now() -> String {

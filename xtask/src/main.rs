@@ -5,6 +5,9 @@
 //!   cluster down    stop it
 //!   demo            start it, sync examples/cluster-state into it, show the result
 //!   test            build what the tests need, then run the whole test suite
+//!   bench [N] [L]   tidegate beside kubectl on N objects, and tidegate on L objects
+
+mod bench;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -21,7 +24,8 @@ fn main() -> ExitCode {
         ["cluster", "down"] => cluster_down(),
         ["demo"] => demo(),
         ["test", rest @ ..] => test(rest),
-        _ => Err("usage: cargo xtask <controlplane | cluster up | cluster down | demo | test [cargo test args]>".into()),
+        ["bench", rest @ ..] => bench::bench(rest),
+        _ => Err("usage: cargo xtask <controlplane | cluster up | cluster down | demo | test [cargo test args] | bench [N] [LARGE_N]>".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -95,18 +99,31 @@ fn cluster_up() -> Result<PathBuf> {
         return Ok(kubeconfig);
     }
     let bin = tools_dir()?.join("tidegate-controlplane");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    let started = Instant::now();
+    start_cluster(&bin, &dir)?;
+    eprintln!(
+        "control plane ready in {:.1}s (logs in {}); stop it with `cargo xtask cluster down`",
+        started.elapsed().as_secs_f64(),
+        dir.join("logs").display()
+    );
+    Ok(kubeconfig)
+}
+
+/// Starts `tidegate-controlplane up` in `dir`, detached from this terminal;
+/// returns its kubeconfig once ready.
+fn start_cluster(bin: &Path, dir: &Path) -> Result<(PathBuf, std::process::Child)> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
     let log_path = dir.join("supervisor.log");
     let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
     eprintln!("starting the local control plane in {}", dir.display());
     let started = Instant::now();
     let mut child = {
         use std::os::unix::process::CommandExt;
-        Command::new(&bin)
+        Command::new(bin)
             .arg("up")
             .arg("--dir")
-            .arg(&dir)
+            .arg(dir)
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| e.to_string())?)
             .stderr(log)
@@ -129,12 +146,7 @@ fn cluster_up() -> Result<PathBuf> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    eprintln!(
-        "control plane ready in {:.1}s (logs in {}); stop it with `cargo xtask cluster down`",
-        started.elapsed().as_secs_f64(),
-        dir.join("logs").display()
-    );
-    Ok(kubeconfig)
+    Ok((dir.join("kubeconfig"), child))
 }
 
 fn cluster_down() -> Result<()> {
