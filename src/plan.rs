@@ -132,6 +132,26 @@ pub fn is_subset(desired: &Value, live: &Value) -> bool {
     }
 }
 
+/// True when applying `desired` would change nothing in `live`. Like
+/// [`is_subset`], and a Secret's `stringData` is compared with the `data` the
+/// server keeps it in.
+pub fn is_unchanged(id: &ObjectRef, desired: &Value, live: &Value) -> bool {
+    let Some(string_data) = desired.get("stringData").and_then(Value::as_object) else {
+        return is_subset(desired, live);
+    };
+    if !(id.group.is_empty() && id.kind == "Secret") {
+        return is_subset(desired, live);
+    }
+    use base64::Engine as _;
+    let encoded_matches = string_data.iter().all(|(k, v)| {
+        let encoded = v.as_str().map(|s| base64::engine::general_purpose::STANDARD.encode(s));
+        encoded.is_some() && live["data"][k].as_str() == encoded.as_deref()
+    });
+    let mut rest = desired.clone();
+    rest.as_object_mut().expect("an object").remove("stringData");
+    encoded_matches && is_subset(&rest, live)
+}
+
 fn is_empty(v: &Value) -> bool {
     match v {
         Value::Null => true,
@@ -336,6 +356,16 @@ mod tests {
         assert!(!is_subset(&desired, &extra_container));
         assert!(is_subset(&json!({"data": {}, "x": null}), &json!({})));
         assert!(is_subset(&json!({"port": 80}), &json!({"port": 80.0})));
+    }
+
+    #[test]
+    fn secret_string_data_compares_with_data() {
+        let secret = ObjectRef::new("v1", "Secret", Some("ns"), "s");
+        let desired = json!({"kind": "Secret", "stringData": {"password": "hunter2"}});
+        let live = json!({"kind": "Secret", "data": {"password": "aHVudGVyMg=="}});
+        assert!(is_unchanged(&secret, &desired, &live));
+        let changed = json!({"kind": "Secret", "data": {"password": "b2xk"}});
+        assert!(!is_unchanged(&secret, &desired, &changed));
     }
 
     #[test]

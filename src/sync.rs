@@ -275,7 +275,7 @@ async fn observe(cluster: &Cluster, placed: Vec<(Desired, Resolved)>, plan: &mut
             None if missing.contains(&desired.id) => Change::Create,
             None => continue, // read error, reported above
             Some(l) if render::is_ignored(l) => Change::Ignored,
-            Some(l) if plan::is_subset(&desired.object, l) => Change::Unchanged,
+            Some(l) if plan::is_unchanged(&desired.id, &desired.object, l) => Change::Unchanged,
             Some(_) => Change::Update,
         };
         plan.items.push(Item {

@@ -27,7 +27,7 @@ import (
 )
 
 const (
-	serviceCIDR = "10.0.0.0/24"
+	serviceCIDR = "10.0.0.0/16"
 	serviceIP   = "10.0.0.1"
 )
 
