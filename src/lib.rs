@@ -6,6 +6,8 @@
 
 pub mod cli;
 pub mod cluster;
+pub mod daemon;
+pub mod identity;
 pub mod object;
 pub mod plan;
 pub mod render;

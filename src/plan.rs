@@ -144,11 +144,15 @@ pub fn is_unchanged(id: &ObjectRef, desired: &Value, live: &Value) -> bool {
     }
     use base64::Engine as _;
     let encoded_matches = string_data.iter().all(|(k, v)| {
-        let encoded = v.as_str().map(|s| base64::engine::general_purpose::STANDARD.encode(s));
+        let encoded = v
+            .as_str()
+            .map(|s| base64::engine::general_purpose::STANDARD.encode(s));
         encoded.is_some() && live["data"][k].as_str() == encoded.as_deref()
     });
     let mut rest = desired.clone();
-    rest.as_object_mut().expect("an object").remove("stringData");
+    rest.as_object_mut()
+        .expect("an object")
+        .remove("stringData");
     encoded_matches && is_subset(&rest, live)
 }
 

@@ -333,6 +333,8 @@ pub struct SyncReport {
     pub interrupted: bool,
     /// Write requests sent for objects (applies and deletes).
     pub writes: usize,
+    /// `tidegate sync` requests this sync answers.
+    pub requests: Vec<String>,
 }
 
 impl SyncReport {
@@ -373,6 +375,7 @@ impl SyncReport {
             errors: self.errors.clone(),
             warnings: self.warnings.clone(),
             writes: self.writes,
+            requests: self.requests.clone(),
         }
     }
 }
@@ -656,11 +659,13 @@ pub async fn run(
     cluster: &Cluster,
     snapshot: Result<Snapshot, crate::source::Error>,
     settings: &Settings,
+    requests: Vec<String>,
     stop: &AtomicBool,
     on: OnProgress<'_>,
-) -> SyncReport {
+) -> (SyncReport, SyncStatus) {
     let started = now();
-    let (report, inventory) = sync_snapshot(cluster, snapshot, settings, stop, on).await;
+    let (mut report, inventory) = sync_snapshot(cluster, snapshot, settings, stop, on).await;
+    report.requests = requests;
     let status = report.status(started);
     if let Err(e) = cluster
         .record(&settings.state, &status, inventory.as_ref())
@@ -668,7 +673,7 @@ pub async fn run(
     {
         tracing::error!("{}", crate::error_chain(&e));
     }
-    report
+    (report, status)
 }
 
 async fn sync_snapshot(

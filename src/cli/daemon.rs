@@ -3,21 +3,28 @@
 //! finishes the objects in flight, records status and exits. With `--once`,
 //! one sync and exit.
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::sync::Notify;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use tokio::time::Instant;
 
 use super::{EXIT_FAILED, init_logging};
 use crate::cluster::state::{Outcome, StateRef};
 use crate::cluster::{Cluster, Connection};
+use crate::daemon::http::{self, Shared};
+use crate::daemon::metrics::Metrics;
+use crate::daemon::{Triggers, requests, watch};
+use crate::identity::{self, KeyRef};
 use crate::render;
-use crate::source::GitSource;
+use crate::source::remote::{self, Scheme};
+use crate::source::{Access, GitSource};
 use crate::sync::{self, GarbageCollection, Progress, Settings, SyncReport};
 
 /// Flags shared by the commands that render and plan (`daemon`, `diff`).
@@ -81,7 +88,7 @@ impl SyncArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// URL of the Git repository (ssh://, https://, file:// or a local path)
+    /// URL of the Git repository (ssh://, git@host:path, https://, file:// or a local path)
     #[arg(long, env = "TIDEGATE_GIT_URL")]
     git_url: String,
     /// Branch to sync
@@ -97,10 +104,145 @@ pub struct Args {
     #[arg(long, env = "TIDEGATE_GIT_CACHE_DIR")]
     git_cache_dir: Option<PathBuf>,
     #[command(flatten)]
+    git: GitAccessArgs,
+    #[command(flatten)]
     sync: SyncArgs,
+    /// Address of the HTTP API, health, metrics and webhooks ("off" for none)
+    #[arg(long, env = "TIDEGATE_LISTEN", default_value = "0.0.0.0:3030")]
+    listen: String,
+    /// Secret (in the daemon's namespace) whose key `webhook-secret` signs webhooks
+    #[arg(long, env = "TIDEGATE_WEBHOOK_SECRET_NAME")]
+    webhook_secret_name: Option<String>,
     /// Sync once, print what was done and exit
     #[arg(long)]
     once: bool,
+}
+
+/// How to reach and authenticate to the Git host.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GitAccessArgs {
+    /// Secret holding the SSH deploy key (keys `identity`, `identity.pub`); created if missing
+    #[arg(
+        long,
+        env = "TIDEGATE_K8S_SECRET_NAME",
+        default_value = "tidegate-git-deploy"
+    )]
+    pub k8s_secret_name: String,
+    /// known_hosts file that SSH host keys are checked against
+    #[arg(long, env = "TIDEGATE_SSH_KNOWN_HOSTS")]
+    pub ssh_known_hosts: Option<PathBuf>,
+    /// ConfigMap or Secret (`configmap/NAME` or `secret/NAME`, key `known_hosts`) holding known_hosts
+    #[arg(long, env = "TIDEGATE_SSH_KNOWN_HOSTS_FROM")]
+    pub ssh_known_hosts_from: Option<String>,
+    /// Secret with HTTPS credentials: keys `username` and `password`, or `token`
+    #[arg(long, env = "TIDEGATE_GIT_HTTPS_SECRET")]
+    pub git_https_secret: Option<String>,
+    /// CA certificates (PEM) to trust for HTTPS Git hosts
+    #[arg(long, env = "TIDEGATE_GIT_CA_FILE")]
+    pub git_ca_file: Option<PathBuf>,
+    /// Proxy for Git over HTTP(S); default HTTPS_PROXY / HTTP_PROXY, honouring NO_PROXY
+    #[arg(long, env = "TIDEGATE_GIT_PROXY")]
+    pub git_proxy: Option<String>,
+}
+
+impl GitAccessArgs {
+    /// Reads keys and credentials fresh, so a regenerated key or a rotated
+    /// password is used for the next fetch without a restart.
+    pub async fn access(
+        &self,
+        client: &kube::Client,
+        namespace: &str,
+        url: &str,
+    ) -> anyhow::Result<Access> {
+        let mut access = Access {
+            proxy: self.git_proxy.clone(),
+            ..Access::default()
+        };
+        match remote::parse(url).scheme {
+            Scheme::Ssh => {
+                let key_ref = KeyRef {
+                    namespace: namespace.to_string(),
+                    name: self.k8s_secret_name.clone(),
+                };
+                access.deploy_key = Some(identity::ensure(client, &key_ref).await?);
+                access.known_hosts = self.known_hosts(client, namespace).await?;
+            }
+            Scheme::Https | Scheme::Http => {
+                if let Some(name) = &self.git_https_secret {
+                    let data = secret_data(client, namespace, name).await?;
+                    let user = data
+                        .get("username")
+                        .cloned()
+                        .unwrap_or_else(|| "git".into());
+                    let password = data
+                        .get("password")
+                        .or_else(|| data.get("token"))
+                        .cloned()
+                        .with_context(|| {
+                            format!(
+                                "the Secret {namespace}/{name} has neither `password` nor `token`"
+                            )
+                        })?;
+                    access.https = Some((user, password));
+                }
+            }
+            Scheme::File => {}
+        }
+        Ok(access)
+    }
+
+    async fn known_hosts(&self, client: &kube::Client, namespace: &str) -> anyhow::Result<String> {
+        let mut text = String::new();
+        if let Some(path) = &self.ssh_known_hosts {
+            text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read --ssh-known-hosts {}", path.display()))?;
+        }
+        if let Some(from) = &self.ssh_known_hosts_from {
+            let (kind, name) = from.split_once('/').with_context(|| {
+                format!("--ssh-known-hosts-from {from}: write configmap/NAME or secret/NAME")
+            })?;
+            let data = match kind {
+                "configmap" => {
+                    let api: kube::Api<ConfigMap> =
+                        kube::Api::namespaced(client.clone(), namespace);
+                    api.get(name)
+                        .await
+                        .with_context(|| format!("cannot read ConfigMap {namespace}/{name}"))?
+                        .data
+                        .unwrap_or_default()
+                }
+                "secret" => secret_data(client, namespace, name).await?,
+                _ => anyhow::bail!(
+                    "--ssh-known-hosts-from {from}: write configmap/NAME or secret/NAME"
+                ),
+            };
+            text.push('\n');
+            text.push_str(
+                data.get("known_hosts")
+                    .map(String::as_str)
+                    .unwrap_or_default(),
+            );
+        }
+        Ok(text)
+    }
+}
+
+async fn secret_data(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+) -> anyhow::Result<BTreeMap<String, String>> {
+    let api: kube::Api<Secret> = kube::Api::namespaced(client.clone(), namespace);
+    let secret = api
+        .get(name)
+        .await
+        .with_context(|| format!("cannot read Secret {namespace}/{name}"))?;
+    Ok(secret
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).trim_end().to_string()))
+        .collect())
 }
 
 /// `30s`, `5m`, `1h`, `250ms`, or plain seconds.
@@ -129,7 +271,7 @@ fn default_cache_dir(url: &str, branch: &str) -> PathBuf {
 }
 
 /// Sets `stop` on SIGTERM or SIGINT and wakes the loop.
-fn watch_signals(stop: Arc<AtomicBool>, wake: Arc<Notify>) {
+fn watch_signals(triggers: Arc<Triggers>) {
     tokio::spawn(async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("SIGTERM handler");
@@ -138,8 +280,32 @@ fn watch_signals(stop: Arc<AtomicBool>, wake: Arc<Notify>) {
             _ = tokio::signal::ctrl_c() => {}
         }
         tracing::info!("stopping: finishing the objects in flight");
-        stop.store(true, Ordering::SeqCst);
-        wake.notify_waiters();
+        triggers.stop.store(true, Ordering::SeqCst);
+        triggers.wake.notify_one();
+    });
+}
+
+/// Looks for `tidegate sync` requests on the state ConfigMap.
+fn watch_requests(client: kube::Client, state: StateRef, triggers: Arc<Triggers>) {
+    tokio::spawn(async move {
+        loop {
+            if let Ok(annotations) = requests::annotations(&client, &state).await {
+                let pending = requests::pending(&annotations);
+                if !pending.is_empty() {
+                    let mut known = triggers.requests.lock().expect("requests");
+                    let new: Vec<String> = pending
+                        .into_iter()
+                        .filter(|id| !known.contains(id))
+                        .collect();
+                    if !new.is_empty() {
+                        known.extend(new);
+                        drop(known);
+                        triggers.sync_now();
+                    }
+                }
+            }
+            tokio::time::sleep(requests::POLL).await;
+        }
     });
 }
 
@@ -150,26 +316,39 @@ pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode>
         .await
         .context("cannot connect to the cluster")?;
     let namespace = connection.namespace(&client);
-    let cluster = Cluster::new(client);
-    let source = GitSource {
+    let cluster = Cluster::new(client.clone());
+    if let Some(ca) = &args.git.git_ca_file {
+        // SAFETY: set once, before any fetch runs on another thread.
+        unsafe { git2::opts::set_ssl_cert_file(ca) }
+            .with_context(|| format!("cannot use --git-ca-file {}", ca.display()))?;
+    }
+    let mut source = GitSource {
         cache_dir: args
             .git_cache_dir
             .clone()
             .unwrap_or_else(|| default_cache_dir(&args.git_url, &args.git_branch)),
         url: args.git_url.clone(),
         branch: args.git_branch.clone(),
+        access: Access::default(),
     };
-    let settings = args.sync.settings(namespace);
-    let stop = Arc::new(AtomicBool::new(false));
-    let wake = Arc::new(Notify::new());
-    watch_signals(stop.clone(), wake.clone());
+    let settings = args.sync.settings(namespace.clone());
+    let triggers = Arc::new(Triggers::default());
+    watch_signals(triggers.clone());
 
     if args.once {
-        let report = sync::run(
+        let snapshot = match args.git.access(&client, &namespace, &source.url).await {
+            Ok(access) => {
+                source.access = access;
+                sync::fetch(&source).await
+            }
+            Err(e) => return Err(e),
+        };
+        let (report, _) = sync::run(
             &cluster,
-            sync::fetch(&source).await,
+            snapshot,
             &settings,
-            &stop,
+            Vec::new(),
+            &triggers.stop,
             &mut print_progress,
         )
         .await;
@@ -180,21 +359,110 @@ pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode>
         });
     }
 
+    let webhook_secret = match &args.webhook_secret_name {
+        Some(name) => Some(
+            secret_data(&client, &namespace, name)
+                .await?
+                .get("webhook-secret")
+                .with_context(|| {
+                    format!("the Secret {namespace}/{name} has no key `webhook-secret`")
+                })?
+                .clone()
+                .into_bytes(),
+        ),
+        None => None,
+    };
+    let metrics = Arc::new(Metrics::default());
+    let shared = Arc::new(Shared {
+        triggers: triggers.clone(),
+        metrics: metrics.clone(),
+        ready: AtomicBool::new(false),
+        identity: Mutex::new(None),
+        webhook_secret,
+        branch: args.git_branch.clone(),
+    });
+    if args.listen != "off" {
+        let addr: SocketAddr = args.listen.parse().with_context(|| {
+            format!("--listen {}: not an address like 0.0.0.0:3030", args.listen)
+        })?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        let router = http::router(shared.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, router).await {
+                tracing::error!("HTTP server stopped: {e}");
+            }
+        });
+        tracing::info!(%addr, "HTTP API listening");
+    }
+    watch_requests(client.clone(), settings.state.clone(), triggers.clone());
+    let _watcher = match watch::refs_dir(&source.url) {
+        Some(dir) => match watch::start(&dir, triggers.clone()) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!("cannot watch {}: {e}; polling only", dir.display());
+                None
+            }
+        },
+        None => None,
+    };
+
     tracing::info!(url = %source.url, branch = %source.branch, "starting");
     let mut last: Option<(String, Instant)> = None;
     let mut failures = 0u32;
-    while !stop.load(Ordering::SeqCst) {
-        let snapshot = sync::fetch(&source).await;
-        let due = match (&snapshot, &last) {
-            (Ok(s), Some((revision, at))) => {
-                *revision != s.revision || at.elapsed() >= args.sync_interval
+    while !triggers.stop.load(Ordering::SeqCst) {
+        let forced = triggers.force.swap(false, Ordering::SeqCst);
+        let taken: Vec<String> = triggers
+            .requests
+            .lock()
+            .expect("requests")
+            .iter()
+            .cloned()
+            .collect();
+        let snapshot = match args.git.access(&client, &namespace, &source.url).await {
+            Ok(access) => {
+                if let Some(key) = &access.deploy_key {
+                    *shared.identity.lock().expect("identity") = Some(key.public.clone());
+                }
+                source.access = access;
+                sync::fetch(&source).await
             }
-            _ => true,
+            Err(e) => Err(crate::source::Error::Access(crate::error_chain(e.as_ref()))),
         };
+        let due = forced
+            || match (&snapshot, &last) {
+                (Ok(s), Some((revision, at))) => {
+                    *revision != s.revision || at.elapsed() >= args.sync_interval
+                }
+                _ => true,
+            };
         let mut wait = args.git_poll_interval;
         if due {
             let revision = snapshot.as_ref().ok().map(|s| s.revision.clone());
-            let report = sync::run(&cluster, snapshot, &settings, &stop, &mut |_| {}).await;
+            if let (Some(rev), false) = (&revision, taken.is_empty())
+                && let Err(e) = requests::acknowledge(&client, &settings.state, &taken, rev).await
+            {
+                tracing::warn!("cannot acknowledge sync requests: {e}");
+            }
+            let started = Instant::now();
+            let (report, status) = sync::run(
+                &cluster,
+                snapshot,
+                &settings,
+                taken.clone(),
+                &triggers.stop,
+                &mut |_| {},
+            )
+            .await;
+            metrics.observe(&status, started.elapsed().as_secs_f64());
+            if !taken.is_empty() {
+                let _ = requests::clear(&client, &settings.state, &taken).await;
+                let mut known = triggers.requests.lock().expect("requests");
+                for id in &taken {
+                    known.remove(id);
+                }
+            }
             log_summary(&report);
             if report.outcome() == Outcome::Failed {
                 failures += 1;
@@ -204,17 +472,19 @@ pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode>
                 last = None;
             } else {
                 failures = 0;
+                shared.ready.store(true, Ordering::SeqCst);
                 last = revision.map(|r| (r, Instant::now()));
             }
-            if let Some((_, at)) = &last {
-                wait = wait.min(args.sync_interval.saturating_sub(at.elapsed()));
-            }
-        } else if let Some((_, at)) = &last {
+        }
+        if let Some((_, at)) = &last {
             wait = wait.min(args.sync_interval.saturating_sub(at.elapsed()));
+        }
+        if triggers.force.load(Ordering::SeqCst) {
+            continue;
         }
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = wake.notified() => {}
+            _ = triggers.wake.notified() => {}
         }
     }
     tracing::info!("stopped");

@@ -6,7 +6,9 @@
 
 mod daemon;
 mod diff;
+mod identity;
 mod status;
+mod sync;
 mod validate;
 
 use std::path::PathBuf;
@@ -42,13 +44,17 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the reconciler: fetch the repository and sync it into the cluster
-    Daemon(daemon::Args),
+    Daemon(Box<daemon::Args>),
     /// Show what a sync of a local checkout would change in the cluster
     Diff(diff::Args),
     /// Check manifests without a cluster, for a pull request
     Validate(validate::Args),
     /// Show the last sync: revision, time, counts, errors per object
     Status(status::Args),
+    /// Print the SSH deploy key to add to the Git host
+    Identity(identity::Args),
+    /// Ask the daemon to fetch and sync now, and wait for the result
+    Sync(sync::Args),
 }
 
 impl Cli {
@@ -71,9 +77,11 @@ pub fn run() -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     match cli.command {
-        Command::Daemon(args) => runtime.block_on(daemon::run(args, connection)),
+        Command::Daemon(args) => runtime.block_on(daemon::run(*args, connection)),
         Command::Diff(args) => runtime.block_on(diff::run(args, connection)),
         Command::Status(args) => runtime.block_on(status::run(args, connection)),
+        Command::Identity(args) => runtime.block_on(identity::run(args, connection)),
+        Command::Sync(args) => runtime.block_on(sync::run(args, connection)),
         Command::Validate(_) => unreachable!("handled above"),
     }
 }

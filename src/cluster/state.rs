@@ -96,6 +96,9 @@ pub struct SyncStatus {
     /// Write requests sent for managed objects (applies, deletes).
     #[serde(default)]
     pub writes: usize,
+    /// `tidegate sync` requests this sync answered.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requests: Vec<String>,
 }
 
 pub fn now() -> String {

@@ -1,12 +1,22 @@
 //! Source: a Git URL and branch in, a snapshot (revision + checked-out tree) out.
 //!
 //! Keeps one bare repository per source in a cache directory, fetches just the
-//! configured branch into it, and checks the commit out into a directory of
-//! its own that nothing else writes to.
+//! configured branch into it (SSH with the deploy key and known_hosts, HTTPS
+//! with credentials and a proxy), and checks the commit out into a directory
+//! of its own that nothing else writes to.
 
+pub mod remote;
+
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 
-use git2::{FetchOptions, Oid, Repository};
+use git2::{
+    CertificateCheckStatus, Cred, CredentialType, FetchOptions, Oid, ProxyOptions, RemoteCallbacks,
+    Repository,
+};
+
+use crate::identity::DeployKey;
+use remote::Scheme;
 
 /// One revision of the repository, checked out.
 #[derive(Debug, Clone)]
@@ -31,6 +41,26 @@ pub enum Error {
         #[source]
         source: git2::Error,
     },
+    #[error(
+        "permission denied by {url}: add this deploy key to the repository (read access is enough): {public_key}"
+    )]
+    PermissionDenied { url: String, public_key: String },
+    #[error(
+        "{url}: no deploy key to authenticate with over SSH; the daemon creates one on start (see `tidegate identity`)"
+    )]
+    NoDeployKey { url: String },
+    #[error(
+        "authentication to {url} failed: check the user name and password or token in the HTTPS credentials Secret"
+    )]
+    HttpsAuth { url: String },
+    #[error("{url}: {message}")]
+    HostKey { url: String, message: String },
+    #[error(
+        "repository {url} not found: check --git-url, and that the deploy key or credentials may read it"
+    )]
+    RepositoryNotFound { url: String },
+    #[error("cannot prepare Git access: {0}")]
+    Access(String),
     #[error("cannot fetch branch {branch} from {url}")]
     Fetch {
         url: String,
@@ -49,6 +79,19 @@ pub enum Error {
     },
 }
 
+/// How to authenticate to the remote and reach it.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    /// For SSH remotes.
+    pub deploy_key: Option<DeployKey>,
+    /// known_hosts text that SSH host keys are checked against.
+    pub known_hosts: String,
+    /// For HTTPS remotes: user name and password (or token).
+    pub https: Option<(String, String)>,
+    /// `--git-proxy`; otherwise the proxy environment variables apply.
+    pub proxy: Option<String>,
+}
+
 /// Where to fetch from.
 #[derive(Debug, Clone)]
 pub struct GitSource {
@@ -56,6 +99,7 @@ pub struct GitSource {
     pub branch: String,
     /// Holds the bare repository and the checkouts.
     pub cache_dir: PathBuf,
+    pub access: Access,
 }
 
 impl GitSource {
@@ -89,27 +133,132 @@ impl GitSource {
     fn fetch_branch(&self, repo: &Repository) -> Result<Oid, Error> {
         let local_ref = format!("refs/tidegate/{}", self.branch);
         let refspec = format!("+refs/heads/{}:{local_ref}", self.branch);
-        let fetch_err = |source| Error::Fetch {
-            url: self.url.clone(),
-            branch: self.branch.clone(),
-            source,
-        };
-        let mut remote = repo.remote_anonymous(&self.url).map_err(fetch_err)?;
+        let remote_info = remote::parse(&self.url);
+        let host_key_error: RefCell<Option<String>> = RefCell::new(None);
+        let tried_credentials = RefCell::new(false);
+
+        let mut callbacks = RemoteCallbacks::new();
+        callbacks.credentials(|_url, username, allowed| {
+            // libgit2 asks again after a refusal; one try each, then report it.
+            if tried_credentials.replace(true) {
+                return Err(git2::Error::from_str("credentials refused"));
+            }
+            if allowed.contains(CredentialType::SSH_KEY) {
+                let user = username.or(remote_info.user.as_deref()).unwrap_or("git");
+                let key = self
+                    .access
+                    .deploy_key
+                    .as_ref()
+                    .ok_or_else(|| git2::Error::from_str("no deploy key"))?;
+                return Cred::ssh_key_from_memory(
+                    user,
+                    Some(&key.public),
+                    &key.private_openssh,
+                    None,
+                );
+            }
+            if allowed.contains(CredentialType::USER_PASS_PLAINTEXT)
+                && let Some((user, password)) = &self.access.https
+            {
+                return Cred::userpass_plaintext(user, password);
+            }
+            Err(git2::Error::from_str("no credentials for this remote"))
+        });
+        callbacks.certificate_check(|cert, host| {
+            let Some(hostkey) = cert.as_hostkey() else {
+                // TLS: libgit2 has verified the chain against the CA bundle.
+                return Ok(CertificateCheckStatus::CertificatePassthrough);
+            };
+            let Some(raw) = hostkey.hostkey() else {
+                return Err(git2::Error::from_str(
+                    "the SSH server presented no host key",
+                ));
+            };
+            let port = remote_info.port.unwrap_or(22);
+            match remote::check_host_key(&self.access.known_hosts, host, port, raw) {
+                Ok(()) => Ok(CertificateCheckStatus::CertificateOk),
+                Err(message) => {
+                    *host_key_error.borrow_mut() = Some(message.clone());
+                    Err(git2::Error::from_str(&message))
+                }
+            }
+        });
+
         let mut options = FetchOptions::new();
+        options.remote_callbacks(callbacks);
         options.download_tags(git2::AutotagOption::None);
+        let mut proxy = ProxyOptions::new();
+        if let Some(url) = remote::proxy_for(&remote_info, self.access.proxy.as_deref(), |k| {
+            std::env::var(k).ok()
+        }) {
+            tracing::debug!(proxy = %url, "fetching through a proxy");
+            proxy.url(&url);
+        }
+        options.proxy_options(proxy);
+
+        let mut git_remote = repo
+            .remote_anonymous(&self.url)
+            .map_err(|source| self.fetch_error(source))?;
         // A branch deleted upstream must not leave a stale ref that we would sync.
         let _ = repo.find_reference(&local_ref).and_then(|mut r| r.delete());
-        remote
-            .fetch(&[&refspec], Some(&mut options), None)
-            .map_err(fetch_err)?;
+        let fetched = git_remote.fetch(&[&refspec], Some(&mut options), None);
+        drop(options);
+        if let Err(source) = fetched {
+            if let Some(message) = host_key_error.take() {
+                return Err(Error::HostKey {
+                    url: self.url.clone(),
+                    message,
+                });
+            }
+            return Err(self.classify(source, remote_info.scheme));
+        }
         let reference = repo
             .find_reference(&local_ref)
             .map_err(|_| Error::BranchNotFound {
                 url: self.url.clone(),
                 branch: self.branch.clone(),
             })?;
-        let commit = reference.peel_to_commit().map_err(fetch_err)?;
+        let commit = reference
+            .peel_to_commit()
+            .map_err(|source| self.fetch_error(source))?;
         Ok(commit.id())
+    }
+
+    fn fetch_error(&self, source: git2::Error) -> Error {
+        Error::Fetch {
+            url: self.url.clone(),
+            branch: self.branch.clone(),
+            source,
+        }
+    }
+
+    /// Turns libgit2's errors into ones that say what to do.
+    fn classify(&self, source: git2::Error, scheme: Scheme) -> Error {
+        let message = source.message().to_lowercase();
+        let url = self.url.clone();
+        let auth_failed = source.code() == git2::ErrorCode::Auth
+            || message.contains("authentication")
+            || message.contains("credentials refused")
+            || message.contains("permission denied");
+        if auth_failed || message.contains("no deploy key") {
+            return match (scheme, &self.access.deploy_key) {
+                (Scheme::Ssh, Some(key)) => Error::PermissionDenied {
+                    url,
+                    public_key: key.public.clone(),
+                },
+                (Scheme::Ssh, None) => Error::NoDeployKey { url },
+                _ => Error::HttpsAuth { url },
+            };
+        }
+        if message.contains("not found")
+            || message.contains("does not appear to be a git repository")
+            || message.contains("does not exist")
+            || message.contains("could not find repository")
+            || message.contains("status code: 404")
+        {
+            return Error::RepositoryNotFound { url };
+        }
+        self.fetch_error(source)
     }
 
     fn remove_old_checkouts(&self, keep: &str) {

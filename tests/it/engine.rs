@@ -569,6 +569,8 @@ async fn drift_is_reverted_by_the_sync_interval() {
             "1h",
             "--sync-interval",
             "2s",
+            "--listen",
+            "off",
         ])
         .env("KUBECONFIG", &control_plane().kubeconfig)
         .stdout(Stdio::null())

@@ -1,0 +1,116 @@
+//! `tidegate sync`: ask the daemon to fetch and sync now, and wait for the
+//! result. Goes through the Kubernetes API only (see `daemon::requests`).
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::time::Instant;
+
+use super::daemon::parse_duration;
+use super::{EXIT_ERROR, EXIT_FAILED};
+use crate::cluster::state::{Outcome, StateRef};
+use crate::cluster::{Cluster, Connection};
+use crate::daemon::requests::{self, REVISION_PREFIX};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// How long to wait for the sync to finish
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    timeout: Duration,
+    /// The sync set of the daemon to ask
+    #[arg(long, env = "TIDEGATE_SYNC_SET_NAME", default_value = "tidegate")]
+    sync_set_name: String,
+}
+
+pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode> {
+    let client = connection
+        .client()
+        .await
+        .context("cannot connect to the cluster")?;
+    let state = StateRef {
+        namespace: connection.namespace(&client),
+        sync_set: args.sync_set_name,
+    };
+    let id = requests::new_id();
+    if let Err(e) = requests::post(&client, &state, &id).await {
+        eprintln!(
+            "error: cannot ask the daemon to sync: {e}. Is tidegate running in namespace {} with sync set {}? (ConfigMap {})",
+            state.namespace,
+            state.sync_set,
+            state.name()
+        );
+        return Ok(ExitCode::from(EXIT_ERROR));
+    }
+    let cluster = Cluster::new(client.clone());
+    let tty = std::io::stderr().is_terminal();
+    let started = Instant::now();
+    let mut announced = false;
+    loop {
+        if let Some(status) = cluster
+            .read_status(&state)
+            .await?
+            .filter(|s| s.requests.contains(&id))
+        {
+            if tty {
+                eprint!("\r\x1b[K");
+            }
+            if !announced {
+                println!(
+                    "synced revision {}",
+                    status.revision.as_deref().unwrap_or("(none)")
+                );
+            }
+            let counts: Vec<String> = status
+                .counts
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .map(|(k, n)| format!("{n} {k}"))
+                .collect();
+            println!("result: {:?}: {}", status.result, counts.join(", "));
+            if let Some(m) = &status.message {
+                eprintln!("error: {m}");
+            }
+            for e in &status.errors {
+                let origin = e
+                    .origin
+                    .as_deref()
+                    .map(|o| format!("{o}: "))
+                    .unwrap_or_default();
+                eprintln!("error: {origin}{}: {}", e.object, e.reason);
+            }
+            return Ok(if status.result == Outcome::Succeeded {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_FAILED)
+            });
+        }
+        if !announced {
+            let annotations = requests::annotations(&client, &state)
+                .await
+                .unwrap_or_default();
+            if let Some(revision) = annotations.get(&format!("{REVISION_PREFIX}{id}")) {
+                println!("syncing revision {revision}");
+                announced = true;
+            }
+        }
+        if started.elapsed() > args.timeout {
+            if tty {
+                eprint!("\r\x1b[K");
+            }
+            eprintln!(
+                "error: the daemon did not finish a sync within {:?}",
+                args.timeout
+            );
+            return Ok(ExitCode::from(EXIT_ERROR));
+        }
+        if tty {
+            eprint!(
+                "\r\x1b[Kwaiting for the daemon… {}s",
+                started.elapsed().as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}

@@ -1,0 +1,100 @@
+//! Prometheus metrics: sync duration and results, objects per action, and the
+//! time of the last successful sync.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::cluster::state::{Outcome, SyncStatus};
+
+type Labels = Vec<(String, String)>;
+
+pub struct Metrics {
+    registry: Registry,
+    duration: Histogram,
+    results: Family<Labels, Counter>,
+    objects: Family<Labels, Counter>,
+    last_success: Gauge<f64, AtomicU64>,
+    last_revision: Family<Labels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("tidegate");
+        let duration = Histogram::new(exponential_buckets(0.05, 2.0, 14));
+        registry.register(
+            "sync_duration_seconds",
+            "Duration of syncs",
+            duration.clone(),
+        );
+        let results = Family::<Labels, Counter>::default();
+        registry.register("syncs", "Syncs by result", results.clone());
+        let objects = Family::<Labels, Counter>::default();
+        registry.register(
+            "objects",
+            "Objects handled by syncs, by action",
+            objects.clone(),
+        );
+        let last_success = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "last_successful_sync_timestamp_seconds",
+            "Unix time of the last successful sync",
+            last_success.clone(),
+        );
+        let last_revision = Family::<Labels, Gauge>::default();
+        registry.register(
+            "last_successful_revision",
+            "The revision the last successful sync applied (value 1)",
+            last_revision.clone(),
+        );
+        Metrics {
+            registry,
+            duration,
+            results,
+            objects,
+            last_success,
+            last_revision,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn observe(&self, status: &SyncStatus, seconds: f64) {
+        self.duration.observe(seconds);
+        let result = serde_json::to_value(status.result).expect("serializes");
+        self.results
+            .get_or_create(&vec![(
+                "result".into(),
+                result.as_str().unwrap_or_default().into(),
+            )])
+            .inc();
+        for (action, n) in &status.counts {
+            self.objects
+                .get_or_create(&vec![("action".into(), action.clone())])
+                .inc_by(*n as u64);
+        }
+        if status.result == Outcome::Succeeded {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            self.last_success.set(now.as_secs_f64());
+            self.last_revision.clear();
+            if let Some(revision) = &status.revision {
+                self.last_revision
+                    .get_or_create(&vec![("revision".into(), revision.clone())])
+                    .set(1);
+            }
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        encode(&mut text, &self.registry).expect("metrics encode");
+        text
+    }
+}

@@ -1,0 +1,42 @@
+//! The daemon's edges besides Git and the API server: its HTTP endpoints
+//! (API, health, metrics, webhooks), sync requests from `tidegate sync`, and
+//! the watch on a local repository. Each turns an outside event into a
+//! trigger for the sync loop.
+
+pub mod http;
+pub mod metrics;
+pub mod requests;
+pub mod watch;
+pub mod webhook;
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::Notify;
+
+/// What the triggers share with the sync loop.
+#[derive(Default)]
+pub struct Triggers {
+    /// Wakes the loop; a burst of wake-ups before it runs is one wake-up.
+    pub wake: Notify,
+    /// Sync even if the revision did not move.
+    pub force: AtomicBool,
+    /// `tidegate sync` requests to answer with the next sync.
+    pub requests: Mutex<BTreeSet<String>>,
+    /// SIGTERM or SIGINT received.
+    pub stop: AtomicBool,
+}
+
+impl Triggers {
+    /// A new commit may be there: fetch now.
+    pub fn fetch_now(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Fetch and sync now, even if the revision did not move.
+    pub fn sync_now(&self) {
+        self.force.store(true, Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+}

@@ -1,0 +1,115 @@
+//! `tidegate sync` requests, carried by annotations on the sync state
+//! ConfigMap, so the CLI needs nothing but Kubernetes API access:
+//!
+//! 1. the CLI adds `sync-request.tidegate.dev/<id>`;
+//! 2. the daemon takes it, fetches, and replaces it with
+//!    `sync-revision.tidegate.dev/<id>: <revision>` (the CLI prints it);
+//! 3. the daemon records the sync with `<id>` in the status's `requests`, and
+//!    removes the annotation. Several requests are answered by one sync.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use serde_json::{Value, json};
+
+use crate::cluster::state::StateRef;
+
+pub const REQUEST_PREFIX: &str = "sync-request.tidegate.dev/";
+pub const REVISION_PREFIX: &str = "sync-revision.tidegate.dev/";
+
+fn api(client: &kube::Client, state: &StateRef) -> Api<ConfigMap> {
+    Api::namespaced(client.clone(), &state.namespace)
+}
+
+/// A request id unique enough for concurrent CLIs: time and process.
+pub fn new_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    format!("r{nanos}-{}", std::process::id())
+}
+
+/// Adds a request; fails if the state ConfigMap does not exist (no daemon).
+pub async fn post(client: &kube::Client, state: &StateRef, id: &str) -> Result<(), kube::Error> {
+    let patch = json!({"metadata": {"annotations": {format!("{REQUEST_PREFIX}{id}"): crate::cluster::state::now()}}});
+    api(client, state)
+        .patch(
+            &state.name(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .map(|_| ())
+}
+
+/// The annotations of the state ConfigMap.
+pub async fn annotations(
+    client: &kube::Client,
+    state: &StateRef,
+) -> Result<BTreeMap<String, String>, kube::Error> {
+    Ok(api(client, state)
+        .get_opt(&state.name())
+        .await?
+        .and_then(|cm| cm.metadata.annotations)
+        .unwrap_or_default())
+}
+
+/// Ids of the requests waiting for the daemon.
+pub fn pending(annotations: &BTreeMap<String, String>) -> Vec<String> {
+    annotations
+        .keys()
+        .filter_map(|k| k.strip_prefix(REQUEST_PREFIX))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Marks requests as taken, naming the revision being synced.
+pub async fn acknowledge(
+    client: &kube::Client,
+    state: &StateRef,
+    ids: &[String],
+    revision: &str,
+) -> Result<(), kube::Error> {
+    let mut annotations = serde_json::Map::new();
+    for id in ids {
+        annotations.insert(format!("{REQUEST_PREFIX}{id}"), Value::Null);
+        annotations.insert(format!("{REVISION_PREFIX}{id}"), revision.into());
+    }
+    let patch = json!({"metadata": {"annotations": annotations}});
+    api(client, state)
+        .patch(
+            &state.name(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .map(|_| ())
+}
+
+/// Removes the revision annotations once the sync is recorded.
+pub async fn clear(
+    client: &kube::Client,
+    state: &StateRef,
+    ids: &[String],
+) -> Result<(), kube::Error> {
+    let annotations: serde_json::Map<String, Value> = ids
+        .iter()
+        .map(|id| (format!("{REVISION_PREFIX}{id}"), Value::Null))
+        .collect();
+    let patch = json!({"metadata": {"annotations": annotations}});
+    api(client, state)
+        .patch(
+            &state.name(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .map(|_| ())
+}
+
+/// How often the daemon looks for requests.
+pub const POLL: Duration = Duration::from_millis(500);

@@ -1,0 +1,312 @@
+//! Pure rules about a remote: what its URL says, which proxy reaches it, and
+//! whether the host key it presents is the one known_hosts expects.
+
+use ssh_key::known_hosts::{HostPatterns, KnownHosts};
+use ssh_key::{HashAlg, PublicKey};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Ssh,
+    Https,
+    Http,
+    File,
+}
+
+/// The parts of a Git URL that authentication and proxies depend on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remote {
+    pub scheme: Scheme,
+    pub user: Option<String>,
+    pub host: String,
+    pub port: Option<u16>,
+}
+
+/// Parses `ssh://user@host:port/path`, `user@host:path` (scp-like),
+/// `http(s)://…`, `file://…` and plain paths.
+pub fn parse(url: &str) -> Remote {
+    let local = Remote {
+        scheme: Scheme::File,
+        user: None,
+        host: String::new(),
+        port: None,
+    };
+    let (scheme, rest) = match url.split_once("://") {
+        Some(("ssh" | "git+ssh" | "ssh+git", rest)) => (Scheme::Ssh, rest),
+        Some(("https", rest)) => (Scheme::Https, rest),
+        Some(("http", rest)) => (Scheme::Http, rest),
+        Some(_) => return local,
+        None => {
+            // scp-like `user@host:path`; a path with a colon before any slash.
+            match url.split_once(':') {
+                Some((authority, _)) if !authority.contains('/') && !authority.is_empty() => {
+                    let (user, host) = match authority.rsplit_once('@') {
+                        Some((u, h)) => (Some(u.to_string()), h),
+                        None => (None, authority),
+                    };
+                    return Remote {
+                        scheme: Scheme::Ssh,
+                        user,
+                        host: host.to_string(),
+                        port: None,
+                    };
+                }
+                _ => return local,
+            }
+        }
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    let (user, host_port) = match authority.rsplit_once('@') {
+        Some((u, h)) => (Some(u.split(':').next().unwrap_or(u).to_string()), h),
+        None => (None, authority),
+    };
+    let (host, port) = if let Some(bracketed) = host_port.strip_prefix('[') {
+        // [::1]:2222
+        let (h, after) = bracketed.split_once(']').unwrap_or((bracketed, ""));
+        (
+            h.to_string(),
+            after.strip_prefix(':').and_then(|p| p.parse().ok()),
+        )
+    } else {
+        match host_port.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), p.parse().ok()),
+            None => (host_port.to_string(), None),
+        }
+    };
+    Remote {
+        scheme,
+        user,
+        host,
+        port,
+    }
+}
+
+/// The proxy for a URL: the explicit one, else `HTTPS_PROXY`/`HTTP_PROXY`
+/// (either case) unless `NO_PROXY` exempts the host. SSH and local
+/// repositories use none.
+pub fn proxy_for(
+    remote: &Remote,
+    explicit: Option<&str>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Option<String> {
+    if !matches!(remote.scheme, Scheme::Https | Scheme::Http) {
+        return None;
+    }
+    if let Some(p) = explicit {
+        return Some(p.to_string());
+    }
+    let var = |name: &str| {
+        env(name)
+            .or_else(|| env(&name.to_uppercase()))
+            .filter(|v| !v.is_empty())
+    };
+    let proxy = match remote.scheme {
+        Scheme::Https => var("https_proxy"),
+        _ => var("http_proxy"),
+    }?;
+    let exempt = var("no_proxy").is_some_and(|list| {
+        list.split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .any(|entry| {
+                let entry = entry.split(':').next().unwrap_or(entry);
+                entry == "*"
+                    || remote.host == entry.trim_start_matches('.')
+                    || remote
+                        .host
+                        .ends_with(&format!(".{}", entry.trim_start_matches('.')))
+            })
+    });
+    (!exempt).then_some(proxy)
+}
+
+/// `*` and `?` glob match, as in known_hosts patterns.
+fn glob(pattern: &str, text: &str) -> bool {
+    fn go(p: &[u8], t: &[u8]) -> bool {
+        match (p.first(), t.first()) {
+            (None, None) => true,
+            (Some(b'*'), _) => go(&p[1..], t) || (!t.is_empty() && go(p, &t[1..])),
+            (Some(b'?'), Some(_)) => go(&p[1..], &t[1..]),
+            (Some(a), Some(b)) if a.eq_ignore_ascii_case(b) => go(&p[1..], &t[1..]),
+            _ => false,
+        }
+    }
+    go(pattern.as_bytes(), text.as_bytes())
+}
+
+/// Whether a known_hosts host field names `host` on `port`.
+fn names_host(patterns: &HostPatterns, host: &str, port: u16) -> bool {
+    let HostPatterns::Patterns(patterns) = patterns else {
+        // Hashed names (`|1|…`) are not matched; list hosts in clear.
+        return false;
+    };
+    let target = if port == 22 {
+        host.to_string()
+    } else {
+        format!("[{host}]:{port}")
+    };
+    let mut matched = false;
+    for p in patterns {
+        if let Some(negated) = p.strip_prefix('!') {
+            if glob(negated, &target) {
+                return false;
+            }
+        } else if glob(p, &target) {
+            matched = true;
+        }
+    }
+    matched
+}
+
+/// Checks the key a server presented against known_hosts text. The error
+/// names the host and the key's fingerprint.
+pub fn check_host_key(
+    known_hosts: &str,
+    host: &str,
+    port: u16,
+    presented: &[u8],
+) -> Result<(), String> {
+    let shown = if port == 22 {
+        host.to_string()
+    } else {
+        format!("[{host}]:{port}")
+    };
+    let key = PublicKey::from_bytes(presented)
+        .map_err(|e| format!("{shown} presented an unreadable host key: {e}"))?;
+    let fingerprint = key.fingerprint(HashAlg::Sha256);
+    let algorithm = key.algorithm();
+    let mut known_for_host = false;
+    for entry in KnownHosts::new(known_hosts).flatten() {
+        if entry.marker().is_some() || !names_host(entry.host_patterns(), host, port) {
+            continue;
+        }
+        known_for_host = true;
+        if entry.public_key().key_data() == key.key_data() {
+            return Ok(());
+        }
+    }
+    if known_for_host {
+        Err(format!(
+            "host key mismatch for {shown}: it presented {algorithm} {fingerprint}, which known_hosts does not list for it; \
+             if the server's key really changed, update known_hosts"
+        ))
+    } else {
+        Err(format!(
+            "unknown host {shown}: its {algorithm} key {fingerprint} is not in known_hosts; add it with `ssh-keyscan{} {host}` after checking the fingerprint",
+            if port == 22 {
+                String::new()
+            } else {
+                format!(" -p {port}")
+            }
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_git_urls() {
+        let r = parse("ssh://git@example.com:2222/org/repo.git");
+        assert_eq!(
+            (r.scheme, r.user.as_deref(), r.host.as_str(), r.port),
+            (Scheme::Ssh, Some("git"), "example.com", Some(2222))
+        );
+        let r = parse("git@github.com:org/repo.git");
+        assert_eq!(
+            (r.scheme, r.user.as_deref(), r.host.as_str(), r.port),
+            (Scheme::Ssh, Some("git"), "github.com", None)
+        );
+        let r = parse("https://token@git.example.com/org/repo.git");
+        assert_eq!(
+            (r.scheme, r.host.as_str()),
+            (Scheme::Https, "git.example.com")
+        );
+        assert_eq!(parse("http://127.0.0.1:8080/repo.git").port, Some(8080));
+        assert_eq!(parse("file:///srv/repo.git").scheme, Scheme::File);
+        assert_eq!(parse("/srv/repo.git").scheme, Scheme::File);
+        assert_eq!(parse("./relative/repo").scheme, Scheme::File);
+    }
+
+    #[test]
+    fn proxy_from_environment_and_no_proxy() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                vars.iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let https = parse("https://git.example.com/r.git");
+        let http = parse("http://git.internal/r.git");
+        let vars: &[(&str, &str)] = &[
+            ("HTTPS_PROXY", "http://proxy:3128"),
+            ("http_proxy", "http://plain:80"),
+            ("NO_PROXY", ".internal,localhost"),
+        ];
+        assert_eq!(
+            proxy_for(&https, None, env(vars)).as_deref(),
+            Some("http://proxy:3128")
+        );
+        assert_eq!(
+            proxy_for(&http, None, env(vars)),
+            None,
+            "NO_PROXY exempts git.internal"
+        );
+        assert_eq!(
+            proxy_for(&parse("http://other/r.git"), None, env(vars)).as_deref(),
+            Some("http://plain:80")
+        );
+        assert_eq!(
+            proxy_for(&https, Some("http://explicit:1"), env(vars)).as_deref(),
+            Some("http://explicit:1")
+        );
+        assert_eq!(
+            proxy_for(
+                &parse("git@host:r.git"),
+                Some("http://explicit:1"),
+                env(vars)
+            ),
+            None
+        );
+        let star: &[(&str, &str)] = &[("https_proxy", "http://p:1"), ("no_proxy", "*")];
+        assert_eq!(proxy_for(&https, None, env(star)), None);
+    }
+
+    fn blob(openssh: &str) -> Vec<u8> {
+        PublicKey::from_openssh(openssh)
+            .unwrap()
+            .to_bytes()
+            .unwrap()
+    }
+
+    fn new_key() -> String {
+        crate::identity::DeployKey::generate().unwrap().public
+    }
+
+    #[test]
+    fn host_keys_are_checked_with_ports() {
+        let (key_a, key_b) = (new_key(), new_key());
+        let known = format!("example.com {key_a}\n[127.0.0.1]:2222 {key_b}\n");
+        assert!(check_host_key(&known, "example.com", 22, &blob(&key_a)).is_ok());
+        assert!(check_host_key(&known, "127.0.0.1", 2222, &blob(&key_b)).is_ok());
+        let err = check_host_key(&known, "example.com", 22, &blob(&key_b)).unwrap_err();
+        assert!(
+            err.starts_with("host key mismatch for example.com"),
+            "{err}"
+        );
+        assert!(err.contains("SHA256:"), "{err}");
+        let err = check_host_key(&known, "127.0.0.1", 22, &blob(&key_b)).unwrap_err();
+        assert!(err.starts_with("unknown host 127.0.0.1"), "{err}");
+        let err = check_host_key(&known, "other", 2200, &blob(&key_a)).unwrap_err();
+        assert!(err.contains("ssh-keyscan -p 2200 other"), "{err}");
+    }
+
+    #[test]
+    fn host_patterns_glob_and_negate() {
+        let key_a = new_key();
+        let known = format!("*.example.com,!bad.example.com {key_a}\n");
+        assert!(check_host_key(&known, "git.example.com", 22, &blob(&key_a)).is_ok());
+        assert!(check_host_key(&known, "bad.example.com", 22, &blob(&key_a)).is_err());
+    }
+}
