@@ -113,6 +113,9 @@ pub struct Args {
     /// Secret (in the daemon's namespace) whose key `webhook-secret` signs webhooks
     #[arg(long, env = "TIDEGATE_WEBHOOK_SECRET_NAME")]
     webhook_secret_name: Option<String>,
+    /// For a local repository, watch its refs and fetch as soon as they change
+    #[arg(long, env = "TIDEGATE_GIT_WATCH", default_value_t = true, action = clap::ArgAction::Set)]
+    git_watch: bool,
     /// Sync once, print what was done and exit
     #[arg(long)]
     once: bool,
@@ -397,7 +400,7 @@ pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode>
         tracing::info!(%addr, "HTTP API listening");
     }
     watch_requests(client.clone(), settings.state.clone(), triggers.clone());
-    let _watcher = match watch::refs_dir(&source.url) {
+    let _watcher = match watch::refs_dir(&source.url).filter(|_| args.git_watch) {
         Some(dir) => match watch::start(&dir, triggers.clone()) {
             Ok(w) => Some(w),
             Err(e) => {

@@ -58,7 +58,11 @@ pub enum Error {
     #[error(
         "repository {url} not found: check --git-url, and that the deploy key or credentials may read it"
     )]
-    RepositoryNotFound { url: String },
+    RepositoryNotFound {
+        url: String,
+        #[source]
+        source: git2::Error,
+    },
     #[error("cannot prepare Git access: {0}")]
     Access(String),
     #[error("cannot fetch branch {branch} from {url}")]
@@ -256,7 +260,7 @@ impl GitSource {
             || message.contains("could not find repository")
             || message.contains("status code: 404")
         {
-            return Error::RepositoryNotFound { url };
+            return Error::RepositoryNotFound { url, source };
         }
         self.fetch_error(source)
     }

@@ -80,15 +80,19 @@ pub fn parse(url: &str) -> Remote {
     }
 }
 
-/// The proxy for a URL: the explicit one, else `HTTPS_PROXY`/`HTTP_PROXY`
-/// (either case) unless `NO_PROXY` exempts the host. SSH and local
-/// repositories use none.
+/// The proxy for a URL: the explicit one, else `HTTPS_PROXY` (either case)
+/// unless `NO_PROXY` exempts the host.
+///
+/// Only HTTPS remotes go through a proxy (with CONNECT): libgit2 sends plain
+/// `http://` requests straight to the server even when a proxy is set
+/// (libgit2 issue 5650), so tidegate does not pretend to proxy them. SSH and
+/// local repositories use none.
 pub fn proxy_for(
     remote: &Remote,
     explicit: Option<&str>,
     env: impl Fn(&str) -> Option<String>,
 ) -> Option<String> {
-    if !matches!(remote.scheme, Scheme::Https | Scheme::Http) {
+    if remote.scheme != Scheme::Https {
         return None;
     }
     if let Some(p) = explicit {
@@ -99,10 +103,7 @@ pub fn proxy_for(
             .or_else(|| env(&name.to_uppercase()))
             .filter(|v| !v.is_empty())
     };
-    let proxy = match remote.scheme {
-        Scheme::Https => var("https_proxy"),
-        _ => var("http_proxy"),
-    }?;
+    let proxy = var("https_proxy")?;
     let exempt = var("no_proxy").is_some_and(|list| {
         list.split(',')
             .map(str::trim)
@@ -238,10 +239,9 @@ mod tests {
             }
         };
         let https = parse("https://git.example.com/r.git");
-        let http = parse("http://git.internal/r.git");
+        let internal = parse("https://git.internal/r.git");
         let vars: &[(&str, &str)] = &[
             ("HTTPS_PROXY", "http://proxy:3128"),
-            ("http_proxy", "http://plain:80"),
             ("NO_PROXY", ".internal,localhost"),
         ];
         assert_eq!(
@@ -249,13 +249,20 @@ mod tests {
             Some("http://proxy:3128")
         );
         assert_eq!(
-            proxy_for(&http, None, env(vars)),
+            proxy_for(&internal, None, env(vars)),
             None,
             "NO_PROXY exempts git.internal"
         );
+        let lower: &[(&str, &str)] = &[("https_proxy", "http://lower:1")];
         assert_eq!(
-            proxy_for(&parse("http://other/r.git"), None, env(vars)).as_deref(),
-            Some("http://plain:80")
+            proxy_for(&https, None, env(lower)).as_deref(),
+            Some("http://lower:1")
+        );
+        let plain = parse("http://other/r.git");
+        assert_eq!(
+            proxy_for(&plain, Some("http://p:1"), env(vars)),
+            None,
+            "plain HTTP is never proxied"
         );
         assert_eq!(
             proxy_for(&https, Some("http://explicit:1"), env(vars)).as_deref(),

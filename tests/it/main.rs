@@ -6,5 +6,7 @@
 
 mod control_plane;
 mod engine;
+mod git_access;
+mod servers;
 mod support;
 mod sync_once;

@@ -149,13 +149,37 @@ pub fn unique(prefix: &str) -> String {
 
 /// Runs the built `tidegate` binary against the shared control plane.
 pub fn tidegate(args: &[&str]) -> Output {
+    tidegate_with_env(args, &[])
+}
+
+/// `tidegate` with extra environment variables (proxies).
+pub fn tidegate_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = tidegate_command(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run tidegate")
+}
+
+/// A `tidegate` command for the shared control plane, not yet started,
+/// with no proxy settings from the environment.
+pub fn tidegate_command(args: &[&str]) -> Command {
     let cp = control_plane();
-    Command::new(env!("CARGO_BIN_EXE_tidegate"))
-        .args(args)
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidegate"));
+    cmd.args(args)
         .env("KUBECONFIG", &cp.kubeconfig)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run tidegate")
+        .env_remove("RUST_LOG");
+    for var in [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "NO_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "no_proxy",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
 }
 
 pub fn stdout(o: &Output) -> String {
@@ -239,7 +263,12 @@ impl GitRepo {
 
     /// `tidegate daemon --once` on this repository, plus extra arguments.
     pub fn sync_once(&self, extra: &[&str]) -> Output {
-        let url = self.url();
+        self.sync_once_from(&self.url(), extra, &[])
+    }
+
+    /// `tidegate daemon --once` from another URL of this repository.
+    pub fn sync_once_from(&self, url: &str, extra: &[&str], env: &[(&str, &str)]) -> Output {
+        let url = url.to_string();
         let cache = self.cache.to_string_lossy().into_owned();
         let mut args = vec![
             "daemon",
@@ -254,7 +283,7 @@ impl GitRepo {
             &self.sync_set,
         ];
         args.extend_from_slice(extra);
-        tidegate(&args)
+        tidegate_with_env(&args, env)
     }
 }
 
