@@ -10,3 +10,4 @@ mod git_access;
 mod servers;
 mod support;
 mod sync_once;
+mod triggers;

@@ -1,0 +1,375 @@
+//! What makes the daemon sync: `tidegate sync`, webhooks, the HTTP API, and
+//! the watch on a local repository.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::Api;
+use kube::api::PostParams;
+use tidegate::daemon::webhook::sign;
+
+use crate::support::{
+    GitRepo, client, eventually, stderr, stdout, tidegate, tidegate_command, unique,
+};
+
+fn app_yaml(ns: &str, value: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\n  namespace: {ns}\ndata:\n  value: \"{value}\"\n"
+    )
+}
+
+async fn value(ns: &str) -> Option<String> {
+    let cm = Api::<ConfigMap>::namespaced(client().await, ns)
+        .get_opt("settings")
+        .await
+        .ok()??;
+    cm.data?.get("value").cloned()
+}
+
+async fn wait_value(ns: &str, wanted: &str, within: Duration) {
+    eventually(&format!("value {wanted}"), within, || async {
+        (value(ns).await? == wanted).then_some(())
+    })
+    .await;
+}
+
+/// A running daemon, killed when dropped.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn daemon(repo: &GitRepo, extra: &[&str]) -> Daemon {
+    let url = repo.url();
+    let cache = repo.cache.to_string_lossy().into_owned();
+    let mut args = vec![
+        "daemon",
+        "--git-url",
+        &url,
+        "--git-branch",
+        "main",
+        "--git-cache-dir",
+        &cache,
+        "--sync-set-name",
+        &repo.sync_set,
+        "--git-poll-interval",
+        "1h",
+        "--sync-interval",
+        "1h",
+    ];
+    args.extend_from_slice(extra);
+    Daemon(
+        tidegate_command(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One HTTP/1.1 request; returns the status code and the body.
+fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    let _ = stream.write_all(body);
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+fn wait_http(port: u16, path: &str, wanted: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok()
+            && http(port, "GET", path, &[], b"").0 == wanted
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "GET {path} never answered {wanted}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test]
+async fn sync_command_waits_for_the_pushed_revision() {
+    let ns = unique("sync-cmd");
+    let repo = GitRepo::new();
+    repo.write("app.yaml", &app_yaml(&ns, "1"));
+    repo.push("first");
+    let _daemon = daemon(&repo, &["--git-watch=false", "--listen", "off"]);
+    wait_value(&ns, "1", Duration::from_secs(30)).await;
+
+    repo.write("app.yaml", &app_yaml(&ns, "2"));
+    let revision = repo.push("second");
+    let out = tidegate(&[
+        "sync",
+        "--sync-set-name",
+        &repo.sync_set,
+        "--timeout",
+        "60s",
+    ]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert!(
+        stdout(&out).contains(&format!("revision {revision}")),
+        "{}",
+        stdout(&out)
+    );
+    // The object is changed by the time `sync` returns.
+    assert_eq!(value(&ns).await.as_deref(), Some("2"));
+
+    // Two requests at once are both answered.
+    let spawn = || {
+        tidegate_command(&[
+            "sync",
+            "--sync-set-name",
+            &repo.sync_set,
+            "--timeout",
+            "60s",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert!(
+        a.status.success() && b.status.success(),
+        "{}{}",
+        stderr(&a),
+        stderr(&b)
+    );
+
+    // A failing commit: `sync` exits non-zero and says why.
+    repo.write(
+        "broken.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: [oops\n",
+    );
+    repo.push("broken");
+    let out = tidegate(&[
+        "sync",
+        "--sync-set-name",
+        &repo.sync_set,
+        "--timeout",
+        "60s",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(stderr(&out).contains("broken.yaml"), "{}", stderr(&out));
+
+    // Without a daemon for the sync set, it says so.
+    let out = tidegate(&[
+        "sync",
+        "--sync-set-name",
+        "nobody-runs-this",
+        "--timeout",
+        "5s",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("Is tidegate running"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[tokio::test]
+async fn webhooks_trigger_only_authentic_pushes_to_the_branch() {
+    let ns = unique("webhook");
+    let repo = GitRepo::new();
+    repo.write("app.yaml", &app_yaml(&ns, "1"));
+    repo.push("first");
+    let secret_name = unique("webhook-secret");
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": secret_name},
+        "stringData": {"webhook-secret": "hook-s3cret"}
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(client().await, "default")
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let _daemon = daemon(
+        &repo,
+        &[
+            "--git-watch=false",
+            "--listen",
+            &listen,
+            "--webhook-secret-name",
+            &secret_name,
+        ],
+    );
+    wait_http(port, "/readyz", 200);
+    assert_eq!(value(&ns).await.as_deref(), Some("1"));
+    assert_eq!(http(port, "GET", "/healthz", &[], b"").0, 200);
+    let (code, metrics) = http(port, "GET", "/metrics", &[], b"");
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("tidegate_syncs_total{result=\"succeeded\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tidegate_last_successful_sync_timestamp_seconds"),
+        "{metrics}"
+    );
+
+    repo.write("app.yaml", &app_yaml(&ns, "2"));
+    repo.push("second");
+    let push = br#"{"ref":"refs/heads/main"}"#;
+    let other = br#"{"ref":"refs/heads/feature"}"#;
+    let github = |body: &[u8], secret: &[u8]| {
+        vec![
+            ("X-GitHub-Event", "push".to_string()),
+            ("X-Hub-Signature-256", sign(secret, body)),
+        ]
+    };
+    assert_eq!(
+        http(
+            port,
+            "POST",
+            "/hooks/github",
+            &github(push, b"forged"),
+            push
+        )
+        .0,
+        401
+    );
+    assert_eq!(
+        http(
+            port,
+            "POST",
+            "/hooks/github",
+            &[("X-GitHub-Event", "push".into())],
+            push
+        )
+        .0,
+        401
+    );
+    let (code, body) = http(
+        port,
+        "POST",
+        "/hooks/github",
+        &github(other, b"hook-s3cret"),
+        other,
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("ignored"), "{body}");
+    let ping = [
+        ("X-GitHub-Event", "ping".to_string()),
+        ("X-Hub-Signature-256", sign(b"hook-s3cret", b"{}")),
+    ];
+    assert_eq!(http(port, "POST", "/hooks/github", &ping, b"{}").0, 200);
+    let huge = vec![b' '; 2 * 1024 * 1024];
+    assert_eq!(
+        http(
+            port,
+            "POST",
+            "/hooks/github",
+            &github(&huge, b"hook-s3cret"),
+            &huge
+        )
+        .0,
+        413
+    );
+    // None of those synced.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        value(&ns).await.as_deref(),
+        Some("1"),
+        "nothing triggered a sync"
+    );
+
+    assert_eq!(
+        http(
+            port,
+            "POST",
+            "/hooks/github",
+            &github(push, b"hook-s3cret"),
+            push
+        )
+        .0,
+        202
+    );
+    wait_value(&ns, "2", Duration::from_secs(30)).await;
+
+    // GitLab's shared token.
+    repo.write("app.yaml", &app_yaml(&ns, "3"));
+    repo.push("third");
+    let gitlab = [
+        ("X-Gitlab-Event", "Push Hook".to_string()),
+        ("X-Gitlab-Token", "hook-s3cret".to_string()),
+    ];
+    assert_eq!(http(port, "POST", "/hooks/gitlab", &gitlab, push).0, 202);
+    wait_value(&ns, "3", Duration::from_secs(30)).await;
+
+    // The API: sync now.
+    repo.write("app.yaml", &app_yaml(&ns, "4"));
+    repo.push("fourth");
+    assert_eq!(http(port, "POST", "/api/v1/sync", &[], b"").0, 202);
+    wait_value(&ns, "4", Duration::from_secs(30)).await;
+}
+
+#[tokio::test]
+async fn local_repository_commit_is_applied_without_waiting_for_the_poll() {
+    let ns = unique("watch");
+    let repo = GitRepo::new();
+    repo.write("app.yaml", &app_yaml(&ns, "1"));
+    repo.push("first");
+    let _daemon = daemon(&repo, &["--listen", "off"]);
+    wait_value(&ns, "1", Duration::from_secs(30)).await;
+    // Let the first sync finish recording before measuring.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    repo.write("app.yaml", &app_yaml(&ns, "2"));
+    let pushed = Instant::now();
+    repo.push("second");
+    // The poll interval is an hour: only the watch can bring this in.
+    wait_value(&ns, "2", Duration::from_secs(30)).await;
+    eprintln!(
+        "local watch: push to applied in {} ms",
+        pushed.elapsed().as_millis()
+    );
+}
