@@ -203,22 +203,29 @@ async fn observe(cluster: &Cluster, placed: Vec<(Desired, Resolved)>, plan: &mut
     }
     let mut live: HashMap<ObjectRef, Value> = HashMap::new();
     let mut unreadable: HashMap<(String, String, String), String> = HashMap::new();
-    for (key, (resolved, namespaces)) in by_resource {
-        let namespaces: Vec<String> = namespaces.into_iter().collect();
-        match cluster.list_managed(&resolved, &namespaces).await {
+    // One list per resource, all at once.
+    let lists: Vec<_> = stream::iter(by_resource.into_iter().map(
+        |(key, (resolved, namespaces))| async move {
+            let namespaces: Vec<String> = namespaces.into_iter().collect();
+            let result = cluster.list_managed(&resolved, &namespaces).await;
+            (key, resolved, result)
+        },
+    ))
+    .buffer_unordered(CONCURRENCY)
+    .collect()
+    .await;
+    for (key, resolved, result) in lists {
+        match result {
             Ok(items) => {
-                for obj in items {
+                for value in items {
+                    let meta = &value["metadata"];
                     let id = ObjectRef {
                         group: resolved.resource.group.clone(),
                         version: resolved.resource.version.clone(),
                         kind: resolved.resource.kind.clone(),
-                        namespace: obj.metadata.namespace.clone(),
-                        name: obj.metadata.name.clone().unwrap_or_default(),
+                        namespace: meta["namespace"].as_str().map(str::to_string),
+                        name: meta["name"].as_str().unwrap_or_default().to_string(),
                     };
-                    let mut value = serde_json::to_value(&obj).expect("objects serialize");
-                    // Items of a list response carry no apiVersion and kind.
-                    value["apiVersion"] = resolved.resource.api_version.clone().into();
-                    value["kind"] = resolved.resource.kind.clone().into();
                     live.insert(id, value);
                 }
             }
@@ -227,10 +234,25 @@ async fn observe(cluster: &Cluster, placed: Vec<(Desired, Resolved)>, plan: &mut
             }
         }
     }
-    let unlisted: Vec<&(Desired, Resolved)> = placed
-        .iter()
-        .filter(|(d, _)| !live.contains_key(&d.id))
-        .collect();
+    // Nothing can exist yet in a namespace that does not: skip reading those.
+    let absent_namespaces = absent_namespaces(cluster, &placed, &live).await;
+    let mut missing = HashSet::new();
+    let mut unlisted: Vec<&(Desired, Resolved)> = Vec::new();
+    for entry in &placed {
+        let id = &entry.0.id;
+        if live.contains_key(id) {
+            continue;
+        }
+        if id
+            .namespace
+            .as_ref()
+            .is_some_and(|ns| absent_namespaces.contains(ns))
+        {
+            missing.insert(id.clone());
+        } else {
+            unlisted.push(entry);
+        }
+    }
     let fetched: Vec<(ObjectRef, Result<Option<Value>, String>)> =
         stream::iter(unlisted.into_iter().map(|(d, r)| async move {
             let found = cluster
@@ -243,7 +265,6 @@ async fn observe(cluster: &Cluster, placed: Vec<(Desired, Resolved)>, plan: &mut
         .buffer_unordered(CONCURRENCY)
         .collect()
         .await;
-    let mut missing = HashSet::new();
     for (id, found) in fetched {
         match found {
             Ok(Some(v)) => {
@@ -287,6 +308,29 @@ async fn observe(cluster: &Cluster, placed: Vec<(Desired, Resolved)>, plan: &mut
     }
 }
 
+/// The namespaces that objects not yet listed live in and that do not exist.
+async fn absent_namespaces(
+    cluster: &Cluster,
+    placed: &[(Desired, Resolved)],
+    live: &HashMap<ObjectRef, Value>,
+) -> HashSet<String> {
+    let wanted: BTreeSet<&String> = placed
+        .iter()
+        .filter(|(d, _)| !live.contains_key(&d.id))
+        .filter_map(|(d, _)| d.id.namespace.as_ref())
+        .collect();
+    let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> =
+        kube::Api::all(cluster.client.clone());
+    let found: Vec<Option<String>> = stream::iter(wanted.into_iter().map(|ns| {
+        let namespaces = namespaces.clone();
+        async move { matches!(namespaces.get_opt(ns).await, Ok(None)).then(|| ns.clone()) }
+    }))
+    .buffer_unordered(CONCURRENCY)
+    .collect()
+    .await;
+    found.into_iter().flatten().collect()
+}
+
 /// Places and compares a desired set, and works out what to prune.
 pub async fn plan(
     cluster: &Cluster,
@@ -305,14 +349,23 @@ pub async fn plan(
         .collect();
     // Whatever Git still has is not pruned, even if it failed to place, waits
     // for its CRD, or moved to another API version.
-    for m in &set.manifests {
-        for id in inventory
-            .iter()
-            .filter(|id| id.group == m.id.group && id.kind == m.id.kind && id.name == m.id.name)
-        {
-            if m.id.namespace.is_none() || m.id.namespace == id.namespace {
-                desired.entry(id.clone()).or_insert(Stage::Workloads);
-            }
+    let in_git: HashMap<(&str, &str, &str), Vec<Option<&str>>> =
+        set.manifests.iter().fold(HashMap::new(), |mut acc, m| {
+            acc.entry((m.id.group.as_str(), m.id.kind.as_str(), m.id.name.as_str()))
+                .or_default()
+                .push(m.id.namespace.as_deref());
+            acc
+        });
+    for id in inventory {
+        let key = (id.group.as_str(), id.kind.as_str(), id.name.as_str());
+        // A manifest without a namespace matches wherever it was placed.
+        let still_there = in_git.get(&key).is_some_and(|namespaces| {
+            namespaces
+                .iter()
+                .any(|ns| ns.is_none() || *ns == id.namespace.as_deref())
+        });
+        if still_there {
+            desired.entry(id.clone()).or_insert(Stage::Workloads);
         }
     }
     plan.prune = plan::to_prune(inventory, &desired, |id| {
@@ -628,7 +681,10 @@ pub async fn apply_set(
         on(Progress::Warning(w));
         report.warnings.push(w.clone());
     }
+    let phase = std::time::Instant::now();
     let plan = plan(cluster, set, settings, inventory).await;
+    tracing::debug!(ms = phase.elapsed().as_millis() as u64, "planned");
+    let phase = std::time::Instant::now();
     let candidates = plan.prune.clone();
     let mut next: Inventory = inventory
         .iter()
@@ -637,6 +693,7 @@ pub async fn apply_set(
         .collect();
     let plan = apply_plan(cluster, plan, settings, stop, &mut report, on).await;
     next.extend(plan.items.iter().map(|i| i.desired.id.clone()));
+    tracing::debug!(ms = phase.elapsed().as_millis() as u64, "applied");
     if !report.interrupted {
         next.extend(prune(cluster, &candidates, settings, &mut report, on).await);
     } else {
@@ -647,10 +704,13 @@ pub async fn apply_set(
 
 /// Fetches a Git source (off the async threads: libgit2 blocks).
 pub async fn fetch(source: &GitSource) -> Result<Snapshot, crate::source::Error> {
+    let phase = std::time::Instant::now();
     let source = source.clone();
-    tokio::task::spawn_blocking(move || source.fetch())
+    let snapshot = tokio::task::spawn_blocking(move || source.fetch())
         .await
-        .expect("fetch task")
+        .expect("fetch task");
+    tracing::debug!(ms = phase.elapsed().as_millis() as u64, "fetched");
+    snapshot
 }
 
 /// One whole sync of a fetched revision (or of a failed fetch), recorded in
@@ -667,12 +727,14 @@ pub async fn run(
     let (mut report, inventory) = sync_snapshot(cluster, snapshot, settings, stop, on).await;
     report.requests = requests;
     let status = report.status(started);
+    let phase = std::time::Instant::now();
     if let Err(e) = cluster
         .record(&settings.state, &status, inventory.as_ref())
         .await
     {
         tracing::error!("{}", crate::error_chain(&e));
     }
+    tracing::debug!(ms = phase.elapsed().as_millis() as u64, "recorded");
     (report, status)
 }
 
@@ -695,6 +757,7 @@ async fn sync_snapshot(
     };
     let span = tracing::info_span!("sync", revision = %snapshot.revision);
     let _guard = span.enter();
+    let phase = std::time::Instant::now();
     let set = match render::render(&snapshot.tree, &settings.render) {
         Ok(set) => set,
         Err(errors) => {
@@ -710,6 +773,11 @@ async fn sync_snapshot(
             return (report, None);
         }
     };
+    tracing::debug!(
+        objects = set.manifests.len(),
+        ms = phase.elapsed().as_millis() as u64,
+        "rendered"
+    );
     drop(_guard);
     let inventory = match cluster.read_inventory(&settings.state).await {
         Ok(i) => i,

@@ -14,6 +14,7 @@ use kube::api::{Api, DynamicObject, ListParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::core::GroupVersionKind;
 use kube::discovery::{ApiCapabilities, ApiResource, Scope};
+use serde_json::Value;
 
 use crate::object::ObjectRef;
 
@@ -116,33 +117,70 @@ impl Cluster {
     }
 
     /// Every object of one resource that carries tidegate's label, in all
-    /// namespaces (or, if RBAC allows less, in the given ones).
+    /// namespaces (or, if RBAC allows less, in the given ones), as JSON with
+    /// `apiVersion` and `kind` set and `managedFields` and `status` dropped:
+    /// the plan compares what tidegate sets, and large lists stay small.
     pub async fn list_managed(
         &self,
         resolved: &Resolved,
         namespaces: &[String],
-    ) -> Result<Vec<DynamicObject>, kube::Error> {
-        let params = ListParams::default().labels(&format!(
-            "{}={}",
-            crate::plan::MANAGED_BY_LABEL,
-            crate::plan::MANAGED_BY_VALUE
-        ));
-        let all = Api::<DynamicObject>::all_with(self.client.clone(), &resolved.resource);
-        match all.list(&params).await {
-            Ok(list) => Ok(list.items),
+    ) -> Result<Vec<Value>, kube::Error> {
+        match self.list_pages(resolved, None).await {
             Err(kube::Error::Api(status)) if status.code == 403 && resolved.namespaced() => {
                 let mut items = Vec::new();
                 for ns in namespaces {
-                    let api = Api::<DynamicObject>::namespaced_with(
-                        self.client.clone(),
-                        ns,
-                        &resolved.resource,
-                    );
-                    items.extend(api.list(&params).await?.items);
+                    items.extend(self.list_pages(resolved, Some(ns)).await?);
                 }
                 Ok(items)
             }
-            Err(e) => Err(e),
+            other => other,
+        }
+    }
+
+    /// Lists in pages, parsing each straight into JSON values.
+    async fn list_pages(
+        &self,
+        resolved: &Resolved,
+        namespace: Option<&str>,
+    ) -> Result<Vec<Value>, kube::Error> {
+        const PAGE: u32 = 500;
+        let path = <DynamicObject as kube::Resource>::url_path(&resolved.resource, namespace);
+        let selector = format!(
+            "{}={}",
+            crate::plan::MANAGED_BY_LABEL,
+            crate::plan::MANAGED_BY_VALUE
+        );
+        let mut items = Vec::new();
+        let mut continue_token: Option<String> = None;
+        loop {
+            let mut params = ListParams::default().labels(&selector).limit(PAGE);
+            params.continue_token = continue_token.take();
+            let request = kube::core::Request::new(&path)
+                .list(&params)
+                .map_err(kube::Error::BuildRequest)?;
+            let mut page: Value = self.client.request(request).await?;
+            for mut item in page["items"]
+                .as_array_mut()
+                .map(std::mem::take)
+                .unwrap_or_default()
+            {
+                if let Some(object) = item.as_object_mut() {
+                    object.remove("status");
+                    object.insert(
+                        "apiVersion".into(),
+                        resolved.resource.api_version.clone().into(),
+                    );
+                    object.insert("kind".into(), resolved.resource.kind.clone().into());
+                    if let Some(Value::Object(meta)) = object.get_mut("metadata") {
+                        meta.remove("managedFields");
+                    }
+                }
+                items.push(item);
+            }
+            match page["metadata"]["continue"].as_str() {
+                Some(token) if !token.is_empty() => continue_token = Some(token.to_string()),
+                _ => return Ok(items),
+            }
         }
     }
 

@@ -130,14 +130,10 @@ pub fn render(root: &Path, options: &Options) -> Result<DesiredSet, Errors> {
     files.dedup();
 
     let mut manifests = Vec::new();
-    for rel in files {
-        let abs = root.join(&rel);
-        match std::fs::read_to_string(&abs) {
-            Ok(text) => match manifest::parse_file(&rel, &text) {
-                Ok(found) => manifests.extend(found),
-                Err(e) => errors.push(e.into()),
-            },
-            Err(source) => errors.push(Error::Read { path: rel, source }),
+    for result in read_and_parse(root, &files) {
+        match result {
+            Ok(found) => manifests.extend(found),
+            Err(e) => errors.push(e),
         }
     }
 
@@ -164,6 +160,32 @@ pub fn render(root: &Path, options: &Options) -> Result<DesiredSet, Errors> {
     } else {
         Err(Errors(errors))
     }
+}
+
+/// Reads and parses files on every core, keeping their order.
+fn read_and_parse(root: &Path, files: &[PathBuf]) -> Vec<Result<Vec<Manifest>, Error>> {
+    let one = |rel: &PathBuf| match std::fs::read_to_string(root.join(rel)) {
+        Ok(text) => manifest::parse_file(rel, &text).map_err(Error::from),
+        Err(source) => Err(Error::Read {
+            path: rel.clone(),
+            source,
+        }),
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if threads == 1 || files.len() < 64 {
+        return files.iter().map(one).collect();
+    }
+    let chunk = files.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = files
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().map(one).collect::<Vec<_>>()))
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("a parser thread panicked"))
+            .collect()
+    })
 }
 
 /// Refuses an object of a removed API version, or moves it to the
