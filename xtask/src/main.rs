@@ -270,8 +270,54 @@ fn demo() -> Result<()> {
     Ok(())
 }
 
+/// Debian packages the integration tests start servers from.
+const TEST_PACKAGES: [&str; 5] = [
+    "openssh-server",
+    "openssh-client",
+    "tinyproxy",
+    "openssl",
+    "python3",
+];
+
+/// Installs the missing ones (as root, with apt-get), or says which to install.
+fn ensure_packages(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| {
+            let out = Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", p])
+                .output();
+            !out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    if !is_root {
+        return Err(format!(
+            "the tests need these Debian packages: sudo apt-get install {}",
+            missing.join(" ")
+        ));
+    }
+    eprintln!(
+        "installing the Debian packages the tests need: {}",
+        missing.join(" ")
+    );
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
 /// Everything the tests need, then the whole suite.
 fn test(extra: &[&str]) -> Result<()> {
+    ensure_packages(&TEST_PACKAGES)?;
     tools_dir()?;
     run(cargo().args(["test", "--workspace"]).args(extra))
 }
