@@ -24,6 +24,23 @@ fn api(client: &kube::Client, state: &StateRef) -> Api<ConfigMap> {
     Api::namespaced(client.clone(), &state.namespace)
 }
 
+/// Merges annotations into the state ConfigMap (`null` removes one).
+async fn annotate(
+    client: &kube::Client,
+    state: &StateRef,
+    annotations: serde_json::Map<String, Value>,
+) -> Result<(), kube::Error> {
+    let patch = json!({"metadata": {"annotations": annotations}});
+    api(client, state)
+        .patch(
+            &state.name(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .map(|_| ())
+}
+
 /// A request id unique enough for concurrent CLIs: time and process.
 pub fn new_id() -> String {
     let nanos = std::time::SystemTime::now()
@@ -35,15 +52,12 @@ pub fn new_id() -> String {
 
 /// Adds a request; fails if the state ConfigMap does not exist (no daemon).
 pub async fn post(client: &kube::Client, state: &StateRef, id: &str) -> Result<(), kube::Error> {
-    let patch = json!({"metadata": {"annotations": {format!("{REQUEST_PREFIX}{id}"): crate::cluster::state::now()}}});
-    api(client, state)
-        .patch(
-            &state.name(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-        .map(|_| ())
+    let mut annotations = serde_json::Map::new();
+    annotations.insert(
+        format!("{REQUEST_PREFIX}{id}"),
+        crate::cluster::state::now().into(),
+    );
+    annotate(client, state, annotations).await
 }
 
 /// The annotations of the state ConfigMap.
@@ -79,15 +93,7 @@ pub async fn acknowledge(
         annotations.insert(format!("{REQUEST_PREFIX}{id}"), Value::Null);
         annotations.insert(format!("{REVISION_PREFIX}{id}"), revision.into());
     }
-    let patch = json!({"metadata": {"annotations": annotations}});
-    api(client, state)
-        .patch(
-            &state.name(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-        .map(|_| ())
+    annotate(client, state, annotations).await
 }
 
 /// Removes the revision annotations once the sync is recorded.
@@ -100,15 +106,7 @@ pub async fn clear(
         .iter()
         .map(|id| (format!("{REVISION_PREFIX}{id}"), Value::Null))
         .collect();
-    let patch = json!({"metadata": {"annotations": annotations}});
-    api(client, state)
-        .patch(
-            &state.name(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-        .map(|_| ())
+    annotate(client, state, annotations).await
 }
 
 /// How often the daemon looks for requests.
