@@ -248,6 +248,9 @@ async fn secret_data(
         .collect())
 }
 
+/// How long triggers are gathered before one fetch answers them all.
+const COALESCE: Duration = Duration::from_millis(100);
+
 /// `30s`, `5m`, `1h`, `250ms`, or plain seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
@@ -429,6 +432,7 @@ pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode>
                     *shared.identity.lock().expect("identity") = Some(key.public.clone());
                 }
                 source.access = access;
+                metrics.fetched();
                 sync::fetch(&source).await
             }
             Err(e) => Err(crate::source::Error::Access(crate::error_chain(e.as_ref()))),
@@ -487,7 +491,12 @@ pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode>
         }
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = triggers.wake.notified() => {}
+            _ = triggers.wake.notified() => {
+                // Let a burst of triggers (webhooks, ref changes) arrive, then
+                // fetch once for all of them.
+                tokio::time::sleep(COALESCE).await;
+                let _ = tokio::time::timeout(Duration::ZERO, triggers.wake.notified()).await;
+            }
         }
     }
     tracing::info!("stopped");

@@ -16,6 +16,7 @@ type Labels = Vec<(String, String)>;
 
 pub struct Metrics {
     registry: Registry,
+    fetches: Counter,
     duration: Histogram,
     results: Family<Labels, Counter>,
     objects: Family<Labels, Counter>,
@@ -26,6 +27,8 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("tidegate");
+        let fetches = Counter::default();
+        registry.register("fetches", "Fetches of the Git repository", fetches.clone());
         let duration = Histogram::new(exponential_buckets(0.05, 2.0, 14));
         registry.register(
             "sync_duration_seconds",
@@ -54,6 +57,7 @@ impl Default for Metrics {
         );
         Metrics {
             registry,
+            fetches,
             duration,
             results,
             objects,
@@ -64,6 +68,10 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    pub fn fetched(&self) {
+        self.fetches.inc();
+    }
+
     pub fn observe(&self, status: &SyncStatus, seconds: f64) {
         self.duration.observe(seconds);
         let result = serde_json::to_value(status.result).expect("serializes");

@@ -130,8 +130,11 @@ pub fn render(root: &Path, options: &Options) -> Result<DesiredSet, Errors> {
     files.dedup();
 
     let mut manifests = Vec::new();
-    for result in read_and_parse(root, &files) {
+    for (file, result) in files.iter().zip(read_and_parse(root, &files)) {
         match result {
+            Ok(found) if found.is_empty() => {
+                tracing::debug!(file = %file.display(), "skipped: no Kubernetes objects in it");
+            }
             Ok(found) => manifests.extend(found),
             Err(e) => errors.push(e),
         }

@@ -97,9 +97,30 @@ async fn ssh_clone_and_fetch_with_the_deploy_key() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(value(&s.ns).await.as_deref(), Some("1"));
 
+    // known_hosts from a ConfigMap instead of a file.
+    let known_hosts: ConfigMap = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": s.secret},
+        "data": {"known_hosts": s.sshd.known_hosts_line}
+    }))
+    .unwrap();
+    Api::<ConfigMap>::namespaced(client().await, "default")
+        .create(&PostParams::default(), &known_hosts)
+        .await
+        .unwrap();
     s.repo.write("app.yaml", &cm_yaml(&s.ns, "settings", "2"));
     s.repo.push("second");
-    let out = s.sync();
+    let url = s.sshd.url(&s.repo.bare);
+    let from = format!("configmap/{}", s.secret);
+    let out = s.repo.sync_once_from(
+        &url,
+        &[
+            "--k8s-secret-name",
+            &s.secret,
+            "--ssh-known-hosts-from",
+            &from,
+        ],
+        &[],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains(&format!("configured v1 ConfigMap {}/settings", s.ns)));
     assert_eq!(value(&s.ns).await.as_deref(), Some("2"));
