@@ -249,7 +249,7 @@ async fn secret_data(
 }
 
 /// How long triggers are gathered before one fetch answers them all.
-const COALESCE: Duration = Duration::from_millis(100);
+const COALESCE: Duration = Duration::from_millis(200);
 
 /// `30s`, `5m`, `1h`, `250ms`, or plain seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
