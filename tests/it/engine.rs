@@ -550,33 +550,17 @@ async fn drift_is_reverted_by_the_sync_interval() {
     repo.write("ns.yaml", &ns_yaml(&ns))
         .write("cm.yaml", &cm_yaml(&ns, "watched", "from-git"));
     repo.push("init");
-    let url = repo.url();
-    let cache = repo.cache.to_string_lossy().into_owned();
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_tidegate"))
-        .args([
-            "daemon",
-            "--git-url",
-            &url,
-            "--git-branch",
-            "main",
-            "--git-cache-dir",
-            &cache,
-        ])
-        .args([
-            "--sync-set-name",
-            &repo.sync_set,
+    let daemon = repo.daemon(
+        &repo.url(),
+        &[
             "--git-poll-interval",
             "1h",
             "--sync-interval",
             "2s",
             "--listen",
             "off",
-        ])
-        .env("KUBECONFIG", &control_plane().kubeconfig)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        ],
+    );
     let api = Api::<ConfigMap>::namespaced(client().await, &ns);
     eventually("the first sync", Duration::from_secs(30), || async {
         api.get_opt("watched").await.ok().flatten().map(|_| ())
@@ -596,11 +580,7 @@ async fn drift_is_reverted_by_the_sync_interval() {
         },
     )
     .await;
-    Command::new("kill")
-        .args(["-TERM", &daemon.id().to_string()])
-        .status()
-        .unwrap();
-    let status = daemon.wait().unwrap();
+    let status = daemon.terminate();
     assert!(
         status.success(),
         "daemon exits cleanly on SIGTERM: {status}"

@@ -1,7 +1,6 @@
 //! Git over SSH with the deploy key (real sshd) and over HTTP through a real
 //! proxy (git http-backend, tinyproxy).
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
@@ -9,9 +8,7 @@ use kube::Api;
 use kube::api::PostParams;
 
 use crate::servers::{GitHttps, Proxy, Sshd};
-use crate::support::{
-    GitRepo, client, eventually, stderr, stdout, tidegate, tidegate_command, unique,
-};
+use crate::support::{GitRepo, client, eventually, stderr, stdout, tidegate, unique};
 
 fn cm_yaml(ns: &str, name: &str, value: &str) -> String {
     format!(
@@ -186,30 +183,19 @@ async fn regenerated_key_is_used_by_the_running_daemon() {
     s.sshd.authorize(&[&old]);
     let url = s.sshd.url(&s.repo.bare);
     let known_hosts = s.known_hosts.path().to_string_lossy().into_owned();
-    let cache = s.repo.cache.to_string_lossy().into_owned();
-    let mut daemon = tidegate_command(&[
-        "daemon",
-        "--git-url",
+    let daemon = s.repo.daemon(
         &url,
-        "--git-branch",
-        "main",
-        "--git-cache-dir",
-        &cache,
-        "--sync-set-name",
-        &s.repo.sync_set,
-        "--k8s-secret-name",
-        &s.secret,
-        "--ssh-known-hosts",
-        &known_hosts,
-        "--git-poll-interval",
-        "1s",
-        "--listen",
-        "off",
-    ])
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap();
+        &[
+            "--k8s-secret-name",
+            &s.secret,
+            "--ssh-known-hosts",
+            &known_hosts,
+            "--git-poll-interval",
+            "1s",
+            "--listen",
+            "off",
+        ],
+    );
     eventually(
         "the first sync over SSH",
         Duration::from_secs(30),
@@ -230,8 +216,7 @@ async fn regenerated_key_is_used_by_the_running_daemon() {
         || async { (value(&s.ns).await? == "after-regenerate").then_some(()) },
     )
     .await;
-    let _ = daemon.kill();
-    let _ = daemon.wait();
+    drop(daemon);
 
     // With only the old key authorized, fetching fails again.
     s.sshd.authorize(&[&old]);

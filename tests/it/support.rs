@@ -268,22 +268,59 @@ impl GitRepo {
 
     /// `tidegate daemon --once` from another URL of this repository.
     pub fn sync_once_from(&self, url: &str, extra: &[&str], env: &[(&str, &str)]) -> Output {
-        let url = url.to_string();
-        let cache = self.cache.to_string_lossy().into_owned();
+        let mut args = vec!["--once"];
+        args.extend_from_slice(extra);
+        tidegate_with_env(&self.daemon_args(url, &args), env)
+    }
+
+    /// A running `tidegate daemon` on this repository from `url`.
+    pub fn daemon(&self, url: &str, extra: &[&str]) -> Daemon {
+        let child = tidegate_command(&self.daemon_args(url, extra))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start tidegate daemon");
+        Daemon(child)
+    }
+
+    /// `daemon` with this repository's branch, cache and sync set, then `extra`.
+    fn daemon_args<'a>(&'a self, url: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+        let cache = self.cache.to_str().expect("a UTF-8 temp path");
         let mut args = vec![
             "daemon",
-            "--once",
             "--git-url",
-            &url,
+            url,
             "--git-branch",
             "main",
             "--git-cache-dir",
-            &cache,
+            cache,
             "--sync-set-name",
             &self.sync_set,
         ];
         args.extend_from_slice(extra);
-        tidegate_with_env(&args, env)
+        args
+    }
+}
+
+/// A running daemon, killed when dropped.
+pub struct Daemon(Child);
+
+impl Daemon {
+    /// Sends SIGTERM and waits for the daemon to exit.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.0.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        self.0.wait().expect("wait for the daemon")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
@@ -12,7 +12,7 @@ use kube::api::PostParams;
 use tidegate::daemon::webhook::sign;
 
 use crate::support::{
-    GitRepo, client, eventually, stderr, stdout, tidegate, tidegate_command, unique,
+    Daemon, GitRepo, client, eventually, stderr, stdout, tidegate, tidegate_command, unique,
 };
 
 fn app_yaml(ns: &str, value: &str) -> String {
@@ -36,42 +36,11 @@ async fn wait_value(ns: &str, wanted: &str, within: Duration) {
     .await;
 }
 
-/// A running daemon, killed when dropped.
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
+/// A daemon that polls and re-applies only hourly: whatever syncs, a trigger did.
 fn daemon(repo: &GitRepo, extra: &[&str]) -> Daemon {
-    let url = repo.url();
-    let cache = repo.cache.to_string_lossy().into_owned();
-    let mut args = vec![
-        "daemon",
-        "--git-url",
-        &url,
-        "--git-branch",
-        "main",
-        "--git-cache-dir",
-        &cache,
-        "--sync-set-name",
-        &repo.sync_set,
-        "--git-poll-interval",
-        "1h",
-        "--sync-interval",
-        "1h",
-    ];
+    let mut args = vec!["--git-poll-interval", "1h", "--sync-interval", "1h"];
     args.extend_from_slice(extra);
-    Daemon(
-        tidegate_command(&args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
+    repo.daemon(&repo.url(), &args)
 }
 
 fn free_port() -> u16 {
