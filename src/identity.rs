@@ -7,10 +7,11 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Api;
 use kube::api::{PostParams, Resource};
 use ssh_key::{Algorithm, HashAlg, LineEnding, PrivateKey};
+
+use crate::cluster::state::own_metadata;
 
 const PRIVATE_KEY: &str = "identity";
 const PUBLIC_KEY: &str = "identity.pub";
@@ -99,18 +100,7 @@ fn secret(key_ref: &KeyRef, key: &DeployKey) -> Secret {
     ]
     .into();
     Secret {
-        metadata: ObjectMeta {
-            name: Some(key_ref.name.clone()),
-            namespace: Some(key_ref.namespace.clone()),
-            labels: Some(
-                [(
-                    "app.kubernetes.io/part-of".to_string(),
-                    "tidegate".to_string(),
-                )]
-                .into(),
-            ),
-            ..ObjectMeta::default()
-        },
+        metadata: own_metadata(key_ref.name.clone(), key_ref.namespace.clone()),
         data: Some(data),
         type_: Some("Opaque".into()),
         ..Secret::default()

@@ -61,12 +61,16 @@ pub struct SyncArgs {
 }
 
 impl SyncArgs {
+    pub fn render_options(&self) -> render::Options {
+        render::Options {
+            paths: self.git_path.clone(),
+            upgrade_removed_apis: self.upgrade_removed_apis,
+        }
+    }
+
     pub fn settings(&self, namespace: String) -> Settings {
         Settings {
-            render: render::Options {
-                paths: self.git_path.clone(),
-                upgrade_removed_apis: self.upgrade_removed_apis,
-            },
+            render: self.render_options(),
             default_namespace: self.k8s_default_namespace.clone(),
             allow_namespaces: self.k8s_allow_namespace.clone(),
             sync_set: self.sync_set_name.clone(),
@@ -508,10 +512,7 @@ fn print_progress(progress: Progress<'_>) {
     match progress {
         Progress::Object(id, action) => println!("{action} {id}"),
         Progress::WouldPrune(id) => println!("would prune {id}"),
-        Progress::Failed(e) => match &e.origin {
-            Some(origin) => eprintln!("error: {origin}: {}: {}", e.object, e.reason),
-            None => eprintln!("error: {}: {}", e.object, e.reason),
-        },
+        Progress::Failed(e) => eprintln!("error: {e}"),
         Progress::Warning(w) => eprintln!("warning: {w}"),
     }
 }

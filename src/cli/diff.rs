@@ -61,7 +61,7 @@ struct Output {
 
 pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode> {
     super::init_logging("warn");
-    let set = match render::render(&args.path, &sync_render_options(&args)) {
+    let set = match render::render(&args.path, &args.sync.render_options()) {
         Ok(set) => set,
         Err(errors) => {
             eprintln!("error: {errors}");
@@ -187,13 +187,6 @@ pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode>
     } else {
         ExitCode::SUCCESS
     })
-}
-
-fn sync_render_options(args: &Args) -> render::Options {
-    render::Options {
-        paths: args.sync.git_path.clone(),
-        upgrade_removed_apis: args.sync.upgrade_removed_apis,
-    }
 }
 
 fn paint(line: &str, color: bool) -> String {

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use super::{EXIT_ERROR, EXIT_FAILED, Format};
-use crate::cluster::state::{Outcome, StateRef, SyncStatus};
+use crate::cluster::state::{Outcome, SyncStatus};
 use crate::cluster::{Cluster, Connection};
 
 #[derive(Debug, clap::Args)]
@@ -18,14 +18,10 @@ pub struct Args {
 }
 
 pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode> {
-    let client = connection
-        .client()
+    let (client, state) = connection
+        .state(args.sync_set_name)
         .await
         .context("cannot connect to the cluster")?;
-    let state = StateRef {
-        namespace: connection.namespace(&client),
-        sync_set: args.sync_set_name,
-    };
     let cluster = Cluster::new(client);
     let Some(status) = cluster.read_status(&state).await? else {
         eprintln!(

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::daemon::parse_duration;
 use super::{EXIT_ERROR, EXIT_FAILED};
-use crate::cluster::state::{Outcome, StateRef};
+use crate::cluster::state::Outcome;
 use crate::cluster::{Cluster, Connection};
 use crate::daemon::requests::{self, REVISION_PREFIX};
 
@@ -25,14 +25,10 @@ pub struct Args {
 }
 
 pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode> {
-    let client = connection
-        .client()
+    let (client, state) = connection
+        .state(args.sync_set_name)
         .await
         .context("cannot connect to the cluster")?;
-    let state = StateRef {
-        namespace: connection.namespace(&client),
-        sync_set: args.sync_set_name,
-    };
     let id = requests::new_id();
     if let Err(e) = requests::post(&client, &state, &id).await {
         eprintln!(
@@ -62,23 +58,12 @@ pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode>
                     status.revision.as_deref().unwrap_or("(none)")
                 );
             }
-            let counts: Vec<String> = status
-                .counts
-                .iter()
-                .filter(|(_, n)| **n > 0)
-                .map(|(k, n)| format!("{n} {k}"))
-                .collect();
-            println!("result: {:?}: {}", status.result, counts.join(", "));
+            println!("result: {:?}: {}", status.result, status.summary());
             if let Some(m) = &status.message {
                 eprintln!("error: {m}");
             }
             for e in &status.errors {
-                let origin = e
-                    .origin
-                    .as_deref()
-                    .map(|o| format!("{o}: "))
-                    .unwrap_or_default();
-                eprintln!("error: {origin}{}: {}", e.object, e.reason);
+                eprintln!("error: {e}");
             }
             return Ok(if status.result == Outcome::Succeeded {
                 ExitCode::SUCCESS

@@ -56,9 +56,19 @@ impl Cluster {
 
     /// Deletes an object (dependents in the background); `Ok(false)` if it was gone.
     pub async fn delete(&self, resolved: &Resolved, id: &ObjectRef) -> Result<bool, kube::Error> {
+        self.delete_with(resolved, id, PropagationPolicy::Background)
+            .await
+    }
+
+    async fn delete_with(
+        &self,
+        resolved: &Resolved,
+        id: &ObjectRef,
+        propagation: PropagationPolicy,
+    ) -> Result<bool, kube::Error> {
         let api = self.api(resolved, id.namespace.as_deref());
         let params = DeleteParams {
-            propagation_policy: Some(PropagationPolicy::Background),
+            propagation_policy: Some(propagation),
             ..DeleteParams::default()
         };
         self.count_write();
@@ -77,17 +87,9 @@ impl Cluster {
         object: &Value,
         force: bool,
     ) -> Result<DynamicObject, kube::Error> {
+        self.delete_with(resolved, id, PropagationPolicy::Foreground)
+            .await?;
         let api = self.api(resolved, id.namespace.as_deref());
-        let params = DeleteParams {
-            propagation_policy: Some(PropagationPolicy::Foreground),
-            ..DeleteParams::default()
-        };
-        self.count_write();
-        match api.delete(&id.name, &params).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(status)) if status.code == 404 => {}
-            Err(e) => return Err(e),
-        }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
         while api.get_opt(&id.name).await?.is_some() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(200)).await;

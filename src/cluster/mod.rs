@@ -71,6 +71,16 @@ impl Connection {
         Client::try_from(config).map_err(Error::Client)
     }
 
+    /// A client, and where the daemon of `sync_set` keeps its state.
+    pub async fn state(&self, sync_set: String) -> Result<(Client, state::StateRef), Error> {
+        let client = self.client().await?;
+        let state = state::StateRef {
+            namespace: self.namespace(&client),
+            sync_set,
+        };
+        Ok((client, state))
+    }
+
     pub fn namespace(&self, client: &Client) -> String {
         self.namespace
             .clone()

@@ -76,6 +76,16 @@ pub struct ObjectError {
     pub reason: String,
 }
 
+/// `file (document n): object: reason`, as the CLI prints failures.
+impl std::fmt::Display for ObjectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(origin) = &self.origin {
+            write!(f, "{origin}: ")?;
+        }
+        write!(f, "{}: {}", self.object, self.reason)
+    }
+}
+
 /// The record of one sync.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SyncStatus {
@@ -99,6 +109,35 @@ pub struct SyncStatus {
     /// `tidegate sync` requests this sync answered.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub requests: Vec<String>,
+}
+
+impl SyncStatus {
+    /// The counts that are not zero: `3 created, 1 pruned`.
+    pub fn summary(&self) -> String {
+        let counts: Vec<String> = self
+            .counts
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(k, n)| format!("{n} {k}"))
+            .collect();
+        counts.join(", ")
+    }
+}
+
+/// Metadata for the objects tidegate keeps for itself (state, deploy key).
+pub fn own_metadata(name: String, namespace: String) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: Some(namespace),
+        labels: Some(
+            [(
+                "app.kubernetes.io/part-of".to_string(),
+                "tidegate".to_string(),
+            )]
+            .into(),
+        ),
+        ..ObjectMeta::default()
+    }
 }
 
 pub fn now() -> String {
@@ -203,18 +242,7 @@ impl Cluster {
             data.insert(INVENTORY_KEY.to_string(), encode_inventory(inventory));
         }
         let map = ConfigMap {
-            metadata: ObjectMeta {
-                name: Some(state.name()),
-                namespace: Some(state.namespace.clone()),
-                labels: Some(
-                    [(
-                        "app.kubernetes.io/part-of".to_string(),
-                        "tidegate".to_string(),
-                    )]
-                    .into(),
-                ),
-                ..ObjectMeta::default()
-            },
+            metadata: own_metadata(state.name(), state.namespace.clone()),
             data: Some(data),
             ..ConfigMap::default()
         };
@@ -260,14 +288,8 @@ impl Cluster {
             Outcome::Failed => ("Warning", "SyncFailed"),
             Outcome::Interrupted => ("Warning", "SyncInterrupted"),
         };
-        let counts: Vec<String> = status
-            .counts
-            .iter()
-            .filter(|(_, n)| **n > 0)
-            .map(|(k, n)| format!("{n} {k}"))
-            .collect();
         let revision = status.revision.as_deref().unwrap_or("(none)");
-        let mut message = format!("revision {revision}: {}", counts.join(", "));
+        let mut message = format!("revision {revision}: {}", status.summary());
         if let Some(m) = &status.message {
             message = format!("{message}; {m}");
         }

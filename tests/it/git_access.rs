@@ -3,18 +3,15 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::PostParams;
 
 use crate::servers::{GitHttps, Proxy, Sshd};
-use crate::support::{GitRepo, client, eventually, stderr, stdout, tidegate, unique};
-
-fn cm_yaml(ns: &str, name: &str, value: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: {ns}\ndata:\n  value: \"{value}\"\n"
-    )
-}
+use crate::support::{
+    GitRepo, app_yaml, client, create_secret, eventually, settings_value, stderr, stdout, tidegate,
+    unique,
+};
 
 /// `tidegate identity` for a key Secret of the test's own; returns (public key, fingerprint).
 fn identity(secret: &str, regenerate: bool) -> (String, String) {
@@ -45,7 +42,7 @@ fn ssh_setup() -> SshSetup {
     let sshd = Sshd::start();
     let repo = GitRepo::new();
     let ns = unique("ssh");
-    repo.write("app.yaml", &cm_yaml(&ns, "settings", "1"));
+    repo.write("app.yaml", &app_yaml(&ns, "1"));
     repo.push("first");
     let known_hosts = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(known_hosts.path(), &sshd.known_hosts_line).unwrap();
@@ -75,14 +72,6 @@ impl SshSetup {
     }
 }
 
-async fn value(ns: &str) -> Option<String> {
-    let cm = Api::<ConfigMap>::namespaced(client().await, ns)
-        .get_opt("settings")
-        .await
-        .ok()??;
-    cm.data?.get("value").cloned()
-}
-
 #[tokio::test]
 async fn ssh_clone_and_fetch_with_the_deploy_key() {
     let s = ssh_setup();
@@ -92,7 +81,7 @@ async fn ssh_clone_and_fetch_with_the_deploy_key() {
     s.sshd.authorize(&[&public]);
     let out = s.sync();
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(value(&s.ns).await.as_deref(), Some("1"));
+    assert_eq!(settings_value(&s.ns).await.as_deref(), Some("1"));
 
     // known_hosts from a ConfigMap instead of a file.
     let known_hosts: ConfigMap = serde_json::from_value(serde_json::json!({
@@ -104,7 +93,7 @@ async fn ssh_clone_and_fetch_with_the_deploy_key() {
         .create(&PostParams::default(), &known_hosts)
         .await
         .unwrap();
-    s.repo.write("app.yaml", &cm_yaml(&s.ns, "settings", "2"));
+    s.repo.write("app.yaml", &app_yaml(&s.ns, "2"));
     s.repo.push("second");
     let url = s.sshd.url(&s.repo.bare);
     let from = format!("configmap/{}", s.secret);
@@ -120,7 +109,7 @@ async fn ssh_clone_and_fetch_with_the_deploy_key() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains(&format!("configured v1 ConfigMap {}/settings", s.ns)));
-    assert_eq!(value(&s.ns).await.as_deref(), Some("2"));
+    assert_eq!(settings_value(&s.ns).await.as_deref(), Some("2"));
 }
 
 #[tokio::test]
@@ -173,7 +162,7 @@ async fn ssh_wrong_host_key_is_refused() {
         err.contains(&format!("unknown host [127.0.0.1]:{}", s.sshd.port)),
         "{err}"
     );
-    assert_eq!(value(&s.ns).await, None);
+    assert_eq!(settings_value(&s.ns).await, None);
 }
 
 #[tokio::test]
@@ -199,7 +188,7 @@ async fn regenerated_key_is_used_by_the_running_daemon() {
     eventually(
         "the first sync over SSH",
         Duration::from_secs(30),
-        || async { value(&s.ns).await },
+        || async { settings_value(&s.ns).await },
     )
     .await;
 
@@ -208,12 +197,12 @@ async fn regenerated_key_is_used_by_the_running_daemon() {
     // The old key is removed from the Git host: tidegate must use the new one.
     s.sshd.authorize(&[&new]);
     s.repo
-        .write("app.yaml", &cm_yaml(&s.ns, "settings", "after-regenerate"));
+        .write("app.yaml", &app_yaml(&s.ns, "after-regenerate"));
     s.repo.push("after regenerate");
     eventually(
         "a sync with the new key",
         Duration::from_secs(30),
-        || async { (value(&s.ns).await? == "after-regenerate").then_some(()) },
+        || async { (settings_value(&s.ns).await? == "after-regenerate").then_some(()) },
     )
     .await;
     drop(daemon);
@@ -226,22 +215,18 @@ async fn regenerated_key_is_used_by_the_running_daemon() {
 }
 
 async fn https_secret(name: &str, password: &str) {
-    let secret: Secret = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": name},
-        "stringData": {"username": "reader", "password": password}
-    }))
-    .unwrap();
-    Api::<Secret>::namespaced(client().await, "default")
-        .create(&PostParams::default(), &secret)
-        .await
-        .unwrap();
+    create_secret(
+        name,
+        serde_json::json!({"username": "reader", "password": password}),
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn https_with_credentials_custom_ca_and_a_proxy() {
     let repo = GitRepo::new();
     let ns = unique("https");
-    repo.write("app.yaml", &cm_yaml(&ns, "settings", "via-proxy"));
+    repo.write("app.yaml", &app_yaml(&ns, "via-proxy"));
     repo.push("first");
     let server = GitHttps::start(repo.bare.parent().unwrap(), "reader:letmein");
     let proxy = Proxy::start();
@@ -260,7 +245,7 @@ async fn https_with_credentials_custom_ca_and_a_proxy() {
 
     let out = repo.sync_once_from(&url, &access, &[("HTTPS_PROXY", &proxy_url)]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(value(&ns).await.as_deref(), Some("via-proxy"));
+    assert_eq!(settings_value(&ns).await.as_deref(), Some("via-proxy"));
     let through = proxy.log_text().matches(&tunnel).count();
     assert!(
         through > 0,
@@ -269,7 +254,7 @@ async fn https_with_credentials_custom_ca_and_a_proxy() {
     );
 
     // NO_PROXY exempts the host: the proxy sees nothing more.
-    repo.write("app.yaml", &cm_yaml(&ns, "settings", "direct"));
+    repo.write("app.yaml", &app_yaml(&ns, "direct"));
     repo.push("second");
     let out = repo.sync_once_from(
         &url,
@@ -277,7 +262,7 @@ async fn https_with_credentials_custom_ca_and_a_proxy() {
         &[("https_proxy", &proxy_url), ("no_proxy", "127.0.0.1")],
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(value(&ns).await.as_deref(), Some("direct"));
+    assert_eq!(settings_value(&ns).await.as_deref(), Some("direct"));
     assert_eq!(
         proxy.log_text().matches(&tunnel).count(),
         through,
@@ -285,7 +270,7 @@ async fn https_with_credentials_custom_ca_and_a_proxy() {
     );
 
     // --git-proxy sets it explicitly.
-    repo.write("app.yaml", &cm_yaml(&ns, "settings", "explicit"));
+    repo.write("app.yaml", &app_yaml(&ns, "explicit"));
     repo.push("third");
     let out = repo.sync_once_from(
         &url,

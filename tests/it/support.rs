@@ -8,6 +8,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::Api;
+use kube::api::PostParams;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
 pub struct ControlPlane {
@@ -341,4 +344,33 @@ where
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// A namespace and the ConfigMap `settings` in it holding `value`.
+pub fn app_yaml(ns: &str, value: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\n  namespace: {ns}\ndata:\n  value: \"{value}\"\n"
+    )
+}
+
+/// The live `value` of the ConfigMap `settings` in `ns`, if there is one.
+pub async fn settings_value(ns: &str) -> Option<String> {
+    let cm = Api::<ConfigMap>::namespaced(client().await, ns)
+        .get_opt("settings")
+        .await
+        .ok()??;
+    cm.data?.get("value").cloned()
+}
+
+/// Creates a Secret in the `default` namespace from string data.
+pub async fn create_secret(name: &str, string_data: serde_json::Value) {
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "stringData": string_data
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(client().await, "default")
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
 }

@@ -6,32 +6,18 @@ use std::net::TcpStream;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
-use kube::api::PostParams;
 use tidegate::daemon::webhook::sign;
 
 use crate::support::{
-    Daemon, GitRepo, client, eventually, stderr, stdout, tidegate, tidegate_command, unique,
+    Daemon, GitRepo, app_yaml, client, create_secret, eventually, settings_value, stderr, stdout,
+    tidegate, tidegate_command, unique,
 };
-
-fn app_yaml(ns: &str, value: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\n  namespace: {ns}\ndata:\n  value: \"{value}\"\n"
-    )
-}
-
-async fn value(ns: &str) -> Option<String> {
-    let cm = Api::<ConfigMap>::namespaced(client().await, ns)
-        .get_opt("settings")
-        .await
-        .ok()??;
-    cm.data?.get("value").cloned()
-}
 
 async fn wait_value(ns: &str, wanted: &str, within: Duration) {
     eventually(&format!("value {wanted}"), within, || async {
-        (value(ns).await? == wanted).then_some(())
+        (settings_value(ns).await? == wanted).then_some(())
     })
     .await;
 }
@@ -126,7 +112,7 @@ async fn sync_command_waits_for_the_pushed_revision() {
         stdout(&out)
     );
     // The object is changed by the time `sync` returns.
-    assert_eq!(value(&ns).await.as_deref(), Some("2"));
+    assert_eq!(settings_value(&ns).await.as_deref(), Some("2"));
 
     // Two requests at once are both answered.
     let spawn = || {
@@ -190,15 +176,11 @@ async fn webhooks_trigger_only_authentic_pushes_to_the_branch() {
     repo.write("app.yaml", &app_yaml(&ns, "1"));
     repo.push("first");
     let secret_name = unique("webhook-secret");
-    let secret: Secret = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": secret_name},
-        "stringData": {"webhook-secret": "hook-s3cret"}
-    }))
-    .unwrap();
-    Api::<Secret>::namespaced(client().await, "default")
-        .create(&PostParams::default(), &secret)
-        .await
-        .unwrap();
+    create_secret(
+        &secret_name,
+        serde_json::json!({"webhook-secret": "hook-s3cret"}),
+    )
+    .await;
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let _daemon = daemon(
@@ -212,7 +194,7 @@ async fn webhooks_trigger_only_authentic_pushes_to_the_branch() {
         ],
     );
     wait_http(port, "/readyz", 200);
-    assert_eq!(value(&ns).await.as_deref(), Some("1"));
+    assert_eq!(settings_value(&ns).await.as_deref(), Some("1"));
     assert_eq!(http(port, "GET", "/healthz", &[], b"").0, 200);
     let (code, metrics) = http(port, "GET", "/metrics", &[], b"");
     assert_eq!(code, 200);
@@ -286,7 +268,7 @@ async fn webhooks_trigger_only_authentic_pushes_to_the_branch() {
     // None of those synced.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
-        value(&ns).await.as_deref(),
+        settings_value(&ns).await.as_deref(),
         Some("1"),
         "nothing triggered a sync"
     );
