@@ -10,6 +10,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use tidegate::daemon::webhook::sign;
 
+use crate::servers::free_port;
 use crate::support::{
     Daemon, GitRepo, app_yaml, client, create_secret, eventually, settings_value, stderr, stdout,
     tidegate, tidegate_command, unique,
@@ -27,14 +28,6 @@ fn daemon(repo: &GitRepo, extra: &[&str]) -> Daemon {
     let mut args = vec!["--git-poll-interval", "1h", "--sync-interval", "1h"];
     args.extend_from_slice(extra);
     repo.daemon(&repo.url(), &args)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// One HTTP/1.1 request; returns the status code and the body.
