@@ -4,7 +4,7 @@
 //! Also the comparison and diff helpers: normalizing objects (no server-owned
 //! fields), masking Secret values, unified diffs.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -19,7 +19,8 @@ pub const SYNC_SET_ANNOTATION: &str = "tidegate.dev/sync-set";
 pub const CHECKSUM_ANNOTATION: &str = "tidegate.dev/checksum";
 /// `"true"`: delete and recreate the object when a change cannot be applied in place.
 pub const FORCE_ANNOTATION: &str = "tidegate.dev/force";
-/// `disabled`: never prune the object.
+/// `disabled`: never prune the object; `force`: prune a Namespace or CRD
+/// even while objects tidegate does not manage still live in it.
 pub const PRUNE_ANNOTATION: &str = "tidegate.dev/prune";
 
 /// A desired object placed in the cluster: namespace resolved, marks added.
@@ -293,20 +294,126 @@ pub enum Change {
 /// The inventory: what the last successful sync applied, by object ref.
 pub type Inventory = BTreeSet<ObjectRef>;
 
-/// Objects in the inventory that the desired set no longer has, in prune order
-/// (the reverse of apply order: namespaced objects first, CRDs last).
-pub fn to_prune(
-    inventory: &Inventory,
-    desired: &BTreeMap<ObjectRef, Stage>,
-    stage_of: impl Fn(&ObjectRef) -> Stage,
-) -> Vec<ObjectRef> {
-    let mut gone: Vec<(Stage, ObjectRef)> = inventory
+/// What the prune decision needs to know about one sync. Plain data, so
+/// every guard is tested without a cluster.
+#[derive(Debug, Clone, Copy)]
+pub struct PruneInput<'a> {
+    /// What the last successful syncs applied.
+    pub inventory: &'a Inventory,
+    /// Every object the render produced, as written in Git (a namespaced
+    /// object may have no namespace yet), ignored ones and ones that failed
+    /// to place included.
+    pub in_git: &'a [ObjectRef],
+    /// Where namespaced objects without a namespace are placed.
+    pub default_namespace: &'a str,
+    /// False when any file or document failed to render.
+    pub clean_render: bool,
+    /// `--sync-garbage-collection-allow-empty`.
+    pub allow_empty: bool,
+}
+
+/// Which inventory entries a sync may prune, in prune order, or why it may
+/// prune none.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PrunePlan {
+    pub prune: Vec<ObjectRef>,
+    /// Set when nothing may be pruned at all; the sync fails with it.
+    pub blocked: Option<String>,
+}
+
+/// Whether a Git object `written` (namespace as written) is the inventory
+/// entry `id`. A namespaced object without a namespace is placed in the
+/// default namespace, so it stands for exactly that object, not for
+/// same-named objects in every namespace.
+fn same_object(written: &ObjectRef, id: &ObjectRef, default_namespace: &str) -> bool {
+    written.group == id.group
+        && written.kind == id.kind
+        && written.name == id.name
+        && match (&written.namespace, &id.namespace) {
+            (Some(a), Some(b)) => a == b,
+            (None, None) => true,
+            (None, Some(b)) => b == default_namespace,
+            (Some(_), None) => false,
+        }
+}
+
+/// Decides what to prune: inventory entries that Git no longer has, in the
+/// reverse of apply order (namespaced objects first, CRDs last). Nothing at
+/// all after an unclean render (the broken file may hold objects that are
+/// still wanted) or when Git renders nothing while the inventory holds
+/// objects (an emptied repository or a wrong path), unless allowed.
+pub fn prune_plan(input: PruneInput<'_>) -> PrunePlan {
+    if input.inventory.is_empty() {
+        return PrunePlan::default();
+    }
+    if !input.clean_render {
+        return PrunePlan {
+            prune: Vec::new(),
+            blocked: Some(
+                "some manifests could not be rendered, so nothing was pruned: \
+                 they may hold objects that are still wanted; fix them and the next sync prunes"
+                    .into(),
+            ),
+        };
+    }
+    if input.in_git.is_empty() && !input.allow_empty {
+        return PrunePlan {
+            prune: Vec::new(),
+            blocked: Some(format!(
+                "the repository rendered no objects while the inventory holds {}, so nothing was pruned: \
+                 check --git-path and that the branch has the manifests (a Chart.yaml at a path's root \
+                 makes it a chart); to delete everything tidegate applied, \
+                 pass --sync-garbage-collection-allow-empty",
+                input.inventory.len()
+            )),
+        };
+    }
+    let mut by_name: std::collections::HashMap<&str, Vec<&ObjectRef>> =
+        std::collections::HashMap::new();
+    for w in input.in_git {
+        by_name.entry(w.name.as_str()).or_default().push(w);
+    }
+    let mut gone: Vec<(Stage, ObjectRef)> = input
+        .inventory
         .iter()
-        .filter(|id| !desired.contains_key(*id))
-        .map(|id| (stage_of(id), id.clone()))
+        .filter(|id| {
+            !by_name.get(id.name.as_str()).is_some_and(|ws| {
+                ws.iter()
+                    .any(|w| same_object(w, id, input.default_namespace))
+            })
+        })
+        .map(|id| (Stage::of(id, id.namespace.is_some()), id.clone()))
         .collect();
     gone.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
-    gone.into_iter().map(|(_, id)| id).collect()
+    PrunePlan {
+        prune: gone.into_iter().map(|(_, id)| id).collect(),
+        blocked: None,
+    }
+}
+
+/// Objects that keep a Namespace or CustomResourceDefinition from being
+/// pruned: the ones tidegate does not manage in this sync set. `live` holds
+/// what lives in the namespace (or what the CRD defines); objects owned by
+/// another object and what Kubernetes creates in every namespace count as
+/// their owner's.
+pub fn holders<'a>(live: &'a [Value], sync_set: &str) -> Vec<&'a Value> {
+    live.iter()
+        .filter(|o| {
+            let meta = &o["metadata"];
+            let ours = meta["labels"][MANAGED_BY_LABEL].as_str() == Some(MANAGED_BY_VALUE)
+                && meta["annotations"][SYNC_SET_ANNOTATION].as_str() == Some(sync_set);
+            let owned = meta["ownerReferences"]
+                .as_array()
+                .is_some_and(|refs| !refs.is_empty());
+            let automatic = matches!(
+                (o["kind"].as_str(), meta["name"].as_str()),
+                (Some("ServiceAccount"), Some("default"))
+                    | (Some("ConfigMap"), Some("kube-root-ca.crt"))
+                    | (Some("Event"), _)
+            );
+            !(ours || owned || automatic)
+        })
+        .collect()
 }
 
 /// Why a live object must not be pruned even though Git no longer has it:
@@ -322,8 +429,8 @@ pub fn prune_refusal(live: &Value, sync_set: &str) -> Option<&'static str> {
     if meta["annotations"][PRUNE_ANNOTATION].as_str() == Some("disabled") {
         return Some("it is annotated tidegate.dev/prune: disabled");
     }
-    if crate::render::is_ignored(live) {
-        return Some("it is annotated to be ignored");
+    if crate::render::is_prune_protected(live) {
+        return Some("it is annotated to be ignored (or sync_only)");
     }
     None
 }
@@ -471,17 +578,113 @@ mod tests {
         assert!(object_diff(&cm, Some(&live), &live).is_none());
     }
 
+    fn mk_input<'a>(inventory: &'a Inventory, in_git: &'a [ObjectRef]) -> PruneInput<'a> {
+        PruneInput {
+            inventory,
+            in_git,
+            default_namespace: "default",
+            clean_render: true,
+            allow_empty: false,
+        }
+    }
+
     #[test]
     fn prune_order_is_reverse_of_apply_and_skips_desired() {
         let ns = id("Namespace", None, "gone");
         let cm = id("ConfigMap", Some("gone"), "c");
         let kept = id("ConfigMap", Some("a"), "kept");
         let inventory: Inventory = [ns.clone(), cm.clone(), kept.clone()].into();
-        let desired: BTreeMap<ObjectRef, Stage> = [(kept, Stage::Config)].into();
-        let order = to_prune(&inventory, &desired, |i| {
-            Stage::of(i, i.namespace.is_some())
+        let plan = prune_plan(mk_input(&inventory, std::slice::from_ref(&kept)));
+        assert_eq!(
+            plan,
+            PrunePlan {
+                prune: vec![cm, ns],
+                blocked: None
+            }
+        );
+    }
+
+    #[test]
+    fn an_unclean_render_prunes_nothing() {
+        let inventory: Inventory = [id("ConfigMap", Some("a"), "gone")].into();
+        let in_git = [id("ConfigMap", Some("a"), "kept")];
+        let plan = prune_plan(PruneInput {
+            clean_render: false,
+            ..mk_input(&inventory, &in_git)
         });
-        assert_eq!(order, [cm, ns]);
+        assert!(plan.prune.is_empty());
+        assert!(plan.blocked.unwrap().contains("could not be rendered"));
+    }
+
+    #[test]
+    fn an_empty_render_prunes_nothing_unless_allowed() {
+        let gone = id("ConfigMap", Some("a"), "gone");
+        let inventory: Inventory = [gone.clone()].into();
+        let plan = prune_plan(mk_input(&inventory, &[]));
+        assert!(plan.prune.is_empty());
+        let why = plan.blocked.unwrap();
+        assert!(
+            why.contains("rendered no objects while the inventory holds 1"),
+            "{why}"
+        );
+        assert!(
+            why.contains("--sync-garbage-collection-allow-empty"),
+            "{why}"
+        );
+        let plan = prune_plan(PruneInput {
+            allow_empty: true,
+            ..mk_input(&inventory, &[])
+        });
+        assert_eq!(plan.prune, [gone]);
+        // Nothing in the inventory: an empty repository is fine.
+        assert_eq!(
+            prune_plan(mk_input(&Inventory::new(), &[])),
+            PrunePlan::default()
+        );
+    }
+
+    #[test]
+    fn a_manifest_without_namespace_protects_only_its_default_namespace_object() {
+        let in_default = id("ConfigMap", Some("default"), "web");
+        let elsewhere = id("ConfigMap", Some("shop"), "web");
+        let cluster = ObjectRef::new("storage.k8s.io/v1", "StorageClass", None, "fast");
+        let inventory: Inventory = [in_default.clone(), elsewhere.clone(), cluster.clone()].into();
+        let in_git = [
+            id("ConfigMap", None, "web"),
+            ObjectRef::new("storage.k8s.io/v1", "StorageClass", None, "fast"),
+        ];
+        let plan = prune_plan(mk_input(&inventory, &in_git));
+        assert_eq!(plan.prune, [elsewhere]);
+    }
+
+    #[test]
+    fn ignored_in_git_is_kept() {
+        // An object annotated ignore in Git is in `in_git` (render lists it
+        // as ignored): it is not pruned and stays in the inventory.
+        let ignored = id("ConfigMap", Some("a"), "hands-off");
+        let inventory: Inventory = [ignored.clone()].into();
+        let plan = prune_plan(mk_input(&inventory, std::slice::from_ref(&ignored)));
+        assert!(plan.prune.is_empty() && plan.blocked.is_none());
+    }
+
+    #[test]
+    fn holders_are_objects_we_do_not_manage() {
+        let ours = json!({"kind": "ConfigMap", "metadata": {"name": "a", "labels": {MANAGED_BY_LABEL: "tidegate"}, "annotations": {SYNC_SET_ANNOTATION: "s"}}});
+        let other_set = json!({"kind": "ConfigMap", "metadata": {"name": "b", "labels": {MANAGED_BY_LABEL: "tidegate"}, "annotations": {SYNC_SET_ANNOTATION: "t"}}});
+        let by_hand = json!({"kind": "Secret", "metadata": {"name": "c"}});
+        let owned = json!({"kind": "Pod", "metadata": {"name": "p", "ownerReferences": [{"kind": "ReplicaSet"}]}});
+        let automatic = json!({"kind": "ServiceAccount", "metadata": {"name": "default"}});
+        let root_ca = json!({"kind": "ConfigMap", "metadata": {"name": "kube-root-ca.crt"}});
+        let live = [
+            ours,
+            other_set.clone(),
+            by_hand.clone(),
+            owned,
+            automatic,
+            root_ca,
+        ];
+        let found: Vec<&Value> = holders(&live, "s");
+        assert_eq!(found, [&other_set, &by_hand]);
     }
 
     #[test]

@@ -21,6 +21,10 @@ use crate::plan::{self, Change, Desired, Inventory, Stage};
 use crate::render::{self, DesiredSet, Manifest};
 use crate::source::{GitSource, Snapshot};
 
+/// Errors (and warnings) recorded in full in the status; the rest are counted.
+pub const MAX_RECORDED_ERRORS: usize = 100;
+const MAX_MESSAGE_CHARS: usize = 4000;
+
 /// Objects applied at once within a stage.
 const CONCURRENCY: usize = 16;
 const CRD_ESTABLISH_TIMEOUT: Duration = Duration::from_secs(60);
@@ -43,6 +47,8 @@ pub struct Settings {
     /// Take over fields other managers own (server-side apply `force`).
     pub force_conflicts: bool,
     pub gc: GarbageCollection,
+    /// Prune even when Git renders no objects at all.
+    pub allow_empty: bool,
     pub state: StateRef,
 }
 
@@ -91,6 +97,8 @@ pub struct Plan {
     pub deferred: Vec<Manifest>,
     pub errors: Vec<ObjectError>,
     pub prune: Vec<ObjectRef>,
+    /// Why nothing may be pruned, when nothing may.
+    pub prune_blocked: Option<String>,
 }
 
 fn object_error(id: &ObjectRef, origin: Option<String>, reason: String) -> ObjectError {
@@ -342,36 +350,36 @@ pub async fn plan(
     let crd_kinds = kinds_defined(set);
     let placed = place(cluster, &set.manifests, settings, &crd_kinds, &mut plan).await;
     observe(cluster, placed, &mut plan).await;
-    let mut desired: BTreeMap<ObjectRef, Stage> = plan
-        .items
+    // Whatever Git still has is not pruned, even if it is ignored, failed to
+    // place, waits for its CRD, or moved to another API version.
+    let in_git: Vec<ObjectRef> = set
+        .manifests
         .iter()
-        .map(|i| (i.desired.id.clone(), i.desired.stage))
+        .map(|m| m.id.clone())
+        .chain(set.ignored.iter().cloned())
         .collect();
-    // Whatever Git still has is not pruned, even if it failed to place, waits
-    // for its CRD, or moved to another API version.
-    let in_git: HashMap<(&str, &str, &str), Vec<Option<&str>>> =
-        set.manifests.iter().fold(HashMap::new(), |mut acc, m| {
-            acc.entry((m.id.group.as_str(), m.id.kind.as_str(), m.id.name.as_str()))
-                .or_default()
-                .push(m.id.namespace.as_deref());
-            acc
-        });
-    for id in inventory {
-        let key = (id.group.as_str(), id.kind.as_str(), id.name.as_str());
-        // A manifest without a namespace matches wherever it was placed.
-        let still_there = in_git.get(&key).is_some_and(|namespaces| {
-            namespaces
-                .iter()
-                .any(|ns| ns.is_none() || *ns == id.namespace.as_deref())
-        });
-        if still_there {
-            desired.entry(id.clone()).or_insert(Stage::Workloads);
-        }
-    }
-    plan.prune = plan::to_prune(inventory, &desired, |id| {
-        Stage::of(id, id.namespace.is_some())
+    let decided = plan::prune_plan(plan::PruneInput {
+        inventory,
+        in_git: &in_git,
+        default_namespace: &settings.default_namespace,
+        clean_render: set.is_clean(),
+        allow_empty: settings.allow_empty,
     });
+    plan.prune = decided.prune;
+    plan.prune_blocked = decided.blocked;
     plan
+}
+
+/// Render errors as the per-object errors a sync reports.
+pub fn render_errors(set: &DesiredSet) -> Vec<ObjectError> {
+    set.errors
+        .iter()
+        .map(|e| ObjectError {
+            object: e.object().unwrap_or_else(|| "(file)".to_string()),
+            origin: None,
+            reason: crate::error_chain(e),
+        })
+        .collect()
 }
 
 /// What one sync did.
@@ -388,6 +396,8 @@ pub struct SyncReport {
     pub writes: usize,
     /// `tidegate sync` requests this sync answers.
     pub requests: Vec<String>,
+    /// Why the sync's status could not be recorded: the sync failed.
+    pub record_failed: Option<String>,
 }
 
 impl SyncReport {
@@ -398,7 +408,8 @@ impl SyncReport {
     pub fn outcome(&self) -> Outcome {
         if self.interrupted {
             Outcome::Interrupted
-        } else if self.message.is_some() || !self.errors.is_empty() {
+        } else if self.message.is_some() || !self.errors.is_empty() || self.record_failed.is_some()
+        {
             Outcome::Failed
         } else {
             Outcome::Succeeded
@@ -418,15 +429,31 @@ impl SyncReport {
             counts.insert(action.to_string(), self.count(action));
         }
         counts.insert("failed".to_string(), self.errors.len());
+        // The record must fit one object whatever the repository: the first
+        // errors in full, the rest counted.
         SyncStatus {
             revision: self.revision.clone(),
             started,
             finished: now(),
             result: self.outcome(),
-            message: self.message.clone(),
+            message: self
+                .message
+                .as_ref()
+                .map(|m| m.chars().take(MAX_MESSAGE_CHARS).collect()),
             counts,
-            errors: self.errors.clone(),
-            warnings: self.warnings.clone(),
+            errors: self
+                .errors
+                .iter()
+                .take(MAX_RECORDED_ERRORS)
+                .cloned()
+                .collect(),
+            errors_total: self.errors.len(),
+            warnings: self
+                .warnings
+                .iter()
+                .take(MAX_RECORDED_ERRORS)
+                .cloned()
+                .collect(),
             writes: self.writes,
             requests: self.requests.clone(),
         }
@@ -596,8 +623,14 @@ async fn apply_plan(
     plan
 }
 
-/// Deletes what Git no longer has, if it still carries our marks. Returns
-/// the refs that stay in the inventory (failed deletes, dry runs).
+fn failed(report: &mut SyncReport, on: OnProgress<'_>, e: ObjectError) {
+    on(Progress::Failed(&e));
+    report.errors.push(e);
+}
+
+/// Deletes what Git no longer has, if it still carries our marks and holds
+/// nothing tidegate does not manage. Returns the refs that stay in the
+/// inventory (kinds discovery cannot resolve, failed deletes, dry runs).
 async fn prune(
     cluster: &Cluster,
     candidates: &[ObjectRef],
@@ -614,8 +647,14 @@ async fn prune(
         let resolved = match cluster.resolve(id).await {
             Ok(r) => r,
             Err(e) => {
-                // The kind is gone (its CRD was removed): so are its objects.
-                tracing::debug!(object = %id, "not pruned: {}", crate::error_chain(&e));
+                // Discovery failed (an aggregated API down, a CRD being
+                // removed): the objects may well exist; keep them and retry.
+                keep.push(id.clone());
+                let reason = format!(
+                    "not pruned, kept for the next sync: {}",
+                    crate::error_chain(&e)
+                );
+                failed(report, on, object_error(id, None, reason));
                 continue;
             }
         };
@@ -624,19 +663,50 @@ async fn prune(
             Ok(None) => continue,
             Err(e) => {
                 keep.push(id.clone());
-                let e = object_error(
-                    id,
-                    None,
-                    format!("cannot read it to prune it: {}", reason(&e)),
-                );
-                on(Progress::Failed(&e));
-                report.errors.push(e);
+                let reason = format!("cannot read it to prune it: {}", reason(&e));
+                failed(report, on, object_error(id, None, reason));
                 continue;
             }
         };
         if let Some(why) = plan::prune_refusal(&live, &settings.sync_set) {
             tracing::info!(object = %id, "not pruned: {why}");
             continue;
+        }
+        let forced =
+            live["metadata"]["annotations"][plan::PRUNE_ANNOTATION].as_str() == Some("force");
+        if !forced {
+            match cluster.holders(id, &settings.sync_set).await {
+                Ok(held) if held.is_empty() => {}
+                Ok(held) => {
+                    keep.push(id.clone());
+                    let shown: Vec<&str> = held.iter().take(5).map(String::as_str).collect();
+                    let more = held.len().saturating_sub(shown.len());
+                    let why = format!(
+                        "not pruned: {} object(s) tidegate does not manage still depend on it ({}{}); \
+                         remove them, or annotate it tidegate.dev/prune: force",
+                        held.len(),
+                        shown.join(", "),
+                        if more > 0 {
+                            format!(", and {more} more")
+                        } else {
+                            String::new()
+                        }
+                    );
+                    tracing::warn!(object = %id, "{why}");
+                    report.warnings.push(format!("{id}: {why}"));
+                    on(Progress::Warning(&format!("{id}: {why}")));
+                    continue;
+                }
+                Err(e) => {
+                    keep.push(id.clone());
+                    let reason = format!(
+                        "not pruned: cannot check what it still holds: {}",
+                        reason(&e)
+                    );
+                    failed(report, on, object_error(id, None, reason));
+                    continue;
+                }
+            }
         }
         if settings.gc == GarbageCollection::Dry {
             tracing::info!(object = %id, "would prune (--sync-garbage-collection-dry)");
@@ -652,13 +722,8 @@ async fn prune(
             }
             Err(e) => {
                 keep.push(id.clone());
-                let e = object_error(
-                    id,
-                    None,
-                    format!("prune failed, retried next sync: {}", reason(&e)),
-                );
-                on(Progress::Failed(&e));
-                report.errors.push(e);
+                let reason = format!("prune failed, retried next sync: {}", reason(&e));
+                failed(report, on, object_error(id, None, reason));
             }
         }
     }
@@ -681,11 +746,19 @@ pub async fn apply_set(
         on(Progress::Warning(w));
         report.warnings.push(w.clone());
     }
+    for e in render_errors(set) {
+        tracing::warn!("{e}");
+        report.errors.push(e);
+    }
     let phase = std::time::Instant::now();
     let plan = plan(cluster, set, settings, inventory).await;
     tracing::debug!(ms = phase.elapsed().as_millis() as u64, "planned");
     let phase = std::time::Instant::now();
     let candidates = plan.prune.clone();
+    if let Some(why) = &plan.prune_blocked {
+        tracing::warn!("{why}");
+        report.message = Some(why.clone());
+    }
     let mut next: Inventory = inventory
         .iter()
         .filter(|id| !candidates.contains(id))
@@ -726,13 +799,18 @@ pub async fn run(
     let started = now();
     let (mut report, inventory) = sync_snapshot(cluster, snapshot, settings, stop, on).await;
     report.requests = requests;
-    let status = report.status(started);
+    let mut status = report.status(started);
     let phase = std::time::Instant::now();
     if let Err(e) = cluster
         .record(&settings.state, &status, inventory.as_ref())
         .await
     {
-        tracing::error!("{}", crate::error_chain(&e));
+        // The record never lies: a sync whose record is lost failed.
+        let why = crate::error_chain(&e);
+        tracing::error!("{why}");
+        report.record_failed = Some(why.clone());
+        status.result = Outcome::Failed;
+        status.message = Some(why);
     }
     tracing::debug!(ms = phase.elapsed().as_millis() as u64, "recorded");
     (report, status)
@@ -758,21 +836,11 @@ async fn sync_snapshot(
     let span = tracing::info_span!("sync", revision = %snapshot.revision);
     let _guard = span.enter();
     let phase = std::time::Instant::now();
-    let set = match render::render(&snapshot.tree, &settings.render) {
-        Ok(set) => set,
-        Err(errors) => {
-            // A broken commit must not delete anything: no plan, no prune.
-            let report = SyncReport {
-                revision: Some(snapshot.revision.clone()),
-                message: Some(format!(
-                    "render of revision {} failed: {errors}",
-                    snapshot.revision
-                )),
-                ..SyncReport::default()
-            };
-            return (report, None);
-        }
-    };
+    // Parsing is CPU-bound: off the async workers.
+    let (tree, options) = (snapshot.tree.clone(), settings.render.clone());
+    let set = tokio::task::spawn_blocking(move || render::render(&tree, &options))
+        .await
+        .expect("render task");
     tracing::debug!(
         objects = set.manifests.len(),
         ms = phase.elapsed().as_millis() as u64,

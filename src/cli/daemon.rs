@@ -58,6 +58,45 @@ pub struct SyncArgs {
     /// Only log what garbage collection would delete
     #[arg(long, env = "TIDEGATE_SYNC_GARBAGE_COLLECTION_DRY")]
     pub sync_garbage_collection_dry: bool,
+    /// Prune even when the repository renders no objects at all (otherwise such a sync fails and deletes nothing)
+    #[arg(long, env = "TIDEGATE_SYNC_GARBAGE_COLLECTION_ALLOW_EMPTY")]
+    pub sync_garbage_collection_allow_empty: bool,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// Bounds on what a render reads; a file past one is an error naming it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LimitArgs {
+    /// Largest manifest file read, in bytes
+    #[arg(long, env = "TIDEGATE_MAX_FILE_BYTES", default_value_t = render::Limits::default().max_file_bytes)]
+    pub max_file_bytes: u64,
+    /// Most bytes read from all manifest files of one revision together
+    #[arg(long, env = "TIDEGATE_MAX_TOTAL_BYTES", default_value_t = render::Limits::default().max_total_bytes)]
+    pub max_total_bytes: u64,
+    /// Most YAML documents in one file
+    #[arg(long, env = "TIDEGATE_MAX_DOCUMENTS_PER_FILE", default_value_t = render::ParseLimits::default().max_documents)]
+    pub max_documents_per_file: usize,
+    /// Deepest nesting of YAML mappings and sequences
+    #[arg(long, env = "TIDEGATE_MAX_YAML_DEPTH", default_value_t = render::ParseLimits::default().max_depth)]
+    pub max_yaml_depth: usize,
+    /// Most bytes the documents of one file may expand to once parsed (YAML aliases included)
+    #[arg(long, env = "TIDEGATE_MAX_EXPANDED_BYTES", default_value_t = render::ParseLimits::default().max_expanded_bytes)]
+    pub max_expanded_bytes: usize,
+}
+
+impl LimitArgs {
+    pub fn limits(&self) -> render::Limits {
+        render::Limits {
+            max_file_bytes: self.max_file_bytes,
+            max_total_bytes: self.max_total_bytes,
+            parse: render::ParseLimits {
+                max_documents: self.max_documents_per_file,
+                max_depth: self.max_yaml_depth,
+                max_expanded_bytes: self.max_expanded_bytes,
+            },
+        }
+    }
 }
 
 impl SyncArgs {
@@ -65,6 +104,7 @@ impl SyncArgs {
         render::Options {
             paths: self.git_path.clone(),
             upgrade_removed_apis: self.upgrade_removed_apis,
+            limits: self.limits.limits(),
         }
     }
 
@@ -82,6 +122,7 @@ impl SyncArgs {
             } else {
                 GarbageCollection::Off
             },
+            allow_empty: self.sync_garbage_collection_allow_empty,
             state: StateRef {
                 namespace,
                 sync_set: self.sync_set_name.clone(),

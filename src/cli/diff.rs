@@ -61,13 +61,10 @@ struct Output {
 
 pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode> {
     super::init_logging("warn");
-    let set = match render::render(&args.path, &args.sync.render_options()) {
-        Ok(set) => set,
-        Err(errors) => {
-            eprintln!("error: {errors}");
-            return Ok(ExitCode::from(EXIT_ERROR));
-        }
-    };
+    let set = render::render(&args.path, &args.sync.render_options());
+    for w in &set.warnings {
+        eprintln!("warning: {w}");
+    }
     let client = connection
         .client()
         .await
@@ -146,7 +143,7 @@ pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode>
             )),
         });
     }
-    for e in &plan.errors {
+    for e in sync::render_errors(&set).iter().chain(&plan.errors) {
         objects.push(Entry {
             object: e.object.clone(),
             origin: e.origin.clone(),

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use super::EXIT_FAILED;
+use super::daemon::LimitArgs;
 use crate::render;
 
 #[derive(Debug, clap::Args)]
@@ -18,31 +19,32 @@ pub struct Args {
     /// Accept removed API versions whose schema did not change (as the daemon would apply them)
     #[arg(long)]
     upgrade_removed_apis: bool,
+    #[command(flatten)]
+    limits: LimitArgs,
 }
 
 pub fn run(args: Args) -> ExitCode {
     let options = render::Options {
         paths: args.git_path,
         upgrade_removed_apis: args.upgrade_removed_apis,
+        limits: args.limits.limits(),
     };
-    match render::render(&args.path, &options) {
-        Ok(set) => {
-            for w in &set.warnings {
-                eprintln!("warning: {w}");
-            }
-            let mut files: Vec<_> = set.manifests.iter().map(|m| &m.file).collect();
-            files.dedup();
-            println!(
-                "{} objects in {} files are valid ({} ignored)",
-                set.manifests.len(),
-                files.len(),
-                set.ignored.len()
-            );
-            ExitCode::SUCCESS
-        }
-        Err(errors) => {
-            eprintln!("{errors}");
-            ExitCode::from(EXIT_FAILED)
-        }
+    let set = render::render(&args.path, &options);
+    for w in &set.warnings {
+        eprintln!("warning: {w}");
+    }
+    let mut files: Vec<_> = set.manifests.iter().map(|m| &m.file).collect();
+    files.dedup();
+    println!(
+        "{} objects in {} files are valid ({} ignored)",
+        set.manifests.len(),
+        files.len(),
+        set.ignored.len()
+    );
+    if set.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("{}", render::Errors(&set.errors));
+        ExitCode::from(EXIT_FAILED)
     }
 }

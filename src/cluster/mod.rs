@@ -147,23 +147,35 @@ impl Cluster {
         }
     }
 
-    /// Lists in pages, parsing each straight into JSON values.
+    /// Lists tidegate's objects in pages, parsing each straight into JSON values.
     async fn list_pages(
         &self,
         resolved: &Resolved,
         namespace: Option<&str>,
     ) -> Result<Vec<Value>, kube::Error> {
-        const PAGE: u32 = 500;
-        let path = <DynamicObject as kube::Resource>::url_path(&resolved.resource, namespace);
         let selector = format!(
             "{}={}",
             crate::plan::MANAGED_BY_LABEL,
             crate::plan::MANAGED_BY_VALUE
         );
+        self.list_json(&resolved.resource, namespace, &selector)
+            .await
+    }
+
+    /// Lists one resource in pages as JSON values with `apiVersion` and
+    /// `kind` set and `managedFields` and `status` dropped.
+    async fn list_json(
+        &self,
+        resource: &ApiResource,
+        namespace: Option<&str>,
+        selector: &str,
+    ) -> Result<Vec<Value>, kube::Error> {
+        const PAGE: u32 = 500;
+        let path = <DynamicObject as kube::Resource>::url_path(resource, namespace);
         let mut items = Vec::new();
         let mut continue_token: Option<String> = None;
         loop {
-            let mut params = ListParams::default().labels(&selector).limit(PAGE);
+            let mut params = ListParams::default().labels(selector).limit(PAGE);
             params.continue_token = continue_token.take();
             let request = kube::core::Request::new(&path)
                 .list(&params)
@@ -176,11 +188,8 @@ impl Cluster {
             {
                 if let Some(object) = item.as_object_mut() {
                     object.remove("status");
-                    object.insert(
-                        "apiVersion".into(),
-                        resolved.resource.api_version.clone().into(),
-                    );
-                    object.insert("kind".into(), resolved.resource.kind.clone().into());
+                    object.insert("apiVersion".into(), resource.api_version.clone().into());
+                    object.insert("kind".into(), resource.kind.clone().into());
                     if let Some(Value::Object(meta)) = object.get_mut("metadata") {
                         meta.remove("managedFields");
                     }
@@ -192,6 +201,115 @@ impl Cluster {
                 _ => return Ok(items),
             }
         }
+    }
+
+    /// What keeps a Namespace or CustomResourceDefinition from being pruned:
+    /// the objects in the namespace (or of the CRD's kind) that this sync set
+    /// does not manage, as `Kind namespace/name`. Any other kind holds
+    /// nothing. A resource that cannot be listed is an error, so the object
+    /// is kept rather than pruned blind.
+    pub async fn holders(
+        &self,
+        id: &ObjectRef,
+        sync_set: &str,
+    ) -> Result<Vec<String>, kube::Error> {
+        let live = match (id.group.as_str(), id.kind.as_str()) {
+            ("", "Namespace") => self.namespace_contents(&id.name).await?,
+            ("apiextensions.k8s.io", "CustomResourceDefinition") => {
+                self.custom_resources(&id.name).await?
+            }
+            _ => return Ok(Vec::new()),
+        };
+        Ok(crate::plan::holders(&live, sync_set)
+            .into_iter()
+            .map(|o| {
+                let meta = &o["metadata"];
+                let ns = meta["namespace"]
+                    .as_str()
+                    .map(|n| format!("{n}/"))
+                    .unwrap_or_default();
+                format!(
+                    "{} {ns}{}",
+                    o["kind"].as_str().unwrap_or_default(),
+                    meta["name"].as_str().unwrap_or_default()
+                )
+            })
+            .collect())
+    }
+
+    /// Every object in one namespace, across every namespaced resource that
+    /// can be listed (each group at its preferred version).
+    async fn namespace_contents(&self, namespace: &str) -> Result<Vec<Value>, kube::Error> {
+        let mut versions: Vec<String> = self
+            .client
+            .list_core_api_versions()
+            .await?
+            .versions
+            .into_iter()
+            .take(1)
+            .collect();
+        for group in self.client.list_api_groups().await?.groups {
+            if let Some(v) = group
+                .preferred_version
+                .or_else(|| group.versions.into_iter().next())
+            {
+                versions.push(v.group_version);
+            }
+        }
+        let mut live = Vec::new();
+        for gv in versions {
+            let list = if gv.contains('/') {
+                self.client.list_api_group_resources(&gv).await?
+            } else {
+                self.client.list_core_api_resources(&gv).await?
+            };
+            for r in list.resources {
+                let listable = r.verbs.iter().any(|v| v == "list");
+                if !r.namespaced || !listable || r.name.contains('/') {
+                    continue;
+                }
+                if matches!(r.kind.as_str(), "Event" | "Binding") {
+                    continue;
+                }
+                let Ok(group_version) = gv.parse::<kube::core::GroupVersion>() else {
+                    continue;
+                };
+                let resource =
+                    ApiResource::from_gvk_with_plural(&group_version.with_kind(&r.kind), &r.name);
+                live.extend(self.list_json(&resource, Some(namespace), "").await?);
+            }
+        }
+        Ok(live)
+    }
+
+    /// Every custom resource of one CRD, in all namespaces, at its storage version.
+    async fn custom_resources(&self, crd: &str) -> Result<Vec<Value>, kube::Error> {
+        use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+        let Some(live) = Api::<CustomResourceDefinition>::all(self.client.clone())
+            .get_opt(crd)
+            .await?
+        else {
+            return Ok(Vec::new());
+        };
+        let live = serde_json::to_value(&live).expect("objects serialize");
+        let spec = &live["spec"];
+        let version = spec["versions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|v| v["storage"] == true)
+            .and_then(|v| v["name"].as_str())
+            .unwrap_or_default();
+        let gvk = GroupVersionKind::gvk(
+            spec["group"].as_str().unwrap_or_default(),
+            version,
+            spec["names"]["kind"].as_str().unwrap_or_default(),
+        );
+        let resource = ApiResource::from_gvk_with_plural(
+            &gvk,
+            spec["names"]["plural"].as_str().unwrap_or_default(),
+        );
+        self.list_json(&resource, None, "").await
     }
 
     pub async fn get(

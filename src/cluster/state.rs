@@ -99,8 +99,12 @@ pub struct SyncStatus {
     pub message: Option<String>,
     /// Objects per action: created, configured, unchanged, recreated, pruned, failed, ignored.
     pub counts: BTreeMap<String, usize>,
+    /// The first errors in full (at most [`crate::sync::MAX_RECORDED_ERRORS`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<ObjectError>,
+    /// All errors, including those not recorded in full.
+    #[serde(default)]
+    pub errors_total: usize,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
     /// Write requests sent for managed objects (applies, deletes).

@@ -44,11 +44,14 @@ impl std::fmt::Display for Origin {
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ParseError {
-    #[error("{file}: document {index} (line {line}) is not valid YAML: {reason}")]
+    /// The reason never quotes the document: a Secret with a typo must not
+    /// put its values in a log line or a status record.
+    #[error("{file}: document {index} (line {line}, column {column}) is not valid YAML: {reason}")]
     Yaml {
         file: PathBuf,
         index: usize,
         line: usize,
+        column: usize,
         reason: String,
     },
     #[error(
@@ -60,6 +63,49 @@ pub enum ParseError {
         line: usize,
         field: &'static str,
     },
+    #[error("{file}: document {index} (line {line}): {object}: {reason}")]
+    BadName {
+        file: PathBuf,
+        index: usize,
+        line: usize,
+        object: String,
+        reason: String,
+    },
+    #[error(
+        "{file}: more than {limit} documents (raise --max-documents-per-file if this is intended)"
+    )]
+    TooManyDocuments { file: PathBuf, limit: usize },
+    #[error(
+        "{file}: document {index} (line {line}) expands to more than the {limit} bytes allowed per file \
+         (YAML aliases or sheer size; raise --max-expanded-bytes if this is intended)"
+    )]
+    TooExpanded {
+        file: PathBuf,
+        index: usize,
+        line: usize,
+        limit: usize,
+    },
+}
+
+/// Bounds on what one file may make the parser allocate. Each holds for the
+/// whole file, not per document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParseLimits {
+    pub max_documents: usize,
+    /// Nesting depth of mappings and sequences.
+    pub max_depth: usize,
+    /// Bytes of parsed objects (strings and nodes, aliases expanded).
+    pub max_expanded_bytes: usize,
+}
+
+impl Default for ParseLimits {
+    fn default() -> Self {
+        ParseLimits {
+            max_documents: 1000,
+            max_depth: 64,
+            max_expanded_bytes: 64 * 1024 * 1024,
+        }
+    }
 }
 
 /// One YAML document of a file, with the line it starts on (from 1).
@@ -103,26 +149,175 @@ fn documents(text: &str) -> Vec<Document<'_>> {
     docs
 }
 
-/// Returns the Kubernetes objects in one file, expanding `kind: List`.
+/// Returns the Kubernetes objects in one file, expanding `v1 List` and the
+/// `…List` kinds of built-in groups, and the problems of the documents that
+/// could not be used (the other documents are still returned).
 ///
 /// Documents that are empty or are not Kubernetes objects at all (no
 /// `apiVersion` and no `kind`) are skipped; a document that has one of them but
 /// lacks the other, or lacks a name, is an error.
-pub fn parse_file(file: &Path, text: &str) -> Result<Vec<Manifest>, ParseError> {
+pub fn parse_file(
+    file: &Path,
+    text: &str,
+    limits: &ParseLimits,
+) -> (Vec<Manifest>, Vec<ParseError>) {
     let mut manifests = Vec::new();
-    for (index, doc) in documents(text).into_iter().enumerate() {
+    let mut errors = Vec::new();
+    let docs = documents(text);
+    if docs.len() > limits.max_documents {
+        errors.push(ParseError::TooManyDocuments {
+            file: file.to_path_buf(),
+            limit: limits.max_documents,
+        });
+        return (manifests, errors);
+    }
+    let mut remaining = limits.max_expanded_bytes;
+    for (index, doc) in docs.into_iter().enumerate() {
         if doc.text.trim().is_empty() {
             continue;
         }
-        let value: Value = serde_saphyr::from_str(doc.text).map_err(|e| ParseError::Yaml {
+        let too_expanded = || ParseError::TooExpanded {
             file: file.to_path_buf(),
             index,
             line: doc.line,
-            reason: e.to_string(),
-        })?;
-        collect(file, index, doc.line, value, &mut manifests)?;
+            limit: limits.max_expanded_bytes,
+        };
+        if doc.text.len() > remaining {
+            errors.push(too_expanded());
+            break;
+        }
+        let value: Value = match serde_saphyr::from_str_with_options(
+            doc.text,
+            parse_options(limits, doc.text.len(), remaining),
+        ) {
+            Ok(v) => v,
+            Err(e) => {
+                let (line, column) = e
+                    .location()
+                    .map_or((0, 0), |l| (l.line() as usize, l.column() as usize));
+                errors.push(ParseError::Yaml {
+                    file: file.to_path_buf(),
+                    index,
+                    line: doc.line + line.saturating_sub(1),
+                    column,
+                    reason: without_quotes(&e.to_string()),
+                });
+                continue;
+            }
+        };
+        let size = expanded_size(&value);
+        if size > remaining {
+            errors.push(too_expanded());
+            break;
+        }
+        remaining -= size;
+        if let Err(e) = collect(file, index, doc.line, value, &mut manifests) {
+            errors.push(e);
+        }
     }
-    Ok(manifests)
+    (manifests, errors)
+}
+
+/// Parser options for one document of `len` bytes with `remaining` bytes of
+/// the file's expansion budget left.
+///
+/// An alias replays at most one document's worth of text, so capping the
+/// replayed events at `remaining / len` keeps what aliases can allocate
+/// within what is left, before anything is allocated.
+fn parse_options(limits: &ParseLimits, len: usize, remaining: usize) -> serde_saphyr::Options {
+    let replays = (remaining / len.max(1)).min(1_000_000);
+    serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_depth: limits.max_depth,
+            flow_nesting_limit: limits.max_depth,
+            max_documents: 1,
+        },
+        alias_limits: serde_saphyr::alias_limits! {
+            max_total_replayed_events: replays,
+        },
+        with_snippet: false,
+        crop_radius: 0,
+    }
+}
+
+/// Roughly the bytes a parsed value holds: its strings and a node's overhead.
+fn expanded_size(value: &Value) -> usize {
+    const NODE: usize = 32;
+    match value {
+        Value::String(s) => NODE + s.len(),
+        Value::Array(items) => NODE + items.iter().map(expanded_size).sum::<usize>(),
+        Value::Object(map) => {
+            NODE + map
+                .iter()
+                .map(|(k, v)| k.len() + expanded_size(v))
+                .sum::<usize>()
+        }
+        _ => NODE,
+    }
+}
+
+/// The parser's reason with anything it quotes from the document removed.
+fn without_quotes(reason: &str) -> String {
+    let first_line = reason.lines().next().unwrap_or_default();
+    let mut out = String::new();
+    let mut quote: Option<char> = None;
+    for c in first_line.chars() {
+        match quote {
+            Some(q) if c == q => {
+                quote = None;
+                out.push('…');
+                out.push(c);
+            }
+            Some(_) => {}
+            None if matches!(c, '"' | '\'' | '`') => {
+                quote = Some(c);
+                out.push(c);
+            }
+            None => out.push(c),
+        }
+    }
+    if quote.is_some() {
+        out.push('…');
+    }
+    out.chars().take(300).collect()
+}
+
+/// `v1 List`, and `…List` kinds of built-in groups (`RoleBindingList`), hold
+/// objects; a custom resource whose kind ends in `List` (`IPAllowList`) is
+/// one object.
+fn is_list(api_version: &str, kind: &str) -> bool {
+    if kind == "List" {
+        return api_version == "v1";
+    }
+    let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+    let built_in = !group.contains('.') || group.ends_with(".k8s.io");
+    kind.ends_with("List") && built_in
+}
+
+/// DNS-1123 label: what every namespace name must be.
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// Why a name cannot be used in a request path, if it cannot. The API server
+/// applies each kind's own rules; this keeps every name one path segment.
+fn name_problem(name: &str) -> Option<&'static str> {
+    if name.len() > 253 {
+        Some("its name is longer than 253 characters")
+    } else if name == "." || name == ".." {
+        Some("its name may not be . or ..")
+    } else if name.contains(['/', '%']) {
+        Some("its name may not contain / or %")
+    } else if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        Some("its name may not contain spaces or control characters")
+    } else {
+        None
+    }
 }
 
 fn collect(
@@ -149,7 +344,7 @@ fn collect(
         (Some(_), None) => return Err(missing("kind")),
         (Some(a), Some(k)) => (a, k),
     };
-    if kind == "List" || (kind.ends_with("List") && map.get("items").is_some_and(Value::is_array)) {
+    if is_list(api_version, kind) && map.get("items").is_some_and(Value::is_array) {
         let items = map
             .get("items")
             .and_then(Value::as_array)
@@ -170,7 +365,25 @@ fn collect(
         .and_then(|m| m.get("namespace"))
         .and_then(Value::as_str)
         .filter(|n| !n.is_empty());
+    let bad = |object: String, reason: &str| ParseError::BadName {
+        file: file.to_path_buf(),
+        index,
+        line,
+        object,
+        reason: reason.to_string(),
+    };
+    if let Some(why) = name_problem(name) {
+        return Err(bad(format!("{api_version} {kind} {name}"), why));
+    }
     let id = ObjectRef::new(api_version, kind, namespace, name);
+    if let Some(ns) = namespace
+        && !is_dns_label(ns)
+    {
+        return Err(bad(
+            id.to_string(),
+            "its namespace is not a DNS label (lower-case letters, digits and -, at most 63)",
+        ));
+    }
     out.push(Manifest {
         file: file.to_path_buf(),
         index,
@@ -185,7 +398,13 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Vec<Manifest>, ParseError> {
-        parse_file(Path::new("dir/file.yaml"), text)
+        let (manifests, mut errors) =
+            parse_file(Path::new("dir/file.yaml"), text, &ParseLimits::default());
+        if errors.is_empty() {
+            Ok(manifests)
+        } else {
+            Err(errors.remove(0))
+        }
     }
 
     #[test]
@@ -269,7 +488,7 @@ items:
         let text = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ok}\n---\napiVersion: v1\nkind: [unclosed\n";
         let err = parse(text).unwrap_err();
         match err {
-            ParseError::Yaml { index, line, .. } => assert_eq!((index, line), (1, 5)),
+            ParseError::Yaml { index, line, .. } => assert_eq!((index, line), (1, 6)),
             other => panic!("expected a YAML error, got {other}"),
         }
     }
@@ -280,5 +499,71 @@ items:
         let m = &parse(text).unwrap()[0];
         assert_eq!(m.object["data"]["port"], Value::String("8080".into()));
         assert_eq!(m.object["data"]["flag"], Value::String("true".into()));
+    }
+
+    #[test]
+    fn only_built_in_lists_are_expanded() {
+        let text = "apiVersion: networking.example.com/v1\nkind: IPAllowList\nmetadata: {name: office}\nitems: [10.0.0.0/8]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBindingList\nitems:\n- apiVersion: rbac.authorization.k8s.io/v1\n  kind: RoleBinding\n  metadata: {name: rb, namespace: x}\n---\napiVersion: example.com/v1\nkind: List\nitems:\n- {apiVersion: v1, kind: ConfigMap, metadata: {name: c}}\n";
+        let (found, errors) = parse_file(Path::new("l.yaml"), text, &ParseLimits::default());
+        let ids: Vec<String> = found.iter().map(|m| m.id.to_string()).collect();
+        assert_eq!(
+            ids,
+            [
+                "networking.example.com/v1 IPAllowList office",
+                "rbac.authorization.k8s.io/v1 RoleBinding x/rb",
+            ]
+        );
+        // `kind: List` of another apiVersion is no list and has no name.
+        assert_eq!(errors.len(), 1, "{errors:?}");
+    }
+
+    #[test]
+    fn names_that_would_change_the_request_path_are_refused() {
+        for (name, ns) in [
+            ("web/status", "demo"),
+            ("..", "demo"),
+            ("a%2Fb", "demo"),
+            ("ok", "Not_A_Label"),
+            ("ok", "../kube-system"),
+        ] {
+            let text = format!(
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: \"{name}\", namespace: \"{ns}\"}}\n"
+            );
+            let err = parse(&text).unwrap_err();
+            assert!(
+                matches!(err, ParseError::BadName { .. }),
+                "{name} {ns}: {err}"
+            );
+            assert!(
+                err.to_string()
+                    .starts_with("dir/file.yaml: document 0 (line 1): v1 ConfigMap"),
+                "{err}"
+            );
+        }
+        // RBAC names with colons are fine.
+        assert!(parse("apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {name: \"system:reader\"}\n").is_ok());
+    }
+
+    #[test]
+    fn yaml_errors_never_quote_the_document() {
+        let text = "apiVersion: v1\nkind: Secret\nmetadata: {name: db}\nstringData:\n  password: \"hunter2-s3cret\n  other: x: y: \"hunter2-s3cret\"\n";
+        let err = parse(text).unwrap_err().to_string();
+        assert!(!err.contains("hunter2"), "{err}");
+        assert!(err.starts_with("dir/file.yaml: document 0 (line"), "{err}");
+        let text = "apiVersion: v1\nkind: Secret\nmetadata: {name: db}\ndata:\n  password: aHVudGVy\n  password: c2VjcmV0\n";
+        let err = parse(text).unwrap_err().to_string();
+        assert!(
+            !err.contains("aHVudGVy") && !err.contains("c2VjcmV0"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unquoting_keeps_the_reason() {
+        assert_eq!(
+            without_quotes("duplicate key \"password\" at line 3"),
+            "duplicate key \"…\" at line 3"
+        );
+        assert_eq!(without_quotes("found `abc"), "found `…");
     }
 }

@@ -3,6 +3,7 @@
 //! Walks every `*.yaml` / `*.yml` below each path in a stable order and parses
 //! its documents. Pure apart from reading files.
 
+pub mod files;
 pub mod manifest;
 pub mod removed;
 
@@ -10,18 +11,48 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub use manifest::{Manifest, Origin, ParseError};
+pub use manifest::{Manifest, Origin, ParseError, ParseLimits};
 
 use crate::object::ObjectRef;
 
-/// The objects rendered from one revision, in file order.
-#[derive(Debug, Default, Clone)]
+/// The objects rendered from one revision, in file order, and what could not
+/// be rendered. Everything in `manifests` is usable even when `errors` is not
+/// empty: one bad file never blocks the rest.
+#[derive(Debug, Default)]
 pub struct DesiredSet {
     pub manifests: Vec<Manifest>,
-    /// Objects annotated to be left alone.
+    /// Objects annotated in Git to be left alone: neither applied nor pruned.
     pub ignored: Vec<ObjectRef>,
     /// Things the user should fix that did not stop the render.
     pub warnings: Vec<String>,
+    /// Files and documents that could not be used. Any of these means the
+    /// render is not clean, and a sync must prune nothing.
+    pub errors: Vec<Error>,
+}
+
+impl DesiredSet {
+    pub fn is_clean(&self) -> bool {
+        self.errors.is_empty()
+    }
+}
+
+/// Bounds on the input a render reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_file_bytes: u64,
+    /// All files of one render together.
+    pub max_total_bytes: u64,
+    pub parse: ParseLimits,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_file_bytes: 4 * 1024 * 1024,
+            max_total_bytes: 256 * 1024 * 1024,
+            parse: ParseLimits::default(),
+        }
+    }
 }
 
 /// What to render and how.
@@ -32,20 +63,28 @@ pub struct Options {
     /// Apply objects of removed API versions under their replacement, where
     /// the schema did not change.
     pub upgrade_removed_apis: bool,
+    pub limits: Limits,
 }
 
 /// Annotations that make tidegate leave an object alone, in Git or live.
 pub const IGNORE_ANNOTATIONS: [&str; 2] = ["fluxcd.io/ignore", "tidegate.dev/ignore"];
 
-/// Flux v1 semantics: `"true"` ignores the object; `sync_only` ignores it
-/// when syncing (Flux still updated images in it, tidegate has nothing else).
+fn ignore_value(object: &serde_json::Value) -> Option<&str> {
+    IGNORE_ANNOTATIONS
+        .iter()
+        .find_map(|key| object["metadata"]["annotations"][key].as_str())
+}
+
+/// Flux v1's `"true"`: neither applied nor pruned.
 pub fn is_ignored(object: &serde_json::Value) -> bool {
-    IGNORE_ANNOTATIONS.iter().any(|key| {
-        matches!(
-            object["metadata"]["annotations"][key].as_str(),
-            Some("true" | "sync_only")
-        )
-    })
+    IGNORE_ANNOTATIONS
+        .iter()
+        .any(|key| object["metadata"]["annotations"][key].as_str() == Some("true"))
+}
+
+/// `"true"` or Flux v1's `sync_only` (applied, never pruned): not to be pruned.
+pub fn is_prune_protected(object: &serde_json::Value) -> bool {
+    is_ignored(object) || ignore_value(object) == Some("sync_only")
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +97,17 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("{path}: symlink {reason}; not read")]
+    Symlink { path: PathBuf, reason: String },
+    #[error("{path}: more than {limit} {what} ({flag})")]
+    TooLarge {
+        path: PathBuf,
+        what: &'static str,
+        limit: u64,
+        flag: &'static str,
+    },
+    #[error("{path}: not UTF-8 text (invalid byte at offset {offset})")]
+    NotUtf8 { path: PathBuf, offset: usize },
     #[error(transparent)]
     Parse(#[from] ParseError),
     #[error("{origin}: {id}: {api_version} {kind} was removed from Kubernetes; {advice}")]
@@ -76,26 +126,30 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// The object the problem concerns, where it is known.
+    pub fn object(&self) -> Option<String> {
+        match self {
+            Error::RemovedApi { id, .. } | Error::Duplicate { id, .. } => Some(id.to_string()),
+            Error::Parse(ParseError::BadName { object, .. }) => Some(object.clone()),
+            _ => None,
+        }
+    }
+}
+
 /// Everything wrong with one render, so a user can fix it all in one go.
 #[derive(Debug)]
-pub struct Errors(pub Vec<Error>);
+pub struct Errors<'a>(pub &'a [Error]);
 
-impl fmt::Display for Errors {
+impl fmt::Display for Errors<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} problem(s) in the manifests", self.0.len())?;
-        for e in &self.0 {
-            write!(f, "\n  - {e}")?;
-            let mut source = std::error::Error::source(e);
-            while let Some(s) = source {
-                write!(f, ": {s}")?;
-                source = s.source();
-            }
+        for e in self.0 {
+            write!(f, "\n  - {}", crate::error_chain(e))?;
         }
         Ok(())
     }
 }
-
-impl std::error::Error for Errors {}
 
 /// The sha256 of an object's canonical JSON form (keys sorted), in hex.
 pub fn checksum(object: &serde_json::Value) -> String {
@@ -107,40 +161,59 @@ pub fn checksum(object: &serde_json::Value) -> String {
         .collect()
 }
 
-/// Renders the desired set from `root`.
-pub fn render(root: &Path, options: &Options) -> Result<DesiredSet, Errors> {
-    let mut errors = Vec::new();
-    let mut files = Vec::new();
+/// Renders the desired set from `root`: every usable object, and an error
+/// for each file or document that is not.
+pub fn render(root: &Path, options: &Options) -> DesiredSet {
+    let mut set = DesiredSet::default();
+    let mut found = files::Found::default();
     let roots: Vec<PathBuf> = if options.paths.is_empty() {
         vec![PathBuf::new()]
     } else {
         options.paths.clone()
     };
     for rel in &roots {
-        let abs = root.join(rel);
-        if !abs.exists() {
-            errors.push(Error::MissingPath { path: rel.clone() });
+        if std::fs::symlink_metadata(root.join(rel)).is_err() {
+            set.errors.push(Error::MissingPath { path: rel.clone() });
             continue;
         }
-        if let Err(e) = find_yaml(root, rel, &mut files) {
-            errors.push(e);
-        }
+        files::find(root, rel, &mut found);
     }
+    set.errors.append(&mut found.errors);
+    set.warnings.append(&mut found.warnings);
+    let mut files = found.files;
     files.sort();
     files.dedup();
 
-    let mut manifests = Vec::new();
-    for (file, result) in files.iter().zip(read_and_parse(root, &files)) {
-        match result {
-            Ok(found) if found.is_empty() => {
-                tracing::debug!(file = %file.display(), "skipped: no Kubernetes objects in it");
-            }
-            Ok(found) => manifests.extend(found),
-            Err(e) => errors.push(e),
+    // The total is checked before reading, from the sizes on disk.
+    let mut total: u64 = 0;
+    let mut within = Vec::new();
+    for file in files {
+        let size = std::fs::metadata(root.join(&file)).map_or(0, |m| m.len());
+        total = total.saturating_add(size.min(options.limits.max_file_bytes + 1));
+        if total > options.limits.max_total_bytes {
+            set.errors.push(Error::TooLarge {
+                path: file,
+                what: "bytes in all files together (this file is past it)",
+                limit: options.limits.max_total_bytes,
+                flag: "--max-total-bytes",
+            });
+        } else {
+            within.push(file);
         }
     }
 
-    let mut set = DesiredSet::default();
+    let mut manifests = Vec::new();
+    for (file, (found, errors)) in within
+        .iter()
+        .zip(read_and_parse(root, &within, &options.limits))
+    {
+        if found.is_empty() && errors.is_empty() {
+            tracing::debug!(file = %file.display(), "skipped: no Kubernetes objects in it");
+        }
+        manifests.extend(found);
+        set.errors.extend(errors);
+    }
+
     for mut m in manifests {
         if is_ignored(&m.object) {
             tracing::debug!(object = %m.id, "ignored: annotated in Git");
@@ -151,28 +224,26 @@ pub fn render(root: &Path, options: &Options) -> Result<DesiredSet, Errors> {
             Ok(Some(warning)) => set.warnings.push(warning),
             Ok(None) => {}
             Err(e) => {
-                errors.push(e);
+                set.errors.push(e);
                 continue;
             }
         }
         set.manifests.push(m);
     }
-    set.manifests = reject_duplicates(std::mem::take(&mut set.manifests), &mut errors);
-    if errors.is_empty() {
-        Ok(set)
-    } else {
-        Err(Errors(errors))
-    }
+    set.manifests = reject_duplicates(std::mem::take(&mut set.manifests), &mut set.errors);
+    set
 }
 
+type Parsed = (Vec<Manifest>, Vec<Error>);
+
 /// Reads and parses files on every core, keeping their order.
-fn read_and_parse(root: &Path, files: &[PathBuf]) -> Vec<Result<Vec<Manifest>, Error>> {
-    let one = |rel: &PathBuf| match std::fs::read_to_string(root.join(rel)) {
-        Ok(text) => manifest::parse_file(rel, &text).map_err(Error::from),
-        Err(source) => Err(Error::Read {
-            path: rel.clone(),
-            source,
-        }),
+fn read_and_parse(root: &Path, files: &[PathBuf], limits: &Limits) -> Vec<Parsed> {
+    let one = |rel: &PathBuf| match files::read(root, rel, limits) {
+        Ok(text) => {
+            let (found, errors) = manifest::parse_file(rel, &text, &limits.parse);
+            (found, errors.into_iter().map(Error::from).collect())
+        }
+        Err(e) => (Vec::new(), vec![e]),
     };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     if threads == 1 || files.len() < 64 {
@@ -239,53 +310,6 @@ fn upgrade_removed(m: &mut Manifest, allowed: bool) -> Result<Option<String>, Er
     Ok(Some(warning))
 }
 
-fn is_yaml(path: &Path) -> bool {
-    matches!(
-        path.extension().and_then(|e| e.to_str()),
-        Some("yaml" | "yml")
-    )
-}
-
-/// Collects YAML files below `rel`, skipping hidden directories (`.git`) and
-/// Helm chart directories, whose templates are not plain manifests.
-fn find_yaml(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> Result<(), Error> {
-    let abs = root.join(rel);
-    let read_err = |source| Error::Read {
-        path: rel.to_path_buf(),
-        source,
-    };
-    let meta = std::fs::metadata(&abs).map_err(read_err)?;
-    if meta.is_file() {
-        if is_yaml(rel) {
-            out.push(rel.to_path_buf());
-        }
-        return Ok(());
-    }
-    if abs.join("Chart.yaml").is_file() {
-        tracing::debug!(dir = %rel.display(), "skipping Helm chart directory");
-        return Ok(());
-    }
-    let mut entries: Vec<_> = std::fs::read_dir(&abs)
-        .map_err(read_err)?
-        .collect::<Result<_, _>>()
-        .map_err(read_err)?;
-    entries.sort_by_key(|e| e.file_name());
-    for entry in entries {
-        let name = entry.file_name();
-        if name.to_string_lossy().starts_with('.') {
-            continue;
-        }
-        let child = rel.join(&name);
-        let file_type = entry.file_type().map_err(read_err)?;
-        if file_type.is_dir() {
-            find_yaml(root, &child, out)?;
-        } else if is_yaml(&child) {
-            out.push(child);
-        }
-    }
-    Ok(())
-}
-
 /// Drops every object defined more than once and reports where.
 fn reject_duplicates(manifests: Vec<Manifest>, errors: &mut Vec<Error>) -> Vec<Manifest> {
     let mut first_seen: BTreeMap<ObjectRef, usize> = BTreeMap::new();
@@ -321,6 +345,21 @@ mod tests {
         std::fs::write(path, text).unwrap();
     }
 
+    /// Renders and insists on a clean render.
+    fn clean(root: &Path, options: &Options) -> DesiredSet {
+        let set = render(root, options);
+        assert!(set.is_clean(), "{}", Errors(&set.errors));
+        set
+    }
+
+    /// Renders and returns the set and its error text.
+    fn failing(root: &Path, options: &Options) -> (DesiredSet, String) {
+        let set = render(root, options);
+        assert!(!set.is_clean(), "expected render errors");
+        let text = Errors(&set.errors).to_string();
+        (set, text)
+    }
+
     fn cm(name: &str) -> String {
         format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: demo\n")
     }
@@ -353,7 +392,7 @@ mod tests {
             &cm("{{ .Values.name }}"),
         );
         write(dir.path(), ".hidden/w.yaml", &cm("ww"));
-        let set = render(dir.path(), &Options::default()).unwrap();
+        let set = clean(dir.path(), &Options::default());
         let names: Vec<&str> = set.manifests.iter().map(|m| m.id.name.as_str()).collect();
         assert_eq!(names, ["yy", "xx", "zz"]);
     }
@@ -367,7 +406,7 @@ mod tests {
             paths: vec![PathBuf::from("infra")],
             ..Options::default()
         };
-        let set = render(dir.path(), &options).unwrap();
+        let set = clean(dir.path(), &options);
         assert_eq!(set.manifests.len(), 1);
         assert_eq!(set.manifests[0].id.name, "b");
         assert_eq!(set.manifests[0].file, Path::new("infra/b.yaml"));
@@ -382,9 +421,9 @@ mod tests {
             "two.yaml",
             &format!("{}---\n{}", cm("other"), cm("same")),
         );
-        let errors = render(dir.path(), &Options::default()).unwrap_err();
-        assert_eq!(errors.0.len(), 1);
-        let msg = errors.to_string();
+        let (set, msg) = failing(dir.path(), &Options::default());
+        assert_eq!(set.errors.len(), 1);
+        assert_eq!(set.manifests.len(), 1, "the other object is kept");
         assert!(msg.contains("one.yaml (document 0)"), "{msg}");
         assert!(msg.contains("two.yaml (document 1)"), "{msg}");
     }
@@ -397,8 +436,8 @@ mod tests {
             paths: vec![PathBuf::from("ok"), PathBuf::from("gone")],
             ..Options::default()
         };
-        let errors = render(dir.path(), &options).unwrap_err();
-        assert_eq!(errors.0.len(), 2, "{errors}");
+        let (set, msg) = failing(dir.path(), &options);
+        assert_eq!(set.errors.len(), 2, "{msg}");
     }
 
     const CRONJOB_V1BETA1: &str = "apiVersion: batch/v1beta1\nkind: CronJob\nmetadata: {name: nightly, namespace: demo}\nspec: {schedule: '@daily'}\n";
@@ -407,9 +446,7 @@ mod tests {
     fn removed_api_version_names_its_replacement() {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "cron.yaml", CRONJOB_V1BETA1);
-        let msg = render(dir.path(), &Options::default())
-            .unwrap_err()
-            .to_string();
+        let (_, msg) = failing(dir.path(), &Options::default());
         assert!(msg.contains("cron.yaml (document 0)"), "{msg}");
         assert!(
             msg.contains(
@@ -433,15 +470,12 @@ mod tests {
             ..Options::default()
         };
         // The Deployment's schema changed: still refused.
-        let errors = render(dir.path(), &options).unwrap_err();
-        assert_eq!(errors.0.len(), 1);
-        assert!(
-            errors
-                .to_string()
-                .contains("update the object to its schema")
-        );
+        let (set, msg) = failing(dir.path(), &options);
+        assert_eq!(set.errors.len(), 1);
+        assert!(msg.contains("update the object to its schema"), "{msg}");
+        assert_eq!(set.manifests.len(), 1, "the CronJob is still rendered");
         std::fs::remove_file(dir.path().join("deploy.yaml")).unwrap();
-        let set = render(dir.path(), &options).unwrap();
+        let set = clean(dir.path(), &options);
         assert_eq!(set.manifests[0].id.api_version(), "batch/v1");
         assert_eq!(set.manifests[0].object["apiVersion"], "batch/v1");
         assert_eq!(set.warnings.len(), 1);
@@ -473,9 +507,164 @@ mod tests {
             "d.yaml",
             &annotated("kept", "fluxcd.io/ignore", "false"),
         );
-        let set = render(dir.path(), &Options::default()).unwrap();
+        let set = clean(dir.path(), &Options::default());
         let kept: Vec<&str> = set.manifests.iter().map(|m| m.id.name.as_str()).collect();
-        assert_eq!(kept, ["kept"]);
-        assert_eq!(set.ignored.len(), 3);
+        // sync_only is applied (and never pruned), as in Flux v1.
+        assert_eq!(kept, ["synconly", "kept"]);
+        assert_eq!(set.ignored.len(), 2);
+        assert!(is_prune_protected(&set.manifests[0].object));
+        assert!(!is_ignored(&set.manifests[0].object));
+    }
+
+    #[test]
+    fn one_bad_file_does_not_block_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "a.yaml", &cm("a"));
+        write(
+            dir.path(),
+            "b.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: [\n",
+        );
+        write(dir.path(), "c.yaml", &cm("c"));
+        let (set, msg) = failing(dir.path(), &Options::default());
+        let names: Vec<&str> = set.manifests.iter().map(|m| m.id.name.as_str()).collect();
+        assert_eq!(names, ["a", "c"]);
+        assert!(msg.contains("b.yaml: document 0 (line"), "{msg}");
+    }
+
+    #[test]
+    fn symlinks_outside_the_repository_and_loops_are_errors() {
+        let outside = tempfile::tempdir().unwrap();
+        write(outside.path(), "secret.yaml", &cm("outside"));
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "ok.yaml", &cm("ok"));
+        std::os::unix::fs::symlink(
+            outside.path().join("secret.yaml"),
+            dir.path().join("escape.yaml"),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(
+            dir.path().join("loop-b.yaml"),
+            dir.path().join("loop-a.yaml"),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(
+            dir.path().join("loop-a.yaml"),
+            dir.path().join("loop-b.yaml"),
+        )
+        .unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::os::unix::fs::symlink(dir.path(), dir.path().join("sub/up")).unwrap();
+        std::os::unix::fs::symlink(
+            dir.path().join("ok.yaml"),
+            dir.path().join("sub/inside.yaml"),
+        )
+        .unwrap();
+        let (set, msg) = failing(dir.path(), &Options::default());
+        assert!(
+            msg.contains("escape.yaml: symlink points outside the repository"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("loop-a.yaml: symlink cannot be resolved"),
+            "{msg}"
+        );
+        assert!(!msg.contains("outside\n"), "{msg}");
+        // The symlink inside the repository is read, once per path: ok.yaml
+        // and sub/inside.yaml define the same object, so both are reported.
+        assert!(msg.contains("defined twice"), "{msg}");
+        assert!(set.manifests.iter().all(|m| m.id.name != "outside"));
+    }
+
+    #[test]
+    fn fifos_are_never_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "ok.yaml", &cm("ok"));
+        let fifo = dir.path().join("pipe.yaml");
+        let status = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        // Opening the FIFO would block this test forever.
+        let set = clean(dir.path(), &Options::default());
+        assert_eq!(set.manifests.len(), 1);
+        assert!(
+            set.warnings
+                .iter()
+                .any(|w| w.contains("pipe.yaml: not a regular file")),
+            "{:?}",
+            set.warnings
+        );
+    }
+
+    #[test]
+    fn limits_name_the_file_and_the_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "ok.yaml", &cm("ok"));
+        write(
+            dir.path(),
+            "big.yaml",
+            &format!("{}data:\n  x: \"{}\"\n", cm("big"), "a".repeat(5000)),
+        );
+        std::fs::write(
+            dir.path().join("latin1.yaml"),
+            b"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: caf\xe9}\n",
+        )
+        .unwrap();
+        write(dir.path(), "many.yaml", &"---\n".repeat(20));
+        let mut options = Options::default();
+        options.limits.max_file_bytes = 4096;
+        options.limits.parse.max_documents = 10;
+        let (set, msg) = failing(dir.path(), &options);
+        assert!(
+            msg.contains("big.yaml: more than 4096 bytes (--max-file-bytes)"),
+            "{msg}"
+        );
+        assert!(msg.contains("latin1.yaml: not UTF-8 text"), "{msg}");
+        assert!(msg.contains("many.yaml: more than 10 documents"), "{msg}");
+        assert_eq!(set.manifests.len(), 1);
+        options.limits.max_total_bytes = 10;
+        let (_, msg) = failing(dir.path(), &options);
+        assert!(msg.contains("--max-total-bytes"), "{msg}");
+    }
+
+    #[test]
+    fn alias_bombs_and_deep_nesting_are_refused_per_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // Billion laughs: each level doubles what the one before expands to.
+        let mut bomb = String::from(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: lol}\nx0: &a0 \"0123456789012345678901234567890123456789\"\n",
+        );
+        for i in 1..40 {
+            bomb.push_str(&format!("x{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n", p = i - 1));
+        }
+        write(dir.path(), "bomb.yaml", &bomb);
+        // Ten documents, each within a per-document budget, together past the file's.
+        let big = "b".repeat(200_000);
+        let mut docs = String::new();
+        for i in 0..10 {
+            docs.push_str(&format!("---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: d{i}}}\ns: &s \"{big}\"\nv: [*s, *s, *s, *s, *s, *s, *s, *s, *s, *s, *s, *s, *s, *s, *s, *s, *s, *s, *s, *s]\n"));
+        }
+        write(dir.path(), "wide.yaml", &docs);
+        let deep = format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: deep}}\ndata: {}{}\n",
+            "[".repeat(500),
+            "]".repeat(500)
+        );
+        write(dir.path(), "deep.yaml", &deep);
+        write(dir.path(), "ok.yaml", &cm("ok"));
+        let mut options = Options::default();
+        options.limits.parse.max_expanded_bytes = 16 * 1024 * 1024;
+        let (set, msg) = failing(dir.path(), &options);
+        assert!(msg.contains("bomb.yaml: document 0"), "{msg}");
+        assert!(msg.contains("wide.yaml: document"), "{msg}");
+        assert!(msg.contains("deep.yaml: document 0"), "{msg}");
+        let names: Vec<&str> = set.manifests.iter().map(|m| m.id.name.as_str()).collect();
+        assert!(names.contains(&"ok"), "{names:?}");
+        assert!(
+            !names.contains(&"lol") && !names.contains(&"deep"),
+            "{names:?}"
+        );
     }
 }

@@ -1,0 +1,145 @@
+//! File discovery: a checked-out tree and the configured paths in, the YAML
+//! files to parse out, each read within the byte limits.
+//!
+//! Symlinks are followed only while they stay inside the repository; a loop
+//! ends; FIFOs, sockets and devices are never opened.
+
+use std::collections::HashSet;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use super::{Error, Limits};
+
+/// The files found, and the problems met on the way (each naming its path).
+#[derive(Debug, Default)]
+pub struct Found {
+    pub files: Vec<PathBuf>,
+    pub errors: Vec<Error>,
+    pub warnings: Vec<String>,
+}
+
+fn is_yaml(path: &Path) -> bool {
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml")
+    )
+}
+
+/// Walks `rel` below `root`, skipping hidden entries (`.git`) and Helm chart
+/// directories, whose templates are not plain manifests.
+pub fn find(root: &Path, rel: &Path, found: &mut Found) {
+    let Ok(real_root) = root.canonicalize() else {
+        found.errors.push(Error::MissingPath {
+            path: PathBuf::new(),
+        });
+        return;
+    };
+    let mut visited = HashSet::new();
+    walk(&real_root, rel, found, &mut visited, true);
+}
+
+fn walk(root: &Path, rel: &Path, found: &mut Found, visited: &mut HashSet<PathBuf>, named: bool) {
+    let abs = root.join(rel);
+    let real = match abs.canonicalize() {
+        Ok(real) => real,
+        Err(source) => {
+            let is_link = std::fs::symlink_metadata(&abs).is_ok_and(|m| m.file_type().is_symlink());
+            found.errors.push(if is_link {
+                Error::Symlink {
+                    path: rel.to_path_buf(),
+                    reason: format!("cannot be resolved ({source}); a loop or a dangling link"),
+                }
+            } else {
+                Error::Read {
+                    path: rel.to_path_buf(),
+                    source,
+                }
+            });
+            return;
+        }
+    };
+    if !real.starts_with(root) {
+        found.errors.push(Error::Symlink {
+            path: rel.to_path_buf(),
+            reason: "points outside the repository".into(),
+        });
+        return;
+    }
+    let meta = match std::fs::metadata(&real) {
+        Ok(m) => m,
+        Err(source) => {
+            found.errors.push(Error::Read {
+                path: rel.to_path_buf(),
+                source,
+            });
+            return;
+        }
+    };
+    if meta.is_file() {
+        if named || is_yaml(rel) {
+            found.files.push(rel.to_path_buf());
+        }
+        return;
+    }
+    if !meta.is_dir() {
+        if named || is_yaml(rel) {
+            found.warnings.push(format!(
+                "{}: not a regular file (a FIFO, socket or device); not read",
+                rel.display()
+            ));
+        }
+        return;
+    }
+    if !visited.insert(real.clone()) {
+        // Reached again through a symlink: already walked.
+        return;
+    }
+    if real.join("Chart.yaml").is_file() {
+        tracing::debug!(dir = %rel.display(), "skipping Helm chart directory");
+        return;
+    }
+    let entries = match std::fs::read_dir(&real).and_then(|d| d.collect::<Result<Vec<_>, _>>()) {
+        Ok(entries) => entries,
+        Err(source) => {
+            found.errors.push(Error::Read {
+                path: rel.to_path_buf(),
+                source,
+            });
+            return;
+        }
+    };
+    let mut entries: Vec<_> = entries.into_iter().map(|e| e.file_name()).collect();
+    entries.sort();
+    for name in entries {
+        if name.to_string_lossy().starts_with('.') {
+            continue;
+        }
+        walk(root, &rel.join(&name), found, visited, false);
+    }
+}
+
+/// Reads one file as UTF-8 text, refusing it past `limits.max_file_bytes`
+/// without reading further.
+pub fn read(root: &Path, rel: &Path, limits: &Limits) -> Result<String, Error> {
+    let read_err = |source| Error::Read {
+        path: rel.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(root.join(rel)).map_err(read_err)?;
+    let mut bytes = Vec::new();
+    file.take(limits.max_file_bytes + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_err)?;
+    if bytes.len() as u64 > limits.max_file_bytes {
+        return Err(Error::TooLarge {
+            path: rel.to_path_buf(),
+            what: "bytes",
+            limit: limits.max_file_bytes,
+            flag: "--max-file-bytes",
+        });
+    }
+    String::from_utf8(bytes).map_err(|e| Error::NotUtf8 {
+        path: rel.to_path_buf(),
+        offset: e.utf8_error().valid_up_to(),
+    })
+}
