@@ -405,6 +405,31 @@ impl SyncReport {
         self.actions.iter().filter(|(_, a)| *a == action).count()
     }
 
+    /// `3 created, 0 configured, 5 unchanged, 1 pruned, 0 failed (4 object writes)`.
+    pub fn counts(&self) -> String {
+        use Action::*;
+        let mut parts = vec![
+            format!("{} created", self.count(Created)),
+            format!("{} configured", self.count(Configured)),
+            format!("{} unchanged", self.count(Unchanged)),
+        ];
+        for action in [Recreated, Pruned, Ignored] {
+            let n = self.count(action);
+            if n > 0 {
+                parts.push(format!("{n} {action}"));
+            }
+        }
+        parts.push(format!("{} failed", self.errors.len()));
+        format!("{} ({} object writes)", parts.join(", "), self.writes)
+    }
+
+    /// The first 12 characters of the revision, or `(none)`.
+    pub fn short_revision(&self) -> &str {
+        self.revision
+            .as_deref()
+            .map_or("(none)", |r| &r[..r.len().min(12)])
+    }
+
     pub fn outcome(&self) -> Outcome {
         if self.interrupted {
             Outcome::Interrupted

@@ -1,31 +1,20 @@
-//! `tidegate daemon`: the reconciler. Polls Git, syncs new revisions, re-applies
-//! the current one every `--sync-interval`, backs off on errors, and on SIGTERM
-//! finishes the objects in flight, records status and exits. With `--once`,
-//! one sync and exit.
+//! `tidegate daemon`: its flags turned into a [`daemon::Config`], the loop run,
+//! and with `--once` what the one sync did printed and its exit code returned.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use tokio::time::Instant;
 
 use super::{EXIT_FAILED, init_logging};
 use crate::cluster::state::{Outcome, StateRef};
 use crate::cluster::{Cluster, Connection};
-use crate::daemon::http::{self, Shared};
-use crate::daemon::metrics::Metrics;
-use crate::daemon::{Triggers, requests, watch};
-use crate::identity::{self, KeyRef};
+use crate::daemon::{self, access::AccessConfig};
 use crate::render;
-use crate::source::remote::{self, Scheme};
-use crate::source::{Access, GitSource};
-use crate::sync::{self, GarbageCollection, Progress, Settings, SyncReport};
+use crate::source::GitSource;
+use crate::sync::{GarbageCollection, Progress, Settings, SyncReport};
 
 /// Flags shared by the commands that render and plan (`daemon`, `diff`).
 #[derive(Debug, Clone, clap::Args)]
@@ -191,110 +180,44 @@ pub struct GitAccessArgs {
     /// Proxy for Git over HTTP(S); default HTTPS_PROXY / HTTP_PROXY, honouring NO_PROXY
     #[arg(long, env = "TIDEGATE_GIT_PROXY")]
     pub git_proxy: Option<String>,
+    /// Send credentials to a plain http:// Git URL (refused by default)
+    #[arg(long, env = "TIDEGATE_GIT_ALLOW_INSECURE_HTTP")]
+    pub git_allow_insecure_http: bool,
+    /// Time to connect to the Git host, and longest a transfer may stall
+    #[arg(long, env = "TIDEGATE_GIT_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub git_timeout: Duration,
 }
 
 impl GitAccessArgs {
-    /// Reads keys and credentials fresh, so a regenerated key or a rotated
-    /// password is used for the next fetch without a restart.
-    pub async fn access(
-        &self,
-        client: &kube::Client,
-        namespace: &str,
-        url: &str,
-    ) -> anyhow::Result<Access> {
-        let mut access = Access {
+    pub fn access_config(&self) -> AccessConfig {
+        AccessConfig {
+            deploy_key_secret: self.k8s_secret_name.clone(),
+            known_hosts_file: self.ssh_known_hosts.clone(),
+            known_hosts_from: self.ssh_known_hosts_from.clone(),
+            https_secret: self.git_https_secret.clone(),
             proxy: self.git_proxy.clone(),
-            ..Access::default()
-        };
-        match remote::parse(url).scheme {
-            Scheme::Ssh => {
-                let key_ref = KeyRef {
-                    namespace: namespace.to_string(),
-                    name: self.k8s_secret_name.clone(),
-                };
-                access.deploy_key = Some(identity::ensure(client, &key_ref).await?);
-                access.known_hosts = self.known_hosts(client, namespace).await?;
-            }
-            Scheme::Https | Scheme::Http => {
-                if let Some(name) = &self.git_https_secret {
-                    let data = secret_data(client, namespace, name).await?;
-                    let user = data
-                        .get("username")
-                        .cloned()
-                        .unwrap_or_else(|| "git".into());
-                    let password = data
-                        .get("password")
-                        .or_else(|| data.get("token"))
-                        .cloned()
-                        .with_context(|| {
-                            format!(
-                                "the Secret {namespace}/{name} has neither `password` nor `token`"
-                            )
-                        })?;
-                    access.https = Some((user, password));
-                }
-            }
-            Scheme::File => {}
+            allow_insecure_http: self.git_allow_insecure_http,
         }
-        Ok(access)
     }
 
-    async fn known_hosts(&self, client: &kube::Client, namespace: &str) -> anyhow::Result<String> {
-        let mut text = String::new();
-        if let Some(path) = &self.ssh_known_hosts {
-            text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read --ssh-known-hosts {}", path.display()))?;
+    /// Process-wide libgit2 settings: the CA file and the timeouts.
+    pub fn configure_libgit2(&self) -> anyhow::Result<()> {
+        if let Some(ca) = &self.git_ca_file {
+            // SAFETY: set once, before any fetch runs on another thread.
+            unsafe { git2::opts::set_ssl_cert_file(ca) }
+                .with_context(|| format!("cannot use --git-ca-file {}", ca.display()))?;
         }
-        if let Some(from) = &self.ssh_known_hosts_from {
-            let (kind, name) = from.split_once('/').with_context(|| {
-                format!("--ssh-known-hosts-from {from}: write configmap/NAME or secret/NAME")
-            })?;
-            let data = match kind {
-                "configmap" => {
-                    let api: kube::Api<ConfigMap> =
-                        kube::Api::namespaced(client.clone(), namespace);
-                    api.get(name)
-                        .await
-                        .with_context(|| format!("cannot read ConfigMap {namespace}/{name}"))?
-                        .data
-                        .unwrap_or_default()
-                }
-                "secret" => secret_data(client, namespace, name).await?,
-                _ => anyhow::bail!(
-                    "--ssh-known-hosts-from {from}: write configmap/NAME or secret/NAME"
-                ),
-            };
-            text.push('\n');
-            text.push_str(
-                data.get("known_hosts")
-                    .map(String::as_str)
-                    .unwrap_or_default(),
-            );
+        let millis = i32::try_from(self.git_timeout.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: as above, before any fetch.
+        unsafe {
+            git2::opts::set_server_connect_timeout_in_milliseconds(millis)
+                .context("cannot set the Git connect timeout")?;
+            git2::opts::set_server_timeout_in_milliseconds(millis)
+                .context("cannot set the Git transfer timeout")?;
         }
-        Ok(text)
+        Ok(())
     }
 }
-
-async fn secret_data(
-    client: &kube::Client,
-    namespace: &str,
-    name: &str,
-) -> anyhow::Result<BTreeMap<String, String>> {
-    let api: kube::Api<Secret> = kube::Api::namespaced(client.clone(), namespace);
-    let secret = api
-        .get(name)
-        .await
-        .with_context(|| format!("cannot read Secret {namespace}/{name}"))?;
-    Ok(secret
-        .data
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).trim_end().to_string()))
-        .collect())
-}
-
-/// How long triggers are gathered before one fetch answers them all.
-const COALESCE: Duration = Duration::from_millis(200);
 
 /// `30s`, `5m`, `1h`, `250ms`, or plain seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -321,45 +244,6 @@ fn default_cache_dir(url: &str, branch: &str) -> PathBuf {
     std::env::temp_dir().join(format!("tidegate-git-{}", &key[..12]))
 }
 
-/// Sets `stop` on SIGTERM or SIGINT and wakes the loop.
-fn watch_signals(triggers: Arc<Triggers>) {
-    tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-        tracing::info!("stopping: finishing the objects in flight");
-        triggers.stop.store(true, Ordering::SeqCst);
-        triggers.wake.notify_one();
-    });
-}
-
-/// Looks for `tidegate sync` requests on the state ConfigMap.
-fn watch_requests(client: kube::Client, state: StateRef, triggers: Arc<Triggers>) {
-    tokio::spawn(async move {
-        loop {
-            if let Ok(annotations) = requests::annotations(&client, &state).await {
-                let pending = requests::pending(&annotations);
-                if !pending.is_empty() {
-                    let mut known = triggers.requests.lock().expect("requests");
-                    let new: Vec<String> = pending
-                        .into_iter()
-                        .filter(|id| !known.contains(id))
-                        .collect();
-                    if !new.is_empty() {
-                        known.extend(new);
-                        drop(known);
-                        triggers.sync_now();
-                    }
-                }
-            }
-            tokio::time::sleep(requests::POLL).await;
-        }
-    });
-}
-
 pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode> {
     init_logging(if args.once { "warn" } else { "info" });
     let client = connection
@@ -367,185 +251,47 @@ pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode>
         .await
         .context("cannot connect to the cluster")?;
     let namespace = connection.namespace(&client);
-    let cluster = Cluster::new(client.clone());
-    if let Some(ca) = &args.git.git_ca_file {
-        // SAFETY: set once, before any fetch runs on another thread.
-        unsafe { git2::opts::set_ssl_cert_file(ca) }
-            .with_context(|| format!("cannot use --git-ca-file {}", ca.display()))?;
-    }
-    let mut source = GitSource {
-        cache_dir: args
-            .git_cache_dir
-            .clone()
-            .unwrap_or_else(|| default_cache_dir(&args.git_url, &args.git_branch)),
-        url: args.git_url.clone(),
-        branch: args.git_branch.clone(),
-        access: Access::default(),
-    };
-    let settings = args.sync.settings(namespace.clone());
-    let triggers = Arc::new(Triggers::default());
-    watch_signals(triggers.clone());
-
-    if args.once {
-        let snapshot = match args.git.access(&client, &namespace, &source.url).await {
-            Ok(access) => {
-                source.access = access;
-                sync::fetch(&source).await
-            }
-            Err(e) => return Err(e),
-        };
-        let (report, _) = sync::run(
-            &cluster,
-            snapshot,
-            &settings,
-            Vec::new(),
-            &triggers.stop,
-            &mut print_progress,
-        )
-        .await;
-        print_summary(&report);
-        return Ok(match report.outcome() {
-            Outcome::Succeeded => ExitCode::SUCCESS,
-            _ => ExitCode::from(EXIT_FAILED),
-        });
-    }
-
-    let webhook_secret = match &args.webhook_secret_name {
-        Some(name) => Some(
-            secret_data(&client, &namespace, name)
-                .await?
-                .get("webhook-secret")
-                .with_context(|| {
-                    format!("the Secret {namespace}/{name} has no key `webhook-secret`")
-                })?
-                .clone()
-                .into_bytes(),
+    args.git.configure_libgit2()?;
+    let listen = match args.listen.as_str() {
+        "off" => None,
+        text => Some(
+            text.parse::<SocketAddr>()
+                .with_context(|| format!("--listen {text}: not an address like 0.0.0.0:3030"))?,
         ),
-        None => None,
     };
-    let metrics = Arc::new(Metrics::default());
-    let shared = Arc::new(Shared {
-        triggers: triggers.clone(),
-        metrics: metrics.clone(),
-        ready: AtomicBool::new(false),
-        identity: Mutex::new(None),
-        webhook_secret,
-        branch: args.git_branch.clone(),
-    });
-    if args.listen != "off" {
-        let addr: SocketAddr = args.listen.parse().with_context(|| {
-            format!("--listen {}: not an address like 0.0.0.0:3030", args.listen)
-        })?;
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr}"))?;
-        let router = http::router(shared.clone());
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, router).await {
-                tracing::error!("HTTP server stopped: {e}");
-            }
-        });
-        tracing::info!(%addr, "HTTP API listening");
-    }
-    watch_requests(client.clone(), settings.state.clone(), triggers.clone());
-    let _watcher = match watch::refs_dir(&source.url).filter(|_| args.git_watch) {
-        Some(dir) => match watch::start(&dir, triggers.clone()) {
-            Ok(w) => Some(w),
-            Err(e) => {
-                tracing::warn!("cannot watch {}: {e}; polling only", dir.display());
-                None
-            }
+    let config = daemon::Config {
+        source: GitSource {
+            cache_dir: args
+                .git_cache_dir
+                .clone()
+                .unwrap_or_else(|| default_cache_dir(&args.git_url, &args.git_branch)),
+            url: args.git_url.clone(),
+            branch: args.git_branch.clone(),
+            access: Default::default(),
         },
-        None => None,
+        access: args.git.access_config(),
+        poll_interval: args.git_poll_interval,
+        sync_interval: args.sync_interval,
+        settings: args.sync.settings(namespace),
+        listen,
+        webhook_secret_name: args.webhook_secret_name.clone(),
+        git_watch: args.git_watch,
+        once: args.once,
     };
-
-    tracing::info!(url = %source.url, branch = %source.branch, "starting");
-    let mut last: Option<(String, Instant)> = None;
-    let mut failures = 0u32;
-    while !triggers.stop.load(Ordering::SeqCst) {
-        let forced = triggers.force.swap(false, Ordering::SeqCst);
-        let taken: Vec<String> = triggers
-            .requests
-            .lock()
-            .expect("requests")
-            .iter()
-            .cloned()
-            .collect();
-        let snapshot = match args.git.access(&client, &namespace, &source.url).await {
-            Ok(access) => {
-                if let Some(key) = &access.deploy_key {
-                    *shared.identity.lock().expect("identity") = Some(key.public.clone());
-                }
-                source.access = access;
-                metrics.fetched();
-                sync::fetch(&source).await
-            }
-            Err(e) => Err(crate::source::Error::Access(crate::error_chain(e.as_ref()))),
-        };
-        let due = forced
-            || match (&snapshot, &last) {
-                (Ok(s), Some((revision, at))) => {
-                    *revision != s.revision || at.elapsed() >= args.sync_interval
-                }
-                _ => true,
-            };
-        let mut wait = args.git_poll_interval;
-        if due {
-            let revision = snapshot.as_ref().ok().map(|s| s.revision.clone());
-            if let (Some(rev), false) = (&revision, taken.is_empty())
-                && let Err(e) = requests::acknowledge(&client, &settings.state, &taken, rev).await
-            {
-                tracing::warn!("cannot acknowledge sync requests: {e}");
-            }
-            let started = Instant::now();
-            let (report, status) = sync::run(
-                &cluster,
-                snapshot,
-                &settings,
-                taken.clone(),
-                &triggers.stop,
-                &mut |_| {},
-            )
-            .await;
-            metrics.observe(&status, started.elapsed().as_secs_f64());
-            if !taken.is_empty() {
-                let _ = requests::clear(&client, &settings.state, &taken).await;
-                let mut known = triggers.requests.lock().expect("requests");
-                for id in &taken {
-                    known.remove(id);
-                }
-            }
-            log_summary(&report);
-            if report.outcome() == Outcome::Failed {
-                failures += 1;
-                // 5s, 10s, 20s … never longer than the poll interval.
-                let backoff = Duration::from_secs(5) * 2u32.saturating_pow(failures.min(10) - 1);
-                wait = backoff.min(args.git_poll_interval);
-                last = None;
-            } else {
-                failures = 0;
-                shared.ready.store(true, Ordering::SeqCst);
-                last = revision.map(|r| (r, Instant::now()));
-            }
-        }
-        if let Some((_, at)) = &last {
-            wait = wait.min(args.sync_interval.saturating_sub(at.elapsed()));
-        }
-        if triggers.force.load(Ordering::SeqCst) {
-            continue;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = triggers.wake.notified() => {
-                // Let a burst of triggers (webhooks, ref changes) arrive, then
-                // fetch once for all of them.
-                tokio::time::sleep(COALESCE).await;
-                let _ = tokio::time::timeout(Duration::ZERO, triggers.wake.notified()).await;
-            }
-        }
-    }
-    tracing::info!("stopped");
-    Ok(ExitCode::SUCCESS)
+    let cluster = Cluster::new(client);
+    let report = if args.once {
+        daemon::run(config, cluster, &mut print_progress).await?
+    } else {
+        daemon::run(config, cluster, &mut |_| {}).await?
+    };
+    let Some(report) = report else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    print_summary(&report);
+    Ok(match report.outcome() {
+        Outcome::Succeeded => ExitCode::SUCCESS,
+        _ => ExitCode::from(EXIT_FAILED),
+    })
 }
 
 /// One line per object on stdout; failures and warnings on stderr.
@@ -558,66 +304,18 @@ fn print_progress(progress: Progress<'_>) {
     }
 }
 
-fn counts(report: &SyncReport) -> String {
-    use crate::sync::Action::*;
-    let mut parts = vec![
-        format!("{} created", report.count(Created)),
-        format!("{} configured", report.count(Configured)),
-        format!("{} unchanged", report.count(Unchanged)),
-    ];
-    for (action, n) in [
-        (Recreated, report.count(Recreated)),
-        (Pruned, report.count(Pruned)),
-        (Ignored, report.count(Ignored)),
-    ] {
-        if n > 0 {
-            parts.push(format!("{n} {action}"));
-        }
-    }
-    parts.push(format!("{} failed", report.errors.len()));
-    format!("{} ({} object writes)", parts.join(", "), report.writes)
-}
-
-fn short(report: &SyncReport) -> &str {
-    report
-        .revision
-        .as_deref()
-        .map_or("(none)", |r| &r[..r.len().min(12)])
-}
-
 fn print_summary(report: &SyncReport) {
     if let Some(message) = &report.message {
         eprintln!("error: {message}");
     }
-    match report.outcome() {
-        Outcome::Succeeded => eprintln!("synced revision {}: {}", short(report), counts(report)),
-        Outcome::Failed => eprintln!(
-            "sync of revision {} failed: {}",
-            short(report),
-            counts(report)
-        ),
-        Outcome::Interrupted => eprintln!(
-            "sync of revision {} interrupted: {}",
-            short(report),
-            counts(report)
-        ),
+    if let Some(why) = &report.record_failed {
+        eprintln!("error: the sync could not be recorded: {why}");
     }
-}
-
-fn log_summary(report: &SyncReport) {
+    let (revision, counts) = (report.short_revision(), report.counts());
     match report.outcome() {
-        Outcome::Succeeded => tracing::info!(
-            revision = short(report),
-            writes = report.writes,
-            "sync succeeded: {}",
-            counts(report)
-        ),
-        outcome => tracing::warn!(
-            revision = short(report),
-            message = report.message.as_deref().unwrap_or(""),
-            "sync {outcome:?}: {}",
-            counts(report)
-        ),
+        Outcome::Succeeded => eprintln!("synced revision {revision}: {counts}"),
+        Outcome::Failed => eprintln!("sync of revision {revision} failed: {counts}"),
+        Outcome::Interrupted => eprintln!("sync of revision {revision} interrupted: {counts}"),
     }
 }
 

@@ -1,9 +1,15 @@
-//! The daemon's HTTP server: `POST /api/v1/sync`, `GET /api/v1/identity`,
-//! `/healthz`, `/readyz` (ready after the first successful sync), `/metrics`,
-//! and webhooks at `POST /hooks/{github,gitea,gitlab,bitbucket-server,generic}`.
+//! The daemon's HTTP server: `POST /api/v1/sync` (for a Kubernetes bearer
+//! token allowed to update the state object), `GET /api/v1/identity`,
+//! `/healthz`, `/readyz` (ready after the first successful sync, and not
+//! while the last sync could not be recorded), `/metrics`, and webhooks at
+//! `POST /hooks/{github,gitea,gitlab,bitbucket-server,generic}`.
+//!
+//! Connections are bounded in number and time, so slow clients cannot hold
+//! the server.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -17,16 +23,60 @@ use super::webhook::{self, Provider, Verdict};
 
 /// Webhook bodies larger than this are refused (413).
 const MAX_BODY: usize = 1024 * 1024;
+/// Connections served at once; more are closed on accept.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Time for a client to send its request headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a connection stays open, however it is used.
+pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct Shared {
     pub triggers: Arc<Triggers>,
     pub metrics: Arc<Metrics>,
+    /// A sync succeeded since start.
     pub ready: AtomicBool,
+    /// Why the daemon is not ready although a sync succeeded once.
+    pub not_ready: Mutex<Option<String>>,
     /// The deploy key's public half, once known.
     pub identity: Mutex<Option<String>>,
     /// Webhooks are refused while no secret is configured.
     pub webhook_secret: Option<Vec<u8>>,
     pub branch: String,
+    /// For TokenReview and SubjectAccessReview of API callers.
+    pub client: kube::Client,
+    pub state: crate::cluster::state::StateRef,
+}
+
+/// Serves `router` on `listener` with a connection limit and timeouts.
+pub fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+    let router = router(shared);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!("HTTP accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                tracing::warn!("HTTP connection refused: {MAX_CONNECTIONS} already open");
+                drop(stream);
+                continue;
+            };
+            let service = hyper_util::service::TowerToHyperService::new(router.clone());
+            tokio::spawn(async move {
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                let _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await;
+                drop(slot);
+            });
+        }
+    });
 }
 
 pub fn router(shared: Arc<Shared>) -> Router {
@@ -41,9 +91,46 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
-async fn sync(State(shared): State<Arc<Shared>>) -> (StatusCode, &'static str) {
-    shared.triggers.sync_now();
-    (StatusCode::ACCEPTED, "sync requested\n")
+/// Asks for a sync, for callers whose Kubernetes token may update the
+/// daemon's state object: the right `tidegate sync` needs through the API.
+async fn sync(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> (StatusCode, String) {
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty());
+    let Some(token) = token else {
+        return (
+            StatusCode::UNAUTHORIZED,
+            "a Kubernetes bearer token is required (Authorization: Bearer …)\n".into(),
+        );
+    };
+    match super::auth::may_request_sync(&shared.client, &shared.state, token).await {
+        Ok(super::auth::Decision::Allowed) => {
+            shared.triggers.sync_now();
+            (StatusCode::ACCEPTED, "sync requested\n".into())
+        }
+        Ok(super::auth::Decision::Unauthenticated) => (
+            StatusCode::UNAUTHORIZED,
+            "the token was not accepted\n".into(),
+        ),
+        Ok(super::auth::Decision::Forbidden(user)) => (
+            StatusCode::FORBIDDEN,
+            format!(
+                "{user} may not update configmap {}/{}\n",
+                shared.state.namespace,
+                shared.state.name()
+            ),
+        ),
+        Err(e) => {
+            tracing::warn!("cannot review a sync request's token: {e}");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cannot check the token now\n".into(),
+            )
+        }
+    }
 }
 
 async fn identity(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
@@ -53,11 +140,17 @@ async fn identity(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
     }
 }
 
-async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, &'static str) {
+async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
+    if let Some(why) = shared.not_ready.lock().expect("readiness").clone() {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n"));
+    }
     if shared.ready.load(Ordering::SeqCst) {
-        (StatusCode::OK, "ready\n")
+        (StatusCode::OK, "ready\n".into())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "no successful sync yet\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no successful sync yet\n".into(),
+        )
     }
 }
 

@@ -1,13 +1,19 @@
-//! The daemon's edges besides Git and the API server: its HTTP endpoints
-//! (API, health, metrics, webhooks), sync requests from `tidegate sync`, and
-//! the watch on a local repository. Each turns an outside event into a
-//! trigger for the sync loop.
+//! The daemon: the reconciler loop (and `--once`, its first turn), and its
+//! edges besides Git and the API server: its HTTP endpoints (API, health,
+//! metrics, webhooks), sync requests from `tidegate sync`, and the watch on a
+//! local repository. Each edge turns an outside event into a trigger for the
+//! loop.
 
+pub mod access;
+pub mod auth;
 pub mod http;
 pub mod metrics;
+pub mod reconciler;
 pub mod requests;
 pub mod watch;
 pub mod webhook;
+
+pub use reconciler::{Config, run};
 
 use std::collections::BTreeSet;
 use std::sync::Mutex;

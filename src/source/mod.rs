@@ -72,6 +72,10 @@ pub enum Error {
         #[source]
         source: git2::Error,
     },
+    #[error(
+        "{url}: refusing to send credentials over plain http://; use https://, or pass --git-allow-insecure-http"
+    )]
+    InsecureHttp { url: String },
     #[error("branch {branch} not found in {url}; check --git-branch")]
     BranchNotFound { url: String, branch: String },
     #[error("cannot check out revision {revision} into {dir}")]
@@ -94,6 +98,8 @@ pub struct Access {
     pub https: Option<(String, String)>,
     /// `--git-proxy`; otherwise the proxy environment variables apply.
     pub proxy: Option<String>,
+    /// Send credentials over plain `http://` (`--git-allow-insecure-http`).
+    pub allow_insecure_http: bool,
 }
 
 /// Where to fetch from.
@@ -134,10 +140,33 @@ impl GitSource {
             .map_err(|source| Error::Open { dir, source })
     }
 
+    /// The URL as shown to people: without its password or token.
+    pub fn shown_url(&self) -> String {
+        remote::redact(&self.url)
+    }
+
+    /// User name and password for HTTP(S): from the credentials Secret, else
+    /// from the URL itself.
+    fn https_credentials(&self) -> Option<(String, String)> {
+        self.access
+            .https
+            .clone()
+            .or_else(|| remote::credentials_in(&self.url))
+    }
+
     fn fetch_branch(&self, repo: &Repository) -> Result<Oid, Error> {
         let local_ref = format!("refs/tidegate/{}", self.branch);
         let refspec = format!("+refs/heads/{}:{local_ref}", self.branch);
         let remote_info = remote::parse(&self.url);
+        let credentials = self.https_credentials();
+        if remote_info.scheme == Scheme::Http
+            && credentials.is_some()
+            && !self.access.allow_insecure_http
+        {
+            return Err(Error::InsecureHttp {
+                url: self.shown_url(),
+            });
+        }
         let host_key_error: RefCell<Option<String>> = RefCell::new(None);
         let tried_credentials = RefCell::new(false);
 
@@ -162,7 +191,7 @@ impl GitSource {
                 );
             }
             if allowed.contains(CredentialType::USER_PASS_PLAINTEXT)
-                && let Some((user, password)) = &self.access.https
+                && let Some((user, password)) = &credentials
             {
                 return Cred::userpass_plaintext(user, password);
             }
@@ -210,7 +239,7 @@ impl GitSource {
         if let Err(source) = fetched {
             if let Some(message) = host_key_error.take() {
                 return Err(Error::HostKey {
-                    url: self.url.clone(),
+                    url: self.shown_url(),
                     message,
                 });
             }
@@ -219,7 +248,7 @@ impl GitSource {
         let reference = repo
             .find_reference(&local_ref)
             .map_err(|_| Error::BranchNotFound {
-                url: self.url.clone(),
+                url: self.shown_url(),
                 branch: self.branch.clone(),
             })?;
         let commit = reference
@@ -229,17 +258,24 @@ impl GitSource {
     }
 
     fn fetch_error(&self, source: git2::Error) -> Error {
+        let source = self.scrub(source);
         Error::Fetch {
-            url: self.url.clone(),
+            url: self.shown_url(),
             branch: self.branch.clone(),
             source,
         }
     }
 
+    /// libgit2's error with the URL's secrets taken out of its message.
+    fn scrub(&self, e: git2::Error) -> git2::Error {
+        git2::Error::new(e.code(), e.class(), remote::scrub(e.message(), &self.url))
+    }
+
     /// Turns libgit2's errors into ones that say what to do.
     fn classify(&self, source: git2::Error, scheme: Scheme) -> Error {
+        let source = self.scrub(source);
         let message = source.message().to_lowercase();
-        let url = self.url.clone();
+        let url = self.shown_url();
         let auth_failed = source.code() == git2::ErrorCode::Auth
             || message.contains("authentication")
             || message.contains("credentials refused")

@@ -80,6 +80,46 @@ pub fn parse(url: &str) -> Remote {
     }
 }
 
+/// The `user:password` written into a URL's authority, if any.
+pub fn credentials_in(url: &str) -> Option<(String, String)> {
+    let (_, rest) = url.split_once("://")?;
+    let authority = rest.split('/').next()?;
+    let (userinfo, _) = authority.rsplit_once('@')?;
+    let (user, password) = userinfo.split_once(':')?;
+    Some((user.to_string(), password.to_string()))
+}
+
+/// The URL with any password or token in it replaced by `***`, for logs,
+/// errors, status records and Events.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = match userinfo.split_once(':') {
+                Some((user, _)) => format!("{user}:***"),
+                // A lone token in the user part is a secret too.
+                None if scheme.starts_with("http") => "***".to_string(),
+                None => userinfo.to_string(),
+            };
+            format!("{scheme}://{user}@{host}{path}")
+        }
+        None => url.to_string(),
+    }
+}
+
+/// Replaces every secret of `url` that appears in `text` (libgit2 quotes URLs
+/// in its messages).
+pub fn scrub(text: &str, url: &str) -> String {
+    let mut text = text.replace(url, &redact(url));
+    if let Some((_, password)) = credentials_in(url).filter(|(_, p)| !p.is_empty()) {
+        text = text.replace(&password, "***");
+    }
+    text
+}
+
 /// The proxy for a URL: the explicit one, else `HTTPS_PROXY` (either case)
 /// unless `NO_PROXY` exempts the host.
 ///
@@ -205,6 +245,26 @@ pub fn check_host_key(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_are_redacted() {
+        let url = "https://bot:s3cr3t-token@git.example.com/org/repo.git";
+        assert_eq!(redact(url), "https://bot:***@git.example.com/org/repo.git");
+        assert_eq!(
+            credentials_in(url),
+            Some(("bot".to_string(), "s3cr3t-token".to_string()))
+        );
+        assert_eq!(
+            redact("https://ghp_token@github.com/o/r.git"),
+            "https://***@github.com/o/r.git"
+        );
+        assert_eq!(redact("ssh://git@host:22/r.git"), "ssh://git@host:22/r.git");
+        assert_eq!(redact("git@github.com:o/r.git"), "git@github.com:o/r.git");
+        let message = format!("failed to connect to {url}: s3cr3t-token rejected");
+        let clean = scrub(&message, url);
+        assert!(!clean.contains("s3cr3t"), "{clean}");
+        assert!(clean.contains("bot:***@git.example.com"), "{clean}");
+    }
 
     #[test]
     fn parses_git_urls() {

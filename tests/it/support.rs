@@ -374,3 +374,49 @@ pub async fn create_secret(name: &str, string_data: serde_json::Value) {
         .await
         .unwrap();
 }
+
+/// A ServiceAccount in `default` and a token for it from the TokenRequest
+/// API; with `may_sync`, a Role that lets it update the state ConfigMap of
+/// `sync_set` (what `tidegate sync` needs).
+pub async fn service_account_token(name: &str, sync_set: &str, may_sync: bool) -> String {
+    use k8s_openapi::api::authentication::v1::TokenRequest;
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    let client = client().await;
+    let pp = PostParams::default();
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
+    let account: ServiceAccount =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+    accounts.create(&pp, &account).await.unwrap();
+    if may_sync {
+        let role: Role = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "rules": [{"apiGroups": [""], "resources": ["configmaps"],
+                       "resourceNames": [format!("{sync_set}-state")], "verbs": ["get", "update", "patch"]}]
+        }))
+        .unwrap();
+        Api::<Role>::namespaced(client.clone(), "default")
+            .create(&pp, &role)
+            .await
+            .unwrap();
+        let binding: RoleBinding = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": "default"}]
+        }))
+        .unwrap();
+        Api::<RoleBinding>::namespaced(client.clone(), "default")
+            .create(&pp, &binding)
+            .await
+            .unwrap();
+    }
+    let request: TokenRequest = serde_json::from_value(
+        serde_json::json!({"spec": {"audiences": [], "expirationSeconds": 3600}}),
+    )
+    .unwrap();
+    let issued: TokenRequest = accounts
+        .create_subresource("token", name, &pp, &request)
+        .await
+        .unwrap();
+    issued.status.expect("a token").token
+}

@@ -1,7 +1,7 @@
 //! `tidegate daemon --once`: clone, render, server-side apply, one line per object.
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 
 use crate::support::{GitRepo, client, stderr, stdout, unique};
@@ -202,27 +202,6 @@ async fn rejected_object_is_reported_and_the_rest_applied() {
             .unwrap()
             .is_none()
     );
-}
-
-#[tokio::test]
-async fn malformed_yaml_names_the_file_and_applies_nothing() {
-    let ns = unique("sync-malformed");
-    let repo = GitRepo::new();
-    repo.write("ns.yaml", &namespace(&ns)).write(
-        "broken.yaml",
-        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x\n",
-    );
-    repo.push("malformed");
-    let out = repo.sync_once(&[]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("broken.yaml: document 0 (line 1) is not valid YAML"),
-        "{}",
-        stderr(&out)
-    );
-    assert!(stdout(&out).is_empty());
-    let namespaces: Api<Namespace> = Api::all(client().await);
-    assert!(namespaces.get_opt(&ns).await.unwrap().is_none());
 }
 
 #[tokio::test]

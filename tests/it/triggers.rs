@@ -12,8 +12,8 @@ use tidegate::daemon::webhook::sign;
 
 use crate::servers::free_port;
 use crate::support::{
-    Daemon, GitRepo, app_yaml, client, create_secret, eventually, settings_value, stderr, stdout,
-    tidegate, tidegate_command, unique,
+    Daemon, GitRepo, app_yaml, client, create_secret, eventually, service_account_token,
+    settings_value, stderr, stdout, tidegate, tidegate_command, unique,
 };
 
 async fn wait_value(ns: &str, wanted: &str, within: Duration) {
@@ -309,10 +309,22 @@ async fn webhooks_trigger_only_authentic_pushes_to_the_branch() {
         after - before
     );
 
-    // The API: sync now.
+    // The API: sync now, for a token that may update the state object.
     repo.write("app.yaml", &app_yaml(&ns, "4"));
     repo.push("fourth");
-    assert_eq!(http(port, "POST", "/api/v1/sync", &[], b"").0, 202);
+    assert_eq!(http(port, "POST", "/api/v1/sync", &[], b"").0, 401);
+    let bearer = |t: &str| [("Authorization", format!("Bearer {t}"))];
+    let garbage = bearer("not-a-token");
+    assert_eq!(http(port, "POST", "/api/v1/sync", &garbage, b"").0, 401);
+    let denied = service_account_token(&unique("no-sync"), &repo.sync_set, false).await;
+    let (code, body) = http(port, "POST", "/api/v1/sync", &bearer(&denied), b"");
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("may not update configmap"), "{body}");
+    let allowed = service_account_token(&unique("may-sync"), &repo.sync_set, true).await;
+    assert_eq!(
+        http(port, "POST", "/api/v1/sync", &bearer(&allowed), b"").0,
+        202
+    );
     wait_value(&ns, "4", Duration::from_secs(30)).await;
 }
 

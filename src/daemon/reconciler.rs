@@ -1,0 +1,327 @@
+//! The reconciler loop, and `--once` as its first turn: fetch, sync, record,
+//! then wait for the next poll, webhook, `sync` request or local commit.
+//! Failures back off (exponential with jitter, capped at the poll interval)
+//! whatever triggered the next try.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::access::{self, AccessConfig};
+use super::http::{self, Shared};
+use super::metrics::Metrics;
+use super::{Triggers, requests, watch};
+use crate::cluster::Cluster;
+use crate::cluster::state::Outcome;
+use crate::source::GitSource;
+use crate::sync::{self, OnProgress, Settings, SyncReport};
+
+/// Everything the daemon runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// URL, branch and cache; its access is filled in before every fetch.
+    pub source: GitSource,
+    pub access: AccessConfig,
+    pub poll_interval: Duration,
+    pub sync_interval: Duration,
+    pub settings: Settings,
+    /// Where the HTTP API listens; `None` for no HTTP server.
+    pub listen: Option<SocketAddr>,
+    pub webhook_secret_name: Option<String>,
+    /// Watch a local repository's refs.
+    pub git_watch: bool,
+    /// One sync, then return its report.
+    pub once: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot use the webhook secret")]
+    WebhookSecret(#[source] access::Error),
+    #[error("cannot listen on {addr}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The wait after `failures` failed syncs in a row: 5 s, 10 s, 20 s … never
+/// longer than `cap`, with ±20 % jitter so replicas and retries spread out.
+pub fn backoff(failures: u32, cap: Duration, jitter: f64) -> Duration {
+    let base =
+        Duration::from_secs(5).saturating_mul(2u32.saturating_pow(failures.clamp(1, 16) - 1));
+    let spread = 1.0 + 0.2 * (2.0 * jitter.clamp(0.0, 1.0) - 1.0);
+    base.mul_f64(spread).min(cap)
+}
+
+/// A number in [0, 1) from the process's random hasher keys.
+fn jitter() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(Instant::now().elapsed().as_nanos());
+    (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Sets `stop` on SIGTERM or SIGINT and wakes the loop.
+fn watch_signals(triggers: Arc<Triggers>) {
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("stopping: finishing the objects in flight");
+        triggers.stop.store(true, Ordering::SeqCst);
+        triggers.wake.notify_one();
+    });
+}
+
+/// Looks for `tidegate sync` requests on the state ConfigMap.
+fn watch_requests(client: kube::Client, config: &Config, triggers: Arc<Triggers>) {
+    let state = config.settings.state.clone();
+    tokio::spawn(async move {
+        loop {
+            if let Ok(annotations) = requests::annotations(&client, &state).await {
+                let pending = requests::pending(&annotations);
+                if !pending.is_empty() {
+                    let mut known = triggers.requests.lock().expect("requests");
+                    let new: Vec<String> = pending
+                        .into_iter()
+                        .filter(|id| !known.contains(id))
+                        .collect();
+                    if !new.is_empty() {
+                        known.extend(new);
+                        drop(known);
+                        triggers.sync_now();
+                    }
+                }
+            }
+            tokio::time::sleep(requests::POLL).await;
+        }
+    });
+}
+
+/// How long triggers are gathered before one fetch answers them all.
+const COALESCE: Duration = Duration::from_millis(200);
+
+/// Runs the daemon: with `config.once`, one sync whose report is returned;
+/// otherwise until SIGTERM.
+pub async fn run(
+    config: Config,
+    cluster: Cluster,
+    on: OnProgress<'_>,
+) -> Result<Option<SyncReport>, Error> {
+    let client = cluster.client.clone();
+    let namespace = config.settings.state.namespace.clone();
+    let triggers = Arc::new(Triggers::default());
+    watch_signals(triggers.clone());
+    let metrics = Arc::new(Metrics::default());
+    let mut shared = None;
+    if !config.once {
+        let webhook_secret = match &config.webhook_secret_name {
+            Some(name) => Some(
+                access::webhook_secret(&client, &namespace, name)
+                    .await
+                    .map_err(Error::WebhookSecret)?,
+            ),
+            None => None,
+        };
+        let state = Arc::new(Shared {
+            triggers: triggers.clone(),
+            metrics: metrics.clone(),
+            ready: AtomicBool::new(false),
+            not_ready: Mutex::new(None),
+            identity: Mutex::new(None),
+            webhook_secret,
+            branch: config.source.branch.clone(),
+            client: client.clone(),
+            state: config.settings.state.clone(),
+        });
+        if let Some(addr) = config.listen {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::Listen { addr, source })?;
+            http::serve(listener, state.clone());
+            tracing::info!(%addr, "HTTP API listening");
+        }
+        watch_requests(client.clone(), &config, triggers.clone());
+        shared = Some(state);
+    }
+    let _watcher =
+        match watch::refs_dir(&config.source.url).filter(|_| config.git_watch && !config.once) {
+            Some(dir) => match watch::start(&dir, triggers.clone()) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::warn!("cannot watch {}: {e}; polling only", dir.display());
+                    None
+                }
+            },
+            None => None,
+        };
+
+    let mut source = config.source.clone();
+    tracing::info!(url = %source.shown_url(), branch = %source.branch, "starting");
+    let mut last: Option<(String, Instant)> = None;
+    let mut failures = 0u32;
+    // While backing off, triggers wait until this instant.
+    let mut not_before: Option<Instant> = None;
+    while !triggers.stop.load(Ordering::SeqCst) {
+        let forced = triggers.force.swap(false, Ordering::SeqCst);
+        let taken: Vec<String> = triggers
+            .requests
+            .lock()
+            .expect("requests")
+            .iter()
+            .cloned()
+            .collect();
+        let snapshot = match config.access.access(&client, &namespace, &source.url).await {
+            Ok(access) => {
+                if let (Some(key), Some(shared)) = (&access.deploy_key, &shared) {
+                    *shared.identity.lock().expect("identity") = Some(key.public.clone());
+                }
+                source.access = access;
+                metrics.fetched();
+                sync::fetch(&source).await
+            }
+            Err(e) => Err(crate::source::Error::Access(crate::error_chain(&e))),
+        };
+        let due = config.once
+            || forced
+            || match (&snapshot, &last) {
+                (Ok(s), Some((revision, at))) => {
+                    *revision != s.revision || at.elapsed() >= config.sync_interval
+                }
+                _ => true,
+            };
+        let mut wait = config.poll_interval;
+        if due {
+            let revision = snapshot.as_ref().ok().map(|s| s.revision.clone());
+            if let (Some(rev), false) = (&revision, taken.is_empty())
+                && let Err(e) =
+                    requests::acknowledge(&client, &config.settings.state, &taken, rev).await
+            {
+                tracing::warn!("cannot acknowledge sync requests: {e}");
+            }
+            let started = Instant::now();
+            let (report, status) = sync::run(
+                &cluster,
+                snapshot,
+                &config.settings,
+                taken.clone(),
+                &triggers.stop,
+                on,
+            )
+            .await;
+            metrics.observe(&status, started.elapsed().as_secs_f64());
+            if !taken.is_empty() {
+                let _ = requests::clear(&client, &config.settings.state, &taken).await;
+                let mut known = triggers.requests.lock().expect("requests");
+                for id in &taken {
+                    known.remove(id);
+                }
+            }
+            log_summary(&report);
+            if let Some(shared) = &shared {
+                *shared.not_ready.lock().expect("readiness") = report
+                    .record_failed
+                    .as_ref()
+                    .map(|why| format!("the last sync could not be recorded: {why}"));
+            }
+            if config.once {
+                return Ok(Some(report));
+            }
+            if report.outcome() == Outcome::Failed {
+                failures += 1;
+                wait = backoff(failures, config.poll_interval, jitter());
+                not_before = Some(Instant::now() + wait);
+                tracing::info!(
+                    seconds = wait.as_secs_f64(),
+                    failures,
+                    "backing off before the next try"
+                );
+                last = None;
+            } else {
+                failures = 0;
+                not_before = None;
+                if let Some(shared) = &shared {
+                    shared.ready.store(true, Ordering::SeqCst);
+                }
+                last = revision.map(|r| (r, Instant::now()));
+            }
+        }
+        if let Some((_, at)) = &last {
+            wait = wait.min(config.sync_interval.saturating_sub(at.elapsed()));
+        }
+        let backing_off = not_before.is_some_and(|t| t > Instant::now());
+        if !backing_off && triggers.force.load(Ordering::SeqCst) {
+            continue;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = triggers.wake.notified() => {
+                // Let a burst of triggers (webhooks, ref changes) arrive, then
+                // fetch once for all of them; while backing off, not before
+                // the backoff is over.
+                let until = not_before.filter(|t| *t > Instant::now()).unwrap_or_else(|| Instant::now() + COALESCE);
+                tokio::select! {
+                    _ = tokio::time::sleep_until(until) => {}
+                    _ = wait_for_stop(&triggers) => {}
+                }
+                let _ = tokio::time::timeout(Duration::ZERO, triggers.wake.notified()).await;
+            }
+        }
+    }
+    tracing::info!("stopped");
+    Ok(None)
+}
+
+/// Returns once SIGTERM has set `stop` (polled: the wake-up is shared).
+async fn wait_for_stop(triggers: &Triggers) {
+    while !triggers.stop.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn log_summary(report: &SyncReport) {
+    match report.outcome() {
+        Outcome::Succeeded => tracing::info!(
+            revision = report.short_revision(),
+            writes = report.writes,
+            "sync succeeded: {}",
+            report.counts()
+        ),
+        outcome => tracing::warn!(
+            revision = report.short_revision(),
+            message = report.message.as_deref().unwrap_or(""),
+            "sync {outcome:?}: {}",
+            report.counts()
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_is_capped() {
+        let cap = Duration::from_secs(300);
+        assert_eq!(backoff(1, cap, 0.5), Duration::from_secs(5));
+        assert_eq!(backoff(2, cap, 0.5), Duration::from_secs(10));
+        assert_eq!(backoff(3, cap, 0.5), Duration::from_secs(20));
+        assert_eq!(backoff(1, cap, 0.0), Duration::from_secs(4));
+        assert_eq!(backoff(1, cap, 1.0), Duration::from_secs(6));
+        assert_eq!(backoff(30, cap, 0.5), cap);
+        assert_eq!(
+            backoff(2, Duration::from_secs(7), 0.5),
+            Duration::from_secs(7)
+        );
+        let j = jitter();
+        assert!((0.0..1.0).contains(&j), "{j}");
+    }
+}
