@@ -197,43 +197,41 @@ pub fn normalize(object: &Value) -> Value {
 }
 
 /// Replaces Secret values so a diff shows which keys changed, never what
-/// they hold.
+/// they hold: `data` and `stringData`, and annotations that carry a copy of
+/// the object (`kubectl.kubernetes.io/last-applied-configuration`).
 pub fn mask_secrets(id: &ObjectRef, live: &mut Value, desired: &mut Value) {
     if !(id.group.is_empty() && id.kind == "Secret") {
         return;
     }
-    for field in ["data", "stringData"] {
-        let live_values = live
-            .get(field)
-            .and_then(Value::as_object)
-            .cloned()
-            .unwrap_or_default();
-        let desired_values = desired
-            .get(field)
-            .and_then(Value::as_object)
-            .cloned()
-            .unwrap_or_default();
-        let mask = |values: &Map<String, Value>,
-                    other: &Map<String, Value>,
-                    changed_mark: &str|
-         -> Map<String, Value> {
-            values
-                .iter()
-                .map(|(k, v)| {
-                    let text = if other.get(k) == Some(v) {
-                        "(masked)".to_string()
-                    } else {
-                        format!("(masked, {changed_mark})")
-                    };
-                    (k.clone(), Value::String(text))
-                })
-                .collect()
+    fn mask(values: &mut Value, other: &Value, changed_mark: &str, is_copy: fn(&Value) -> bool) {
+        let Some(values) = values.as_object_mut() else {
+            return;
         };
-        if let Some(v) = live.get_mut(field) {
-            *v = Value::Object(mask(&live_values, &desired_values, "old value"));
+        for (k, v) in values.iter_mut() {
+            if !is_copy(v) {
+                continue;
+            }
+            *v = Value::String(if other.get(k) == Some(v) {
+                "(masked)".to_string()
+            } else {
+                format!("(masked, {changed_mark})")
+            });
         }
-        if let Some(v) = desired.get_mut(field) {
-            *v = Value::Object(mask(&desired_values, &live_values, "new value"));
+    }
+    let every = |_: &Value| true;
+    let embedded = |v: &Value| v.as_str().is_some_and(|t| t.trim_start().starts_with('{'));
+    for (path, is_copy) in [
+        ("/data", every as fn(&Value) -> bool),
+        ("/stringData", every),
+        ("/metadata/annotations", embedded),
+    ] {
+        let old = live.pointer(path).cloned().unwrap_or(Value::Null);
+        let new = desired.pointer(path).cloned().unwrap_or(Value::Null);
+        if let Some(values) = live.pointer_mut(path) {
+            mask(values, &new, "old value", is_copy);
+        }
+        if let Some(values) = desired.pointer_mut(path) {
+            mask(values, &old, "new value", is_copy);
         }
     }
 }
@@ -559,6 +557,21 @@ mod tests {
         assert!(diff.contains("-  changed: (masked, old value)"), "{diff}");
         assert!(diff.contains("+  changed: (masked, new value)"), "{diff}");
         assert!(diff.contains("   same: (masked)"), "{diff}");
+    }
+
+    #[test]
+    fn secret_copies_in_annotations_are_masked() {
+        let secret = ObjectRef::new("v1", "Secret", Some("ns"), "s");
+        let copy = r#"{"apiVersion":"v1","kind":"Secret","data":{"password":"aHVudGVyMg=="}}"#;
+        let live = json!({"kind": "Secret", "metadata": {"name": "s", "annotations": {
+            "kubectl.kubernetes.io/last-applied-configuration": copy, "team": "db"}},
+            "data": {"password": "aHVudGVyMg=="}});
+        let desired = json!({"kind": "Secret", "metadata": {"name": "s", "annotations": {"team": "web"}},
+            "stringData": {"password": "hunter3"}});
+        let diff = object_diff(&secret, Some(&live), &desired).expect("a change");
+        assert!(!diff.contains("aHVudGVy") && !diff.contains("hunter"), "{diff}");
+        assert!(diff.contains("last-applied-configuration: (masked, old value)"), "{diff}");
+        assert!(diff.contains("team: db") && diff.contains("team: web"), "{diff}");
     }
 
     #[test]

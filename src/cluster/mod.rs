@@ -106,6 +106,9 @@ pub struct Cluster {
     pub client: Client,
     kinds: Mutex<HashMap<GroupVersionKind, Resolved>>,
     writes: AtomicUsize,
+    /// The last sync Event: name, reason, message and count, so a repeated
+    /// warning is counted on it instead of repeated.
+    last_event: Mutex<Option<(String, String, String, i32)>>,
 }
 
 impl Cluster {
@@ -114,6 +117,7 @@ impl Cluster {
             client,
             kinds: Mutex::new(HashMap::new()),
             writes: AtomicUsize::new(0),
+            last_event: Mutex::new(None),
         }
     }
 

@@ -297,7 +297,33 @@ impl Cluster {
         if let Some(m) = &status.message {
             message = format!("{message}; {m}");
         }
+        let message: String = message.chars().take(1000).collect();
         let now = Timestamp::now();
+        let api = Api::<Event>::namespaced(self.client.clone(), &state.namespace);
+        // The same warning again (a fetch failing every retry) is counted on
+        // the Event already there, as kubelet's recorder does, not repeated.
+        let repeat = self
+            .last_event
+            .lock()
+            .expect("last event")
+            .clone()
+            .filter(|last| kind == "Warning" && last.1 == reason && last.2 == message);
+        if let Some((name, _, _, count)) = repeat {
+            let patch = serde_json::json!({
+                "count": count + 1,
+                "lastTimestamp": Time(now),
+            });
+            if api
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .is_ok()
+            {
+                if let Some(last) = self.last_event.lock().expect("last event").as_mut() {
+                    last.3 = count + 1;
+                }
+                return Ok(());
+            }
+        }
         let event = Event {
             metadata: ObjectMeta {
                 generate_name: Some(format!("{}-", state.name())),
@@ -312,7 +338,7 @@ impl Cluster {
                 ..ObjectReference::default()
             },
             reason: Some(reason.into()),
-            message: Some(message.chars().take(1000).collect()),
+            message: Some(message.clone()),
             type_: Some(kind.into()),
             first_timestamp: Some(Time(now)),
             last_timestamp: Some(Time(now)),
@@ -323,10 +349,12 @@ impl Cluster {
             count: Some(1),
             ..Event::default()
         };
-        Api::<Event>::namespaced(self.client.clone(), &state.namespace)
-            .create(&PostParams::default(), &event)
-            .await
-            .map(|_| ())
+        let created = api.create(&PostParams::default(), &event).await?;
+        *self.last_event.lock().expect("last event") = created
+            .metadata
+            .name
+            .map(|name| (name, reason.to_string(), message, 1));
+        Ok(())
     }
 }
 

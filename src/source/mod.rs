@@ -123,6 +123,10 @@ impl GitSource {
             checkout(&repo, oid, &tree_dir)?;
         }
         self.remove_old_checkouts(&revision);
+        if let Err(e) = compact(&repo, oid) {
+            // The cache still works, only larger: say so and go on.
+            tracing::warn!("cannot compact the Git cache: {e}");
+        }
         Ok(Snapshot {
             revision,
             tree: tree_dir,
@@ -311,6 +315,58 @@ impl GitSource {
             }
         }
     }
+}
+
+/// Packs in the cache past which it is repacked.
+const MAX_PACKS: usize = 8;
+
+/// Keeps the cache small: every fetch adds a pack, so once there are more
+/// than [`MAX_PACKS`], everything reachable from the synced commit is written
+/// into one pack and the rest (other packs, loose objects, history a
+/// force-push dropped) is removed, as `git gc` would.
+fn compact(repo: &Repository, head: Oid) -> Result<(), git2::Error> {
+    let objects = repo.path().join("objects");
+    let pack_dir = objects.join("pack");
+    let packs = |dir: &Path| -> Vec<PathBuf> {
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "pack"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    if packs(&pack_dir).len() <= MAX_PACKS {
+        return Ok(());
+    }
+    let mut walk = repo.revwalk()?;
+    walk.push(head)?;
+    let mut builder = repo.packbuilder()?;
+    builder.insert_walk(&mut walk)?;
+    builder.write(&pack_dir, 0o444)?;
+    let keep = format!(
+        "pack-{}",
+        builder
+            .name()?
+            .ok_or_else(|| git2::Error::from_str("the new pack has no name"))?
+    );
+    for entry in std::fs::read_dir(&pack_dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+        if stem.starts_with("pack-") && stem != keep {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+    // Loose objects (two-hex-digit directories) are in the new pack or unreachable.
+    for entry in std::fs::read_dir(&objects).into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.len() == 2 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+    Ok(())
 }
 
 fn checkout(repo: &Repository, oid: Oid, dir: &Path) -> Result<(), Error> {

@@ -1,7 +1,7 @@
 //! Pure rules about a remote: what its URL says, which proxy reaches it, and
 //! whether the host key it presents is the one known_hosts expects.
 
-use ssh_key::known_hosts::{HostPatterns, KnownHosts};
+use ssh_key::known_hosts::{HostPatterns, KnownHosts, Marker};
 use ssh_key::{HashAlg, PublicKey};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,16 +174,22 @@ fn glob(pattern: &str, text: &str) -> bool {
     go(pattern.as_bytes(), text.as_bytes())
 }
 
-/// Whether a known_hosts host field names `host` on `port`.
+/// Whether a known_hosts host field names `host` on `port`: a pattern list,
+/// or a hashed name (`|1|salt|hash`, HMAC-SHA1 of the name as ssh writes it).
 fn names_host(patterns: &HostPatterns, host: &str, port: u16) -> bool {
-    let HostPatterns::Patterns(patterns) = patterns else {
-        // Hashed names (`|1|…`) are not matched; list hosts in clear.
-        return false;
-    };
     let target = if port == 22 {
         host.to_string()
     } else {
         format!("[{host}]:{port}")
+    };
+    let patterns = match patterns {
+        HostPatterns::Patterns(patterns) => patterns,
+        HostPatterns::HashedName { salt, hash } => {
+            use hmac::{Hmac, KeyInit, Mac};
+            let mut mac = Hmac::<sha1::Sha1>::new_from_slice(salt).expect("HMAC takes any key");
+            mac.update(target.as_bytes());
+            return mac.verify_slice(hash).is_ok();
+        }
     };
     let mut matched = false;
     for p in patterns {
@@ -216,8 +222,20 @@ pub fn check_host_key(
     let fingerprint = key.fingerprint(HashAlg::Sha256);
     let algorithm = key.algorithm();
     let mut known_for_host = false;
-    for entry in KnownHosts::new(known_hosts).flatten() {
-        if entry.marker().is_some() || !names_host(entry.host_patterns(), host, port) {
+    let entries: Vec<_> = KnownHosts::new(known_hosts)
+        .flatten()
+        .filter(|e| names_host(e.host_patterns(), host, port))
+        .collect();
+    let revoked = entries.iter().any(|e| {
+        e.marker() == Some(&Marker::Revoked) && e.public_key().key_data() == key.key_data()
+    });
+    if revoked {
+        return Err(format!(
+            "{shown} presented {algorithm} {fingerprint}, which known_hosts marks @revoked; refusing it"
+        ));
+    }
+    for entry in entries {
+        if entry.marker().is_some() {
             continue;
         }
         known_for_host = true;
@@ -367,6 +385,30 @@ mod tests {
         assert!(err.starts_with("unknown host 127.0.0.1"), "{err}");
         let err = check_host_key(&known, "other", 2200, &blob(&key_a)).unwrap_err();
         assert!(err.contains("ssh-keyscan -p 2200 other"), "{err}");
+    }
+
+    #[test]
+    fn hashed_names_match_and_revoked_keys_are_refused() {
+        use hmac::{Hmac, KeyInit, Mac};
+        use base64::Engine as _;
+        let (key_a, key_b) = (new_key(), new_key());
+        let hashed = |name: &str| {
+            let salt = b"0123456789abcdefghij";
+            let mut mac = Hmac::<sha1::Sha1>::new_from_slice(salt).unwrap();
+            mac.update(name.as_bytes());
+            let b64 = base64::engine::general_purpose::STANDARD;
+            format!("|1|{}|{}", b64.encode(salt), b64.encode(mac.finalize().into_bytes()))
+        };
+        let known = format!(
+            "{} {key_a}\n{} {key_a}\n@revoked * {key_b}\n[127.0.0.1]:2222 {key_b}\n",
+            hashed("git.example.com"),
+            hashed("[127.0.0.1]:2200")
+        );
+        assert!(check_host_key(&known, "git.example.com", 22, &blob(&key_a)).is_ok());
+        assert!(check_host_key(&known, "127.0.0.1", 2200, &blob(&key_a)).is_ok());
+        assert!(check_host_key(&known, "other.example.com", 22, &blob(&key_a)).is_err());
+        let err = check_host_key(&known, "127.0.0.1", 2222, &blob(&key_b)).unwrap_err();
+        assert!(err.contains("@revoked"), "{err}");
     }
 
     #[test]
