@@ -569,9 +569,18 @@ mod tests {
         let desired = json!({"kind": "Secret", "metadata": {"name": "s", "annotations": {"team": "web"}},
             "stringData": {"password": "hunter3"}});
         let diff = object_diff(&secret, Some(&live), &desired).expect("a change");
-        assert!(!diff.contains("aHVudGVy") && !diff.contains("hunter"), "{diff}");
-        assert!(diff.contains("last-applied-configuration: (masked, old value)"), "{diff}");
-        assert!(diff.contains("team: db") && diff.contains("team: web"), "{diff}");
+        assert!(
+            !diff.contains("aHVudGVy") && !diff.contains("hunter"),
+            "{diff}"
+        );
+        assert!(
+            diff.contains("last-applied-configuration: (masked, old value)"),
+            "{diff}"
+        );
+        assert!(
+            diff.contains("team: db") && diff.contains("team: web"),
+            "{diff}"
+        );
     }
 
     #[test]

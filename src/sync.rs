@@ -375,7 +375,7 @@ pub fn render_errors(set: &DesiredSet) -> Vec<ObjectError> {
     set.errors
         .iter()
         .map(|e| ObjectError {
-            object: e.object().unwrap_or_else(|| "(file)".to_string()),
+            object: e.object().unwrap_or_default(),
             origin: None,
             reason: crate::error_chain(e),
         })

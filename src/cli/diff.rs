@@ -218,6 +218,9 @@ fn print_text(output: &Output, color: bool) {
                 paint(&format!("+ create {}{origin}", o.object), color)
             ),
             Change::Update => println!("~ update {}{origin}", o.object),
+            Change::Invalid { reason } if o.object.is_empty() => {
+                println!("{}", paint(&format!("! invalid {reason}"), color))
+            }
             Change::Invalid { reason } => println!(
                 "{}",
                 paint(&format!("! invalid {}{origin}: {reason}", o.object), color)

@@ -71,7 +71,17 @@ fn text(status: &SyncStatus) -> String {
             .as_deref()
             .map(|o| format!(" ({o})"))
             .unwrap_or_default();
-        out.push_str(&format!("failed:    {}{origin}: {}\n", e.object, e.reason));
+        if e.object.is_empty() {
+            out.push_str(&format!("failed:    {}\n", e.reason));
+        } else {
+            out.push_str(&format!("failed:    {}{origin}: {}\n", e.object, e.reason));
+        }
+    }
+    if status.errors_total > status.errors.len() {
+        out.push_str(&format!(
+            "failed:    … and {} more (counted, not recorded)\n",
+            status.errors_total - status.errors.len()
+        ));
     }
     for w in &status.warnings {
         out.push_str(&format!("warning:   {w}\n"));

@@ -70,6 +70,7 @@ pub enum Outcome {
 /// One object that could not be applied or pruned.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObjectError {
+    /// Empty when the problem is a file's, before any object was read.
     pub object: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<String>,
@@ -82,7 +83,10 @@ impl std::fmt::Display for ObjectError {
         if let Some(origin) = &self.origin {
             write!(f, "{origin}: ")?;
         }
-        write!(f, "{}: {}", self.object, self.reason)
+        if !self.object.is_empty() {
+            write!(f, "{}: ", self.object)?;
+        }
+        f.write_str(&self.reason)
     }
 }
 

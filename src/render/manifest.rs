@@ -85,7 +85,19 @@ pub enum ParseError {
         line: usize,
         limit: usize,
     },
+    #[error(
+        "{file}: document {index} (line {line}) is larger than the 3 MiB the Kubernetes API accepts for one object"
+    )]
+    TooLargeObject {
+        file: PathBuf,
+        index: usize,
+        line: usize,
+    },
 }
+
+/// The API server refuses request bodies past 3 MiB: a document that parses
+/// to more is refused before anything copies it further.
+pub const MAX_OBJECT_BYTES: usize = 3 * 1024 * 1024;
 
 /// Bounds on what one file may make the parser allocate. Each holds for the
 /// whole file, not per document.
@@ -211,6 +223,14 @@ pub fn parse_file(
             break;
         }
         remaining -= size;
+        if size > MAX_OBJECT_BYTES {
+            errors.push(ParseError::TooLargeObject {
+                file: file.to_path_buf(),
+                index,
+                line: doc.line,
+            });
+            continue;
+        }
         if let Err(e) = collect(file, index, doc.line, value, &mut manifests) {
             errors.push(e);
         }

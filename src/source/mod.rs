@@ -353,7 +353,10 @@ fn compact(repo: &Repository, head: Oid) -> Result<(), git2::Error> {
     );
     for entry in std::fs::read_dir(&pack_dir).into_iter().flatten().flatten() {
         let path = entry.path();
-        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default();
         if stem.starts_with("pack-") && stem != keep {
             let _ = std::fs::remove_file(&path);
         }

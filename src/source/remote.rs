@@ -389,15 +389,19 @@ mod tests {
 
     #[test]
     fn hashed_names_match_and_revoked_keys_are_refused() {
-        use hmac::{Hmac, KeyInit, Mac};
         use base64::Engine as _;
+        use hmac::{Hmac, KeyInit, Mac};
         let (key_a, key_b) = (new_key(), new_key());
         let hashed = |name: &str| {
             let salt = b"0123456789abcdefghij";
             let mut mac = Hmac::<sha1::Sha1>::new_from_slice(salt).unwrap();
             mac.update(name.as_bytes());
             let b64 = base64::engine::general_purpose::STANDARD;
-            format!("|1|{}|{}", b64.encode(salt), b64.encode(mac.finalize().into_bytes()))
+            format!(
+                "|1|{}|{}",
+                b64.encode(salt),
+                b64.encode(mac.finalize().into_bytes())
+            )
         };
         let known = format!(
             "{} {key_a}\n{} {key_a}\n@revoked * {key_b}\n[127.0.0.1]:2222 {key_b}\n",

@@ -1,7 +1,8 @@
 //! Shared setup: one real control plane per test run, Git repositories pushed
 //! to with `git`, and a helper that runs the built `tidegate` binary.
 
-use std::io::Read;
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -419,4 +420,54 @@ pub async fn service_account_token(name: &str, sync_set: &str, may_sync: bool) -
         .await
         .unwrap();
     issued.status.expect("a token").token
+}
+
+/// One HTTP/1.1 request to the daemon on loopback: status code and body.
+pub fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    let _ = stream.write_all(body);
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+pub fn wait_http(port: u16, path: &str, wanted: u16) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok()
+            && http(port, "GET", path, &[], b"").0 == wanted
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "GET {path} never answered {wanted}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

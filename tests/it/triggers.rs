@@ -1,8 +1,6 @@
 //! What makes the daemon sync: `tidegate sync`, webhooks, the HTTP API, and
 //! the watch on a local repository.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -12,8 +10,8 @@ use tidegate::daemon::webhook::sign;
 
 use crate::servers::free_port;
 use crate::support::{
-    Daemon, GitRepo, app_yaml, client, create_secret, eventually, service_account_token,
-    settings_value, stderr, stdout, tidegate, tidegate_command, unique,
+    Daemon, GitRepo, app_yaml, client, create_secret, eventually, http, service_account_token,
+    settings_value, stderr, stdout, tidegate, tidegate_command, unique, wait_http,
 };
 
 async fn wait_value(ns: &str, wanted: &str, within: Duration) {
@@ -31,55 +29,6 @@ fn daemon(repo: &GitRepo, extra: &[&str]) -> Daemon {
 }
 
 /// One HTTP/1.1 request; returns the status code and the body.
-fn http(
-    port: u16,
-    method: &str,
-    path: &str,
-    headers: &[(&str, String)],
-    body: &[u8],
-) -> (u16, String) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        request.push_str(&format!("{k}: {v}\r\n"));
-    }
-    request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).unwrap();
-    let _ = stream.write_all(body);
-    let mut response = Vec::new();
-    let _ = stream.read_to_end(&mut response);
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (code, body)
-}
-
-fn wait_http(port: u16, path: &str, wanted: u16) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok()
-            && http(port, "GET", path, &[], b"").0 == wanted
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "GET {path} never answered {wanted}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[tokio::test]
 async fn sync_command_waits_for_the_pushed_revision() {
     let ns = unique("sync-cmd");

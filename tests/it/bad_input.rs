@@ -1,0 +1,807 @@
+//! The bad-input suite: each test breaks one thing in a repository that
+//! synced cleanly, then checks that the error names the culprit, that
+//! everything else was applied, that nothing was pruned wrongly, and that
+//! the daemon lives on. Run it alone with `cargo xtask test -- bad_input`.
+
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace};
+use kube::Api;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+use crate::servers::free_port;
+use crate::support::{
+    GitRepo, client, create_secret, http, stderr, stdout, tidegate, tidegate_command, unique,
+    wait_http,
+};
+
+fn cm_yaml(ns: &str, name: &str, value: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: {ns}\ndata:\n  value: \"{value}\"\n"
+    )
+}
+
+fn ns_yaml(ns: &str) -> String {
+    format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n")
+}
+
+async fn configmap(ns: &str, name: &str) -> Option<ConfigMap> {
+    Api::<ConfigMap>::namespaced(client().await, ns)
+        .get_opt(name)
+        .await
+        .unwrap()
+}
+
+const GC: &str = "--sync-garbage-collection";
+
+/// A repository that synced cleanly with garbage collection on: Namespace
+/// `ns` with ConfigMap `good` (ns.yaml), and ConfigMap `victim` alone in
+/// victim.yaml, the file each test breaks.
+struct Case {
+    ns: String,
+    repo: GitRepo,
+}
+
+impl Case {
+    fn new(prefix: &str) -> Case {
+        let ns = unique(prefix);
+        let repo = GitRepo::new();
+        repo.write(
+            "ns.yaml",
+            &format!("{}---\n{}", ns_yaml(&ns), cm_yaml(&ns, "good", "1")),
+        )
+        .write("victim.yaml", &cm_yaml(&ns, "victim", "1"));
+        repo.push("clean");
+        let out = repo.sync_once(&[GC]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        Case { ns, repo }
+    }
+
+    /// Lets `breaks` change the work tree, adds ConfigMap `later` in
+    /// later.yaml, pushes, and syncs with garbage collection.
+    fn sync_broken(&self, breaks: impl FnOnce(&Path), extra: &[&str]) -> Output {
+        breaks(&self.repo.work);
+        self.repo
+            .write("later.yaml", &cm_yaml(&self.ns, "later", "1"));
+        self.repo.push("broken");
+        let mut args = vec![GC];
+        args.extend_from_slice(extra);
+        self.repo.sync_once(&args)
+    }
+
+    /// Replaces victim.yaml with `bytes` and syncs.
+    fn sync_victim(&self, bytes: &[u8], extra: &[&str]) -> Output {
+        self.sync_broken(
+            |work| std::fs::write(work.join("victim.yaml"), bytes).unwrap(),
+            extra,
+        )
+    }
+
+    /// The sync failed naming every culprit, `later` was applied anyway, and
+    /// `victim` (whose file broke) was not pruned; the status says the same.
+    async fn assert_isolated(&self, out: &Output, culprits: &[&str]) {
+        let err = stderr(out);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        for c in culprits {
+            assert!(err.contains(c), "stderr does not name {c:?}:\n{err}");
+        }
+        assert!(
+            stdout(out).contains(&format!("created v1 ConfigMap {}/later", self.ns)),
+            "the rest is applied:\n{}\n{err}",
+            stdout(out)
+        );
+        assert!(configmap(&self.ns, "later").await.is_some());
+        assert!(
+            configmap(&self.ns, "victim").await.is_some(),
+            "nothing may be pruned after a failed render"
+        );
+        assert!(configmap(&self.ns, "good").await.is_some());
+        let status = self.status();
+        assert_eq!(status["result"], "failed", "{status}");
+        assert!(status["errors_total"].as_u64().unwrap() >= 1, "{status}");
+        let text = status.to_string();
+        assert!(
+            text.contains(culprits[0]),
+            "status names {}: {text}",
+            culprits[0]
+        );
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let out = tidegate(&[
+            "status",
+            "--sync-set-name",
+            &self.repo.sync_set,
+            "-o",
+            "json",
+        ]);
+        // Exit 1: the last sync failed; the record is printed all the same.
+        assert!(matches!(out.status.code(), Some(0 | 1)), "{}", stderr(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+#[tokio::test]
+async fn yaml_syntax_error() {
+    let case = Case::new("bad-syntax");
+    let out = case.sync_victim(
+        b"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x\n",
+        &[],
+    );
+    case.assert_isolated(
+        &out,
+        &["victim.yaml: document 0 (line", "is not valid YAML"],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn not_a_kubernetes_object() {
+    let case = Case::new("bad-object");
+    let out = case.sync_victim(b"kind: ConfigMap\nmetadata: {name: victim}\n", &[]);
+    case.assert_isolated(
+        &out,
+        &["victim.yaml: document 0 (line 1) looks like a Kubernetes object but has no apiVersion"],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn object_without_a_name() {
+    let case = Case::new("bad-noname");
+    let text = format!(
+        "{}---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{}}\n",
+        cm_yaml(&case.ns, "victim", "1")
+    );
+    let out = case.sync_victim(text.as_bytes(), &[]);
+    case.assert_isolated(&out, &["victim.yaml: document 1 (line 9) looks like a Kubernetes object but has no metadata.name"])
+        .await;
+}
+
+#[tokio::test]
+async fn removed_api_version() {
+    let case = Case::new("bad-removed");
+    let text = format!(
+        "apiVersion: extensions/v1beta1\nkind: Deployment\nmetadata: {{name: old, namespace: {}}}\n",
+        case.ns
+    );
+    let out = case.sync_victim(text.as_bytes(), &[]);
+    case.assert_isolated(
+        &out,
+        &[
+            "victim.yaml (document 0)",
+            "extensions/v1beta1 Deployment was removed from Kubernetes; use apiVersion apps/v1",
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn duplicate_object_applies_neither_copy() {
+    let case = Case::new("bad-dup");
+    let out = case.sync_broken(
+        |work| {
+            let changed = std::fs::read_to_string(work.join("victim.yaml"))
+                .unwrap()
+                .replace("\"1\"", "\"2\"");
+            std::fs::write(work.join("victim.yaml"), &changed).unwrap();
+            std::fs::write(work.join("copy.yaml"), &changed).unwrap();
+        },
+        &[],
+    );
+    case.assert_isolated(&out, &["is defined twice: in copy.yaml (document 0) and in victim.yaml (document 0); neither is applied"])
+        .await;
+    let live = configmap(&case.ns, "victim").await.unwrap();
+    assert_eq!(
+        live.data.unwrap()["value"],
+        "1",
+        "the live object is left as it was"
+    );
+}
+
+#[tokio::test]
+async fn not_utf8() {
+    let case = Case::new("bad-utf8");
+    let out = case.sync_victim(
+        b"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: caf\xe9}\n",
+        &[],
+    );
+    case.assert_isolated(
+        &out,
+        &["victim.yaml: not UTF-8 text (invalid byte at offset 51)"],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn file_of_100_mib() {
+    let case = Case::new("bad-huge");
+    let mut text = cm_yaml(&case.ns, "victim", "1").into_bytes();
+    text.extend_from_slice(b"  filler: \"");
+    text.resize(100 * 1024 * 1024, b'a');
+    text.extend_from_slice(b"\"\n");
+    let out = case.sync_victim(&text, &[]);
+    case.assert_isolated(
+        &out,
+        &["victim.yaml: more than 4194304 bytes (--max-file-bytes)"],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn too_many_documents() {
+    let case = Case::new("bad-docs");
+    let out = case.sync_victim("---\n".repeat(1001).as_bytes(), &[]);
+    case.assert_isolated(&out, &["victim.yaml: more than 1000 documents"])
+        .await;
+}
+
+/// Peak RSS in MiB of a `tidegate` run, from `wait4`.
+fn run_measured(args: &[String]) -> (Output, f64) {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let child = tidegate_command(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as libc::pid_t;
+    let output = std::thread::spawn(move || child.wait_with_output());
+    // wait_with_output reaps the child; read its usage from /proc first is
+    // racy, so wait4 on a duplicate is not possible: poll VmHWM instead.
+    let mut peak_kib = 0u64;
+    while !output.is_finished() {
+        if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+            let hwm = status
+                .lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+                .unwrap_or(0);
+            peak_kib = peak_kib.max(hwm);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    (output.join().unwrap().unwrap(), peak_kib as f64 / 1024.0)
+}
+
+#[tokio::test]
+async fn alias_bombs_stay_within_memory() {
+    let case = Case::new("bad-bomb");
+    // Billion laughs, and ten documents of a few KiB that each expand a
+    // large anchor many times: per file they are past the limit.
+    let mut bomb = String::from(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: lol}\nx0: &a0 \"0123456789012345678901234567890123456789\"\n",
+    );
+    for i in 1..30 {
+        let p = i - 1;
+        bomb.push_str(&format!(
+            "x{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+        ));
+    }
+    let big = "b".repeat(400_000);
+    let mut wide = String::new();
+    for i in 0..10 {
+        wide.push_str(&format!("---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: w{i}}}\ns: &s \"{big}\"\nv: [{}]\n", ["*s"; 60].join(", ")));
+    }
+    let out = case.sync_broken(
+        |work| {
+            std::fs::write(work.join("victim.yaml"), &bomb).unwrap();
+            std::fs::write(work.join("wide.yaml"), &wide).unwrap();
+        },
+        &[],
+    );
+    case.assert_isolated(&out, &["victim.yaml: document 0", "wide.yaml: document"])
+        .await;
+    // The same again, measured.
+    let cache = case.repo.cache.to_string_lossy().into_owned();
+    let url = case.repo.url();
+    let args: Vec<String> = [
+        "daemon",
+        "--once",
+        "--git-url",
+        &url,
+        "--git-branch",
+        "main",
+        "--git-cache-dir",
+        &cache,
+        "--sync-set-name",
+        &case.repo.sync_set,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let (out, peak) = run_measured(&args);
+    assert_eq!(out.status.code(), Some(1));
+    eprintln!("peak RSS under the alias bombs: {peak:.1} MiB");
+    assert!(peak > 0.0 && peak < 200.0, "peak RSS {peak:.1} MiB");
+}
+
+#[tokio::test]
+async fn deep_nesting() {
+    let case = Case::new("bad-deep");
+    let text = format!(
+        "{}  deep: {}{}\n",
+        cm_yaml(&case.ns, "victim", "1"),
+        "[".repeat(10_000),
+        "]".repeat(10_000)
+    );
+    let out = case.sync_victim(text.as_bytes(), &[]);
+    case.assert_isolated(&out, &["victim.yaml: document 0"])
+        .await;
+}
+
+#[tokio::test]
+async fn symlink_out_of_the_repository() {
+    let case = Case::new("bad-symlink");
+    let out = case.sync_broken(
+        |work| {
+            std::fs::remove_file(work.join("victim.yaml")).unwrap();
+            std::os::unix::fs::symlink("/etc/passwd", work.join("victim.yaml")).unwrap();
+        },
+        &[],
+    );
+    case.assert_isolated(
+        &out,
+        &["victim.yaml: symlink points outside the repository; not read"],
+    )
+    .await;
+    assert!(!stderr(&out).contains("root:"), "{}", stderr(&out));
+}
+
+#[tokio::test]
+async fn symlink_loop() {
+    let case = Case::new("bad-loop");
+    let out = case.sync_broken(
+        |work| {
+            std::fs::remove_file(work.join("victim.yaml")).unwrap();
+            std::os::unix::fs::symlink("loop.yaml", work.join("victim.yaml")).unwrap();
+            std::os::unix::fs::symlink("victim.yaml", work.join("loop.yaml")).unwrap();
+            std::fs::create_dir_all(work.join("dir")).unwrap();
+            std::os::unix::fs::symlink("..", work.join("dir/up")).unwrap();
+        },
+        &[],
+    );
+    case.assert_isolated(&out, &["symlink cannot be resolved"])
+        .await;
+}
+
+#[tokio::test]
+async fn fifo_in_a_checkout_is_never_opened() {
+    // Git cannot hold a FIFO; a local checkout given to validate or diff can.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ok.yaml"), cm_yaml("default", "ok", "1")).unwrap();
+    let status = std::process::Command::new("mkfifo")
+        .arg(dir.path().join("pipe.yaml"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = tidegate(&["validate", dir.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("pipe.yaml: not a regular file"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stdout(&out).contains("1 objects in 1 files are valid"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[tokio::test]
+async fn unknown_kind() {
+    let case = Case::new("bad-kind");
+    let text = format!(
+        "{}---\napiVersion: example.com/v1\nkind: Gizmo\nmetadata: {{name: g, namespace: {}}}\n",
+        cm_yaml(&case.ns, "victim", "1"),
+        case.ns
+    );
+    let out = case.sync_victim(text.as_bytes(), &[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("victim.yaml (document 1): example.com/v1 Gizmo"),
+        "{err}"
+    );
+    assert!(
+        err.contains("the cluster does not serve example.com/v1 Gizmo"),
+        "{err}"
+    );
+    assert!(configmap(&case.ns, "later").await.is_some());
+    assert!(configmap(&case.ns, "victim").await.is_some());
+}
+
+#[tokio::test]
+async fn field_the_api_server_rejects() {
+    let case = Case::new("bad-field");
+    let text = format!(
+        "{}  nested: {{not: allowed}}\n",
+        cm_yaml(&case.ns, "victim", "2")
+    );
+    let out = case.sync_victim(text.as_bytes(), &[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "victim.yaml (document 0): v1 ConfigMap {}/victim:",
+            case.ns
+        )),
+        "{err}"
+    );
+    assert!(configmap(&case.ns, "later").await.is_some());
+    assert_eq!(
+        configmap(&case.ns, "victim").await.unwrap().data.unwrap()["value"],
+        "1"
+    );
+}
+
+#[tokio::test]
+async fn namespace_not_allowed() {
+    let case = Case::new("bad-allowed");
+    let other = unique("elsewhere");
+    let text = format!(
+        "{}---\n{}",
+        cm_yaml(&case.ns, "victim", "1"),
+        cm_yaml(&other, "stray", "1")
+    );
+    let out = case.sync_victim(text.as_bytes(), &["--k8s-allow-namespace", &case.ns]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("namespace {other} is not allowed")),
+        "{err}"
+    );
+    assert!(configmap(&case.ns, "later").await.is_some());
+}
+
+#[tokio::test]
+async fn name_that_would_change_the_request_path() {
+    let case = Case::new("bad-name");
+    let text = format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: web/status, namespace: {}}}\n",
+        case.ns
+    );
+    let out = case.sync_victim(text.as_bytes(), &[]);
+    case.assert_isolated(&out, &["victim.yaml: document 0 (line 1): v1 ConfigMap web/status: its name may not contain / or %"])
+        .await;
+}
+
+#[tokio::test]
+async fn namespace_that_is_not_a_dns_label() {
+    let case = Case::new("bad-nsname");
+    let out = case.sync_victim(
+        b"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x, namespace: ../kube-system}\n",
+        &[],
+    );
+    case.assert_isolated(
+        &out,
+        &[
+            "victim.yaml: document 0 (line 1)",
+            "its namespace is not a DNS label",
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn emptied_repository_prunes_nothing() {
+    let case = Case::new("bad-empty");
+    std::fs::write(case.repo.work.join("victim.yaml"), "---\n---\n").unwrap();
+    std::fs::remove_file(case.repo.work.join("ns.yaml")).unwrap();
+    case.repo.push("empty");
+    let out = case.repo.sync_once(&[GC]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("rendered no objects while the inventory holds 3"),
+        "{err}"
+    );
+    assert!(
+        err.contains("--sync-garbage-collection-allow-empty"),
+        "{err}"
+    );
+    assert!(configmap(&case.ns, "good").await.is_some());
+    assert!(configmap(&case.ns, "victim").await.is_some());
+    // For those who mean it.
+    let out = case
+        .repo
+        .sync_once(&[GC, "--sync-garbage-collection-allow-empty"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(configmap(&case.ns, "victim").await.is_none());
+}
+
+#[tokio::test]
+async fn wrong_git_path_prunes_nothing() {
+    let case = Case::new("bad-path");
+    std::fs::create_dir_all(case.repo.work.join("docs")).unwrap();
+    case.repo
+        .write("docs/readme.yaml", "title: not manifests\n");
+    case.repo.push("docs");
+    let out = case.repo.sync_once(&[GC, "--git-path", "docs"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("rendered no objects while the inventory holds 3"),
+        "{err}"
+    );
+    assert!(configmap(&case.ns, "victim").await.is_some());
+}
+
+#[tokio::test]
+async fn chart_yaml_at_the_path_root_prunes_nothing() {
+    let case = Case::new("bad-chart");
+    case.repo
+        .write("Chart.yaml", "apiVersion: v2\nname: oops\nversion: 0.1.0\n");
+    case.repo.push("a chart at the root");
+    let out = case.repo.sync_once(&[GC]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("a Chart.yaml at a path's root"), "{err}");
+    assert!(configmap(&case.ns, "victim").await.is_some());
+}
+
+#[tokio::test]
+async fn secret_with_a_typo_leaks_nothing() {
+    let case = Case::new("bad-secret");
+    let text = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: db, namespace: {}}}\nstringData:\n  password: \"hunter2-topsecret\n  user: admin: \"hunter2-topsecret\"\n",
+        case.ns
+    );
+    let out = case.sync_victim(text.as_bytes(), &[]);
+    case.assert_isolated(&out, &["victim.yaml: document 0"])
+        .await;
+    assert!(!stderr(&out).contains("hunter2"), "{}", stderr(&out));
+    assert!(!case.status().to_string().contains("hunter2"));
+    let events = Api::<Event>::namespaced(client().await, "default")
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    assert!(
+        events
+            .items
+            .iter()
+            .all(|e| !e.message.clone().unwrap_or_default().contains("hunter2"))
+    );
+}
+
+#[tokio::test]
+async fn ignored_in_git_is_neither_applied_nor_pruned() {
+    let case = Case::new("bad-ignore");
+    let text = cm_yaml(&case.ns, "victim", "2").replace(
+        "  namespace:",
+        "  annotations:\n    fluxcd.io/ignore: \"true\"\n  namespace:",
+    );
+    let out = case.sync_victim(text.as_bytes(), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let live = configmap(&case.ns, "victim").await.unwrap();
+    assert_eq!(live.data.unwrap()["value"], "1", "not applied");
+    // Still in the inventory: removing the file later prunes it.
+    std::fs::remove_file(case.repo.work.join("victim.yaml")).unwrap();
+    case.repo.push("gone");
+    let out = case.repo.sync_once(&[GC]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(configmap(&case.ns, "victim").await.is_none());
+}
+
+#[tokio::test]
+async fn namespaceless_manifest_protects_only_its_default_namespace_object() {
+    let case = Case::new("bad-defaultns");
+    // `victim` moves to a manifest without a namespace, placed in
+    // --k8s-default-namespace: the object in the test namespace goes.
+    let default_ns = unique("dflt");
+    let text = format!(
+        "{}---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: victim}}\n",
+        ns_yaml(&default_ns)
+    );
+    let out = case.sync_victim(text.as_bytes(), &["--k8s-default-namespace", &default_ns]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(&format!("pruned v1 ConfigMap {}/victim", case.ns)),
+        "{}",
+        stdout(&out)
+    );
+    assert!(configmap(&default_ns, "victim").await.is_some());
+}
+
+#[tokio::test]
+async fn custom_resource_named_like_a_list_is_one_object() {
+    let case = Case::new("bad-list");
+    let group = format!("{}.example.com", case.ns);
+    let crd = format!(
+        "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {{name: ipallowlists.{group}}}\nspec:\n  group: {group}\n  scope: Namespaced\n  names: {{plural: ipallowlists, singular: ipallowlist, kind: IPAllowList}}\n  versions:\n  - name: v1\n    served: true\n    storage: true\n    schema: {{openAPIV3Schema: {{type: object, x-kubernetes-preserve-unknown-fields: true}}}}\n---\napiVersion: {group}/v1\nkind: IPAllowList\nmetadata: {{name: office, namespace: {}}}\nitems: [10.0.0.0/8]\n",
+        case.ns
+    );
+    let out = case.sync_victim(
+        format!("{}---\n{crd}", cm_yaml(&case.ns, "victim", "1")).as_bytes(),
+        &[],
+    );
+    // Rendered as one object (not its items as objects): the API server has
+    // the last word on it, and refuses a custom kind that ends in List with
+    // items; the error names the object, and the rest is applied.
+    let err = stderr(&out);
+    let named = format!(
+        "victim.yaml (document 2): {group}/v1 IPAllowList {}/office:",
+        case.ns
+    );
+    assert!(err.contains(&named), "{err}");
+    assert!(!err.contains("has no metadata.name"), "{err}");
+    let crd_created =
+        format!("created apiextensions.k8s.io/v1 CustomResourceDefinition ipallowlists.{group}");
+    assert!(stdout(&out).contains(&crd_created), "{}", stdout(&out));
+    assert!(configmap(&case.ns, "later").await.is_some());
+}
+
+#[tokio::test]
+async fn diff_and_validate_report_the_same_errors() {
+    let case = Case::new("bad-diff");
+    std::fs::write(
+        case.repo.work.join("victim.yaml"),
+        "apiVersion: v1\nkind: [\n",
+    )
+    .unwrap();
+    case.repo
+        .write("later.yaml", &cm_yaml(&case.ns, "later", "1"));
+    let work = case.repo.work.to_str().unwrap();
+    let out = tidegate(&["validate", work]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("victim.yaml: document 0 (line"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stdout(&out).contains("3 objects in 2 files are valid"),
+        "{}",
+        stdout(&out)
+    );
+    let out = tidegate(&["diff", work, "--sync-set-name", &case.repo.sync_set, GC]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("victim.yaml: document 0 (line"), "{text}");
+    assert!(
+        text.contains(&format!("+ create v1 ConfigMap {}/later", case.ns)),
+        "{text}"
+    );
+    assert!(!text.contains("- prune"), "nothing would be pruned: {text}");
+}
+
+#[tokio::test]
+async fn namespace_holding_objects_we_do_not_manage_is_kept() {
+    let case = Case::new("bad-held");
+    // Someone else's ConfigMap in our namespace.
+    let by_hand: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "by-hand"}})).unwrap();
+    Api::<ConfigMap>::namespaced(client().await, &case.ns)
+        .create(&PostParams::default(), &by_hand)
+        .await
+        .unwrap();
+    let out = case.sync_broken(
+        |work| {
+            std::fs::remove_file(work.join("victim.yaml")).unwrap();
+            std::fs::write(work.join("ns.yaml"), "").unwrap();
+        },
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "v1 Namespace {}: not pruned: 1 object(s) tidegate does not manage",
+            case.ns
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("ConfigMap {}/by-hand", case.ns)),
+        "{err}"
+    );
+    let namespaces: Api<Namespace> = Api::all(client().await);
+    assert!(namespaces.get_opt(&case.ns).await.unwrap().is_some());
+    // The override.
+    let patch = json!({"metadata": {"annotations": {"tidegate.dev/prune": "force"}}});
+    namespaces
+        .patch(&case.ns, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let out = case.repo.sync_once(&[GC]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(&format!("pruned v1 Namespace {}", case.ns)),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[tokio::test]
+async fn credentials_in_the_url_never_show() {
+    let repo = GitRepo::new();
+    let port = free_port();
+    let url = format!("https://bot:s3cr3t-token@127.0.0.1:{port}/repo.git");
+    let out = repo.sync_once_from(&url, &["--git-timeout", "2s"], &[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(!err.contains("s3cr3t"), "{err}");
+    assert!(err.contains("bot:***@127.0.0.1"), "{err}");
+    let status = tidegate(&["status", "--sync-set-name", &repo.sync_set, "-o", "json"]);
+    assert!(!stdout(&status).contains("s3cr3t"), "{}", stdout(&status));
+    assert!(stdout(&status).contains("bot:***@"), "{}", stdout(&status));
+}
+
+#[tokio::test]
+async fn credentials_are_never_sent_over_plain_http() {
+    let repo = GitRepo::new();
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    server.set_nonblocking(true).unwrap();
+    let url = format!("http://bot:s3cr3t@127.0.0.1:{port}/repo.git");
+    let out = repo.sync_once_from(&url, &[], &[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("refusing to send credentials over plain http://"),
+        "{err}"
+    );
+    assert!(err.contains("--git-allow-insecure-http"), "{err}");
+    assert!(server.accept().is_err(), "no connection was made");
+}
+
+#[tokio::test]
+async fn empty_webhook_secret_is_refused_at_start() {
+    let name = unique("empty-hook");
+    create_secret(&name, json!({"webhook-secret": ""})).await;
+    let repo = GitRepo::new();
+    let out = tidegate(&[
+        "daemon",
+        "--git-url",
+        &repo.url(),
+        "--listen",
+        "off",
+        "--webhook-secret-name",
+        &name,
+        "--sync-set-name",
+        &repo.sync_set,
+    ]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "the Secret default/{name} has an empty `webhook-secret`"
+        )),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn forged_and_oversized_webhooks_are_refused_and_the_daemon_lives_on() {
+    let secret = unique("hook");
+    create_secret(&secret, json!({"webhook-secret": "real-s3cret"})).await;
+    let repo = GitRepo::new();
+    repo.write("a.yaml", &cm_yaml("default", &unique("hooked"), "1"));
+    repo.push("one");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let _daemon = repo.daemon(
+        &repo.url(),
+        &[
+            "--listen",
+            &listen,
+            "--webhook-secret-name",
+            &secret,
+            "--git-watch",
+            "false",
+        ],
+    );
+    wait_http(port, "/readyz", 200);
+    let body = br#"{"ref":"refs/heads/main"}"#;
+    let forged = [
+        ("X-GitHub-Event", "push".to_string()),
+        ("X-Hub-Signature-256", "sha256=00".to_string()),
+    ];
+    assert_eq!(http(port, "POST", "/hooks/github", &forged, body).0, 401);
+    let huge = vec![b'x'; 2 * 1024 * 1024];
+    assert_eq!(http(port, "POST", "/hooks/generic", &[], &huge).0, 413);
+    assert_eq!(http(port, "GET", "/healthz", &[], b"").0, 200);
+}
