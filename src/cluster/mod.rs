@@ -31,13 +31,16 @@ pub enum Error {
     #[error("cannot create a Kubernetes client")]
     Client(#[source] kube::Error),
     #[error(
-        "the cluster does not serve {api_version} {kind}: is its CRD installed, or is the apiVersion right?"
+        "kind {kind} ({api_version}) is not served by the cluster: install its CustomResourceDefinition, or check the apiVersion"
     )]
-    UnknownKind {
+    UnknownKind { api_version: String, kind: String },
+    #[error(
+        "cannot discover kind {kind} ({api_version}): {reason}; if an aggregated API serves it, it may be down"
+    )]
+    Discovery {
         api_version: String,
         kind: String,
-        #[source]
-        source: kube::Error,
+        reason: String,
     },
 }
 
@@ -56,7 +59,7 @@ impl Connection {
             context: self.context.clone(),
             ..Default::default()
         };
-        let config = match (&self.kubeconfig, &self.context) {
+        let mut config = match (&self.kubeconfig, &self.context) {
             (Some(path), _) => {
                 let kubeconfig = Kubeconfig::read_from(path).map_err(Error::Kubeconfig)?;
                 kube::Config::from_custom_kubeconfig(kubeconfig, &options)
@@ -68,6 +71,10 @@ impl Connection {
                 .map_err(Error::Kubeconfig)?,
             (None, None) => kube::Config::infer().await.map_err(Error::Infer)?,
         };
+        // kube retries 429/503/504 for up to 15 tries with delays growing to
+        // minutes: a sync would hang on an aggregated API that is down. A
+        // sync reports the failure and the next sync retries instead.
+        config.default_retry = false;
         Client::try_from(config).map_err(Error::Client)
     }
 
@@ -334,10 +341,25 @@ impl Cluster {
         }
         let (resource, capabilities) = kube::discovery::pinned_kind(&self.client, &gvk)
             .await
-            .map_err(|source| Error::UnknownKind {
-                api_version: id.api_version(),
-                kind: id.kind.clone(),
-                source,
+            .map_err(|e| match e {
+                kube::Error::Api(status) if status.code == 404 => Error::UnknownKind {
+                    api_version: id.api_version(),
+                    kind: id.kind.clone(),
+                },
+                kube::Error::Discovery(_) => Error::UnknownKind {
+                    api_version: id.api_version(),
+                    kind: id.kind.clone(),
+                },
+                kube::Error::Api(status) => Error::Discovery {
+                    api_version: id.api_version(),
+                    kind: id.kind.clone(),
+                    reason: format!("the API server answered {} {}", status.code, status.message),
+                },
+                other => Error::Discovery {
+                    api_version: id.api_version(),
+                    kind: id.kind.clone(),
+                    reason: crate::error_chain(&other),
+                },
             })?;
         let resolved = Resolved {
             resource,

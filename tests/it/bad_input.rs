@@ -407,7 +407,7 @@ async fn unknown_kind() {
         "{err}"
     );
     assert!(
-        err.contains("the cluster does not serve example.com/v1 Gizmo"),
+        err.contains("kind Gizmo (example.com/v1) is not served by the cluster: install its CustomResourceDefinition"),
         "{err}"
     );
     assert!(configmap(&case.ns, "later").await.is_some());

@@ -7,6 +7,7 @@
 mod bad_input;
 mod control_plane;
 mod engine;
+mod faults;
 mod git_access;
 mod servers;
 mod support;

@@ -1,0 +1,679 @@
+//! The fault suite: Git servers that are down, stall, refuse or rewrite
+//! history; the API connection lost mid-sync; the daemon killed mid-apply;
+//! an aggregated API answering 503; the state object deleted or unwritable;
+//! floods of webhooks and slow clients. Each test checks that the error names
+//! the culprit, that nothing was pruned wrongly, and that the daemon lives
+//! on. Run it alone with `cargo xtask test -- faults`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::Api;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+use crate::servers::{GitHttps, free_port};
+use crate::support::{
+    GitRepo, client, control_plane, eventually, http, service_account_token, stderr, stdout,
+    tidegate, tidegate_command, unique, wait_http,
+};
+
+const GC: &str = "--sync-garbage-collection";
+
+fn cm_yaml(ns: &str, name: &str, value: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: {ns}\ndata:\n  value: \"{value}\"\n"
+    )
+}
+
+fn ns_yaml(ns: &str) -> String {
+    format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n")
+}
+
+async fn configmap(ns: &str, name: &str) -> Option<ConfigMap> {
+    Api::<ConfigMap>::namespaced(client().await, ns)
+        .get_opt(name)
+        .await
+        .unwrap()
+}
+
+fn status_json(sync_set: &str) -> serde_json::Value {
+    let out = tidegate(&["status", "--sync-set-name", sync_set, "-o", "json"]);
+    assert!(matches!(out.status.code(), Some(0 | 1)), "{}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn metric(port: u16, name: &str) -> f64 {
+    http(port, "GET", "/metrics", &[], b"")
+        .1
+        .lines()
+        .find(|l| l.starts_with(&format!("{name} ")))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn git_server_down_then_back() {
+    let repo = GitRepo::new();
+    let ns = unique("fault-down");
+    repo.write(
+        "app.yaml",
+        &format!("{}---\n{}", ns_yaml(&ns), cm_yaml(&ns, "a", "1")),
+    );
+    repo.push("one");
+    // Reserve a port for a server that is not there yet.
+    let port = free_port();
+    let url = format!("https://127.0.0.1:{port}/repo.git");
+    let out = repo.sync_once_from(&url, &["--git-timeout", "2s"], &[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("cannot fetch branch main from {url}")),
+        "{err}"
+    );
+    let status = status_json(&repo.sync_set);
+    assert_eq!(status["result"], "failed");
+    assert!(
+        status["message"].as_str().unwrap().contains(&url),
+        "{status}"
+    );
+    // The server comes up: the next try succeeds.
+    let server = GitHttps::start(repo.bare.parent().unwrap(), "reader:letmein");
+    let url = server
+        .url("repo.git")
+        .replace("https://", "https://reader:letmein@");
+    let ca = server.ca_file.to_string_lossy().into_owned();
+    let out = repo.sync_once_from(&url, &["--git-ca-file", &ca], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(configmap(&ns, "a").await.is_some());
+    assert!(!stderr(&out).contains("letmein"), "{}", stderr(&out));
+}
+
+#[tokio::test]
+async fn git_server_that_stalls_times_out() {
+    let repo = GitRepo::new();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let stop = Arc::new(AtomicBool::new(false));
+    let held = stop.clone();
+    // Accepts connections and never answers.
+    let server = std::thread::spawn(move || {
+        listener.set_nonblocking(true).unwrap();
+        let mut open = Vec::new();
+        while !held.load(Ordering::SeqCst) {
+            if let Ok((s, _)) = listener.accept() {
+                open.push(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        open.len()
+    });
+    let url = format!("https://127.0.0.1:{port}/repo.git");
+    let started = Instant::now();
+    let out = repo.sync_once_from(&url, &["--git-timeout", "2s"], &[]);
+    let took = started.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    let accepted = server.join().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(accepted >= 1, "the fetch reached the stalled server");
+    assert!(
+        err.contains(&format!("cannot fetch branch main from {url}")),
+        "{err}"
+    );
+    assert!(
+        took < Duration::from_secs(15),
+        "took {took:?} with --git-timeout 2s"
+    );
+}
+
+#[tokio::test]
+async fn git_credentials_refused() {
+    let repo = GitRepo::new();
+    repo.write("a.yaml", &cm_yaml("default", &unique("creds"), "1"));
+    repo.push("one");
+    let server = GitHttps::start(repo.bare.parent().unwrap(), "reader:letmein");
+    let url = server
+        .url("repo.git")
+        .replace("https://", "https://reader:wrong-pass@");
+    let ca = server.ca_file.to_string_lossy().into_owned();
+    let out = repo.sync_once_from(&url, &["--git-ca-file", &ca], &[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("authentication to https://reader:***@127.0.0.1"),
+        "{err}"
+    );
+    assert!(!err.contains("wrong-pass"), "{err}");
+}
+
+#[tokio::test]
+async fn force_push_syncs_the_new_history_and_prunes_what_it_dropped() {
+    let ns = unique("fault-force");
+    let repo = GitRepo::new();
+    repo.write("ns.yaml", &ns_yaml(&ns))
+        .write("a.yaml", &cm_yaml(&ns, "a", "1"));
+    repo.push("base");
+    repo.write("b.yaml", &cm_yaml(&ns, "b", "1"));
+    repo.push("adds b");
+    assert!(repo.sync_once(&[GC]).status.success());
+    assert!(configmap(&ns, "b").await.is_some());
+    // Rewrite history: drop the commit that added b, add c instead.
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .args(args)
+            .current_dir(&repo.work)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    git(&["reset", "--quiet", "--hard", "HEAD~1"]);
+    repo.write("c.yaml", &cm_yaml(&ns, "c", "1"));
+    git(&["add", "--all"]);
+    git(&[
+        "-c",
+        "user.name=t",
+        "-c",
+        "user.email=t@example.com",
+        "commit",
+        "--quiet",
+        "-m",
+        "c instead",
+    ]);
+    git(&["push", "--quiet", "--force", "origin", "HEAD:main"]);
+    let out = repo.sync_once(&[GC]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(&format!("pruned v1 ConfigMap {ns}/b")),
+        "{}",
+        stdout(&out)
+    );
+    assert!(configmap(&ns, "c").await.is_some());
+    assert!(configmap(&ns, "a").await.is_some());
+}
+
+#[tokio::test]
+async fn branch_deleted_prunes_nothing() {
+    let ns = unique("fault-branch");
+    let repo = GitRepo::new();
+    repo.write("ns.yaml", &ns_yaml(&ns))
+        .write("a.yaml", &cm_yaml(&ns, "a", "1"));
+    repo.push("base");
+    assert!(repo.sync_once(&[GC]).status.success());
+    // Deleted on the server (a push would be refused for the current branch).
+    let out = Command::new("git")
+        .args(["update-ref", "-d", "refs/heads/main"])
+        .current_dir(&repo.bare)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = repo.sync_once(&[GC]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("branch main not found"), "{err}");
+    assert!(configmap(&ns, "a").await.is_some());
+    // The inventory survived: a later good commit still prunes correctly.
+    std::fs::remove_file(repo.work.join("a.yaml")).unwrap();
+    repo.push("restored without a");
+    let out = repo.sync_once(&[GC]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(configmap(&ns, "a").await.is_none());
+}
+
+/// A TCP relay to the API server that can cut every connection and refuse
+/// new ones for a while: what a client sees when the API server restarts.
+struct Relay {
+    port: u16,
+    down: Arc<AtomicBool>,
+}
+
+impl Relay {
+    fn start(target: u16) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let down = Arc::new(AtomicBool::new(false));
+        let flag = down.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if flag.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    let flag = flag.clone();
+                    std::thread::spawn(move || {
+                        let _ = from.set_read_timeout(Some(Duration::from_millis(50)));
+                        let mut buf = [0u8; 16384];
+                        loop {
+                            if flag.load(Ordering::SeqCst) {
+                                let _ = from.shutdown(std::net::Shutdown::Both);
+                                let _ = to.shutdown(std::net::Shutdown::Both);
+                                return;
+                            }
+                            match from.read(&mut buf) {
+                                Ok(0) => return,
+                                Ok(n) => {
+                                    if to.write_all(&buf[..n]).is_err() {
+                                        return;
+                                    }
+                                }
+                                Err(e)
+                                    if matches!(
+                                        e.kind(),
+                                        std::io::ErrorKind::WouldBlock
+                                            | std::io::ErrorKind::TimedOut
+                                    ) => {}
+                                Err(_) => return,
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        Relay { port, down }
+    }
+}
+
+#[tokio::test]
+async fn api_server_connection_lost_mid_sync() {
+    let ns = unique("fault-api");
+    let repo = GitRepo::new();
+    repo.write("ns.yaml", &ns_yaml(&ns));
+    for i in 0..150 {
+        repo.write(
+            &format!("cm-{i:03}.yaml"),
+            &cm_yaml(&ns, &format!("cm-{i:03}"), "1"),
+        );
+    }
+    repo.push("many");
+    // A kubeconfig that reaches the API server through the relay.
+    let kubeconfig = std::fs::read_to_string(&control_plane().kubeconfig).unwrap();
+    let server_port: u16 = kubeconfig
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: https://127.0.0.1:"))
+        .and_then(|p| p.trim().parse().ok())
+        .expect("the kubeconfig names the API server on 127.0.0.1");
+    let relay = Relay::start(server_port);
+    let dir = tempfile::tempdir().unwrap();
+    let relayed = dir.path().join("kubeconfig");
+    std::fs::write(
+        &relayed,
+        kubeconfig.replace(
+            &format!("127.0.0.1:{server_port}"),
+            &format!("127.0.0.1:{}", relay.port),
+        ),
+    )
+    .unwrap();
+    let cache = repo.cache.to_string_lossy().into_owned();
+    let url = repo.url();
+    let args = [
+        "daemon",
+        "--once",
+        "--git-url",
+        &url,
+        "--git-branch",
+        "main",
+        "--git-cache-dir",
+        &cache,
+        "--sync-set-name",
+        &repo.sync_set,
+        GC,
+    ];
+    let log = dir.path().join("stderr.log");
+    let mut child = tidegate_command(&args)
+        .env("KUBECONFIG", &relayed)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // Cut the connection once objects are being created.
+    let mut seen = 0;
+    for line in lines.by_ref() {
+        if line.unwrap().starts_with("created v1 ConfigMap") {
+            seen += 1;
+            if seen == 5 {
+                relay.down.store(true, Ordering::SeqCst);
+                break;
+            }
+        }
+    }
+    // Keep reading so the child never blocks on a full pipe.
+    lines.for_each(drop);
+    let status = child.wait().unwrap();
+    assert!(
+        !status.success(),
+        "the sync lost its API server and must fail"
+    );
+    let err = std::fs::read_to_string(&log).unwrap();
+    assert!(err.contains("the sync could not be recorded"), "{err}");
+    // The API server is back: the next sync completes; nothing was lost.
+    let out = repo.sync_once(&[GC]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let listed = Api::<ConfigMap>::namespaced(client().await, &ns)
+        .list(&Default::default())
+        .await
+        .unwrap();
+    let ours = listed
+        .items
+        .iter()
+        .filter(|c| c.metadata.name.as_deref().unwrap().starts_with("cm-"))
+        .count();
+    assert_eq!(ours, 150);
+}
+
+#[tokio::test]
+async fn daemon_killed_mid_apply_loses_nothing() {
+    let ns = unique("fault-kill");
+    let repo = GitRepo::new();
+    repo.write("ns.yaml", &ns_yaml(&ns));
+    for i in 0..200 {
+        repo.write(
+            &format!("cm-{i:03}.yaml"),
+            &cm_yaml(&ns, &format!("cm-{i:03}"), "1"),
+        );
+    }
+    repo.push("many");
+    let cache = repo.cache.to_string_lossy().into_owned();
+    let url = repo.url();
+    let args = [
+        "daemon",
+        "--once",
+        "--git-url",
+        &url,
+        "--git-branch",
+        "main",
+        "--git-cache-dir",
+        &cache,
+        "--sync-set-name",
+        &repo.sync_set,
+        GC,
+    ];
+    let mut child = tidegate_command(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = 0;
+    for line in lines {
+        if line.unwrap().starts_with("created v1 ConfigMap") {
+            seen += 1;
+            if seen == 10 {
+                child.kill().unwrap();
+                break;
+            }
+        }
+    }
+    child.wait().unwrap();
+    // Restarted: everything is applied and recorded.
+    let out = repo.sync_once(&[GC]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // The inventory is consistent: dropping half the files prunes exactly them.
+    for i in 0..100 {
+        std::fs::remove_file(repo.work.join(format!("cm-{i:03}.yaml"))).unwrap();
+    }
+    repo.push("half");
+    let out = repo.sync_once(&[GC]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out)
+            .lines()
+            .filter(|l| l.starts_with("pruned v1 ConfigMap"))
+            .count(),
+        100
+    );
+    assert!(configmap(&ns, "cm-000").await.is_none());
+    assert!(configmap(&ns, "cm-100").await.is_some());
+}
+
+#[tokio::test]
+async fn aggregated_api_answering_503_keeps_its_inventory_entries() {
+    let ns = unique("fault-503");
+    let group = format!("{ns}.example.com");
+    let apiservice = json!({
+        "apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
+        "metadata": {"name": format!("v1.{group}")},
+        "spec": {"group": group, "version": "v1", "groupPriorityMinimum": 1000, "versionPriority": 15,
+                 "insecureSkipTLSVerify": true, "service": {"namespace": "default", "name": format!("{ns}-nothing"), "port": 443}}
+    });
+    let repo = GitRepo::new();
+    repo.write("ns.yaml", &ns_yaml(&ns))
+        .write("a.yaml", &cm_yaml(&ns, "a", "1"))
+        .write("b.yaml", &cm_yaml(&ns, "b", "1"));
+    repo.push("base");
+    assert!(repo.sync_once(&[GC]).status.success());
+    // The inventory also lists a Widget of the aggregated group (as if it had
+    // been applied while that API worked).
+    let state_name = format!("{}-state", repo.sync_set);
+    let states: Api<ConfigMap> = Api::namespaced(client().await, "default");
+    let state = states.get(&state_name).await.unwrap();
+    let mut inventory: serde_json::Value =
+        serde_json::from_str(&state.data.unwrap()["inventory"]).unwrap();
+    inventory[format!("{group}/v1")] = json!({"Widget": {ns.clone(): ["w"]}});
+    let patch = json!({"data": {"inventory": inventory.to_string()}});
+    states
+        .patch(&state_name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let services: Api<kube::api::DynamicObject> = Api::all_with(
+        client().await,
+        &kube::api::ApiResource::from_gvk_with_plural(
+            &kube::api::GroupVersionKind::gvk("apiregistration.k8s.io", "v1", "APIService"),
+            "apiservices",
+        ),
+    );
+    services
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(apiservice).unwrap(),
+        )
+        .await
+        .unwrap();
+    // Git drops b: b is pruned; the Widget, whose kind cannot be resolved, is kept.
+    std::fs::remove_file(repo.work.join("b.yaml")).unwrap();
+    repo.push("drop b");
+    let out = repo.sync_once(&[GC]);
+    services
+        .delete(&format!("v1.{group}"), &DeleteParams::default())
+        .await
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        stdout(&out).contains(&format!("pruned v1 ConfigMap {ns}/b")),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        err.contains(&format!(
+            "{group}/v1 Widget {ns}/w: not pruned, kept for the next sync"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("the API server answered 503"), "{err}");
+    let state = states.get(&state_name).await.unwrap();
+    assert!(
+        state.data.unwrap()["inventory"].contains("Widget"),
+        "the entry is kept"
+    );
+}
+
+#[tokio::test]
+async fn state_object_deleted_by_hand() {
+    let ns = unique("fault-state");
+    let repo = GitRepo::new();
+    repo.write("ns.yaml", &ns_yaml(&ns))
+        .write("a.yaml", &cm_yaml(&ns, "a", "1"));
+    repo.push("base");
+    assert!(repo.sync_once(&[GC]).status.success());
+    Api::<ConfigMap>::namespaced(client().await, "default")
+        .delete(
+            &format!("{}-state", repo.sync_set),
+            &DeleteParams::default(),
+        )
+        .await
+        .unwrap();
+    // Without an inventory nothing can be pruned; the sync recreates the record.
+    std::fs::remove_file(repo.work.join("a.yaml")).unwrap();
+    repo.push("drop a");
+    let out = repo.sync_once(&[GC]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        configmap(&ns, "a").await.is_some(),
+        "no inventory, no prune"
+    );
+    assert_eq!(status_json(&repo.sync_set)["result"], "succeeded");
+}
+
+#[tokio::test]
+async fn status_that_cannot_be_written_fails_the_sync() {
+    let ns = unique("fault-record");
+    let repo = GitRepo::new();
+    repo.write("ns.yaml", &ns_yaml(&ns));
+    repo.push("base");
+    assert!(repo.sync_once(&[]).status.success());
+    // An immutable state ConfigMap refuses every write of the record.
+    let state_name = format!("{}-state", repo.sync_set);
+    let states: Api<ConfigMap> = Api::namespaced(client().await, "default");
+    states
+        .patch(
+            &state_name,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"immutable": true})),
+        )
+        .await
+        .unwrap();
+    repo.write("a.yaml", &cm_yaml(&ns, "a", "1"));
+    repo.push("a");
+    let out = repo.sync_once(&[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "the sync could not be recorded: cannot record the sync state default/{state_name}"
+        )),
+        "{err}"
+    );
+    // The running daemon says so on /readyz.
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let _daemon = repo.daemon(&repo.url(), &["--listen", &listen, "--git-watch", "false"]);
+    wait_http(port, "/healthz", 200);
+    eventually(
+        "/readyz to report the lost record",
+        Duration::from_secs(30),
+        || async {
+            let (code, body) = http(port, "GET", "/readyz", &[], b"");
+            (code == 503 && body.contains("could not be recorded")).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(http(port, "GET", "/healthz", &[], b"").0, 200);
+    states
+        .delete(&state_name, &DeleteParams::default())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn failing_fetches_back_off_whatever_triggers_them() {
+    let repo = GitRepo::new();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let dead = format!("https://127.0.0.1:{}/repo.git", free_port());
+    let _daemon = repo.daemon(
+        &dead,
+        &[
+            "--listen",
+            &listen,
+            "--git-poll-interval",
+            "1m",
+            "--git-timeout",
+            "1s",
+        ],
+    );
+    wait_http(port, "/healthz", 200);
+    eventually(
+        "the first failed fetch",
+        Duration::from_secs(30),
+        || async { (metric(port, "tidegate_syncs_total{result=\"failed\"}") >= 1.0).then_some(()) },
+    )
+    .await;
+    let before = metric(port, "tidegate_fetches_total");
+    let token = service_account_token(&unique("flood-sync"), &repo.sync_set, true).await;
+    let bearer = [("Authorization", format!("Bearer {token}"))];
+    for _ in 0..20 {
+        assert_eq!(http(port, "POST", "/api/v1/sync", &bearer, b"").0, 202);
+    }
+    for _ in 0..3 {
+        let out = tidegate_command(&["sync", "--sync-set-name", &repo.sync_set, "--timeout", "1s"])
+            .output()
+            .unwrap();
+        assert_ne!(out.status.code(), Some(0));
+    }
+    let after = metric(port, "tidegate_fetches_total");
+    // The first backoff is about 5 s: at most two more fetches in this time.
+    assert!(
+        after - before <= 2.0,
+        "{} fetches while backing off",
+        after - before
+    );
+    assert_eq!(http(port, "GET", "/healthz", &[], b"").0, 200);
+}
+
+#[tokio::test]
+async fn flood_of_webhooks_and_slow_clients() {
+    let repo = GitRepo::new();
+    repo.write("a.yaml", &cm_yaml("default", &unique("flood"), "1"));
+    repo.push("one");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let _daemon = repo.daemon(&repo.url(), &["--listen", &listen, "--git-watch", "false"]);
+    wait_http(port, "/readyz", 200);
+    // 80 clients that connect and send nothing hold every slot…
+    let idle: Vec<TcpStream> = (0..80)
+        .filter_map(|_| TcpStream::connect(("127.0.0.1", port)).ok())
+        .collect();
+    assert!(idle.len() >= 64);
+    // …until the header timeout frees them: the server answers again.
+    let started = Instant::now();
+    wait_http(port, "/healthz", 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(idle);
+    // A flood of unsigned webhooks from many threads: all refused, the daemon lives on.
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            std::thread::spawn(move || {
+                (0..40)
+                    .filter(|_| http(port, "POST", "/hooks/github", &[], b"{}").0 == 401)
+                    .count()
+            })
+        })
+        .collect();
+    let refused: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    assert!(refused >= 300, "{refused} of 320 refused with 401");
+    assert_eq!(http(port, "GET", "/readyz", &[], b"").0, 200);
+}
