@@ -116,6 +116,8 @@ pub struct Cluster {
     /// The last sync Event: name, reason, message and count, so a repeated
     /// warning is counted on it instead of repeated.
     last_event: Mutex<Option<(String, String, String, i32)>>,
+    /// The generation of inventory shards last read or written, if any.
+    shard_generation: Mutex<Option<String>>,
 }
 
 impl Cluster {
@@ -125,6 +127,7 @@ impl Cluster {
             kinds: Mutex::new(HashMap::new()),
             writes: AtomicUsize::new(0),
             last_event: Mutex::new(None),
+            shard_generation: Mutex::new(None),
         }
     }
 

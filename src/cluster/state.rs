@@ -16,6 +16,28 @@ use crate::object::ObjectRef;
 use crate::plan::Inventory;
 
 const INVENTORY_KEY: &str = "inventory";
+/// `<generation>/<count>` when the inventory is kept in shard ConfigMaps.
+const SHARDS_KEY: &str = "inventory-shards";
+/// Label on shard ConfigMaps naming the state ConfigMap they belong to.
+const SHARD_LABEL: &str = "tidegate.dev/inventory-of";
+/// Inventory text kept in the state ConfigMap itself; larger inventories go
+/// to shards of this size, so any repository fits the 1 MiB object limit.
+pub const SHARD_BYTES: usize = 512 * 1024;
+
+/// Splits text into pieces of at most `size` bytes, at character boundaries.
+pub fn split_shards(text: &str, size: usize) -> Vec<&str> {
+    let mut pieces = Vec::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let mut end = rest.len().min(size);
+        while !rest.is_char_boundary(end) {
+            end -= 1;
+        }
+        pieces.push(&rest[..end]);
+        rest = &rest[end..];
+    }
+    pieces
+}
 const STATUS_KEY: &str = "status";
 
 #[derive(Debug, thiserror::Error)]
@@ -188,6 +210,10 @@ pub fn decode_inventory(text: &str) -> Result<Inventory, serde_json::Error> {
     Ok(inventory)
 }
 
+fn shard_name(state: &StateRef, generation: &str, index: usize) -> String {
+    format!("{}-inv-{generation}-{index}", state.name())
+}
+
 impl Cluster {
     async fn state_map(&self, state: &StateRef) -> Result<Option<ConfigMap>, Error> {
         Api::<ConfigMap>::namespaced(self.client.clone(), &state.namespace)
@@ -222,7 +248,94 @@ impl Cluster {
         let Some(map) = self.state_map(state).await? else {
             return Ok(Inventory::new());
         };
-        Ok(Self::decode(state, &map, INVENTORY_KEY, decode_inventory)?.unwrap_or_default())
+        let shards = map.data.as_ref().and_then(|d| d.get(SHARDS_KEY)).cloned();
+        let Some(shards) = shards else {
+            return Ok(
+                Self::decode(state, &map, INVENTORY_KEY, decode_inventory)?.unwrap_or_default()
+            );
+        };
+        let corrupt = |source| Error::Corrupt {
+            namespace: state.namespace.clone(),
+            name: state.name(),
+            key: SHARDS_KEY,
+            source,
+        };
+        let (generation, count) = shards
+            .split_once('/')
+            .and_then(|(g, n)| Some((g.to_string(), n.parse::<usize>().ok()?)))
+            .ok_or_else(|| corrupt(serde::de::Error::custom("not <generation>/<count>")))?;
+        let api = Api::<ConfigMap>::namespaced(self.client.clone(), &state.namespace);
+        let mut text = String::new();
+        for i in 0..count {
+            let name = shard_name(state, &generation, i);
+            let piece = api
+                .get_opt(&name)
+                .await
+                .map_err(|source| Error::Read {
+                    namespace: state.namespace.clone(),
+                    name: name.clone(),
+                    source,
+                })?
+                .and_then(|m| m.data?.remove(INVENTORY_KEY))
+                .ok_or_else(|| {
+                    corrupt(serde::de::Error::custom(format!("shard {name} is missing")))
+                })?;
+            text.push_str(&piece);
+        }
+        *self.shard_generation.lock().expect("shards") = Some(generation);
+        decode_inventory(&text).map_err(corrupt)
+    }
+
+    /// Writes the inventory's shards when it is too large to keep inline;
+    /// returns the `inventory-shards` value naming them.
+    async fn write_shards(&self, state: &StateRef, text: &str) -> Result<String, kube::Error> {
+        let generation =
+            crate::render::checksum(&serde_json::Value::String(text.to_string()))[..12].to_string();
+        let api = Api::<ConfigMap>::namespaced(self.client.clone(), &state.namespace);
+        let pieces = split_shards(text, SHARD_BYTES);
+        for (i, piece) in pieces.iter().enumerate() {
+            let mut metadata =
+                own_metadata(shard_name(state, &generation, i), state.namespace.clone());
+            metadata
+                .labels
+                .get_or_insert_with(Default::default)
+                .insert(SHARD_LABEL.to_string(), state.name());
+            let shard = ConfigMap {
+                metadata,
+                data: Some([(INVENTORY_KEY.to_string(), piece.to_string())].into()),
+                ..ConfigMap::default()
+            };
+            api.patch(
+                &shard_name(state, &generation, i),
+                &PatchParams::apply("tidegate-state").force(),
+                &Patch::Apply(&shard),
+            )
+            .await?;
+        }
+        Ok(format!("{generation}/{}", pieces.len()))
+    }
+
+    /// Deletes the shards of generations other than `keep`, once the state
+    /// ConfigMap no longer names them.
+    async fn delete_old_shards(
+        &self,
+        state: &StateRef,
+        keep: Option<&str>,
+    ) -> Result<(), kube::Error> {
+        let api = Api::<ConfigMap>::namespaced(self.client.clone(), &state.namespace);
+        let selector = format!("{SHARD_LABEL}={}", state.name());
+        let keep_prefix = keep.map(|g| format!("{}-inv-{g}-", state.name()));
+        for old in api
+            .list(&kube::api::ListParams::default().labels(&selector))
+            .await?
+        {
+            let name = old.metadata.name.unwrap_or_default();
+            if keep_prefix.as_ref().is_some_and(|p| name.starts_with(p)) {
+                continue;
+            }
+            api.delete(&name, &Default::default()).await?;
+        }
+        Ok(())
     }
 
     /// The status of the last sync, if one was recorded.
@@ -246,18 +359,26 @@ impl Cluster {
             STATUS_KEY.to_string(),
             serde_json::to_string(status).expect("status serializes"),
         );
+        let write_err = |source| Error::Write {
+            namespace: state.namespace.clone(),
+            name: state.name(),
+            source,
+        };
+        let mut generation = None;
         if let Some(inventory) = inventory {
-            data.insert(INVENTORY_KEY.to_string(), encode_inventory(inventory));
+            let text = encode_inventory(inventory);
+            if text.len() <= SHARD_BYTES {
+                data.insert(INVENTORY_KEY.to_string(), text);
+            } else {
+                let shards = self.write_shards(state, &text).await.map_err(write_err)?;
+                generation = shards.split_once('/').map(|(g, _)| g.to_string());
+                data.insert(SHARDS_KEY.to_string(), shards);
+            }
         }
         let map = ConfigMap {
             metadata: own_metadata(state.name(), state.namespace.clone()),
             data: Some(data),
             ..ConfigMap::default()
-        };
-        let write_err = |source| Error::Write {
-            namespace: state.namespace.clone(),
-            name: state.name(),
-            source,
         };
         let api = Api::<ConfigMap>::namespaced(self.client.clone(), &state.namespace);
         let apply = PatchParams::apply("tidegate-state").force();
@@ -286,6 +407,18 @@ impl Cluster {
                     other.map_err(write_err)?;
                 }
             }
+        }
+        if inventory.is_some() {
+            // Shards of an older generation are no longer named: remove them
+            // (only when shards were written or read, so small inventories
+            // cost no list).
+            let previous = self.shard_generation.lock().expect("shards").take();
+            if previous.is_some() || generation.is_some() {
+                self.delete_old_shards(state, generation.as_deref())
+                    .await
+                    .map_err(write_err)?;
+            }
+            *self.shard_generation.lock().expect("shards") = generation;
         }
         self.emit_event(state, status).await.map_err(write_err)
     }
@@ -378,5 +511,14 @@ mod tests {
         let text = encode_inventory(&inventory);
         assert_eq!(decode_inventory(&text).unwrap(), inventory);
         assert!(text.contains(r#""ConfigMap":{"shop":["a","b"]}"#), "{text}");
+    }
+
+    #[test]
+    fn shards_split_at_character_boundaries() {
+        let text = "aé".repeat(10);
+        let pieces = split_shards(&text, 4);
+        assert!(pieces.iter().all(|p| p.len() <= 4 && !p.is_empty()));
+        assert_eq!(pieces.concat(), text);
+        assert!(split_shards("", 4).is_empty());
     }
 }

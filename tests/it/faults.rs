@@ -677,3 +677,80 @@ async fn flood_of_webhooks_and_slow_clients() {
     assert!(refused >= 300, "{refused} of 320 refused with 401");
     assert_eq!(http(port, "GET", "/readyz", &[], b"").0, 200);
 }
+
+#[tokio::test]
+async fn the_record_fits_10000_objects_and_5000_errors() {
+    use tidegate::cluster::Cluster;
+    use tidegate::cluster::state::{ObjectError, StateRef};
+    use tidegate::object::ObjectRef;
+    use tidegate::sync::SyncReport;
+
+    let cluster = Cluster::new(client().await);
+    let state = StateRef {
+        namespace: "default".into(),
+        sync_set: unique("record"),
+    };
+    // Names as long as Kubernetes allows: about 2.5 MB of inventory.
+    let inventory: tidegate::plan::Inventory = (0..10_000)
+        .map(|i| {
+            let name = format!("{i:05}-{}", "n".repeat(240));
+            ObjectRef::new("v1", "ConfigMap", Some(&format!("ns-{}", i % 10)), &name)
+        })
+        .collect();
+    let report = SyncReport {
+        revision: Some("0".repeat(40)),
+        errors: (0..5_000)
+            .map(|i| ObjectError {
+                object: format!("v1 ConfigMap ns/{i}"),
+                origin: Some(format!("dir/{i}.yaml (document 0)")),
+                reason: "r".repeat(200),
+            })
+            .collect(),
+        ..SyncReport::default()
+    };
+    let status = report.status(tidegate::cluster::state::now());
+    cluster
+        .record(&state, &status, Some(&inventory))
+        .await
+        .unwrap();
+    // A fresh client reads back exactly what was recorded.
+    let reader = Cluster::new(client().await);
+    assert_eq!(reader.read_inventory(&state).await.unwrap(), inventory);
+    let read = reader.read_status(&state).await.unwrap().unwrap();
+    assert_eq!(read.errors.len(), 100);
+    assert_eq!(read.errors_total, 5_000);
+    assert_eq!(read.counts["failed"], 5_000);
+    let maps = Api::<ConfigMap>::namespaced(client().await, "default");
+    let main = maps.get(&state.name()).await.unwrap();
+    let size = serde_json::to_vec(&main).unwrap().len();
+    assert!(
+        size < 512 * 1024 + 64 * 1024,
+        "state ConfigMap is {size} bytes"
+    );
+    let shards = maps
+        .list(
+            &kube::api::ListParams::default()
+                .labels(&format!("tidegate.dev/inventory-of={}", state.name())),
+        )
+        .await
+        .unwrap();
+    assert!(shards.items.len() >= 5, "{} shards", shards.items.len());
+    // A small inventory goes back inline, and the shards go.
+    let small: tidegate::plan::Inventory = inventory.iter().take(3).cloned().collect();
+    reader.record(&state, &status, Some(&small)).await.unwrap();
+    assert_eq!(
+        Cluster::new(client().await)
+            .read_inventory(&state)
+            .await
+            .unwrap(),
+        small
+    );
+    let shards = maps
+        .list(
+            &kube::api::ListParams::default()
+                .labels(&format!("tidegate.dev/inventory-of={}", state.name())),
+        )
+        .await
+        .unwrap();
+    assert!(shards.items.is_empty(), "old shards are removed");
+}
