@@ -123,6 +123,8 @@ impl GitSource {
             checkout(&repo, oid, &tree_dir)?;
         }
         self.remove_old_checkouts(&revision);
+        // Only the synced history is kept: what a force-push dropped goes.
+        let _ = repo.reference(&previous_ref(&self.branch), oid, true, "synced");
         if let Err(e) = compact(&repo, oid) {
             // The cache still works, only larger: say so and go on.
             tracing::warn!("cannot compact the Git cache: {e}");
@@ -236,8 +238,15 @@ impl GitSource {
         let mut git_remote = repo
             .remote_anonymous(&self.url)
             .map_err(|source| self.fetch_error(source))?;
-        // A branch deleted upstream must not leave a stale ref that we would sync.
-        let _ = repo.find_reference(&local_ref).and_then(|mut r| r.delete());
+        // A branch deleted upstream must not leave a stale ref that we would
+        // sync; the last revision stays under another ref, so the fetch
+        // offers it and transfers only new objects.
+        if let Ok(mut current) = repo.find_reference(&local_ref) {
+            if let Some(oid) = current.target() {
+                let _ = repo.reference(&previous_ref(&self.branch), oid, true, "last fetched");
+            }
+            let _ = current.delete();
+        }
         let fetched = git_remote.fetch(&[&refspec], Some(&mut options), None);
         drop(options);
         if let Err(source) = fetched {
@@ -315,6 +324,11 @@ impl GitSource {
             }
         }
     }
+}
+
+/// Where the last fetched revision is kept while fetching anew.
+fn previous_ref(branch: &str) -> String {
+    format!("refs/tidegate-previous/{branch}")
 }
 
 /// Packs in the cache past which it is repacked.

@@ -638,6 +638,24 @@ async fn failing_fetches_back_off_whatever_triggers_them() {
         after - before
     );
     assert_eq!(http(port, "GET", "/healthz", &[], b"").0, 200);
+    // The same failure again and again is one Warning Event, counted.
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client().await, "default");
+    let state_name = format!("{}-state", repo.sync_set);
+    let (events_seen, count) =
+        eventually("a repeated warning", Duration::from_secs(40), || async {
+            let ours: Vec<_> = events
+                .list(&Default::default())
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .filter(|e| e.involved_object.name.as_deref() == Some(state_name.as_str()))
+                .collect();
+            let count = ours.iter().map(|e| e.count.unwrap_or(1)).max().unwrap_or(0);
+            (count >= 2).then_some((ours.len(), count))
+        })
+        .await;
+    assert_eq!(events_seen, 1, "{count} failures in one Event");
 }
 
 #[tokio::test]
@@ -753,4 +771,62 @@ async fn the_record_fits_10000_objects_and_5000_errors() {
         .await
         .unwrap();
     assert!(shards.items.is_empty(), "old shards are removed");
+}
+
+#[tokio::test]
+async fn git_cache_stays_small_over_200_commits() {
+    use tidegate::source::GitSource;
+    fn size(dir: &std::path::Path) -> u64 {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| {
+                let meta = e.metadata().unwrap();
+                if meta.is_dir() {
+                    size(&e.path())
+                } else {
+                    meta.len()
+                }
+            })
+            .sum()
+    }
+    let repo = GitRepo::new();
+    let source = GitSource {
+        url: repo.url(),
+        branch: "main".into(),
+        cache_dir: repo.cache.clone(),
+        access: Default::default(),
+    };
+    let mut fetched_objects = Vec::new();
+    for i in 0..200 {
+        repo.write(
+            &format!("apps/app-{}.yaml", i % 20),
+            &cm_yaml("default", &format!("app-{}", i % 20), &i.to_string()),
+        );
+        let revision = repo.push(&format!("commit {i}"));
+        let snapshot = source.fetch().unwrap();
+        assert_eq!(snapshot.revision, revision);
+        fetched_objects.push(size(&repo.cache.join("repo.git/objects")));
+    }
+    // The server's copy, packed as `git gc` would keep it.
+    let out = Command::new("git")
+        .args(["gc", "--quiet"])
+        .current_dir(&repo.bare)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let own = size(&repo.bare.join("objects"));
+    let cache = size(&repo.cache.join("repo.git/objects"));
+    eprintln!("after 200 commits: cache {cache} bytes, repository {own} bytes");
+    assert!(
+        cache <= 2 * own,
+        "cache {cache} bytes, repository {own} bytes"
+    );
+    let packs = std::fs::read_dir(repo.cache.join("repo.git/objects/pack"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "pack"))
+        .count();
+    assert!(packs <= 9, "{packs} packs");
 }
