@@ -275,6 +275,39 @@ pub fn object_diff(id: &ObjectRef, live: Option<&Value>, after: &Value) -> Optio
     )
 }
 
+/// Why an object may not be applied under `--k8s-allow-namespace`, if it
+/// may not. An empty list allows every namespace and cluster-scoped objects.
+pub fn namespace_refusal(id: &ObjectRef, allowed: &[String]) -> Option<String> {
+    if allowed.is_empty() {
+        return None;
+    }
+    match &id.namespace {
+        None => Some(
+            "it is cluster-scoped, and --k8s-allow-namespace limits tidegate to namespaced objects"
+                .to_string(),
+        ),
+        Some(ns) if !allowed.contains(ns) => Some(format!(
+            "namespace {ns} is not allowed (--k8s-allow-namespace: {})",
+            allowed.join(", ")
+        )),
+        Some(_) => None,
+    }
+}
+
+/// What to do with one placed object given what the cluster holds: `None`
+/// when the live object could not be read (and is not known to be absent).
+/// An object annotated `ignore: "true"` in the cluster is left alone;
+/// `sync_only` is applied like any other.
+pub fn classify(desired: &Desired, live: Option<&Value>, known_absent: bool) -> Option<Change> {
+    Some(match live {
+        None if known_absent => Change::Create,
+        None => return None,
+        Some(l) if crate::render::is_ignored(l) => Change::Ignored,
+        Some(l) if is_unchanged(&desired.id, &desired.object, l) => Change::Unchanged,
+        Some(_) => Change::Update,
+    })
+}
+
 /// What a sync would do to one object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase", tag = "action")]
@@ -598,6 +631,70 @@ mod tests {
             "{diff}"
         );
         assert!(object_diff(&cm, Some(&live), &live).is_none());
+    }
+
+    fn mk_desired(id: ObjectRef, object: Value) -> Desired {
+        Desired {
+            stage: Stage::of(&id, id.namespace.is_some()),
+            checksum: crate::render::checksum(&object),
+            origin: Origin {
+                file: "f.yaml".into(),
+                index: 0,
+            },
+            id,
+            object,
+        }
+    }
+
+    #[test]
+    fn classify_creates_updates_leaves_and_ignores() {
+        let cm = id("ConfigMap", Some("a"), "c");
+        let desired = mk_desired(cm.clone(), json!({"data": {"k": "1"}}));
+        assert_eq!(classify(&desired, None, true), Some(Change::Create));
+        assert_eq!(
+            classify(&desired, None, false),
+            None,
+            "unreadable, not absent"
+        );
+        let same = json!({"metadata": {"resourceVersion": "3"}, "data": {"k": "1"}});
+        assert_eq!(
+            classify(&desired, Some(&same), false),
+            Some(Change::Unchanged)
+        );
+        let drifted = json!({"data": {"k": "2"}});
+        assert_eq!(
+            classify(&desired, Some(&drifted), false),
+            Some(Change::Update)
+        );
+        let ignored =
+            json!({"metadata": {"annotations": {"fluxcd.io/ignore": "true"}}, "data": {"k": "2"}});
+        assert_eq!(
+            classify(&desired, Some(&ignored), false),
+            Some(Change::Ignored)
+        );
+        let sync_only = json!({"metadata": {"annotations": {"fluxcd.io/ignore": "sync_only"}}, "data": {"k": "2"}});
+        assert_eq!(
+            classify(&desired, Some(&sync_only), false),
+            Some(Change::Update)
+        );
+    }
+
+    #[test]
+    fn allowed_namespaces_refuse_others_and_cluster_scoped() {
+        let allowed = vec!["team".to_string()];
+        assert_eq!(
+            namespace_refusal(&id("ConfigMap", Some("team"), "c"), &allowed),
+            None
+        );
+        let other =
+            namespace_refusal(&id("ConfigMap", Some("kube-system"), "c"), &allowed).unwrap();
+        assert!(
+            other.contains("namespace kube-system is not allowed"),
+            "{other}"
+        );
+        let cluster = namespace_refusal(&id("Namespace", None, "x"), &allowed).unwrap();
+        assert!(cluster.contains("cluster-scoped"), "{cluster}");
+        assert_eq!(namespace_refusal(&id("Namespace", None, "x"), &[]), None);
     }
 
     fn mk_input<'a>(inventory: &'a Inventory, in_git: &'a [ObjectRef]) -> PruneInput<'a> {

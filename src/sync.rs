@@ -159,20 +159,10 @@ async fn place(
         } else {
             None
         };
-        if !settings.allow_namespaces.is_empty() {
-            let refusal = match &id.namespace {
-                None => Some("it is cluster-scoped, and --k8s-allow-namespace limits tidegate to namespaced objects".to_string()),
-                Some(ns) if !settings.allow_namespaces.contains(ns) => Some(format!(
-                    "namespace {ns} is not allowed (--k8s-allow-namespace: {})",
-                    settings.allow_namespaces.join(", ")
-                )),
-                Some(_) => None,
-            };
-            if let Some(reason) = refusal {
-                plan.errors
-                    .push(object_error(&id, Some(m.origin().to_string()), reason));
-                continue;
-            }
+        if let Some(reason) = plan::namespace_refusal(&id, &settings.allow_namespaces) {
+            plan.errors
+                .push(object_error(&id, Some(m.origin().to_string()), reason));
+            continue;
         }
         let checksum = render::checksum(&m.object);
         let object = plan::place(&m.object, &id, &settings.sync_set, &checksum);
@@ -300,12 +290,10 @@ async fn observe(cluster: &Cluster, placed: Vec<(Desired, Resolved)>, plan: &mut
             tracing::debug!(object = %desired.id, "list failed ({reason}); read singly");
         }
         let live_object = live.remove(&desired.id);
-        let change = match &live_object {
-            None if missing.contains(&desired.id) => Change::Create,
-            None => continue, // read error, reported above
-            Some(l) if render::is_ignored(l) => Change::Ignored,
-            Some(l) if plan::is_unchanged(&desired.id, &desired.object, l) => Change::Unchanged,
-            Some(_) => Change::Update,
+        let known_absent = missing.contains(&desired.id);
+        // None: a read error, reported above.
+        let Some(change) = plan::classify(&desired, live_object.as_ref(), known_absent) else {
+            continue;
         };
         plan.items.push(Item {
             desired,
