@@ -14,26 +14,9 @@ use serde_json::json;
 
 use crate::servers::free_port;
 use crate::support::{
-    GitRepo, client, create_secret, http, stderr, stdout, tidegate, tidegate_command, unique,
-    wait_http,
+    GitRepo, client, cm_yaml, configmap, create_secret, http, ns_yaml, status_json, stderr, stdout,
+    tidegate, tidegate_command, unique, wait_http,
 };
-
-fn cm_yaml(ns: &str, name: &str, value: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: {ns}\ndata:\n  value: \"{value}\"\n"
-    )
-}
-
-fn ns_yaml(ns: &str) -> String {
-    format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n")
-}
-
-async fn configmap(ns: &str, name: &str) -> Option<ConfigMap> {
-    Api::<ConfigMap>::namespaced(client().await, ns)
-        .get_opt(name)
-        .await
-        .unwrap()
-}
 
 const GC: &str = "--sync-garbage-collection";
 
@@ -111,16 +94,7 @@ impl Case {
     }
 
     fn status(&self) -> serde_json::Value {
-        let out = tidegate(&[
-            "status",
-            "--sync-set-name",
-            &self.repo.sync_set,
-            "-o",
-            "json",
-        ]);
-        // Exit 1: the last sync failed; the record is printed all the same.
-        assert!(matches!(out.status.code(), Some(0 | 1)), "{}", stderr(&out));
-        serde_json::from_slice(&out.stdout).unwrap()
+        status_json(&self.repo.sync_set)
     }
 }
 
@@ -295,24 +269,7 @@ async fn alias_bombs_stay_within_memory() {
     case.assert_isolated(&out, &["victim.yaml: document 0", "wide.yaml: document"])
         .await;
     // The same again, measured.
-    let cache = case.repo.cache.to_string_lossy().into_owned();
-    let url = case.repo.url();
-    let args: Vec<String> = [
-        "daemon",
-        "--once",
-        "--git-url",
-        &url,
-        "--git-branch",
-        "main",
-        "--git-cache-dir",
-        &cache,
-        "--sync-set-name",
-        &case.repo.sync_set,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let (out, peak) = run_measured(&args);
+    let (out, peak) = run_measured(&case.repo.once_args(&[]));
     assert_eq!(out.status.code(), Some(1));
     eprintln!("peak RSS under the alias bombs: {peak:.1} MiB");
     assert!(peak > 0.0 && peak < 200.0, "peak RSS {peak:.1} MiB");

@@ -12,25 +12,9 @@ use kube::api::{DynamicObject, GroupVersionKind, Patch, PatchParams};
 use serde_json::json;
 
 use crate::support::{
-    GitRepo, client, control_plane, eventually, stderr, stdout, tidegate, unique,
+    GitRepo, client, cm_yaml, configmap, control_plane, eventually, ns_yaml, stderr, stdout,
+    tidegate, unique,
 };
-
-fn ns_yaml(name: &str) -> String {
-    format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n")
-}
-
-fn cm_yaml(ns: &str, name: &str, value: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: {ns}\ndata:\n  value: \"{value}\"\n"
-    )
-}
-
-async fn configmap(ns: &str, name: &str) -> Option<ConfigMap> {
-    Api::<ConfigMap>::namespaced(client().await, ns)
-        .get_opt(name)
-        .await
-        .unwrap()
-}
 
 fn gc() -> &'static str {
     "--sync-garbage-collection"

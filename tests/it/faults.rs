@@ -19,34 +19,11 @@ use serde_json::json;
 
 use crate::servers::{GitHttps, free_port};
 use crate::support::{
-    GitRepo, client, control_plane, eventually, http, service_account_token, stderr, stdout,
-    tidegate, tidegate_command, unique, wait_http,
+    GitRepo, client, cm_yaml, configmap, control_plane, eventually, http, ns_yaml,
+    service_account_token, status_json, stderr, stdout, tidegate_command, unique, wait_http,
 };
 
 const GC: &str = "--sync-garbage-collection";
-
-fn cm_yaml(ns: &str, name: &str, value: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: {ns}\ndata:\n  value: \"{value}\"\n"
-    )
-}
-
-fn ns_yaml(ns: &str) -> String {
-    format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n")
-}
-
-async fn configmap(ns: &str, name: &str) -> Option<ConfigMap> {
-    Api::<ConfigMap>::namespaced(client().await, ns)
-        .get_opt(name)
-        .await
-        .unwrap()
-}
-
-fn status_json(sync_set: &str) -> serde_json::Value {
-    let out = tidegate(&["status", "--sync-set-name", sync_set, "-o", "json"]);
-    assert!(matches!(out.status.code(), Some(0 | 1)), "{}", stderr(&out));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
 
 fn metric(port: u16, name: &str) -> f64 {
     http(port, "GET", "/metrics", &[], b"")
@@ -322,21 +299,8 @@ async fn api_server_connection_lost_mid_sync() {
         ),
     )
     .unwrap();
-    let cache = repo.cache.to_string_lossy().into_owned();
-    let url = repo.url();
-    let args = [
-        "daemon",
-        "--once",
-        "--git-url",
-        &url,
-        "--git-branch",
-        "main",
-        "--git-cache-dir",
-        &cache,
-        "--sync-set-name",
-        &repo.sync_set,
-        GC,
-    ];
+    let args = repo.once_args(&[GC]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let log = dir.path().join("stderr.log");
     let mut child = tidegate_command(&args)
         .env("KUBECONFIG", &relayed)
@@ -392,21 +356,8 @@ async fn daemon_killed_mid_apply_loses_nothing() {
         );
     }
     repo.push("many");
-    let cache = repo.cache.to_string_lossy().into_owned();
-    let url = repo.url();
-    let args = [
-        "daemon",
-        "--once",
-        "--git-url",
-        &url,
-        "--git-branch",
-        "main",
-        "--git-cache-dir",
-        &cache,
-        "--sync-set-name",
-        &repo.sync_set,
-        GC,
-    ];
+    let args = repo.once_args(&[GC]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut child = tidegate_command(&args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -287,6 +287,17 @@ impl GitRepo {
         Daemon(child)
     }
 
+    /// `daemon --once` arguments for this repository, then `extra`.
+    pub fn once_args(&self, extra: &[&str]) -> Vec<String> {
+        let url = self.url();
+        let mut args = vec!["--once"];
+        args.extend_from_slice(extra);
+        self.daemon_args(&url, &args)
+            .into_iter()
+            .map(str::to_string)
+            .collect()
+    }
+
     /// `daemon` with this repository's branch, cache and sync set, then `extra`.
     fn daemon_args<'a>(&'a self, url: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
         let cache = self.cache.to_str().expect("a UTF-8 temp path");
@@ -470,4 +481,30 @@ pub fn wait_http(port: u16, path: &str, wanted: u16) {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// A ConfigMap `name` in `ns` whose `value` is `value`.
+pub fn cm_yaml(ns: &str, name: &str, value: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: {ns}\ndata:\n  value: \"{value}\"\n"
+    )
+}
+
+pub fn ns_yaml(ns: &str) -> String {
+    format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n")
+}
+
+/// The live ConfigMap, if there is one.
+pub async fn configmap(ns: &str, name: &str) -> Option<ConfigMap> {
+    Api::<ConfigMap>::namespaced(client().await, ns)
+        .get_opt(name)
+        .await
+        .unwrap()
+}
+
+/// `tidegate status -o json` of a sync set (exit 1 when the last sync failed).
+pub fn status_json(sync_set: &str) -> serde_json::Value {
+    let out = tidegate(&["status", "--sync-set-name", sync_set, "-o", "json"]);
+    assert!(matches!(out.status.code(), Some(0 | 1)), "{}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
 }
