@@ -269,18 +269,24 @@ impl Relay {
     }
 }
 
-#[tokio::test]
-async fn api_server_connection_lost_mid_sync() {
-    let ns = unique("fault-api");
+/// A repository with a namespace and `count` ConfigMaps `cm-NNN`, one per file.
+fn many_configmaps(prefix: &str, count: usize) -> (String, GitRepo) {
+    let ns = unique(prefix);
     let repo = GitRepo::new();
     repo.write("ns.yaml", &ns_yaml(&ns));
-    for i in 0..150 {
+    for i in 0..count {
         repo.write(
             &format!("cm-{i:03}.yaml"),
             &cm_yaml(&ns, &format!("cm-{i:03}"), "1"),
         );
     }
     repo.push("many");
+    (ns, repo)
+}
+
+#[tokio::test]
+async fn api_server_connection_lost_mid_sync() {
+    let (ns, repo) = many_configmaps("fault-api", 150);
     // A kubeconfig that reaches the API server through the relay.
     let kubeconfig = std::fs::read_to_string(&control_plane().kubeconfig).unwrap();
     let server_port: u16 = kubeconfig
@@ -346,16 +352,7 @@ async fn api_server_connection_lost_mid_sync() {
 
 #[tokio::test]
 async fn daemon_killed_mid_apply_loses_nothing() {
-    let ns = unique("fault-kill");
-    let repo = GitRepo::new();
-    repo.write("ns.yaml", &ns_yaml(&ns));
-    for i in 0..200 {
-        repo.write(
-            &format!("cm-{i:03}.yaml"),
-            &cm_yaml(&ns, &format!("cm-{i:03}"), "1"),
-        );
-    }
-    repo.push("many");
+    let (ns, repo) = many_configmaps("fault-kill", 200);
     let args = repo.once_args(&[GC]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut child = tidegate_command(&args)
