@@ -823,7 +823,11 @@ pub async fn run(
         tracing::error!("{why}");
         report.record_failed = Some(why.clone());
         status.result = Outcome::Failed;
-        status.message = Some(why);
+        status.message = Some(format!("the sync could not be recorded: {why}"));
+        // Say it where people look, if the API server takes that at least.
+        if let Err(e) = cluster.emit_event(&settings.state, &status).await {
+            tracing::warn!("cannot emit an Event either: {e}");
+        }
     }
     tracing::debug!(ms = phase.elapsed().as_millis() as u64, "recorded");
     (report, status)

@@ -423,7 +423,13 @@ impl Cluster {
         self.emit_event(state, status).await.map_err(write_err)
     }
 
-    async fn emit_event(&self, state: &StateRef, status: &SyncStatus) -> Result<(), kube::Error> {
+    /// An Event on the state ConfigMap for one sync: Normal when it
+    /// succeeded, Warning otherwise.
+    pub async fn emit_event(
+        &self,
+        state: &StateRef,
+        status: &SyncStatus,
+    ) -> Result<(), kube::Error> {
         let (kind, reason) = match status.result {
             Outcome::Succeeded => ("Normal", "SyncSucceeded"),
             Outcome::Failed => ("Warning", "SyncFailed"),

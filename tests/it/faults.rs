@@ -521,6 +521,21 @@ async fn status_that_cannot_be_written_fails_the_sync() {
         )),
         "{err}"
     );
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client().await, "default");
+    let said = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .any(|e| {
+            e.involved_object.name.as_deref() == Some(state_name.as_str())
+                && e.type_.as_deref() == Some("Warning")
+                && e.message
+                    .unwrap_or_default()
+                    .contains("the sync could not be recorded")
+        });
+    assert!(said, "a Warning Event says the record was lost");
     // The running daemon says so on /readyz.
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
