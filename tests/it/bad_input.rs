@@ -762,3 +762,61 @@ async fn forged_and_oversized_webhooks_are_refused_and_the_daemon_lives_on() {
     assert_eq!(http(port, "POST", "/hooks/generic", &[], &huge).0, 413);
     assert_eq!(http(port, "GET", "/healthz", &[], b"").0, 200);
 }
+
+#[tokio::test]
+async fn crd_with_custom_resources_we_do_not_manage_is_kept() {
+    let case = Case::new("bad-crd");
+    let group = format!("{}.example.com", case.ns);
+    let crd = format!(
+        "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {{name: gadgets.{group}}}\nspec:\n  group: {group}\n  scope: Namespaced\n  names: {{plural: gadgets, singular: gadget, kind: Gadget}}\n  versions:\n  - name: v1\n    served: true\n    storage: true\n    schema: {{openAPIV3Schema: {{type: object, x-kubernetes-preserve-unknown-fields: true}}}}\n"
+    );
+    case.repo.write("crd.yaml", &crd);
+    case.repo.push("a CRD");
+    let out = case.repo.sync_once(&[GC]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Someone else's Gadget.
+    let resource = kube::api::ApiResource::from_gvk_with_plural(
+        &kube::api::GroupVersionKind::gvk(&group, "v1", "Gadget"),
+        "gadgets",
+    );
+    let gadgets: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(client().await, &case.ns, &resource);
+    let gadget: kube::api::DynamicObject = serde_json::from_value(json!({
+        "apiVersion": format!("{group}/v1"), "kind": "Gadget", "metadata": {"name": "by-hand"}
+    }))
+    .unwrap();
+    gadgets
+        .create(&PostParams::default(), &gadget)
+        .await
+        .unwrap();
+    std::fs::remove_file(case.repo.work.join("crd.yaml")).unwrap();
+    case.repo.push("drop the CRD");
+    let out = case.repo.sync_once(&[GC]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "CustomResourceDefinition gadgets.{group}: not pruned: 1 object(s) tidegate does not manage"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("Gadget {}/by-hand", case.ns)),
+        "{err}"
+    );
+    assert!(gadgets.get_opt("by-hand").await.unwrap().is_some());
+    // Once the Gadget is gone, the CRD is pruned.
+    gadgets
+        .delete("by-hand", &Default::default())
+        .await
+        .unwrap();
+    let out = case.repo.sync_once(&[GC]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(&format!(
+            "pruned apiextensions.k8s.io/v1 CustomResourceDefinition gadgets.{group}"
+        )),
+        "{}",
+        stdout(&out)
+    );
+}
