@@ -30,10 +30,12 @@ pub enum Error {
     Infer(#[source] kube::config::InferConfigError),
     #[error("cannot create a Kubernetes client")]
     Client(#[source] kube::Error),
-    #[error(
-        "kind {kind} ({api_version}) is not served by the cluster: install its CustomResourceDefinition, or check the apiVersion"
-    )]
-    UnknownKind { api_version: String, kind: String },
+    #[error("kind {kind} ({api_version}) is not served by the cluster: {advice}")]
+    UnknownKind {
+        api_version: String,
+        kind: String,
+        advice: &'static str,
+    },
     #[error(
         "cannot discover kind {kind} ({api_version}): {reason}; if an aggregated API serves it, it may be down"
     )]
@@ -42,6 +44,16 @@ pub enum Error {
         kind: String,
         reason: String,
     },
+}
+
+/// What to do about a kind the cluster does not serve.
+fn unserved_advice(id: &ObjectRef) -> &'static str {
+    if id.group == "helm.fluxcd.io" && id.kind == "HelmRelease" {
+        "install its CustomResourceDefinition from tidegate's deploy/crds/ \
+         (kubectl apply -f deploy/crds/helmreleases.helm.fluxcd.io.yaml)"
+    } else {
+        "install its CustomResourceDefinition, or check the apiVersion"
+    }
 }
 
 /// How to reach the cluster, as kubectl takes it.
@@ -348,10 +360,12 @@ impl Cluster {
                 kube::Error::Api(status) if status.code == 404 => Error::UnknownKind {
                     api_version: id.api_version(),
                     kind: id.kind.clone(),
+                    advice: unserved_advice(id),
                 },
                 kube::Error::Discovery(_) => Error::UnknownKind {
                     api_version: id.api_version(),
                     kind: id.kind.clone(),
+                    advice: unserved_advice(id),
                 },
                 kube::Error::Api(status) => Error::Discovery {
                     api_version: id.api_version(),

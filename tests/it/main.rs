@@ -9,6 +9,7 @@ mod control_plane;
 mod engine;
 mod faults;
 mod git_access;
+mod helm_releases;
 mod servers;
 mod support;
 mod sync_once;
