@@ -706,8 +706,9 @@ async fn prune(
                         }
                     );
                     tracing::warn!(object = %id, "{why}");
-                    report.warnings.push(format!("{id}: {why}"));
-                    on(Progress::Warning(&format!("{id}: {why}")));
+                    let warning = format!("{id}: {why}");
+                    on(Progress::Warning(&warning));
+                    report.warnings.push(warning);
                     continue;
                 }
                 Err(e) => {

@@ -356,27 +356,29 @@ impl Cluster {
         }
         let (resource, capabilities) = kube::discovery::pinned_kind(&self.client, &gvk)
             .await
-            .map_err(|e| match e {
-                kube::Error::Api(status) if status.code == 404 => Error::UnknownKind {
-                    api_version: id.api_version(),
-                    kind: id.kind.clone(),
-                    advice: unserved_advice(id),
-                },
-                kube::Error::Discovery(_) => Error::UnknownKind {
-                    api_version: id.api_version(),
-                    kind: id.kind.clone(),
-                    advice: unserved_advice(id),
-                },
-                kube::Error::Api(status) => Error::Discovery {
-                    api_version: id.api_version(),
-                    kind: id.kind.clone(),
-                    reason: format!("the API server answered {} {}", status.code, status.message),
-                },
-                other => Error::Discovery {
-                    api_version: id.api_version(),
-                    kind: id.kind.clone(),
-                    reason: crate::error_chain(&other),
-                },
+            .map_err(|e| {
+                let (api_version, kind) = (id.api_version(), id.kind.clone());
+                // 404 for the group version, or a served version without the kind.
+                let unserved = matches!(&e, kube::Error::Discovery(_))
+                    || matches!(&e, kube::Error::Api(status) if status.code == 404);
+                if unserved {
+                    return Error::UnknownKind {
+                        api_version,
+                        kind,
+                        advice: unserved_advice(id),
+                    };
+                }
+                let reason = match e {
+                    kube::Error::Api(status) => {
+                        format!("the API server answered {} {}", status.code, status.message)
+                    }
+                    other => crate::error_chain(&other),
+                };
+                Error::Discovery {
+                    api_version,
+                    kind,
+                    reason,
+                }
             })?;
         let resolved = Resolved {
             resource,

@@ -289,8 +289,7 @@ impl Cluster {
     /// Writes the inventory's shards when it is too large to keep inline;
     /// returns the `inventory-shards` value naming them.
     async fn write_shards(&self, state: &StateRef, text: &str) -> Result<String, kube::Error> {
-        let generation =
-            crate::render::checksum(&serde_json::Value::String(text.to_string()))[..12].to_string();
+        let generation = crate::render::sha256_hex(text.as_bytes())[..12].to_string();
         let api = Api::<ConfigMap>::namespaced(self.client.clone(), &state.namespace);
         let pieces = split_shards(text, SHARD_BYTES);
         for (i, piece) in pieces.iter().enumerate() {

@@ -35,51 +35,47 @@ pub fn find(root: &Path, rel: &Path, found: &mut Found) {
         return;
     };
     let mut visited = HashSet::new();
-    walk(&real_root, rel, found, &mut visited, true);
+    if let Err(e) = walk(&real_root, rel, found, &mut visited, true) {
+        found.errors.push(e);
+    }
 }
 
-fn walk(root: &Path, rel: &Path, found: &mut Found, visited: &mut HashSet<PathBuf>, named: bool) {
+/// Walks one path; an error is this path's, and ends only its walk.
+fn walk(
+    root: &Path,
+    rel: &Path,
+    found: &mut Found,
+    visited: &mut HashSet<PathBuf>,
+    named: bool,
+) -> Result<(), Error> {
     let abs = root.join(rel);
-    let real = match abs.canonicalize() {
-        Ok(real) => real,
-        Err(source) => {
-            let is_link = std::fs::symlink_metadata(&abs).is_ok_and(|m| m.file_type().is_symlink());
-            found.errors.push(if is_link {
-                Error::Symlink {
-                    path: rel.to_path_buf(),
-                    reason: format!("cannot be resolved ({source}); a loop or a dangling link"),
-                }
-            } else {
-                Error::Read {
-                    path: rel.to_path_buf(),
-                    source,
-                }
-            });
-            return;
-        }
+    let read_err = |source| Error::Read {
+        path: rel.to_path_buf(),
+        source,
     };
+    let real = abs.canonicalize().map_err(|source| {
+        let is_link = std::fs::symlink_metadata(&abs).is_ok_and(|m| m.file_type().is_symlink());
+        if is_link {
+            Error::Symlink {
+                path: rel.to_path_buf(),
+                reason: format!("cannot be resolved ({source}); a loop or a dangling link"),
+            }
+        } else {
+            read_err(source)
+        }
+    })?;
     if !real.starts_with(root) {
-        found.errors.push(Error::Symlink {
+        return Err(Error::Symlink {
             path: rel.to_path_buf(),
             reason: "points outside the repository".into(),
         });
-        return;
     }
-    let meta = match std::fs::metadata(&real) {
-        Ok(m) => m,
-        Err(source) => {
-            found.errors.push(Error::Read {
-                path: rel.to_path_buf(),
-                source,
-            });
-            return;
-        }
-    };
+    let meta = std::fs::metadata(&real).map_err(read_err)?;
     if meta.is_file() {
         if named || is_yaml(rel) {
             found.files.push(rel.to_path_buf());
         }
-        return;
+        return Ok(());
     }
     if !meta.is_dir() {
         if named || is_yaml(rel) {
@@ -88,34 +84,32 @@ fn walk(root: &Path, rel: &Path, found: &mut Found, visited: &mut HashSet<PathBu
                 rel.display()
             ));
         }
-        return;
+        return Ok(());
     }
     if !visited.insert(real.clone()) {
         // Reached again through a symlink: already walked.
-        return;
+        return Ok(());
     }
     if real.join("Chart.yaml").is_file() {
         tracing::debug!(dir = %rel.display(), "skipping Helm chart directory");
-        return;
+        return Ok(());
     }
-    let entries = match std::fs::read_dir(&real).and_then(|d| d.collect::<Result<Vec<_>, _>>()) {
-        Ok(entries) => entries,
-        Err(source) => {
-            found.errors.push(Error::Read {
-                path: rel.to_path_buf(),
-                source,
-            });
-            return;
-        }
-    };
-    let mut entries: Vec<_> = entries.into_iter().map(|e| e.file_name()).collect();
+    let mut entries: Vec<_> = std::fs::read_dir(&real)
+        .and_then(|d| {
+            d.map(|e| e.map(|e| e.file_name()))
+                .collect::<Result<_, _>>()
+        })
+        .map_err(read_err)?;
     entries.sort();
     for name in entries {
         if name.to_string_lossy().starts_with('.') {
             continue;
         }
-        walk(root, &rel.join(&name), found, visited, false);
+        if let Err(e) = walk(root, &rel.join(&name), found, visited, false) {
+            found.errors.push(e);
+        }
     }
+    Ok(())
 }
 
 /// Reads one file as UTF-8 text, refusing it past `limits.max_file_bytes`

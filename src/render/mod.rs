@@ -153,9 +153,13 @@ impl fmt::Display for Errors<'_> {
 
 /// The sha256 of an object's canonical JSON form (keys sorted), in hex.
 pub fn checksum(object: &serde_json::Value) -> String {
+    sha256_hex(&serde_json::to_vec(object).expect("JSON values serialize"))
+}
+
+/// The sha256 of some bytes, in hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::{Digest, Sha256};
-    let canonical = serde_json::to_vec(object).expect("JSON values serialize");
-    Sha256::digest(&canonical)
+    Sha256::digest(bytes)
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()

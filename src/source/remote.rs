@@ -80,11 +80,18 @@ pub fn parse(url: &str) -> Remote {
     }
 }
 
+/// `scheme://userinfo@host…` split into the scheme, the user info and what
+/// follows the `@`, for URLs that carry user info.
+fn split_userinfo(url: &str) -> Option<(&str, &str, &str)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let at = rest[..authority_end].rfind('@')?;
+    Some((scheme, &rest[..at], &rest[at + 1..]))
+}
+
 /// The `user:password` written into a URL's authority, if any.
 pub fn credentials_in(url: &str) -> Option<(String, String)> {
-    let (_, rest) = url.split_once("://")?;
-    let authority = rest.split('/').next()?;
-    let (userinfo, _) = authority.rsplit_once('@')?;
+    let (_, userinfo, _) = split_userinfo(url)?;
     let (user, password) = userinfo.split_once(':')?;
     Some((user.to_string(), password.to_string()))
 }
@@ -92,22 +99,16 @@ pub fn credentials_in(url: &str) -> Option<(String, String)> {
 /// The URL with any password or token in it replaced by `***`, for logs,
 /// errors, status records and Events.
 pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
+    let Some((scheme, userinfo, rest)) = split_userinfo(url) else {
         return url.to_string();
     };
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = match userinfo.split_once(':') {
-                Some((user, _)) => format!("{user}:***"),
-                // A lone token in the user part is a secret too.
-                None if scheme.starts_with("http") => "***".to_string(),
-                None => userinfo.to_string(),
-            };
-            format!("{scheme}://{user}@{host}{path}")
-        }
-        None => url.to_string(),
-    }
+    let user = match userinfo.split_once(':') {
+        Some((user, _)) => format!("{user}:***"),
+        // A lone token in the user part is a secret too.
+        None if scheme.starts_with("http") => "***".to_string(),
+        None => userinfo.to_string(),
+    };
+    format!("{scheme}://{user}@{rest}")
 }
 
 /// Replaces every secret of `url` that appears in `text` (libgit2 quotes URLs

@@ -14,8 +14,8 @@ use serde_json::json;
 
 use crate::servers::free_port;
 use crate::support::{
-    GitRepo, client, cm_yaml, configmap, create_secret, http, ns_yaml, status_json, stderr, stdout,
-    tidegate, tidegate_command, unique, wait_http,
+    GitRepo, client, cm_yaml, configmap, create_secret, dynamic_api, http, ns_yaml, status_json,
+    stderr, stdout, tidegate, tidegate_command, unique, wait_http,
 };
 
 const GC: &str = "--sync-garbage-collection";
@@ -775,12 +775,7 @@ async fn crd_with_custom_resources_we_do_not_manage_is_kept() {
     let out = case.repo.sync_once(&[GC]);
     assert!(out.status.success(), "{}", stderr(&out));
     // Someone else's Gadget.
-    let resource = kube::api::ApiResource::from_gvk_with_plural(
-        &kube::api::GroupVersionKind::gvk(&group, "v1", "Gadget"),
-        "gadgets",
-    );
-    let gadgets: Api<kube::api::DynamicObject> =
-        Api::namespaced_with(client().await, &case.ns, &resource);
+    let gadgets = dynamic_api(&format!("{group}/v1"), "Gadget", "gadgets", Some(&case.ns)).await;
     let gadget: kube::api::DynamicObject = serde_json::from_value(json!({
         "apiVersion": format!("{group}/v1"), "kind": "Gadget", "metadata": {"name": "by-hand"}
     }))

@@ -8,12 +8,12 @@ use std::time::Duration;
 use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service};
 use kube::Api;
-use kube::api::{DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::api::{Patch, PatchParams};
 use serde_json::json;
 
 use crate::support::{
-    GitRepo, client, cm_yaml, configmap, control_plane, eventually, ns_yaml, stderr, stdout,
-    tidegate, unique,
+    GitRepo, client, cm_yaml, configmap, control_plane, dynamic_api, eventually, ns_yaml, stderr,
+    stdout, tidegate, unique,
 };
 
 fn gc() -> &'static str {
@@ -216,11 +216,7 @@ spec:
             format!("created {group}/v1 Backup {ns}/nightly"),
         ]
     );
-    let gvk = GroupVersionKind::gvk(&group, "v1", "Backup");
-    let (resource, _) = kube::discovery::pinned_kind(&client().await, &gvk)
-        .await
-        .unwrap();
-    let backups: Api<DynamicObject> = Api::namespaced_with(client().await, &ns, &resource);
+    let backups = dynamic_api(&format!("{group}/v1"), "Backup", "backups", Some(&ns)).await;
     assert_eq!(
         backups.get("nightly").await.unwrap().data["spec"]["schedule"],
         "0 3 * * *"

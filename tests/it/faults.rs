@@ -19,7 +19,7 @@ use serde_json::json;
 
 use crate::servers::{GitHttps, free_port};
 use crate::support::{
-    GitRepo, client, cm_yaml, configmap, control_plane, eventually, http, ns_yaml,
+    GitRepo, client, cm_yaml, configmap, control_plane, dynamic_api, eventually, http, ns_yaml,
     service_account_token, status_json, stderr, stdout, tidegate_command, unique, wait_http,
 };
 
@@ -32,6 +32,21 @@ fn metric(port: u16, name: &str) -> f64 {
         .find(|l| l.starts_with(&format!("{name} ")))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
         .unwrap_or(0.0)
+}
+
+/// A repository with Namespace `ns` and one ConfigMap per name (in
+/// `<name>.yaml`), synced once with garbage collection on.
+fn synced(prefix: &str, names: &[&str]) -> (String, GitRepo) {
+    let ns = unique(prefix);
+    let repo = GitRepo::new();
+    repo.write("ns.yaml", &ns_yaml(&ns));
+    for name in names {
+        repo.write(&format!("{name}.yaml"), &cm_yaml(&ns, name, "1"));
+    }
+    repo.push("base");
+    let out = repo.sync_once(&[GC]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    (ns, repo)
 }
 
 #[tokio::test]
@@ -131,11 +146,7 @@ async fn git_credentials_refused() {
 
 #[tokio::test]
 async fn force_push_syncs_the_new_history_and_prunes_what_it_dropped() {
-    let ns = unique("fault-force");
-    let repo = GitRepo::new();
-    repo.write("ns.yaml", &ns_yaml(&ns))
-        .write("a.yaml", &cm_yaml(&ns, "a", "1"));
-    repo.push("base");
+    let (ns, repo) = synced("fault-force", &["a"]);
     repo.write("b.yaml", &cm_yaml(&ns, "b", "1"));
     repo.push("adds b");
     assert!(repo.sync_once(&[GC]).status.success());
@@ -180,12 +191,7 @@ async fn force_push_syncs_the_new_history_and_prunes_what_it_dropped() {
 
 #[tokio::test]
 async fn branch_deleted_prunes_nothing() {
-    let ns = unique("fault-branch");
-    let repo = GitRepo::new();
-    repo.write("ns.yaml", &ns_yaml(&ns))
-        .write("a.yaml", &cm_yaml(&ns, "a", "1"));
-    repo.push("base");
-    assert!(repo.sync_once(&[GC]).status.success());
+    let (ns, repo) = synced("fault-branch", &["a"]);
     // Deleted on the server (a push would be refused for the current branch).
     let out = Command::new("git")
         .args(["update-ref", "-d", "refs/heads/main"])
@@ -395,7 +401,7 @@ async fn daemon_killed_mid_apply_loses_nothing() {
 
 #[tokio::test]
 async fn aggregated_api_answering_503_keeps_its_inventory_entries() {
-    let ns = unique("fault-503");
+    let (ns, repo) = synced("fault-503", &["a", "b"]);
     let group = format!("{ns}.example.com");
     let apiservice = json!({
         "apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
@@ -403,12 +409,6 @@ async fn aggregated_api_answering_503_keeps_its_inventory_entries() {
         "spec": {"group": group, "version": "v1", "groupPriorityMinimum": 1000, "versionPriority": 15,
                  "insecureSkipTLSVerify": true, "service": {"namespace": "default", "name": format!("{ns}-nothing"), "port": 443}}
     });
-    let repo = GitRepo::new();
-    repo.write("ns.yaml", &ns_yaml(&ns))
-        .write("a.yaml", &cm_yaml(&ns, "a", "1"))
-        .write("b.yaml", &cm_yaml(&ns, "b", "1"));
-    repo.push("base");
-    assert!(repo.sync_once(&[GC]).status.success());
     // The inventory also lists a Widget of the aggregated group (as if it had
     // been applied while that API worked).
     let state_name = format!("{}-state", repo.sync_set);
@@ -422,13 +422,13 @@ async fn aggregated_api_answering_503_keeps_its_inventory_entries() {
         .patch(&state_name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .unwrap();
-    let services: Api<kube::api::DynamicObject> = Api::all_with(
-        client().await,
-        &kube::api::ApiResource::from_gvk_with_plural(
-            &kube::api::GroupVersionKind::gvk("apiregistration.k8s.io", "v1", "APIService"),
-            "apiservices",
-        ),
-    );
+    let services = dynamic_api(
+        "apiregistration.k8s.io/v1",
+        "APIService",
+        "apiservices",
+        None,
+    )
+    .await;
     services
         .create(
             &PostParams::default(),
@@ -467,12 +467,7 @@ async fn aggregated_api_answering_503_keeps_its_inventory_entries() {
 
 #[tokio::test]
 async fn state_object_deleted_by_hand() {
-    let ns = unique("fault-state");
-    let repo = GitRepo::new();
-    repo.write("ns.yaml", &ns_yaml(&ns))
-        .write("a.yaml", &cm_yaml(&ns, "a", "1"));
-    repo.push("base");
-    assert!(repo.sync_once(&[GC]).status.success());
+    let (ns, repo) = synced("fault-state", &["a"]);
     Api::<ConfigMap>::namespaced(client().await, "default")
         .delete(
             &format!("{}-state", repo.sync_set),

@@ -4,9 +4,10 @@
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Api;
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 
-use crate::support::{GitRepo, client, cm_yaml, configmap, ns_yaml, stderr, stdout, unique};
+use crate::support::{
+    GitRepo, client, cm_yaml, configmap, dynamic_api, ns_yaml, stderr, stdout, unique,
+};
 
 const CRD: &str = include_str!("../../deploy/crds/helmreleases.helm.fluxcd.io.yaml");
 
@@ -74,14 +75,13 @@ async fn helm_release_needs_the_crd_from_deploy_and_then_applies() {
         "{}",
         stdout(&out)
     );
-    let releases: Api<DynamicObject> = Api::namespaced_with(
-        client().await,
-        &ns,
-        &ApiResource::from_gvk_with_plural(
-            &GroupVersionKind::gvk("helm.fluxcd.io", "v1", "HelmRelease"),
-            "helmreleases",
-        ),
-    );
+    let releases = dynamic_api(
+        "helm.fluxcd.io/v1",
+        "HelmRelease",
+        "helmreleases",
+        Some(&ns),
+    )
+    .await;
     let live = releases.get("web").await.unwrap();
     assert_eq!(live.data["spec"]["values"]["replicaCount"], 2);
     assert_eq!(live.data["spec"]["chart"]["path"], "charts/web");

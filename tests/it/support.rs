@@ -508,3 +508,22 @@ pub fn status_json(sync_set: &str) -> serde_json::Value {
     assert!(matches!(out.status.code(), Some(0 | 1)), "{}", stderr(&out));
     serde_json::from_slice(&out.stdout).unwrap()
 }
+
+/// The API of a kind the test knows by name (`group/version`, kind, plural),
+/// in a namespace or cluster-wide.
+pub async fn dynamic_api(
+    api_version: &str,
+    kind: &str,
+    plural: &str,
+    namespace: Option<&str>,
+) -> Api<kube::api::DynamicObject> {
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    let resource = kube::api::ApiResource::from_gvk_with_plural(
+        &kube::api::GroupVersionKind::gvk(group, version, kind),
+        plural,
+    );
+    match namespace {
+        Some(ns) => Api::namespaced_with(client().await, ns, &resource),
+        None => Api::all_with(client().await, &resource),
+    }
+}
