@@ -2,11 +2,12 @@
 //!
 //! The data flow, one module per stage: [`source`] (Git → snapshot),
 //! [`render`] (snapshot → desired set), [`cluster`] (the API edge: discovery
-//! and server-side apply), [`sync`] (one sync from fetch to report), [`cli`].
+//! and server-side apply), [`helm`] (HelmRelease objects → helm releases), [`sync`] (one sync from fetch to report), [`cli`].
 
 pub mod cli;
 pub mod cluster;
 pub mod daemon;
+pub mod helm;
 pub mod identity;
 pub mod object;
 pub mod plan;

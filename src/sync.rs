@@ -16,6 +16,7 @@ use serde_json::Value;
 use crate::cluster::apply::{is_immutable_error, reason};
 use crate::cluster::state::{ObjectError, Outcome, StateRef, SyncStatus, now};
 use crate::cluster::{Cluster, Resolved};
+use crate::helm::{self, ReleaseAction, ReleaseStatus};
 use crate::object::ObjectRef;
 use crate::plan::{self, Change, Desired, Inventory, Stage};
 use crate::render::{self, DesiredSet, Manifest};
@@ -50,6 +51,9 @@ pub struct Settings {
     /// Prune even when Git renders no objects at all.
     pub allow_empty: bool,
     pub state: StateRef,
+    /// How to run helm for HelmRelease objects; `None` where no release is
+    /// reconciled (`diff`).
+    pub helm: Option<crate::helm::Settings>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -76,6 +80,7 @@ pub enum Progress<'a> {
     Failed(&'a ObjectError),
     WouldPrune(&'a ObjectRef),
     Warning(&'a str),
+    Release(&'a ReleaseStatus),
 }
 
 pub type OnProgress<'a> = &'a mut (dyn FnMut(Progress<'_>) + Send);
@@ -386,6 +391,8 @@ pub struct SyncReport {
     pub requests: Vec<String>,
     /// Why the sync's status could not be recorded: the sync failed.
     pub record_failed: Option<String>,
+    /// What happened to each Helm release.
+    pub releases: Vec<ReleaseStatus>,
 }
 
 impl SyncReport {
@@ -408,7 +415,24 @@ impl SyncReport {
             }
         }
         parts.push(format!("{} failed", self.errors.len()));
-        format!("{} ({} object writes)", parts.join(", "), self.writes)
+        let mut releases: BTreeMap<String, usize> = BTreeMap::new();
+        for r in &self.releases {
+            *releases.entry(r.action.to_string()).or_default() += 1;
+        }
+        let releases: Vec<String> = releases
+            .into_iter()
+            .map(|(action, n)| format!("{n} {action}"))
+            .collect();
+        let releases = if releases.is_empty() {
+            String::new()
+        } else {
+            format!("; releases: {}", releases.join(", "))
+        };
+        format!(
+            "{} ({} object writes){releases}",
+            parts.join(", "),
+            self.writes
+        )
     }
 
     /// The first 12 characters of the revision, or `(none)`.
@@ -469,6 +493,12 @@ impl SyncReport {
                 .collect(),
             writes: self.writes,
             requests: self.requests.clone(),
+            releases: self
+                .releases
+                .iter()
+                .take(MAX_RECORDED_ERRORS)
+                .cloned()
+                .collect(),
         }
     }
 }
@@ -728,6 +758,33 @@ async fn prune(
             keep.push(id.clone());
             continue;
         }
+        if helm::is_release(id)
+            && let Some(helm) = &settings.helm
+        {
+            match helm::uninstall(cluster, helm, id, &live).await {
+                Ok(Some(release)) => {
+                    let status = ReleaseStatus {
+                        object: id.to_string(),
+                        release,
+                        action: ReleaseAction::Uninstalled,
+                        revision: None,
+                        status: None,
+                        message: None,
+                    };
+                    tracing::info!(object = %id, "{status}");
+                    on(Progress::Release(&status));
+                    report.releases.push(status);
+                }
+                Ok(None) => {}
+                Err(why) => {
+                    keep.push(id.clone());
+                    let reason =
+                        format!("not pruned: its Helm release cannot be uninstalled: {why}");
+                    failed(report, on, object_error(id, None, reason));
+                    continue;
+                }
+            }
+        }
         match cluster.delete(&resolved, id).await {
             Ok(_) => {
                 tracing::info!(object = %id, "pruned");
@@ -752,6 +809,7 @@ pub async fn apply_set(
     set: &DesiredSet,
     settings: &Settings,
     inventory: &Inventory,
+    charts: Option<&helm::chart::Sources>,
     stop: &AtomicBool,
     on: OnProgress<'_>,
 ) -> (SyncReport, Inventory) {
@@ -781,12 +839,75 @@ pub async fn apply_set(
     let plan = apply_plan(cluster, plan, settings, stop, &mut report, on).await;
     next.extend(plan.items.iter().map(|i| i.desired.id.clone()));
     tracing::debug!(ms = phase.elapsed().as_millis() as u64, "applied");
+    if let (Some(helm), Some(charts), false) = (&settings.helm, charts, report.interrupted) {
+        reconcile_releases(cluster, helm, charts, &plan, &mut report, on).await;
+    }
     if !report.interrupted {
         next.extend(prune(cluster, &candidates, settings, &mut report, on).await);
     } else {
         next.extend(candidates);
     }
     (report, next)
+}
+
+/// Reconciles the HelmReleases the plan applied (not those it failed to
+/// apply or that are ignored) with helm.
+async fn reconcile_releases(
+    cluster: &Cluster,
+    helm: &helm::Settings,
+    charts: &helm::chart::Sources,
+    plan: &Plan,
+    report: &mut SyncReport,
+    on: OnProgress<'_>,
+) {
+    let failed: HashSet<String> = report.errors.iter().map(|e| e.object.clone()).collect();
+    let items: Vec<helm::Item> = plan
+        .items
+        .iter()
+        .filter(|i| helm::is_release(&i.desired.id) && i.change != Change::Ignored)
+        .filter(|i| !failed.contains(&i.desired.id.to_string()))
+        .map(|i| helm::Item {
+            id: i.desired.id.clone(),
+            object: i.desired.object.clone(),
+            resolved: i.resolved.clone(),
+        })
+        .collect();
+    if items.is_empty() {
+        return;
+    }
+    let phase = std::time::Instant::now();
+    let ctx = helm::Context {
+        cluster,
+        settings: helm,
+        sources: charts,
+    };
+    for status in helm::reconcile_all(&ctx, &items).await {
+        if status.action == ReleaseAction::Unchanged {
+            tracing::debug!(object = %status.object, "{status}");
+        } else {
+            tracing::info!(object = %status.object, "{status}");
+        }
+        if status.action == ReleaseAction::Failed {
+            let e = ObjectError {
+                object: status.object.clone(),
+                origin: None,
+                reason: format!(
+                    "release {}: {}",
+                    status.release,
+                    status.message.clone().unwrap_or_default()
+                ),
+            };
+            on(Progress::Failed(&e));
+            report.errors.push(e);
+        } else {
+            on(Progress::Release(&status));
+        }
+        report.releases.push(status);
+    }
+    tracing::debug!(
+        ms = phase.elapsed().as_millis() as u64,
+        "releases reconciled"
+    );
 }
 
 /// Fetches a Git source (off the async threads: libgit2 blocks).
@@ -876,7 +997,23 @@ async fn sync_snapshot(
             return (report, None);
         }
     };
-    let (mut report, next) = apply_set(cluster, &set, settings, &inventory, stop, on).await;
+    let charts = settings.helm.as_ref().map(|h| helm::chart::Sources {
+        url: h.git.as_ref().map(|g| g.url.clone()).unwrap_or_default(),
+        revision: snapshot.revision.clone(),
+        tree: snapshot.tree.clone(),
+        git: h.git.clone(),
+        cache: h.cache.clone(),
+    });
+    let (mut report, next) = apply_set(
+        cluster,
+        &set,
+        settings,
+        &inventory,
+        charts.as_ref(),
+        stop,
+        on,
+    )
+    .await;
     report.revision = Some(snapshot.revision);
     (report, Some(next))
 }

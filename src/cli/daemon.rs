@@ -116,6 +116,7 @@ impl SyncArgs {
                 namespace,
                 sync_set: self.sync_set_name.clone(),
             },
+            helm: None,
         }
     }
 }
@@ -150,6 +151,9 @@ pub struct Args {
     /// For a local repository, watch its refs and fetch as soon as they change
     #[arg(long, env = "TIDEGATE_GIT_WATCH", default_value_t = true, action = clap::ArgAction::Set)]
     git_watch: bool,
+    /// The helm binary (Helm 3) that installs and upgrades HelmRelease charts
+    #[arg(long, env = "TIDEGATE_HELM_BINARY", default_value = "helm")]
+    helm_binary: PathBuf,
     /// Sync once, print what was done and exit
     #[arg(long)]
     once: bool,
@@ -259,12 +263,24 @@ pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode>
                 .with_context(|| format!("--listen {text}: not an address like 0.0.0.0:3030"))?,
         ),
     };
+    let cache_dir = args
+        .git_cache_dir
+        .clone()
+        .unwrap_or_else(|| default_cache_dir(&args.git_url, &args.git_branch));
+    let mut settings = args.sync.settings(namespace);
+    settings.helm = Some(crate::helm::Settings {
+        helm: crate::helm::Helm {
+            binary: args.helm_binary.clone(),
+            kubeconfig: connection.kubeconfig.clone(),
+            context: connection.context.clone(),
+            home: cache_dir.join("helm"),
+        },
+        cache: cache_dir.join("charts"),
+        git: None,
+    });
     let config = daemon::Config {
         source: GitSource {
-            cache_dir: args
-                .git_cache_dir
-                .clone()
-                .unwrap_or_else(|| default_cache_dir(&args.git_url, &args.git_branch)),
+            cache_dir,
             url: args.git_url.clone(),
             branch: args.git_branch.clone(),
             access: Default::default(),
@@ -272,7 +288,7 @@ pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode>
         access: args.git.access_config(),
         poll_interval: args.git_poll_interval,
         sync_interval: args.sync_interval,
-        settings: args.sync.settings(namespace),
+        settings,
         listen,
         webhook_secret_name: args.webhook_secret_name.clone(),
         git_watch: args.git_watch,
@@ -301,6 +317,7 @@ fn print_progress(progress: Progress<'_>) {
         Progress::WouldPrune(id) => println!("would prune {id}"),
         Progress::Failed(e) => eprintln!("error: {e}"),
         Progress::Warning(w) => eprintln!("warning: {w}"),
+        Progress::Release(r) => println!("{r}"),
     }
 }
 

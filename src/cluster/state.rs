@@ -139,6 +139,9 @@ pub struct SyncStatus {
     /// `tidegate sync` requests this sync answered.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub requests: Vec<String>,
+    /// What the sync did with each Helm release.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub releases: Vec<crate::helm::ReleaseStatus>,
 }
 
 impl SyncStatus {

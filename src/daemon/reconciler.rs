@@ -208,10 +208,15 @@ pub async fn run(
                 tracing::warn!("cannot acknowledge sync requests: {e}");
             }
             let started = Instant::now();
+            // Charts in other repositories are fetched with this access.
+            let mut settings = config.settings.clone();
+            if let Some(helm) = &mut settings.helm {
+                helm.git = Some(source.clone());
+            }
             let (report, status) = sync::run(
                 &cluster,
                 snapshot,
-                &config.settings,
+                &settings,
                 taken.clone(),
                 &triggers.stop,
                 on,

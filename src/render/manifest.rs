@@ -238,6 +238,51 @@ pub fn parse_file(
     (manifests, errors)
 }
 
+/// Parses YAML that is not a manifest file (Helm values, a rendered chart)
+/// into its non-empty documents, within the same limits. The error names
+/// the document and line and never quotes the text: values may be secret.
+pub fn parse_documents(text: &str, limits: &ParseLimits) -> Result<Vec<Value>, String> {
+    let docs = documents(text);
+    if docs.len() > limits.max_documents {
+        return Err(format!("more than {} YAML documents", limits.max_documents));
+    }
+    let mut values = Vec::new();
+    let mut remaining = limits.max_expanded_bytes;
+    for (index, doc) in docs.into_iter().enumerate() {
+        if doc.text.trim().is_empty() {
+            continue;
+        }
+        let too_large = || {
+            format!(
+                "document {index} expands past {} bytes",
+                limits.max_expanded_bytes
+            )
+        };
+        if doc.text.len() > remaining {
+            return Err(too_large());
+        }
+        let value: Value = serde_saphyr::from_str_with_options(
+            doc.text,
+            parse_options(limits, doc.text.len(), remaining),
+        )
+        .map_err(|e| {
+            let line = e.location().map_or(0, |l| l.line() as usize);
+            format!(
+                "document {index} (line {}): {}",
+                doc.line + line.saturating_sub(1),
+                without_quotes(&e.to_string())
+            )
+        })?;
+        remaining = remaining
+            .checked_sub(expanded_size(&value))
+            .ok_or_else(too_large)?;
+        if !value.is_null() {
+            values.push(value);
+        }
+    }
+    Ok(values)
+}
+
 /// Parser options for one document of `len` bytes with `remaining` bytes of
 /// the file's expansion budget left.
 ///

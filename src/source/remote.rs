@@ -261,6 +261,32 @@ pub fn check_host_key(
     }
 }
 
+/// A URL reduced to what names the repository, so that `git@host:org/repo`,
+/// `ssh://git@host/org/repo.git` and `https://host/org/repo` compare equal:
+/// `host[:port]/path` without user, scheme, `.git` or a trailing slash; local
+/// paths as `file:` and the path.
+pub fn normalize(url: &str) -> String {
+    let remote = parse(url);
+    let trim = |path: &str| {
+        let path = path.trim_end_matches('/');
+        path.strip_suffix(".git").unwrap_or(path).to_string()
+    };
+    if remote.scheme == Scheme::File {
+        let path = url.strip_prefix("file://").unwrap_or(url);
+        return format!("file:{}", trim(path));
+    }
+    let path = match url.split_once("://") {
+        Some((_, rest)) => rest.find('/').map_or("", |i| &rest[i + 1..]),
+        None => url.split_once(':').map_or("", |(_, p)| p),
+    };
+    let port = remote.port.map(|p| format!(":{p}")).unwrap_or_default();
+    format!(
+        "{}{port}/{}",
+        remote.host.to_ascii_lowercase(),
+        trim(path.trim_start_matches('/'))
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -422,5 +448,24 @@ mod tests {
         let known = format!("*.example.com,!bad.example.com {key_a}\n");
         assert!(check_host_key(&known, "git.example.com", 22, &blob(&key_a)).is_ok());
         assert!(check_host_key(&known, "bad.example.com", 22, &blob(&key_a)).is_err());
+    }
+
+    #[test]
+    fn normalized_urls_name_the_repository() {
+        let same = [
+            "git@github.com:example/cluster-state",
+            "ssh://git@github.com/example/cluster-state.git",
+            "https://github.com/example/cluster-state/",
+            "https://user:token@GitHub.com/example/cluster-state.git",
+        ];
+        for url in same {
+            assert_eq!(normalize(url), "github.com/example/cluster-state", "{url}");
+        }
+        assert_ne!(
+            normalize("ssh://git@github.com:2222/example/cluster-state"),
+            normalize("git@github.com:example/cluster-state")
+        );
+        assert_eq!(normalize("file:///srv/repo.git"), "file:/srv/repo");
+        assert_eq!(normalize("/srv/repo.git/"), "file:/srv/repo");
     }
 }

@@ -7,7 +7,9 @@ package main
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"sync/atomic"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -169,11 +171,32 @@ func (k *fakeKubelet) sync(ctx context.Context, key string) error {
 		}
 		return err
 	}
-	if pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed || pod.Status.Phase == corev1.PodRunning {
+	if pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
+		return nil
+	}
+	// A pod that completes (a Job's) may ask to run for a while first, so
+	// tests can act while a Job, such as a Helm hook, is still running.
+	completes := pod.Spec.RestartPolicy == corev1.RestartPolicyNever || pod.Spec.RestartPolicy == corev1.RestartPolicyOnFailure
+	runFor := time.Duration(0)
+	if text, ok := pod.Annotations[runSecondsAnnotation]; ok && completes {
+		if n, err := strconv.Atoi(text); err == nil {
+			runFor = time.Duration(n) * time.Second
+		}
+	}
+	remaining := time.Until(pod.CreationTimestamp.Add(runFor))
+	if pod.Status.Phase == corev1.PodRunning && (!completes || remaining > 0) {
+		if remaining > 0 {
+			k.queue.AddAfter(key, remaining)
+		}
 		return nil
 	}
 	updated := pod.DeepCopy()
-	k.setStatus(updated)
+	if remaining > 0 {
+		k.setStatus(updated, false)
+		k.queue.AddAfter(key, remaining)
+	} else {
+		k.setStatus(updated, completes)
+	}
 	_, err = pods.UpdateStatus(ctx, updated, metav1.UpdateOptions{})
 	if apierrors.IsNotFound(err) {
 		return nil
@@ -181,11 +204,14 @@ func (k *fakeKubelet) sync(ctx context.Context, key string) error {
 	return err
 }
 
-// setStatus moves a new pod to Running and Ready, or, for pods that do not
-// restart (Jobs), straight to Succeeded.
-func (k *fakeKubelet) setStatus(pod *corev1.Pod) {
+// runSecondsAnnotation on a Job's pod template keeps its pods running for
+// that many seconds before they succeed.
+const runSecondsAnnotation = "fake.tidegate.dev/run-seconds"
+
+// setStatus moves a pod to Running and Ready, or, when it completes (pods
+// that do not restart, as Jobs'), to Succeeded.
+func (k *fakeKubelet) setStatus(pod *corev1.Pod, completes bool) {
 	now := metav1.Now()
-	completes := pod.Spec.RestartPolicy == corev1.RestartPolicyNever || pod.Spec.RestartPolicy == corev1.RestartPolicyOnFailure
 	ip := k.nextIP.Add(1)
 	pod.Status.HostIP = "127.0.0.1"
 	pod.Status.HostIPs = []corev1.HostIP{{IP: "127.0.0.1"}}

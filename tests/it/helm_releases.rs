@@ -1,96 +1,740 @@
-//! HelmRelease (helm.fluxcd.io/v1) objects from a Flux v1 repository: a
-//! clear error while the cluster lacks the CRD, and applied like any other
-//! object once the CRD from deploy/crds/ is installed.
+//! HelmRelease (helm.fluxcd.io/v1) objects from a Flux v1 repository,
+//! reconciled with the real helm binary against the real control plane: a
+//! clear error while the cluster lacks the CRD; install, upgrade on values,
+//! chart and live changes, nothing on a no-op, rollback after a failed
+//! upgrade, uninstall when removed; charts from a Helm repository; missing
+//! dependencies; adoption of helm-operator's releases; recovery of a release
+//! left pending by a killed upgrade.
 
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Event, Service};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Api;
+use kube::api::{ListParams, Patch, PatchParams};
+use tokio::sync::OnceCell;
 
+use crate::servers::free_port;
 use crate::support::{
-    GitRepo, client, cm_yaml, configmap, dynamic_api, ns_yaml, stderr, stdout, unique,
+    GitRepo, client, cm_yaml, configmap, control_plane, create_secret, dynamic_api, eventually,
+    ns_yaml, status_json, stderr, stdout, tidegate_command, tools_dir, unique,
 };
 
 const CRD: &str = include_str!("../../deploy/crds/helmreleases.helm.fluxcd.io.yaml");
+const CHART: &str = "examples/cluster-state/charts/web";
 
-fn helm_release(ns: &str) -> String {
+fn helm_binary() -> String {
+    tools_dir().join("helm").display().to_string()
+}
+
+/// The real helm, against the shared control plane.
+fn helm(args: &[&str]) -> Output {
+    let home = std::env::temp_dir().join(format!("tidegate-test-helm-{}", std::process::id()));
+    Command::new(helm_binary())
+        .args(args)
+        .env("KUBECONFIG", &control_plane().kubeconfig)
+        .env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_DATA_HOME", home.join("data"))
+        .output()
+        .expect("run helm")
+}
+
+/// `helm history` of a release as JSON: revisions with their status.
+fn history(ns: &str, release: &str) -> Vec<(u64, String)> {
+    let out = helm(&["history", release, "-n", ns, "-o", "json"]);
+    if !out.status.success() {
+        return Vec::new();
+    }
+    let entries: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["revision"].as_u64().unwrap(),
+                e["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Installs the HelmRelease CRD once per run. On a control plane that lacks
+/// it, first checks that a HelmRelease is then a clear error while the
+/// rest of the repository still syncs.
+async fn crd_installed() {
+    static DONE: OnceCell<()> = OnceCell::const_new();
+    DONE.get_or_init(|| async {
+        let crds: Api<CustomResourceDefinition> = Api::all(client().await);
+        if crds
+            .get_opt("helmreleases.helm.fluxcd.io")
+            .await
+            .unwrap()
+            .is_none()
+        {
+            unserved_kind_is_a_clear_error().await;
+        }
+        let crd: serde_json::Value = serde_saphyr::from_str(CRD).unwrap();
+        crds.patch(
+            "helmreleases.helm.fluxcd.io",
+            &PatchParams::apply("tests"),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap();
+        eventually(
+            "the HelmRelease CRD Established",
+            Duration::from_secs(30),
+            || {
+                let crds = crds.clone();
+                async move {
+                    let crd = crds.get("helmreleases.helm.fluxcd.io").await.ok()?;
+                    crd.status?
+                        .conditions?
+                        .iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True")
+                        .then_some(())
+                }
+            },
+        )
+        .await;
+    })
+    .await;
+}
+
+async fn unserved_kind_is_a_clear_error() {
+    let ns = unique("hr-unserved");
+    let repo = GitRepo::new();
+    repo.write("namespaces/ns.yaml", &ns_yaml(&ns))
+        .write("releases/web.yaml", &helm_release(&ns, "web", ""))
+        .write("config/cm.yaml", &cm_yaml(&ns, "plain", "1"));
+    repo.push("a Flux v1 repository");
+    let out = repo.sync_once(&[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "releases/web.yaml (document 0): helm.fluxcd.io/v1 HelmRelease {ns}/web: \
+             kind HelmRelease (helm.fluxcd.io/v1) is not served by the cluster: \
+             install its CustomResourceDefinition from tidegate's deploy/crds/"
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("404 page not found"), "{err}");
+    assert!(configmap(&ns, "plain").await.is_some(), "the rest syncs");
+}
+
+/// A HelmRelease of the chart at charts/web in the synced repository, with
+/// `spec` lines appended (indented by two spaces).
+fn helm_release(ns: &str, name: &str, extra_spec: &str) -> String {
     format!(
         "apiVersion: helm.fluxcd.io/v1
 kind: HelmRelease
 metadata:
-  name: web
+  name: {name}
   namespace: {ns}
-  annotations:
-    fluxcd.io/automated: \"false\"
 spec:
-  releaseName: {ns}-web
   chart:
-    git: git@github.com:example/cluster-state
-    ref: master
+    git: REPO_URL
+    ref: main
     path: charts/web
-  valuesFrom:
-  - configMapKeyRef: {{name: web-values, key: values.yaml, optional: true}}
-  values:
-    image: {{repository: nginx, tag: \"1.27\"}}
-    replicaCount: 2
-  rollback: {{enable: true, timeout: 300}}
-"
+{extra_spec}"
     )
 }
 
-#[tokio::test]
-async fn helm_release_needs_the_crd_from_deploy_and_then_applies() {
-    let ns = unique("hr");
+/// A repository holding the example chart and a namespace.
+fn chart_repo(ns: &str) -> GitRepo {
     let repo = GitRepo::new();
-    repo.write("namespaces/ns.yaml", &ns_yaml(&ns))
-        .write("releases/web.yaml", &helm_release(&ns))
-        .write("config/cm.yaml", &cm_yaml(&ns, "plain", "1"));
-    repo.push("a Flux v1 repository");
-    let crds: Api<CustomResourceDefinition> = Api::all(client().await);
-    if crds
-        .get_opt("helmreleases.helm.fluxcd.io")
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join(CHART),
+        &repo.work.join("charts/web"),
+    );
+    repo.write("namespaces/ns.yaml", &ns_yaml(ns));
+    repo
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &to.join(entry.file_name()));
+        } else {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+/// Writes a HelmRelease with the repository's own URL as its chart.git.
+fn write_release(repo: &GitRepo, path: &str, text: &str) {
+    repo.write(path, &text.replace("REPO_URL", &repo.url()));
+}
+
+impl GitRepo {
+    /// `daemon --once` with helm and garbage collection.
+    fn sync_helm(&self) -> Output {
+        let helm = helm_binary();
+        self.sync_once(&["--helm-binary", &helm, "--sync-garbage-collection"])
+    }
+}
+
+fn assert_ok(out: &Output) -> String {
+    let text = format!("{}\n{}", stdout(out), stderr(out));
+    assert!(out.status.success(), "{text}");
+    text
+}
+
+async fn deployment(ns: &str, name: &str) -> Option<Deployment> {
+    Api::<Deployment>::namespaced(client().await, ns)
+        .get_opt(name)
         .await
         .unwrap()
-        .is_none()
-    {
-        let out = repo.sync_once(&[]);
-        let err = stderr(&out);
-        assert_eq!(out.status.code(), Some(1), "{err}");
-        assert!(
-            err.contains(&format!(
-                "releases/web.yaml (document 0): helm.fluxcd.io/v1 HelmRelease {ns}/web: \
-                 kind HelmRelease (helm.fluxcd.io/v1) is not served by the cluster: \
-                 install its CustomResourceDefinition from tidegate's deploy/crds/"
-            )),
-            "{err}"
-        );
-        assert!(!err.contains("404 page not found"), "{err}");
-        assert!(configmap(&ns, "plain").await.is_some(), "the rest syncs");
-    }
-    // The CRD from deploy/ in the same commit: applied first, then the release.
-    repo.write("crds/helmreleases.yaml", CRD);
-    repo.push("the HelmRelease CRD");
-    let out = repo.sync_once(&[]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stdout(&out).contains(&format!("created helm.fluxcd.io/v1 HelmRelease {ns}/web")),
-        "{}",
-        stdout(&out)
-    );
-    let releases = dynamic_api(
-        "helm.fluxcd.io/v1",
-        "HelmRelease",
-        "helmreleases",
-        Some(&ns),
+}
+
+async fn release_status(ns: &str, name: &str) -> serde_json::Value {
+    let api = dynamic_api("helm.fluxcd.io/v1", "HelmRelease", "helmreleases", Some(ns)).await;
+    api.get(name).await.unwrap().data["status"].clone()
+}
+
+fn condition<'a>(status: &'a serde_json::Value, kind: &str) -> &'a serde_json::Value {
+    status["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == kind))
+        .unwrap_or(&serde_json::Value::Null)
+}
+
+#[tokio::test]
+async fn chart_from_the_repository_through_its_whole_lifecycle() {
+    crd_installed().await;
+    let ns = unique("hr-life");
+    let release = format!("{ns}-web");
+    let repo = chart_repo(&ns);
+    let secret = unique("hr-values");
+    create_secret(
+        &secret,
+        serde_json::json!({"values.yaml": "podAnnotations:\n  from: secret\n"}),
     )
     .await;
-    let live = releases.get("web").await.unwrap();
-    assert_eq!(live.data["spec"]["values"]["replicaCount"], 2);
-    assert_eq!(live.data["spec"]["chart"]["path"], "charts/web");
-    // An unchanged resync writes nothing.
-    let out = repo.sync_once(&[]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    repo.write(
+        "config/values.yaml",
+        &format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: web-values\n  namespace: {ns}\ndata:\n  values.yaml: |\n    replicaCount: 3\n    service:\n      port: 8080\n"
+        ),
+    );
+    let spec = format!(
+        "  valuesFrom:
+  - configMapKeyRef: {{name: web-values}}
+  - secretKeyRef: {{name: {secret}, namespace: default}}
+  values:
+    service: {{port: 8081}}
+  rollback: {{enable: true}}
+"
+    );
+    write_release(&repo, "releases/web.yaml", &helm_release(&ns, "web", &spec));
+    repo.push("a chart and its release");
+
+    let text = assert_ok(&repo.sync_helm());
     assert!(
-        stderr(&out).contains("(0 object writes)"),
+        text.contains(&format!(
+            "installed release {ns}/{release} revision 1 (helm.fluxcd.io/v1 HelmRelease {ns}/web)"
+        )),
+        "{text}"
+    );
+    assert_eq!(history(&ns, &release), [(1, "deployed".to_string())]);
+    // Values: chart < ConfigMap < Secret < spec.values.
+    let d = deployment(&ns, &release).await.expect("the Deployment");
+    let spec_of = d.spec.unwrap();
+    assert_eq!(spec_of.replicas, Some(3));
+    let template = spec_of.template;
+    assert_eq!(
+        template.metadata.unwrap().annotations.unwrap()["from"],
+        "secret"
+    );
+    assert_eq!(
+        template.spec.unwrap().containers[0].image.as_deref(),
+        Some("nginx:1.27.3")
+    );
+    let svc = Api::<Service>::namespaced(client().await, &ns)
+        .get(&release)
+        .await
+        .unwrap();
+    assert_eq!(svc.spec.unwrap().ports.unwrap()[0].port, 8081);
+    // The post-install hook ran to completion.
+    let job = Api::<Job>::namespaced(client().await, &ns)
+        .get(&format!("{release}-smoke-test"))
+        .await
+        .unwrap();
+    assert_eq!(job.status.unwrap().succeeded, Some(1));
+    // Status on the HelmRelease.
+    let status = release_status(&ns, "web").await;
+    assert_eq!(status["releaseName"], release.as_str());
+    assert_eq!(status["releaseStatus"], "deployed");
+    assert_eq!(status["observedGeneration"], 1);
+    assert_eq!(condition(&status, "Released")["status"], "True");
+    let recorded = status_json(&repo.sync_set);
+    assert_eq!(recorded["releases"][0]["action"], "installed", "{recorded}");
+    assert_eq!(recorded["releases"][0]["revision"], 1);
+
+    // A no-op sync: no new Helm revision, no write.
+    let text = assert_ok(&repo.sync_helm());
+    assert!(
+        text.contains(&format!("unchanged release {ns}/{release} revision 1")),
+        "{text}"
+    );
+    assert!(text.contains("(0 object writes)"), "{text}");
+    assert_eq!(history(&ns, &release).len(), 1);
+    assert_eq!(
+        release_status(&ns, "web").await,
+        status,
+        "status not rewritten"
+    );
+
+    // Values changed in Git: an upgrade with a new pod template.
+    write_release(
+        &repo,
+        "releases/web.yaml",
+        &helm_release(
+            &ns,
+            "web",
+            &spec.replace(
+                "port: 8081}",
+                "port: 8081}\n    podAnnotations: {from: git}",
+            ),
+        ),
+    );
+    repo.push("new values");
+    let text = assert_ok(&repo.sync_helm());
+    assert!(
+        text.contains(&format!("upgraded release {ns}/{release} revision 2")),
+        "{text}"
+    );
+    assert!(text.contains("the values changed"), "{text}");
+    let d = deployment(&ns, &release).await.unwrap();
+    assert_eq!(
+        d.spec
+            .unwrap()
+            .template
+            .metadata
+            .unwrap()
+            .annotations
+            .unwrap()["from"],
+        "git"
+    );
+    assert_eq!(release_status(&ns, "web").await["observedGeneration"], 2);
+
+    // appVersion bumped in Chart.yaml: the image follows.
+    let chart_yaml = repo.work.join("charts/web/Chart.yaml");
+    let text = std::fs::read_to_string(&chart_yaml).unwrap();
+    std::fs::write(
+        &chart_yaml,
+        text.replace("appVersion: \"1.27.3\"", "appVersion: \"1.27.4\""),
+    )
+    .unwrap();
+    repo.push("nginx 1.27.4");
+    let text = assert_ok(&repo.sync_helm());
+    assert!(
+        text.contains("revision 3") && text.contains("the chart changed"),
+        "{text}"
+    );
+    let d = deployment(&ns, &release).await.unwrap();
+    assert_eq!(
+        d.spec.unwrap().template.spec.unwrap().containers[0]
+            .image
+            .as_deref(),
+        Some("nginx:1.27.4")
+    );
+
+    // A hand scale of a release's object is drift: upgraded back.
+    Api::<Deployment>::namespaced(client().await, &ns)
+        .patch(
+            &release,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"replicas": 1}})),
+        )
+        .await
+        .unwrap();
+    let text = assert_ok(&repo.sync_helm());
+    assert!(
+        text.contains("revision 4") && text.contains("was changed in the cluster (spec.replicas)"),
+        "{text}"
+    );
+    assert_eq!(
+        deployment(&ns, &release)
+            .await
+            .unwrap()
+            .spec
+            .unwrap()
+            .replicas,
+        Some(3)
+    );
+
+    // A failing upgrade (a port the API server refuses) is rolled back.
+    write_release(
+        &repo,
+        "releases/web.yaml",
+        &helm_release(&ns, "web", &spec.replace("port: 8081", "port: 70000")),
+    );
+    repo.push("a port out of range");
+    let out = repo.sync_helm();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("release {ns}/{release}"))
+            && err.contains("rolled back to revision 4"),
+        "{err}"
+    );
+    let revisions = history(&ns, &release);
+    assert_eq!(
+        revisions.last().unwrap(),
+        &(6, "deployed".to_string()),
+        "{revisions:?}"
+    );
+    assert_eq!(revisions[4], (5, "failed".to_string()), "{revisions:?}");
+    let status = release_status(&ns, "web").await;
+    assert_eq!(
+        condition(&status, "RolledBack")["status"],
+        "True",
+        "{status}"
+    );
+    assert_eq!(
+        condition(&status, "Released")["status"],
+        "False",
+        "{status}"
+    );
+    let events = Api::<Event>::namespaced(client().await, &ns)
+        .list(&ListParams::default().fields("involvedObject.name=web"))
+        .await
+        .unwrap();
+    assert!(
+        events
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("ReleaseRolledBack")),
+        "an Event says it was rolled back"
+    );
+    // The same broken values again: not retried, still reported.
+    let out = repo.sync_helm();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("failed at revision 5"),
         "{}",
         stderr(&out)
+    );
+    assert_eq!(history(&ns, &release).len(), 6, "no new revision");
+
+    // Removed from Git (garbage collection on): uninstalled.
+    std::fs::remove_file(repo.work.join("releases/web.yaml")).unwrap();
+    repo.push("no more web");
+    let text = assert_ok(&repo.sync_helm());
+    assert!(
+        text.contains(&format!("uninstalled release {ns}/{release}")),
+        "{text}"
+    );
+    assert!(history(&ns, &release).is_empty());
+    eventually("the Deployment gone", Duration::from_secs(30), || {
+        let (ns, release) = (ns.clone(), release.clone());
+        async move { deployment(&ns, &release).await.is_none().then_some(()) }
+    })
+    .await;
+}
+
+/// A static file server on loopback serving `dir` (a Helm repository).
+struct FileServer(std::process::Child, u16);
+
+impl FileServer {
+    fn start(dir: &Path) -> FileServer {
+        let port = free_port();
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 http.server");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "http.server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        FileServer(child, port)
+    }
+}
+
+impl Drop for FileServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn chart_from_a_helm_repository() {
+    crd_installed().await;
+    let ns = unique("hr-repo");
+    let charts = tempfile::tempdir().unwrap();
+    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join(CHART);
+    let out = helm(&[
+        "package",
+        chart.to_str().unwrap(),
+        "-d",
+        charts.path().to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let server = FileServer::start(charts.path());
+    let url = format!("http://127.0.0.1:{}/", server.1);
+    let out = helm(&[
+        "repo",
+        "index",
+        charts.path().to_str().unwrap(),
+        "--url",
+        &url,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let repo = GitRepo::new();
+    repo.write("namespaces/ns.yaml", &ns_yaml(&ns)).write(
+        "releases/web.yaml",
+        &format!(
+            "apiVersion: helm.fluxcd.io/v1
+kind: HelmRelease
+metadata: {{name: web, namespace: {ns}}}
+spec:
+  releaseName: shop
+  chart: {{repository: \"{url}\", name: web, version: 0.1.0}}
+  values: {{hook: {{enabled: false}}}}
+"
+        ),
+    );
+    repo.push("a chart from a Helm repository");
+    let text = assert_ok(&repo.sync_helm());
+    assert!(
+        text.contains(&format!("installed release {ns}/shop revision 1")),
+        "{text}"
+    );
+    assert!(deployment(&ns, "shop-web").await.is_some());
+    // Unchanged: nothing pulled or upgraded again, even with the server gone.
+    drop(server);
+    let text = assert_ok(&repo.sync_helm());
+    assert!(
+        text.contains(&format!("unchanged release {ns}/shop revision 1")),
+        "{text}"
+    );
+    assert_eq!(history(&ns, "shop").len(), 1);
+}
+
+#[tokio::test]
+async fn a_missing_dependency_fails_only_its_release() {
+    crd_installed().await;
+    let ns = unique("hr-deps");
+    let repo = chart_repo(&ns);
+    let closed = free_port();
+    copy_dir(
+        &repo.work.join("charts/web"),
+        &repo.work.join("charts/needs-redis"),
+    );
+    let chart_yaml = repo.work.join("charts/needs-redis/Chart.yaml");
+    let text = std::fs::read_to_string(&chart_yaml).unwrap();
+    std::fs::write(
+        &chart_yaml,
+        format!(
+            "{}dependencies:\n- name: redis\n  version: 18.0.0\n  repository: http://127.0.0.1:{closed}/charts\n",
+            text.replace("name: web", "name: needs-redis")
+        ),
+    )
+    .unwrap();
+    write_release(
+        &repo,
+        "releases/broken.yaml",
+        &helm_release(&ns, "broken", "").replace("charts/web", "charts/needs-redis"),
+    );
+    write_release(
+        &repo,
+        "releases/web.yaml",
+        &helm_release(&ns, "web", "  values: {hook: {enabled: false}}\n"),
+    );
+    repo.write("config/cm.yaml", &cm_yaml(&ns, "plain", "1"));
+    repo.push("a chart whose dependency is nowhere");
+    let out = repo.sync_helm();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "chart dependency redis (repository http://127.0.0.1:{closed}/charts) is neither vendored under charts/ nor reachable"
+        )),
+        "{err}"
+    );
+    assert!(err.contains(&format!("HelmRelease {ns}/broken")), "{err}");
+    assert!(
+        configmap(&ns, "plain").await.is_some(),
+        "plain manifests sync"
+    );
+    assert!(
+        stdout(&out).contains(&format!("installed release {ns}/{ns}-web revision 1")),
+        "the other release installs: {}",
+        stdout(&out)
+    );
+    let status = release_status(&ns, "broken").await;
+    assert_eq!(status["phase"], "ChartFetchFailed", "{status}");
+}
+
+#[tokio::test]
+async fn a_release_helm_operator_made_is_adopted_without_a_reinstall() {
+    crd_installed().await;
+    let ns = unique("hr-adopt");
+    let repo = chart_repo(&ns);
+    // The release helm-operator would have made for HelmRelease flux/web
+    // with targetNamespace ns: `<namespace>-<targetNamespace>-<name>`.
+    let flux = unique("flux");
+    let release = format!("{flux}-{ns}-web");
+    let values = repo.work.join("values.yaml");
+    std::fs::write(&values, "replicaCount: 2\n").unwrap();
+    let out = helm(&[
+        "install",
+        &release,
+        repo.work.join("charts/web").to_str().unwrap(),
+        "-n",
+        &ns,
+        "--create-namespace",
+        "-f",
+        values.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    std::fs::remove_file(&values).unwrap();
+    let spec = format!("  targetNamespace: {ns}\n  values: {{replicaCount: 2}}\n");
+    repo.write("namespaces/flux.yaml", &ns_yaml(&flux));
+    write_release(
+        &repo,
+        "releases/web.yaml",
+        &helm_release(&flux, "web", &spec),
+    );
+    repo.push("the release as helm-operator had it");
+    let text = assert_ok(&repo.sync_helm());
+    assert!(
+        text.contains(&format!("unchanged release {ns}/{release} revision 1")),
+        "{text}"
+    );
+    assert_eq!(history(&ns, &release), [(1, "deployed".to_string())]);
+    // Something changed: the next revision of the same release.
+    write_release(
+        &repo,
+        "releases/web.yaml",
+        &helm_release(
+            &flux,
+            "web",
+            &spec.replace("replicaCount: 2", "replicaCount: 3"),
+        ),
+    );
+    repo.push("three replicas");
+    let text = assert_ok(&repo.sync_helm());
+    assert!(
+        text.contains(&format!("upgraded release {ns}/{release} revision 2")),
+        "{text}"
+    );
+    assert_eq!(
+        deployment(&ns, &release)
+            .await
+            .unwrap()
+            .spec
+            .unwrap()
+            .replicas,
+        Some(3)
+    );
+}
+
+#[tokio::test]
+async fn a_release_left_pending_by_a_killed_upgrade_is_recovered() {
+    crd_installed().await;
+    let ns = unique("hr-pending");
+    let release = format!("{ns}-web");
+    let repo = chart_repo(&ns);
+    let spec = |seconds: u32| {
+        format!(
+            "  values:
+    hook:
+      events: post-install,post-upgrade
+      podAnnotations: {{fake.tidegate.dev/run-seconds: \"{seconds}\"}}
+"
+        )
+    };
+    write_release(
+        &repo,
+        "releases/web.yaml",
+        &helm_release(&ns, "web", &spec(0)),
+    );
+    repo.push("installed");
+    assert_ok(&repo.sync_helm());
+    // An upgrade whose post-upgrade hook Job runs for a minute.
+    write_release(
+        &repo,
+        "releases/web.yaml",
+        &helm_release(&ns, "web", &spec(60)),
+    );
+    repo.push("a slow hook");
+    let helm_bin = helm_binary();
+    let mut args = repo.once_args(&["--helm-binary", &helm_bin]);
+    args.push("--sync-garbage-collection".into());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut daemon = tidegate_command(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    eventually("the upgrade pending", Duration::from_secs(60), || {
+        let (ns, release) = (ns.clone(), release.clone());
+        async move {
+            history(&ns, &release)
+                .iter()
+                .any(|(_, s)| s == "pending-upgrade")
+                .then_some(())
+        }
+    })
+    .await;
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+    // helm died with tidegate: nothing finishes the upgrade.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(history(&ns, &release).last().unwrap().1, "pending-upgrade");
+    // The next sync recovers it, then upgrades to what Git says.
+    write_release(
+        &repo,
+        "releases/web.yaml",
+        &helm_release(&ns, "web", &spec(1)),
+    );
+    repo.push("a quicker hook");
+    let text = assert_ok(&repo.sync_helm());
+    assert!(
+        text.contains("revision 2 was left pending-upgrade by an operation that is no longer running; rolled back to revision 1"),
+        "{text}"
+    );
+    let revisions = history(&ns, &release);
+    assert_eq!(
+        revisions.last().unwrap(),
+        &(4, "deployed".to_string()),
+        "{revisions:?}"
+    );
+    let events = Api::<Event>::namespaced(client().await, &ns)
+        .list(&ListParams::default().fields("involvedObject.name=web"))
+        .await
+        .unwrap();
+    assert!(
+        events
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("ReleaseRecovered")),
+        "an Event says so"
     );
 }

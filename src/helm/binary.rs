@@ -1,0 +1,371 @@
+//! The `helm` binary: one method per helm command tidegate runs, each with
+//! the cluster connection, a private Helm home and a deadline. Values go to
+//! helm in a file only the daemon can read, never on the command line or in
+//! a log.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::Command;
+
+/// Extra time a helm command gets beyond the timeout it is given to wait.
+const GRACE: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "the helm binary {binary} cannot be run ({source}): install Helm 3 on PATH or pass --helm-binary"
+    )]
+    Missing {
+        binary: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("helm {command} failed: {message}")]
+    Failed { command: String, message: String },
+    #[error("helm {command} did not finish within {seconds}s and was stopped")]
+    TimedOut { command: String, seconds: u64 },
+    #[error("cannot prepare helm's working files in {dir}")]
+    Work {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How to run helm against the cluster tidegate syncs.
+#[derive(Debug, Clone)]
+pub struct Helm {
+    pub binary: PathBuf,
+    pub kubeconfig: Option<PathBuf>,
+    pub context: Option<String>,
+    /// Helm's cache, config and data homes live below this directory.
+    pub home: PathBuf,
+}
+
+/// What one install or upgrade runs with.
+#[derive(Debug, Clone)]
+pub struct UpgradeArgs<'a> {
+    pub release: &'a str,
+    pub namespace: &'a str,
+    pub chart: &'a Path,
+    pub values_file: &'a Path,
+    pub timeout: Duration,
+    pub wait: bool,
+    pub force: bool,
+    pub skip_crds: bool,
+    pub max_history: u64,
+    pub labels: &'a [(String, String)],
+}
+
+/// What one rollback runs with.
+#[derive(Debug, Clone)]
+pub struct RollbackArgs<'a> {
+    pub release: &'a str,
+    pub namespace: &'a str,
+    pub revision: u32,
+    pub timeout: Duration,
+    pub wait: bool,
+    pub force: bool,
+    pub recreate: bool,
+    pub disable_hooks: bool,
+    pub max_history: u64,
+}
+
+fn secs(d: Duration) -> String {
+    format!("{}s", d.as_secs().max(1))
+}
+
+impl Helm {
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.binary);
+        cmd.args(args)
+            .env("HELM_CACHE_HOME", self.home.join("cache"))
+            .env("HELM_CONFIG_HOME", self.home.join("config"))
+            .env("HELM_DATA_HOME", self.home.join("data"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(path) = &self.kubeconfig {
+            cmd.arg("--kubeconfig").arg(path);
+        }
+        if let Some(context) = &self.context {
+            cmd.arg("--kube-context").arg(context);
+        }
+        // helm dies with tidegate, as it does with the pod: a release it
+        // leaves pending is recovered by the next sync, never finished by
+        // an orphan racing it.
+        // SAFETY: prctl is async-signal-safe and touches only this process.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        cmd
+    }
+
+    /// Runs helm with `args`; its stdout on success.
+    async fn run(&self, args: &[&str], deadline: Duration) -> Result<String, Error> {
+        let command = args
+            .iter()
+            .take_while(|a| !a.starts_with('-'))
+            .take(2)
+            .copied()
+            .collect::<Vec<_>>()
+            .join(" ");
+        tracing::debug!(%command, "running helm");
+        let child = self
+            .command(args)
+            .spawn()
+            .map_err(|source| Error::Missing {
+                binary: self.binary.display().to_string(),
+                source,
+            })?;
+        let output = match tokio::time::timeout(deadline, child.wait_with_output()).await {
+            Ok(Ok(output)) => output,
+            Ok(Err(source)) => {
+                return Err(Error::Missing {
+                    binary: self.binary.display().to_string(),
+                    source,
+                });
+            }
+            Err(_) => {
+                return Err(Error::TimedOut {
+                    command,
+                    seconds: deadline.as_secs(),
+                });
+            }
+        };
+        if output.status.success() {
+            return Ok(String::from_utf8_lossy(&output.stdout).into_owned());
+        }
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let message: Vec<&str> = stderr
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.starts_with("WARNING:"))
+            .collect();
+        let message = message.join("; ");
+        let message = message.strip_prefix("Error: ").unwrap_or(&message);
+        Err(Error::Failed {
+            command,
+            message: message.chars().take(2000).collect(),
+        })
+    }
+
+    pub async fn version(&self) -> Result<String, Error> {
+        self.run(&["version", "--short"], Duration::from_secs(30))
+            .await
+            .map(|v| v.trim().to_string())
+    }
+
+    /// `helm upgrade --install`: installs when absent, upgrades otherwise.
+    pub async fn upgrade(&self, a: &UpgradeArgs<'_>) -> Result<(), Error> {
+        let timeout = secs(a.timeout);
+        let history = a.max_history.to_string();
+        let labels = a
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let chart = a.chart.to_string_lossy();
+        let values = a.values_file.to_string_lossy();
+        let mut args = vec![
+            "upgrade",
+            "--install",
+            a.release,
+            &chart,
+            "--namespace",
+            a.namespace,
+            "--values",
+            &values,
+            "--timeout",
+            &timeout,
+            "--history-max",
+            &history,
+        ];
+        if !labels.is_empty() {
+            args.extend(["--labels", &labels]);
+        }
+        if a.wait {
+            args.push("--wait");
+        }
+        if a.force {
+            args.push("--force");
+        }
+        if a.skip_crds {
+            args.push("--skip-crds");
+        }
+        self.run(&args, a.timeout + GRACE).await.map(drop)
+    }
+
+    pub async fn rollback(&self, a: &RollbackArgs<'_>) -> Result<(), Error> {
+        let timeout = secs(a.timeout);
+        let revision = a.revision.to_string();
+        let history = a.max_history.to_string();
+        let mut args = vec![
+            "rollback",
+            a.release,
+            &revision,
+            "--namespace",
+            a.namespace,
+            "--timeout",
+            &timeout,
+            "--history-max",
+            &history,
+        ];
+        if a.wait {
+            args.push("--wait");
+        }
+        if a.force {
+            args.push("--force");
+        }
+        if a.recreate {
+            args.push("--recreate-pods");
+        }
+        if a.disable_hooks {
+            args.push("--no-hooks");
+        }
+        self.run(&args, a.timeout + GRACE).await.map(drop)
+    }
+
+    pub async fn uninstall(
+        &self,
+        release: &str,
+        namespace: &str,
+        timeout: Duration,
+    ) -> Result<(), Error> {
+        let timeout_text = secs(timeout);
+        self.run(
+            &[
+                "uninstall",
+                release,
+                "--namespace",
+                namespace,
+                "--timeout",
+                &timeout_text,
+            ],
+            timeout + GRACE,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// The manifests a chart renders to with these values, offline.
+    pub async fn template(
+        &self,
+        release: &str,
+        namespace: &str,
+        chart: &Path,
+        values_file: &Path,
+        skip_crds: bool,
+    ) -> Result<String, Error> {
+        let chart = chart.to_string_lossy();
+        let values = values_file.to_string_lossy();
+        let mut args = vec![
+            "template",
+            release,
+            &chart,
+            "--namespace",
+            namespace,
+            "--values",
+            &values,
+        ];
+        if !skip_crds {
+            args.push("--include-crds");
+        }
+        self.run(&args, GRACE * 2).await
+    }
+
+    /// Fetches a chart's dependencies into its `charts/` directory.
+    pub async fn dependency_build(&self, chart: &Path) -> Result<(), Error> {
+        let chart = chart.to_string_lossy();
+        self.run(&["dependency", "build", &chart], GRACE * 2)
+            .await
+            .map(drop)
+    }
+
+    /// Downloads a chart from a Helm repository into `dir`; with credentials,
+    /// through a repository entry of helm's own (the password goes on stdin).
+    pub async fn pull(
+        &self,
+        repository: &str,
+        name: &str,
+        version: &str,
+        dir: &Path,
+        credentials: Option<(&str, &str)>,
+    ) -> Result<(), Error> {
+        std::fs::create_dir_all(dir).map_err(|source| Error::Work {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
+        let dest = dir.to_string_lossy();
+        let Some((user, password)) = credentials else {
+            return self
+                .run(
+                    &[
+                        "pull",
+                        name,
+                        "--repo",
+                        repository,
+                        "--version",
+                        version,
+                        "--destination",
+                        &dest,
+                    ],
+                    GRACE * 2,
+                )
+                .await
+                .map(drop);
+        };
+        let alias = format!(
+            "tidegate-{}",
+            &crate::render::sha256_hex(repository.as_bytes())[..12]
+        );
+        let mut add = self.command(&[
+            "repo",
+            "add",
+            &alias,
+            repository,
+            "--username",
+            user,
+            "--password-stdin",
+            "--force-update",
+        ]);
+        add.stdin(Stdio::piped());
+        let mut child = add.spawn().map_err(|source| Error::Missing {
+            binary: self.binary.display().to_string(),
+            source,
+        })?;
+        if let Some(mut stdin) = child.stdin.take() {
+            use tokio::io::AsyncWriteExt;
+            let _ = stdin.write_all(password.as_bytes()).await;
+        }
+        let output = tokio::time::timeout(GRACE, child.wait_with_output())
+            .await
+            .map_err(|_| Error::TimedOut {
+                command: "repo add".into(),
+                seconds: GRACE.as_secs(),
+            })?
+            .map_err(|source| Error::Missing {
+                binary: self.binary.display().to_string(),
+                source,
+            })?;
+        if !output.status.success() {
+            return Err(Error::Failed {
+                command: "repo add".into(),
+                message: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+            });
+        }
+        let chart = format!("{alias}/{name}");
+        self.run(
+            &["pull", &chart, "--version", version, "--destination", &dest],
+            GRACE * 2,
+        )
+        .await
+        .map(drop)
+    }
+}

@@ -1,0 +1,960 @@
+//! Helm releases: the HelmRelease objects a sync applied in; for each, the
+//! chart located, the values merged, the operation decided from Helm's own
+//! record, run with the real `helm` binary, and the outcome written to the
+//! HelmRelease's status; one [`ReleaseStatus`] per release out.
+//!
+//! A release that fails fails only itself: the others, and the plain
+//! manifests, go on.
+
+pub mod binary;
+pub mod chart;
+pub mod decide;
+pub mod drift;
+pub mod release;
+pub mod storage;
+
+use std::path::PathBuf;
+
+use futures::{StreamExt, stream};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, ObjectReference, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::Api;
+use kube::api::{Patch, PatchParams, PostParams};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::cluster::{Cluster, Resolved};
+use crate::object::ObjectRef;
+use crate::render::{ParseLimits, manifest::parse_documents};
+pub use binary::Helm;
+use decide::{Digests, Operation, Retry};
+use release::{ReleaseSpec, ValuesSource};
+
+/// Releases reconciled at once.
+pub const CONCURRENCY: usize = 4;
+
+/// How a sync runs helm.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub helm: Helm,
+    /// Fetched chart repositories, pulled charts, values files.
+    pub cache: PathBuf,
+    /// The synced source, for charts in other Git repositories (same access).
+    pub git: Option<crate::source::GitSource>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReleaseAction {
+    Installed,
+    Upgraded,
+    Unchanged,
+    RolledBack,
+    Reinstalled,
+    Uninstalled,
+    Failed,
+}
+
+impl std::fmt::Display for ReleaseAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ReleaseAction::Installed => "installed",
+            ReleaseAction::Upgraded => "upgraded",
+            ReleaseAction::Unchanged => "unchanged",
+            ReleaseAction::RolledBack => "rolled back",
+            ReleaseAction::Reinstalled => "reinstalled",
+            ReleaseAction::Uninstalled => "uninstalled",
+            ReleaseAction::Failed => "failed",
+        })
+    }
+}
+
+/// What a sync did with one release, as recorded and printed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseStatus {
+    /// The HelmRelease object.
+    pub object: String,
+    /// `namespace/name` of the Helm release.
+    pub release: String,
+    pub action: ReleaseAction,
+    /// Helm's revision after the sync, if the release exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u32>,
+    /// Helm's status of that revision (`deployed`, `failed`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// `installed release demo/demo-web revision 1 (helm.fluxcd.io/v1 HelmRelease demo/web)`.
+impl std::fmt::Display for ReleaseStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} release {}", self.action, self.release)?;
+        if let Some(r) = self.revision {
+            write!(f, " revision {r}")?;
+        }
+        write!(f, " ({})", self.object)?;
+        if let Some(m) = &self.message {
+            write!(f, ": {m}")?;
+        }
+        Ok(())
+    }
+}
+
+/// One HelmRelease to reconcile, as applied.
+#[derive(Debug, Clone)]
+pub struct Item {
+    pub id: ObjectRef,
+    pub object: Value,
+    pub resolved: Resolved,
+}
+
+/// A failure of one release, with the message for its status.
+#[derive(Debug, Clone)]
+struct Failure {
+    phase: &'static str,
+    message: String,
+    revision: Option<u32>,
+}
+
+fn fail(phase: &'static str, message: impl Into<String>) -> Failure {
+    Failure {
+        phase,
+        message: message.into(),
+        revision: None,
+    }
+}
+
+/// Everything one reconcile needs besides the release.
+pub struct Context<'a> {
+    pub cluster: &'a Cluster,
+    pub settings: &'a Settings,
+    pub sources: &'a chart::Sources,
+}
+
+/// Reconciles the releases, a few at a time, in the order given.
+pub async fn reconcile_all(ctx: &Context<'_>, items: &[Item]) -> Vec<ReleaseStatus> {
+    stream::iter(items.iter().map(|item| reconcile(ctx, item)))
+        .buffered(CONCURRENCY)
+        .collect()
+        .await
+}
+
+/// The digest of merged values: sha256 of their canonical JSON, cut to 32.
+pub fn values_digest(values: &Value) -> String {
+    crate::render::checksum(values)[..32].to_string()
+}
+
+struct Outcome {
+    action: ReleaseAction,
+    message: Option<String>,
+    rolled_back: bool,
+}
+
+async fn reconcile(ctx: &Context<'_>, item: &Item) -> ReleaseStatus {
+    let mut status = ReleaseStatus {
+        object: item.id.to_string(),
+        release: String::new(),
+        action: ReleaseAction::Failed,
+        revision: None,
+        status: None,
+        message: None,
+    };
+    let spec = match release::parse(&item.id, &item.object) {
+        Ok(s) => s,
+        Err(e) => {
+            status.message = Some(e.to_string());
+            write_status(ctx, item, None, &Err(fail("Invalid", e.to_string())), None).await;
+            return status;
+        }
+    };
+    status.release = format!("{}/{}", spec.target_namespace, spec.release_name);
+    let result = run(ctx, item, &spec).await;
+    let history = storage::history(
+        &ctx.cluster.client,
+        &spec.target_namespace,
+        &spec.release_name,
+    )
+    .await
+    .ok();
+    let latest = history.as_ref().and_then(|h| h.latest()).cloned();
+    status.revision = latest.as_ref().map(|r| r.version);
+    status.status = latest.as_ref().map(|r| r.status.clone());
+    match &result {
+        Ok((outcome, _)) => {
+            status.action = outcome.action;
+            status.message = outcome.message.clone();
+        }
+        Err(f) => {
+            status.message = Some(f.message.clone());
+        }
+    }
+    let chart_revision = result.as_ref().ok().map(|(_, r)| r.clone());
+    let outcome = result.map(|(o, _)| o);
+    write_status(ctx, item, Some(&spec), &outcome, chart_revision).await;
+    if let Some(h) = &history
+        && let Err(f) = &outcome
+        && f.revision.is_none()
+    {
+        // Keep what Helm has in the status even when this sync failed.
+        status.revision = h.latest().map(|r| r.version);
+    }
+    status
+}
+
+/// Locates the chart, merges the values, decides and runs the operation.
+/// Returns the outcome and the chart's revision.
+async fn run(
+    ctx: &Context<'_>,
+    item: &Item,
+    spec: &ReleaseSpec,
+) -> Result<(Outcome, String), Failure> {
+    let located = {
+        let (source, sources) = (spec.chart.clone(), ctx.sources.clone());
+        tokio::task::spawn_blocking(move || chart::locate(&source, &sources))
+            .await
+            .expect("chart task")
+            .map_err(|e| fail("ChartFetchFailed", crate::error_chain(&e)))?
+    };
+    let chart_dir = match &located.kind {
+        chart::Kind::Dir(d) => Some(d.clone()),
+        chart::Kind::Repository { .. } => None,
+    };
+    let values = merged_values(ctx.cluster, spec, chart_dir.as_deref())
+        .await
+        .map_err(|m| fail("ValuesFailed", m))?;
+    let digests = Digests {
+        chart: located.digest.clone(),
+        values: values_digest(&values),
+    };
+    let retry = Retry {
+        enabled: item.object["spec"]["rollback"]["retry"]
+            .as_bool()
+            .unwrap_or(false),
+        max: item.object["spec"]["rollback"]["maxRetries"]
+            .as_u64()
+            .unwrap_or(5),
+    };
+    // A recovery is followed by the release's normal operation.
+    let mut recovered: Option<String> = None;
+    for _ in 0..2 {
+        let history = storage::history(
+            &ctx.cluster.client,
+            &spec.target_namespace,
+            &spec.release_name,
+        )
+        .await
+        .map_err(|e| {
+            fail(
+                "DeployFailed",
+                format!("cannot read the release's Helm history: {e}"),
+            )
+        })?;
+        let mut operation = decide::decide(&history.records, &digests, retry);
+        if operation == Operation::CompareAdopted {
+            operation = compare_adopted(&history, &located, chart_dir.as_deref(), &values);
+        }
+        if operation == Operation::CheckLive {
+            operation = match live_drift(ctx.cluster, &history, spec).await {
+                Some(why) => Operation::Upgrade(why),
+                None => {
+                    return Ok((
+                        Outcome {
+                            action: recovered
+                                .as_ref()
+                                .map_or(ReleaseAction::Unchanged, |_| ReleaseAction::RolledBack),
+                            rolled_back: recovered.is_some(),
+                            message: recovered,
+                        },
+                        located.revision.clone(),
+                    ));
+                }
+            };
+        }
+        let deployed = history.deployed().map(|r| r.version);
+        match operation {
+            Operation::Install | Operation::Upgrade(_) => {
+                let why = match &operation {
+                    Operation::Upgrade(why) => why.clone(),
+                    _ => "not installed".into(),
+                };
+                let outcome = install_or_upgrade(
+                    ctx, item, spec, &located, &values, &digests, deployed, &why,
+                )
+                .await?;
+                let mut outcome = outcome;
+                if let Some(r) = recovered {
+                    outcome.message =
+                        Some(format!("{r}; then {}", outcome.message.unwrap_or_default()));
+                }
+                return Ok((outcome, located.revision.clone()));
+            }
+            Operation::RecoverRollback { from, to, status } => {
+                let message = format!(
+                    "revision {from} was left {status} by an operation that is no longer running; rolled back to revision {to}"
+                );
+                tracing::warn!(release = %spec.release_name, "{message}");
+                rollback(ctx, spec, to).await.map_err(|e| {
+                    fail("RollbackFailed", format!("recovering from {status}: {e}"))
+                })?;
+                event(
+                    ctx.cluster,
+                    &item.id,
+                    "Warning",
+                    "ReleaseRecovered",
+                    &message,
+                )
+                .await;
+                recovered = Some(message);
+            }
+            Operation::Reinstall { status } => {
+                let message = format!(
+                    "the release never deployed (revision left {status}); uninstalled to install it again"
+                );
+                tracing::warn!(release = %spec.release_name, "{message}");
+                ctx.settings
+                    .helm
+                    .uninstall(&spec.release_name, &spec.target_namespace, spec.timeout)
+                    .await
+                    .map_err(|e| fail("DeployFailed", format!("recovering from {status}: {e}")))?;
+                event(
+                    ctx.cluster,
+                    &item.id,
+                    "Warning",
+                    "ReleaseRecovered",
+                    &message,
+                )
+                .await;
+                let outcome = install_or_upgrade(
+                    ctx, item, spec, &located, &values, &digests, None, &message,
+                )
+                .await?;
+                let outcome = Outcome {
+                    action: if outcome.action == ReleaseAction::Installed {
+                        ReleaseAction::Reinstalled
+                    } else {
+                        outcome.action
+                    },
+                    ..outcome
+                };
+                return Ok((outcome, located.revision.clone()));
+            }
+            Operation::Blocked(why) => return Err(fail("DeployFailed", why)),
+            Operation::CheckLive | Operation::CompareAdopted => unreachable!("resolved above"),
+        }
+    }
+    Err(fail(
+        "DeployFailed",
+        recovered.unwrap_or_else(|| "the release is still pending after recovery".into()),
+    ))
+}
+
+/// A release tidegate did not make: unchanged when it runs the same chart
+/// version with the same values, so adopting it adds no Helm revision.
+fn compare_adopted(
+    history: &storage::History,
+    located: &chart::Located,
+    chart_dir: Option<&std::path::Path>,
+    values: &Value,
+) -> Operation {
+    let Some(deployed) = history.deployed() else {
+        return Operation::Upgrade("adopting the release".into());
+    };
+    let Ok(content) = history.content(deployed.version) else {
+        return Operation::Upgrade("adopting the release (its record cannot be read)".into());
+    };
+    let (name, version, app_version) = match (chart_dir, &located.kind) {
+        (Some(dir), _) => chart_metadata(dir),
+        (None, chart::Kind::Repository { name, version, .. }) => {
+            (name.clone(), version.clone(), content.app_version.clone())
+        }
+        _ => Default::default(),
+    };
+    if content.chart_name == name
+        && content.chart_version == version
+        && content.app_version == app_version
+        && content.config == *values
+    {
+        Operation::CheckLive
+    } else {
+        Operation::Upgrade("adopting the release: its chart or values differ from Git".into())
+    }
+}
+
+/// `name`, `version` and `appVersion` from a chart's Chart.yaml.
+fn chart_metadata(dir: &std::path::Path) -> (String, String, String) {
+    let text = std::fs::read_to_string(dir.join("Chart.yaml")).unwrap_or_default();
+    let chart = parse_documents(&text, &ParseLimits::default())
+        .ok()
+        .and_then(|d| d.into_iter().next())
+        .unwrap_or(Value::Null);
+    let field = |k: &str| match &chart[k] {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    };
+    (field("name"), field("version"), field("appVersion"))
+}
+
+/// The first object of the deployed revision that is gone or differs live.
+async fn live_drift(
+    cluster: &Cluster,
+    history: &storage::History,
+    spec: &ReleaseSpec,
+) -> Option<String> {
+    let deployed = history.deployed()?;
+    let content = match history.content(deployed.version) {
+        Ok(c) => c,
+        Err(e) => return Some(format!("its deployed record cannot be read ({e})")),
+    };
+    let objects = match parse_documents(&content.manifest, &ParseLimits::default()) {
+        Ok(o) => o,
+        Err(e) => return Some(format!("its deployed manifest cannot be read ({e})")),
+    };
+    let checks = objects.iter().filter_map(|object| {
+        let api_version = object["apiVersion"].as_str()?;
+        let kind = object["kind"].as_str()?;
+        let name = object["metadata"]["name"].as_str()?;
+        let namespace = object["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or(&spec.target_namespace);
+        let mut id = ObjectRef::new(api_version, kind, Some(namespace), name);
+        Some(async move {
+            let resolved = cluster.resolve(&id).await.ok()?;
+            if !resolved.namespaced() {
+                id.namespace = None;
+            }
+            match cluster.get(&resolved, &id).await {
+                Ok(None) => Some(format!("{id} was deleted")),
+                Ok(Some(live)) => {
+                    let live = serde_json::to_value(&live).ok()?;
+                    drift::first_difference(object, &live)
+                        .map(|field| format!("{id} was changed in the cluster ({field})"))
+                }
+                Err(_) => None,
+            }
+        })
+    });
+    let found: Vec<Option<String>> = stream::iter(checks).buffered(8).collect().await;
+    found.into_iter().flatten().next()
+}
+
+/// The values helm is given: `valuesFrom` in order, then `spec.values`.
+/// Errors name the source, never what it holds.
+async fn merged_values(
+    cluster: &Cluster,
+    spec: &ReleaseSpec,
+    chart_dir: Option<&std::path::Path>,
+) -> Result<Value, String> {
+    let mut merged = json!({});
+    for source in &spec.values_from {
+        let text = match read_source(cluster, source, chart_dir).await? {
+            Some(t) => t,
+            None if source.optional() => continue,
+            None => {
+                return Err(format!(
+                    "valuesFrom {source} not found (mark it optional: true if it may be missing)"
+                ));
+            }
+        };
+        let docs = parse_documents(&text, &ParseLimits::default())
+            .map_err(|e| format!("valuesFrom {source} is not YAML: {e}"))?;
+        for doc in docs {
+            if !doc.is_object() {
+                return Err(format!("valuesFrom {source} is not a mapping of values"));
+            }
+            release::merge_values(&mut merged, &doc);
+        }
+    }
+    release::merge_values(&mut merged, &spec.values);
+    Ok(merged)
+}
+
+async fn read_source(
+    cluster: &Cluster,
+    source: &ValuesSource,
+    chart_dir: Option<&std::path::Path>,
+) -> Result<Option<String>, String> {
+    let read_err = |e: kube::Error| format!("cannot read valuesFrom {source}: {e}");
+    match source {
+        ValuesSource::ConfigMap {
+            name,
+            namespace,
+            key,
+            ..
+        } => {
+            let api: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), namespace);
+            let cm = api.get_opt(name).await.map_err(read_err)?;
+            Ok(cm.and_then(|c| c.data).and_then(|mut d| d.remove(key)))
+        }
+        ValuesSource::Secret {
+            name,
+            namespace,
+            key,
+            ..
+        } => {
+            let api: Api<Secret> = Api::namespaced(cluster.client.clone(), namespace);
+            let secret = api.get_opt(name).await.map_err(read_err)?;
+            let Some(bytes) = secret.and_then(|s| s.data).and_then(|mut d| d.remove(key)) else {
+                return Ok(None);
+            };
+            String::from_utf8(bytes.0)
+                .map(Some)
+                .map_err(|_| format!("valuesFrom {source} is not UTF-8 text"))
+        }
+        ValuesSource::ChartFile { path, .. } => {
+            let Some(dir) = chart_dir else {
+                return Err(format!(
+                    "valuesFrom {source}: chartFileRef needs a chart from Git; for a chart from a Helm repository put the values in a ConfigMap"
+                ));
+            };
+            match std::fs::read_to_string(dir.join(path)) {
+                Ok(t) => Ok(Some(t)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(format!("cannot read valuesFrom {source}: {e}")),
+            }
+        }
+        ValuesSource::External { .. } => Err(format!(
+            "valuesFrom {source}: externalSourceRef is not supported; keep the values in Git (chartFileRef or spec.values) or in a ConfigMap"
+        )),
+    }
+}
+
+/// A directory of this operation's own for the values file and any copy of
+/// the chart; only the daemon's user can read it.
+fn work_dir(settings: &Settings, spec: &ReleaseSpec) -> Result<scratch::Dir, Failure> {
+    scratch::Dir::new(&settings.cache.join("work"), &spec.release_name).map_err(|e| {
+        fail(
+            "DeployFailed",
+            format!("cannot prepare a work directory: {e}"),
+        )
+    })
+}
+
+/// Private scratch directories, removed when dropped.
+mod scratch {
+    use std::os::unix::fs::DirBuilderExt;
+    use std::path::{Path, PathBuf};
+
+    pub struct Dir(pub PathBuf);
+
+    impl Dir {
+        pub fn new(parent: &Path, name: &str) -> std::io::Result<Dir> {
+            std::fs::create_dir_all(parent)?;
+            static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let dir = parent.join(format!("{name}-{}-{n}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+            Ok(Dir(dir))
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// Credentials for a chart repository from `chartPullSecret`.
+async fn pull_credentials(
+    cluster: &Cluster,
+    located: &chart::Located,
+    namespace: &str,
+) -> Result<Option<(String, String)>, Failure> {
+    let chart::Kind::Repository {
+        pull_secret: Some(name),
+        ..
+    } = &located.kind
+    else {
+        return Ok(None);
+    };
+    let api: Api<Secret> = Api::namespaced(cluster.client.clone(), namespace);
+    let secret = api.get_opt(name).await.map_err(|e| {
+        fail(
+            "ChartFetchFailed",
+            format!("cannot read chartPullSecret {namespace}/{name}: {e}"),
+        )
+    })?;
+    let data = secret.and_then(|s| s.data).ok_or_else(|| {
+        fail(
+            "ChartFetchFailed",
+            format!("chartPullSecret {namespace}/{name} not found"),
+        )
+    })?;
+    let field = |k: &str| {
+        data.get(k)
+            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+    };
+    match (field("username"), field("password")) {
+        (Some(u), Some(p)) => Ok(Some((u, p))),
+        _ => Err(fail(
+            "ChartFetchFailed",
+            format!("chartPullSecret {namespace}/{name} needs the keys username and password"),
+        )),
+    }
+}
+
+/// Makes the chart ready and writes the values where only helm reads them.
+async fn prepare(
+    ctx: &Context<'_>,
+    spec: &ReleaseSpec,
+    located: &chart::Located,
+    values: &Value,
+    work: &std::path::Path,
+) -> Result<(PathBuf, PathBuf), Failure> {
+    let namespace = spec.id.namespace.clone().unwrap_or_default();
+    let credentials = pull_credentials(ctx.cluster, located, &namespace).await?;
+    let chart = chart::prepare(
+        located,
+        &ctx.settings.helm,
+        &ctx.settings.cache,
+        work,
+        credentials,
+    )
+    .await
+    .map_err(|e| fail("ChartFetchFailed", crate::error_chain(&e)))?;
+    let values_file = work.join("values.json");
+    std::fs::write(
+        &values_file,
+        serde_json::to_vec(values).expect("values serialize"),
+    )
+    .map_err(|e| fail("DeployFailed", format!("cannot write the values file: {e}")))?;
+    Ok((chart, values_file))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn install_or_upgrade(
+    ctx: &Context<'_>,
+    item: &Item,
+    spec: &ReleaseSpec,
+    located: &chart::Located,
+    values: &Value,
+    digests: &Digests,
+    deployed: Option<u32>,
+    why: &str,
+) -> Result<Outcome, Failure> {
+    let work = work_dir(ctx.settings, spec)?;
+    let (chart, values_file) = prepare(ctx, spec, located, values, &work.0).await?;
+    let labels = digests.labels();
+    let verb = if deployed.is_some() {
+        "upgrading"
+    } else {
+        "installing"
+    };
+    tracing::info!(release = %spec.release_name, namespace = %spec.target_namespace, "{verb}: {why}");
+    let result = ctx
+        .settings
+        .helm
+        .upgrade(&binary::UpgradeArgs {
+            release: &spec.release_name,
+            namespace: &spec.target_namespace,
+            chart: &chart,
+            values_file: &values_file,
+            timeout: spec.timeout,
+            wait: spec.wait,
+            force: spec.force_upgrade,
+            skip_crds: spec.skip_crds,
+            max_history: spec.max_history,
+            labels: &labels,
+        })
+        .await;
+    drop(work);
+    match result {
+        Ok(()) => {
+            let (action, reason) = match deployed {
+                Some(_) => (ReleaseAction::Upgraded, "ReleaseUpgraded"),
+                None => (ReleaseAction::Installed, "ReleaseInstalled"),
+            };
+            event(ctx.cluster, &item.id, "Normal", reason, why).await;
+            Ok(Outcome {
+                action,
+                message: Some(why.to_string()),
+                rolled_back: false,
+            })
+        }
+        Err(e) => {
+            let failed = e.to_string();
+            event(ctx.cluster, &item.id, "Warning", "ReleaseFailed", &failed).await;
+            match deployed {
+                Some(to) if spec.rollback.enable => {
+                    tracing::warn!(release = %spec.release_name, "{failed}; rolling back to revision {to}");
+                    match rollback(ctx, spec, to).await {
+                        Ok(()) => {
+                            let message = format!("{failed}; rolled back to revision {to}");
+                            event(
+                                ctx.cluster,
+                                &item.id,
+                                "Warning",
+                                "ReleaseRolledBack",
+                                &message,
+                            )
+                            .await;
+                            Err(Failure {
+                                phase: "RolledBack",
+                                message,
+                                revision: Some(to),
+                            })
+                        }
+                        Err(r) => Err(fail(
+                            "RollbackFailed",
+                            format!("{failed}; the rollback failed too: {r}"),
+                        )),
+                    }
+                }
+                _ => Err(fail("DeployFailed", failed)),
+            }
+        }
+    }
+}
+
+async fn rollback(ctx: &Context<'_>, spec: &ReleaseSpec, to: u32) -> Result<(), binary::Error> {
+    let r = &spec.rollback;
+    ctx.settings
+        .helm
+        .rollback(&binary::RollbackArgs {
+            release: &spec.release_name,
+            namespace: &spec.target_namespace,
+            revision: to,
+            timeout: r.timeout.unwrap_or(spec.timeout),
+            wait: r.wait,
+            force: r.force,
+            recreate: r.recreate,
+            disable_hooks: r.disable_hooks,
+            max_history: spec.max_history,
+        })
+        .await
+}
+
+/// Uninstalls the release a HelmRelease (as it is live) made, if Helm has
+/// it. Called before the HelmRelease is pruned.
+pub async fn uninstall(
+    cluster: &Cluster,
+    settings: &Settings,
+    id: &ObjectRef,
+    live: &Value,
+) -> Result<Option<String>, String> {
+    let spec = release::parse(id, live).map_err(|e| e.to_string())?;
+    let history = storage::history(&cluster.client, &spec.target_namespace, &spec.release_name)
+        .await
+        .map_err(|e| format!("cannot read the release's Helm history: {e}"))?;
+    if history.records.is_empty() {
+        return Ok(None);
+    }
+    settings
+        .helm
+        .uninstall(&spec.release_name, &spec.target_namespace, spec.timeout)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Some(format!(
+        "{}/{}",
+        spec.target_namespace, spec.release_name
+    )))
+}
+
+/// helm-operator's phase names.
+fn phase(outcome: &Result<Outcome, Failure>) -> &'static str {
+    match outcome {
+        Ok(o) if o.rolled_back => "RolledBack",
+        Ok(_) => "Succeeded",
+        Err(f) => f.phase,
+    }
+}
+
+fn condition(
+    kind: &str,
+    ok: bool,
+    reason: &str,
+    message: &str,
+    previous: &Value,
+    now: &str,
+) -> Value {
+    let status = if ok { "True" } else { "False" };
+    let before = previous["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == kind));
+    let since = before
+        .filter(|c| c["status"] == status)
+        .and_then(|c| c["lastTransitionTime"].as_str())
+        .unwrap_or(now);
+    json!({"type": kind, "status": status, "reason": reason,
+           "message": message.chars().take(1000).collect::<String>(),
+           "lastTransitionTime": since, "lastUpdateTime": now})
+}
+
+/// Writes the outcome to the HelmRelease's status subresource, only when
+/// it says something new (a no-op sync writes nothing).
+async fn write_status(
+    ctx: &Context<'_>,
+    item: &Item,
+    spec: Option<&ReleaseSpec>,
+    outcome: &Result<Outcome, Failure>,
+    chart_revision: Option<String>,
+) {
+    let api = ctx
+        .cluster
+        .api(&item.resolved, item.id.namespace.as_deref());
+    // Read afresh: the plan's lists leave status out, and an apply in this
+    // sync may have moved the generation.
+    let live = api
+        .get_opt(&item.id.name)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|o| serde_json::to_value(o).ok());
+    let Some(live) = live else { return };
+    let previous = live["status"].clone();
+    let now = crate::cluster::state::now();
+    let mut status = previous.as_object().cloned().unwrap_or_default();
+    status.insert(
+        "observedGeneration".into(),
+        live["metadata"]["generation"].clone(),
+    );
+    status.insert("phase".into(), phase(outcome).into());
+    if let Some(spec) = spec {
+        status.insert("releaseName".into(), spec.release_name.clone().into());
+        if let Ok(history) = storage::history(
+            &ctx.cluster.client,
+            &spec.target_namespace,
+            &spec.release_name,
+        )
+        .await
+            && let Some(latest) = history.latest()
+        {
+            status.insert("releaseStatus".into(), latest.status.clone().into());
+        }
+    }
+    let mut conditions: Vec<Value> = previous["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mut set = |c: Value| {
+        conditions.retain(|old| old["type"] != c["type"]);
+        conditions.push(c);
+    };
+    let unchanged = matches!(outcome, Ok(o) if o.action == ReleaseAction::Unchanged);
+    match outcome {
+        Ok(o) => {
+            if let Some(rev) = &chart_revision {
+                status.insert("revision".into(), rev.clone().into());
+                status.insert("lastAttemptedRevision".into(), rev.clone().into());
+            }
+            let released_before = previous["conditions"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Released" && c["status"] == "True")
+            });
+            if !(unchanged && released_before) {
+                let message = o.message.clone().unwrap_or_else(|| o.action.to_string());
+                set(condition(
+                    "Released",
+                    true,
+                    &format!("{:?}", o.action),
+                    &message,
+                    &previous,
+                    &now,
+                ));
+                if o.action != ReleaseAction::RolledBack {
+                    set(condition(
+                        "RolledBack",
+                        false,
+                        "Released",
+                        "",
+                        &previous,
+                        &now,
+                    ));
+                }
+            }
+        }
+        Err(f) => {
+            if let Some(rev) = &chart_revision {
+                status.insert("lastAttemptedRevision".into(), rev.clone().into());
+            }
+            set(condition(
+                "Released", false, f.phase, &f.message, &previous, &now,
+            ));
+            if f.phase == "RolledBack" {
+                set(condition(
+                    "RolledBack",
+                    true,
+                    "RolledBack",
+                    &f.message,
+                    &previous,
+                    &now,
+                ));
+            }
+        }
+    }
+    status.insert("conditions".into(), Value::Array(conditions));
+    let status = Value::Object(status);
+    if without_update_times(&status) == without_update_times(&previous) {
+        return;
+    }
+    let patch = json!({"status": status});
+    if let Err(e) = api
+        .patch_status(
+            &item.id.name,
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        tracing::warn!(object = %item.id, "cannot write the HelmRelease status: {e}");
+    }
+}
+
+fn without_update_times(status: &Value) -> Value {
+    let mut s = status.clone();
+    if let Some(conditions) = s["conditions"].as_array_mut() {
+        for c in conditions {
+            if let Some(o) = c.as_object_mut() {
+                o.remove("lastUpdateTime");
+            }
+        }
+    }
+    s
+}
+
+/// An Event on the HelmRelease, where `kubectl describe` shows it.
+async fn event(cluster: &Cluster, id: &ObjectRef, kind: &str, reason: &str, message: &str) {
+    let Some(namespace) = id.namespace.clone() else {
+        return;
+    };
+    let now = Timestamp::now();
+    let event = Event {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{}-", id.name)),
+            namespace: Some(namespace.clone()),
+            ..ObjectMeta::default()
+        },
+        involved_object: ObjectReference {
+            api_version: Some(id.api_version()),
+            kind: Some(id.kind.clone()),
+            name: Some(id.name.clone()),
+            namespace: Some(namespace.clone()),
+            ..ObjectReference::default()
+        },
+        reason: Some(reason.into()),
+        message: Some(message.chars().take(1000).collect()),
+        type_: Some(kind.into()),
+        first_timestamp: Some(Time(now)),
+        last_timestamp: Some(Time(now)),
+        event_time: Some(MicroTime(now)),
+        reporting_component: Some("tidegate".into()),
+        reporting_instance: Some("tidegate".into()),
+        action: Some("Reconcile".into()),
+        count: Some(1),
+        ..Event::default()
+    };
+    let api: Api<Event> = Api::namespaced(cluster.client.clone(), &namespace);
+    if let Err(e) = api.create(&PostParams::default(), &event).await {
+        tracing::warn!(object = %id, "cannot emit an Event: {e}");
+    }
+}
+
+/// The HelmReleases a plan holds and may reconcile.
+pub fn is_release(id: &ObjectRef) -> bool {
+    release::is_helm_release(id)
+}
