@@ -50,6 +50,9 @@ pub struct SyncArgs {
     /// Prune even when the repository renders no objects at all (otherwise such a sync fails and deletes nothing)
     #[arg(long, env = "TIDEGATE_SYNC_GARBAGE_COLLECTION_ALLOW_EMPTY")]
     pub sync_garbage_collection_allow_empty: bool,
+    /// The helm binary (Helm 3) that renders, installs and upgrades HelmRelease charts
+    #[arg(long, env = "TIDEGATE_HELM_BINARY", default_value = "helm")]
+    pub helm_binary: PathBuf,
     #[command(flatten)]
     pub limits: LimitArgs,
 }
@@ -94,6 +97,24 @@ impl SyncArgs {
             paths: self.git_path.clone(),
             upgrade_removed_apis: self.upgrade_removed_apis,
             limits: self.limits.limits(),
+        }
+    }
+
+    /// How to run helm, with its homes and chart cache below `dir`.
+    pub fn helm_settings(
+        &self,
+        connection: &Connection,
+        dir: &std::path::Path,
+    ) -> crate::helm::Settings {
+        crate::helm::Settings {
+            helm: crate::helm::Helm {
+                binary: self.helm_binary.clone(),
+                kubeconfig: connection.kubeconfig.clone(),
+                context: connection.context.clone(),
+                home: dir.join("helm"),
+            },
+            cache: dir.join("charts"),
+            git: None,
         }
     }
 
@@ -151,9 +172,6 @@ pub struct Args {
     /// For a local repository, watch its refs and fetch as soon as they change
     #[arg(long, env = "TIDEGATE_GIT_WATCH", default_value_t = true, action = clap::ArgAction::Set)]
     git_watch: bool,
-    /// The helm binary (Helm 3) that installs and upgrades HelmRelease charts
-    #[arg(long, env = "TIDEGATE_HELM_BINARY", default_value = "helm")]
-    helm_binary: PathBuf,
     /// Sync once, print what was done and exit
     #[arg(long)]
     once: bool,
@@ -268,16 +286,7 @@ pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode>
         .clone()
         .unwrap_or_else(|| default_cache_dir(&args.git_url, &args.git_branch));
     let mut settings = args.sync.settings(namespace);
-    settings.helm = Some(crate::helm::Settings {
-        helm: crate::helm::Helm {
-            binary: args.helm_binary.clone(),
-            kubeconfig: connection.kubeconfig.clone(),
-            context: connection.context.clone(),
-            home: cache_dir.join("helm"),
-        },
-        cache: cache_dir.join("charts"),
-        git: None,
-    });
+    settings.helm = Some(args.sync.helm_settings(&connection, &cache_dir));
     let config = daemon::Config {
         source: GitSource {
             cache_dir,

@@ -133,6 +133,18 @@ pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode>
             diff,
         });
     }
+    let scratch = std::env::temp_dir().join(format!("tidegate-diff-{}", std::process::id()));
+    let helm = args.sync.helm_settings(&connection, &scratch);
+    let sources = crate::helm::chart::Sources::checkout(&args.path, helm.cache.clone());
+    for item in &plan.items {
+        if !crate::helm::is_release(&item.desired.id) || item.change == Change::Ignored {
+            continue;
+        }
+        objects.extend(
+            release_entries(&cluster, &helm, &sources, item, settings.force_conflicts).await,
+        );
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
     for m in &plan.deferred {
         objects.push(Entry {
             object: m.id.to_string(),
@@ -184,6 +196,100 @@ pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode>
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// For a release a sync would install or upgrade, one entry per object its
+/// chart renders that would change, diffed by a server-side dry-run
+/// against the live object.
+async fn release_entries(
+    cluster: &Cluster,
+    helm: &crate::helm::Settings,
+    sources: &crate::helm::chart::Sources,
+    item: &sync::Item,
+    force: bool,
+) -> Vec<Entry> {
+    let d = &item.desired;
+    let preview = match crate::helm::preview(Some(cluster), helm, sources, &d.id, &d.object).await {
+        Ok(p) => p,
+        Err(reason) => {
+            return vec![Entry {
+                object: d.id.to_string(),
+                origin: Some(d.origin.to_string()),
+                change: Change::Invalid {
+                    reason: format!("its release cannot be rendered: {reason}"),
+                },
+                diff: None,
+            }];
+        }
+    };
+    let Some(why) = &preview.change else {
+        return Vec::new();
+    };
+    let origin = format!("release {} of {}: {why}", preview.release, d.id);
+    let mut entries = Vec::new();
+    for mut object in preview.rendered {
+        let (Some(api_version), Some(kind), Some(name)) = (
+            object["apiVersion"].as_str(),
+            object["kind"].as_str(),
+            object["metadata"]["name"].as_str(),
+        ) else {
+            continue;
+        };
+        let mut id = crate::object::ObjectRef::new(api_version, kind, None, name);
+        let resolved = match cluster.resolve(&id).await {
+            Ok(r) => r,
+            Err(_) => {
+                entries.push(Entry {
+                    object: id.to_string(),
+                    origin: Some(origin.clone()),
+                    change: Change::Create,
+                    diff: plan::object_diff(&id, None, &object),
+                });
+                continue;
+            }
+        };
+        if resolved.namespaced() {
+            let ns = object["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or(&preview.namespace)
+                .to_string();
+            object["metadata"]["namespace"] = ns.clone().into();
+            id.namespace = Some(ns);
+        }
+        let live = cluster
+            .get(&resolved, &id)
+            .await
+            .ok()
+            .flatten()
+            .map(|o| serde_json::to_value(o).expect("objects serialize"));
+        let after = match cluster.apply(&resolved, &id, &object, force, true).await {
+            Ok(after) => serde_json::to_value(&after).expect("objects serialize"),
+            // A namespace the release would create first, or the like.
+            Err(_) if live.is_none() => object.clone(),
+            Err(e) => {
+                entries.push(Entry {
+                    object: id.to_string(),
+                    origin: Some(origin.clone()),
+                    change: Change::Invalid { reason: reason(&e) },
+                    diff: None,
+                });
+                continue;
+            }
+        };
+        if let Some(diff) = plan::object_diff(&id, live.as_ref(), &after) {
+            entries.push(Entry {
+                object: id.to_string(),
+                origin: Some(origin.clone()),
+                change: if live.is_some() {
+                    Change::Update
+                } else {
+                    Change::Create
+                },
+                diff: Some(diff),
+            });
+        }
+    }
+    entries
 }
 
 fn paint(line: &str, color: bool) -> String {

@@ -83,6 +83,14 @@ fn text(status: &SyncStatus) -> String {
             status.errors_total - status.errors.len()
         ));
     }
+    for r in &status.releases {
+        let helm_status = r
+            .status
+            .as_deref()
+            .map(|s| format!(" [{s}]"))
+            .unwrap_or_default();
+        out.push_str(&format!("release:   {r}{helm_status}\n"));
+    }
     for w in &status.warnings {
         out.push_str(&format!("warning:   {w}\n"));
     }

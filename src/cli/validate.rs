@@ -1,12 +1,13 @@
 //! `tidegate validate [PATH]`: every check that needs no cluster (YAML, object
-//! identity, duplicates, removed API versions), all problems listed at once.
+//! identity, duplicates, removed API versions, every HelmRelease's chart
+//! rendered by helm with its dependencies), all problems listed at once.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use super::EXIT_FAILED;
 use super::daemon::LimitArgs;
-use crate::render;
+use crate::{helm, render};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -19,6 +20,9 @@ pub struct Args {
     /// Accept removed API versions whose schema did not change (as the daemon would apply them)
     #[arg(long)]
     upgrade_removed_apis: bool,
+    /// The helm binary (Helm 3) that renders HelmRelease charts
+    #[arg(long, env = "TIDEGATE_HELM_BINARY", default_value = "helm")]
+    helm_binary: PathBuf,
     #[command(flatten)]
     limits: LimitArgs,
 }
@@ -41,10 +45,62 @@ pub fn run(args: Args) -> ExitCode {
         files.len(),
         set.ignored.len()
     );
-    if set.is_clean() {
+    let releases = check_releases(&args.path, &args.helm_binary, &set);
+    if !set.is_clean() {
+        eprintln!("{}", render::Errors(&set.errors));
+    }
+    for e in &releases {
+        eprintln!("error: {e}");
+    }
+    if set.is_clean() && releases.is_empty() {
         ExitCode::SUCCESS
     } else {
-        eprintln!("{}", render::Errors(&set.errors));
         ExitCode::from(EXIT_FAILED)
     }
+}
+
+/// Renders every HelmRelease's chart with `helm template` (values from the
+/// cluster left out); returns what failed, naming the HelmRelease.
+fn check_releases(path: &Path, helm_binary: &Path, set: &render::DesiredSet) -> Vec<String> {
+    let releases: Vec<_> = set
+        .manifests
+        .iter()
+        .filter(|m| helm::is_release(&m.id))
+        .collect();
+    if releases.is_empty() {
+        return Vec::new();
+    }
+    let scratch = std::env::temp_dir().join(format!("tidegate-validate-{}", std::process::id()));
+    let settings = helm::Settings {
+        helm: helm::Helm {
+            binary: helm_binary.to_path_buf(),
+            kubeconfig: None,
+            context: None,
+            home: scratch.join("helm"),
+        },
+        cache: scratch.join("charts"),
+        git: None,
+    };
+    let sources = helm::chart::Sources::checkout(path, settings.cache.clone());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let mut errors = Vec::new();
+    for m in releases {
+        let mut id = m.id.clone();
+        id.namespace.get_or_insert_with(|| "default".into());
+        let result = runtime.block_on(helm::preview(None, &settings, &sources, &id, &m.object));
+        match result {
+            Ok(p) => println!(
+                "release {} of {} renders {} objects",
+                p.release,
+                id,
+                p.rendered.len()
+            ),
+            Err(reason) => errors.push(format!("{}: {id}: {reason}", m.origin())),
+        }
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    errors
 }

@@ -109,13 +109,13 @@ impl Helm {
 
     /// Runs helm with `args`; its stdout on success.
     async fn run(&self, args: &[&str], deadline: Duration) -> Result<String, Error> {
-        let command = args
-            .iter()
-            .take_while(|a| !a.starts_with('-'))
-            .take(2)
-            .copied()
-            .collect::<Vec<_>>()
-            .join(" ");
+        // `upgrade`, `dependency build`: the command, not its arguments.
+        let words = if matches!(args.first(), Some(&("dependency" | "repo"))) {
+            2
+        } else {
+            1
+        };
+        let command = args[..words.min(args.len())].join(" ");
         tracing::debug!(%command, "running helm");
         let child = self
             .command(args)

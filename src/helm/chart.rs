@@ -59,6 +59,27 @@ pub struct Sources {
     pub cache: PathBuf,
 }
 
+impl Sources {
+    /// For a local checkout (`diff`, `validate`): charts of the repository
+    /// its `origin` remote names are read from the checkout itself.
+    pub fn checkout(path: &Path, cache: PathBuf) -> Sources {
+        let url = git2::Repository::discover(path)
+            .ok()
+            .and_then(|repo| {
+                let remote = repo.find_remote("origin").ok()?;
+                remote.url().ok().map(str::to_string)
+            })
+            .unwrap_or_default();
+        Sources {
+            url,
+            revision: "(the checkout)".into(),
+            tree: path.to_path_buf(),
+            git: None,
+            cache,
+        }
+    }
+}
+
 /// A chart located, not yet made ready for helm.
 #[derive(Debug, Clone)]
 pub struct Located {

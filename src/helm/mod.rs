@@ -204,15 +204,24 @@ async fn reconcile(ctx: &Context<'_>, item: &Item) -> ReleaseStatus {
     status
 }
 
-/// Locates the chart, merges the values, decides and runs the operation.
-/// Returns the outcome and the chart's revision.
-async fn run(
-    ctx: &Context<'_>,
-    item: &Item,
+/// A release's chart located and its values merged: what Git asks for.
+pub struct Wanted {
+    pub located: chart::Located,
+    /// The chart's directory, for a chart from Git.
+    pub chart_dir: Option<PathBuf>,
+    pub values: Value,
+    pub digests: Digests,
+}
+
+/// Locates the chart and merges the values; without a cluster (offline
+/// checks) values from ConfigMaps and Secrets are left out.
+async fn wanted(
+    cluster: Option<&Cluster>,
+    sources: &chart::Sources,
     spec: &ReleaseSpec,
-) -> Result<(Outcome, String), Failure> {
+) -> Result<Wanted, Failure> {
     let located = {
-        let (source, sources) = (spec.chart.clone(), ctx.sources.clone());
+        let (source, sources) = (spec.chart.clone(), sources.clone());
         tokio::task::spawn_blocking(move || chart::locate(&source, &sources))
             .await
             .expect("chart task")
@@ -222,29 +231,29 @@ async fn run(
         chart::Kind::Dir(d) => Some(d.clone()),
         chart::Kind::Repository { .. } => None,
     };
-    let values = merged_values(ctx.cluster, spec, chart_dir.as_deref())
+    let values = merged_values(cluster, spec, chart_dir.as_deref())
         .await
         .map_err(|m| fail("ValuesFailed", m))?;
     let digests = Digests {
         chart: located.digest.clone(),
         values: values_digest(&values),
     };
-    let retry = Retry {
-        enabled: item.object["spec"]["rollback"]["retry"]
-            .as_bool()
-            .unwrap_or(false),
-        max: item.object["spec"]["rollback"]["maxRetries"]
-            .as_u64()
-            .unwrap_or(5),
-    };
-    // A recovery is followed by the release's normal operation.
-    let mut recovered: Option<String> = None;
-    for _ in 0..2 {
-        let history = storage::history(
-            &ctx.cluster.client,
-            &spec.target_namespace,
-            &spec.release_name,
-        )
+    Ok(Wanted {
+        located,
+        chart_dir,
+        values,
+        digests,
+    })
+}
+
+/// The operation a release needs now (`None`: nothing), from Helm's record,
+/// and for an unchanged release the live state of its objects.
+async fn needed(
+    cluster: &Cluster,
+    spec: &ReleaseSpec,
+    wanted: &Wanted,
+) -> Result<(Option<Operation>, storage::History), Failure> {
+    let history = storage::history(&cluster.client, &spec.target_namespace, &spec.release_name)
         .await
         .map_err(|e| {
             fail(
@@ -252,27 +261,53 @@ async fn run(
                 format!("cannot read the release's Helm history: {e}"),
             )
         })?;
-        let mut operation = decide::decide(&history.records, &digests, retry);
-        if operation == Operation::CompareAdopted {
-            operation = compare_adopted(&history, &located, chart_dir.as_deref(), &values);
-        }
-        if operation == Operation::CheckLive {
-            operation = match live_drift(ctx.cluster, &history, spec).await {
-                Some(why) => Operation::Upgrade(why),
-                None => {
-                    return Ok((
-                        Outcome {
-                            action: recovered
-                                .as_ref()
-                                .map_or(ReleaseAction::Unchanged, |_| ReleaseAction::RolledBack),
-                            rolled_back: recovered.is_some(),
-                            message: recovered,
-                        },
-                        located.revision.clone(),
-                    ));
-                }
-            };
-        }
+    let retry = Retry {
+        enabled: spec.rollback.retry,
+        max: spec.rollback.max_retries,
+    };
+    let mut operation = decide::decide(&history.records, &wanted.digests, retry);
+    if operation == Operation::CompareAdopted {
+        operation = compare_adopted(
+            &history,
+            &wanted.located,
+            wanted.chart_dir.as_deref(),
+            &wanted.values,
+        );
+    }
+    if operation == Operation::CheckLive {
+        return Ok(match live_drift(cluster, &history, spec).await {
+            Some(why) => (Some(Operation::Upgrade(why)), history),
+            None => (None, history),
+        });
+    }
+    Ok((Some(operation), history))
+}
+
+/// Locates the chart, merges the values, decides and runs the operation.
+/// Returns the outcome and the chart's revision.
+async fn run(
+    ctx: &Context<'_>,
+    item: &Item,
+    spec: &ReleaseSpec,
+) -> Result<(Outcome, String), Failure> {
+    let w = wanted(Some(ctx.cluster), ctx.sources, spec).await?;
+    let (located, values, digests) = (&w.located, &w.values, &w.digests);
+    // A recovery is followed by the release's normal operation.
+    let mut recovered: Option<String> = None;
+    for _ in 0..2 {
+        let (operation, history) = needed(ctx.cluster, spec, &w).await?;
+        let Some(operation) = operation else {
+            return Ok((
+                Outcome {
+                    action: recovered
+                        .as_ref()
+                        .map_or(ReleaseAction::Unchanged, |_| ReleaseAction::RolledBack),
+                    rolled_back: recovered.is_some(),
+                    message: recovered,
+                },
+                located.revision.clone(),
+            ));
+        };
         let deployed = history.deployed().map(|r| r.version);
         match operation {
             Operation::Install | Operation::Upgrade(_) => {
@@ -280,10 +315,9 @@ async fn run(
                     Operation::Upgrade(why) => why.clone(),
                     _ => "not installed".into(),
                 };
-                let outcome = install_or_upgrade(
-                    ctx, item, spec, &located, &values, &digests, deployed, &why,
-                )
-                .await?;
+                let outcome =
+                    install_or_upgrade(ctx, item, spec, located, values, digests, deployed, &why)
+                        .await?;
                 let mut outcome = outcome;
                 if let Some(r) = recovered {
                     outcome.message =
@@ -327,10 +361,9 @@ async fn run(
                     &message,
                 )
                 .await;
-                let outcome = install_or_upgrade(
-                    ctx, item, spec, &located, &values, &digests, None, &message,
-                )
-                .await?;
+                let outcome =
+                    install_or_upgrade(ctx, item, spec, located, values, digests, None, &message)
+                        .await?;
                 let outcome = Outcome {
                     action: if outcome.action == ReleaseAction::Installed {
                         ReleaseAction::Reinstalled
@@ -444,13 +477,14 @@ async fn live_drift(
 /// The values helm is given: `valuesFrom` in order, then `spec.values`.
 /// Errors name the source, never what it holds.
 async fn merged_values(
-    cluster: &Cluster,
+    cluster: Option<&Cluster>,
     spec: &ReleaseSpec,
     chart_dir: Option<&std::path::Path>,
 ) -> Result<Value, String> {
     let mut merged = json!({});
     for source in &spec.values_from {
         let text = match read_source(cluster, source, chart_dir).await? {
+            Some(t) if t.is_empty() => continue,
             Some(t) => t,
             None if source.optional() => continue,
             None => {
@@ -472,11 +506,23 @@ async fn merged_values(
     Ok(merged)
 }
 
+/// The text of one values source; `Some("")` for a source in the cluster
+/// when there is no cluster to read it from (offline checks).
 async fn read_source(
-    cluster: &Cluster,
+    cluster: Option<&Cluster>,
     source: &ValuesSource,
     chart_dir: Option<&std::path::Path>,
 ) -> Result<Option<String>, String> {
+    let in_cluster = matches!(
+        source,
+        ValuesSource::ConfigMap { .. } | ValuesSource::Secret { .. }
+    );
+    let Some(cluster) = cluster.filter(|_| in_cluster) else {
+        if in_cluster {
+            return Ok(Some(String::new()));
+        }
+        return read_file_source(source, chart_dir);
+    };
     let read_err = |e: kube::Error| format!("cannot read valuesFrom {source}: {e}");
     match source {
         ValuesSource::ConfigMap {
@@ -504,6 +550,15 @@ async fn read_source(
                 .map(Some)
                 .map_err(|_| format!("valuesFrom {source} is not UTF-8 text"))
         }
+        _ => read_file_source(source, chart_dir),
+    }
+}
+
+fn read_file_source(
+    source: &ValuesSource,
+    chart_dir: Option<&std::path::Path>,
+) -> Result<Option<String>, String> {
+    match source {
         ValuesSource::ChartFile { path, .. } => {
             let Some(dir) = chart_dir else {
                 return Err(format!(
@@ -519,6 +574,9 @@ async fn read_source(
         ValuesSource::External { .. } => Err(format!(
             "valuesFrom {source}: externalSourceRef is not supported; keep the values in Git (chartFileRef or spec.values) or in a ConfigMap"
         )),
+        ValuesSource::ConfigMap { .. } | ValuesSource::Secret { .. } => {
+            unreachable!("read from the cluster")
+        }
     }
 }
 
@@ -599,24 +657,23 @@ async fn pull_credentials(
 }
 
 /// Makes the chart ready and writes the values where only helm reads them.
+/// Without a cluster (offline checks) no chartPullSecret is read.
 async fn prepare(
-    ctx: &Context<'_>,
+    cluster: Option<&Cluster>,
+    settings: &Settings,
     spec: &ReleaseSpec,
     located: &chart::Located,
     values: &Value,
     work: &std::path::Path,
 ) -> Result<(PathBuf, PathBuf), Failure> {
     let namespace = spec.id.namespace.clone().unwrap_or_default();
-    let credentials = pull_credentials(ctx.cluster, located, &namespace).await?;
-    let chart = chart::prepare(
-        located,
-        &ctx.settings.helm,
-        &ctx.settings.cache,
-        work,
-        credentials,
-    )
-    .await
-    .map_err(|e| fail("ChartFetchFailed", crate::error_chain(&e)))?;
+    let credentials = match cluster {
+        Some(cluster) => pull_credentials(cluster, located, &namespace).await?,
+        None => None,
+    };
+    let chart = chart::prepare(located, &settings.helm, &settings.cache, work, credentials)
+        .await
+        .map_err(|e| fail("ChartFetchFailed", crate::error_chain(&e)))?;
     let values_file = work.join("values.json");
     std::fs::write(
         &values_file,
@@ -638,7 +695,15 @@ async fn install_or_upgrade(
     why: &str,
 ) -> Result<Outcome, Failure> {
     let work = work_dir(ctx.settings, spec)?;
-    let (chart, values_file) = prepare(ctx, spec, located, values, &work.0).await?;
+    let (chart, values_file) = prepare(
+        Some(ctx.cluster),
+        ctx.settings,
+        spec,
+        located,
+        values,
+        &work.0,
+    )
+    .await?;
     let labels = digests.labels();
     let verb = if deployed.is_some() {
         "upgrading"
@@ -957,4 +1022,68 @@ async fn event(cluster: &Cluster, id: &ObjectRef, kind: &str, reason: &str, mess
 /// The HelmReleases a plan holds and may reconcile.
 pub fn is_release(id: &ObjectRef) -> bool {
     release::is_helm_release(id)
+}
+
+/// What `diff` and `validate` show of one release.
+#[derive(Debug)]
+pub struct Preview {
+    /// `namespace/name` of the Helm release.
+    pub release: String,
+    pub namespace: String,
+    /// Why it would be installed or upgraded; `None` when unchanged.
+    pub change: Option<String>,
+    /// The objects the chart renders to, when it would change.
+    pub rendered: Vec<Value>,
+}
+
+/// Renders a HelmRelease's chart with `helm template`, when a sync would
+/// install or upgrade it (with a cluster) or always (offline, without one).
+pub async fn preview(
+    cluster: Option<&Cluster>,
+    settings: &Settings,
+    sources: &chart::Sources,
+    id: &ObjectRef,
+    object: &Value,
+) -> Result<Preview, String> {
+    let spec = release::parse(id, object).map_err(|e| e.to_string())?;
+    let w = wanted(cluster, sources, &spec)
+        .await
+        .map_err(|f| f.message)?;
+    let change = match cluster {
+        Some(cluster) => match needed(cluster, &spec, &w).await.map_err(|f| f.message)?.0 {
+            None => None,
+            Some(Operation::Install) => Some("would be installed".to_string()),
+            Some(Operation::Upgrade(why)) => Some(format!("would be upgraded: {why}")),
+            Some(Operation::Blocked(why)) => return Err(why),
+            Some(op) => Some(format!("would be recovered first: {op:?}")),
+        },
+        None => Some("rendered offline".to_string()),
+    };
+    let mut preview = Preview {
+        release: format!("{}/{}", spec.target_namespace, spec.release_name),
+        namespace: spec.target_namespace.clone(),
+        change,
+        rendered: Vec::new(),
+    };
+    if preview.change.is_none() {
+        return Ok(preview);
+    }
+    let work = work_dir(settings, &spec).map_err(|f| f.message)?;
+    let (chart, values_file) = prepare(cluster, settings, &spec, &w.located, &w.values, &work.0)
+        .await
+        .map_err(|f| f.message)?;
+    let manifest = settings
+        .helm
+        .template(
+            &spec.release_name,
+            &spec.target_namespace,
+            &chart,
+            &values_file,
+            spec.skip_crds,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    preview.rendered = parse_documents(&manifest, &ParseLimits::default())
+        .map_err(|e| format!("the chart renders YAML that cannot be read: {e}"))?;
+    Ok(preview)
 }

@@ -98,6 +98,9 @@ pub struct Rollback {
     pub disable_hooks: bool,
     pub wait: bool,
     pub timeout: Option<Duration>,
+    /// Try a failed upgrade again, up to `max_retries` times.
+    pub retry: bool,
+    pub max_retries: u64,
 }
 
 /// What one HelmRelease asks for.
@@ -330,6 +333,8 @@ pub fn parse(id: &ObjectRef, object: &Value) -> Result<ReleaseSpec, SpecError> {
             disable_hooks: rollback["disableHooks"].as_bool().unwrap_or(false),
             wait: rollback["wait"].as_bool().unwrap_or(false),
             timeout: seconds(&rollback["timeout"]),
+            retry: rollback["retry"].as_bool().unwrap_or(false),
+            max_retries: rollback["maxRetries"].as_u64().unwrap_or(5),
         },
         force_upgrade: spec["forceUpgrade"].as_bool().unwrap_or(false),
         skip_crds: spec["skipCRDs"].as_bool().unwrap_or(false),

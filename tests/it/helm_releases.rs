@@ -738,3 +738,125 @@ async fn a_release_left_pending_by_a_killed_upgrade_is_recovered() {
         "an Event says so"
     );
 }
+
+#[tokio::test]
+async fn diff_validate_and_status_show_releases() {
+    crd_installed().await;
+    let ns = unique("hr-diff");
+    let release = format!("{ns}-web");
+    let repo = chart_repo(&ns);
+    let spec = "  values: {replicaCount: 2}\n";
+    write_release(&repo, "releases/web.yaml", &helm_release(&ns, "web", spec));
+    repo.push("a release");
+    let work = repo.work.to_str().unwrap().to_string();
+    let helm_bin = helm_binary();
+    let set = repo.sync_set.clone();
+    let diff = |extra: &[&str]| {
+        let mut args = vec![
+            "diff",
+            &work,
+            "--helm-binary",
+            &helm_bin,
+            "--sync-set-name",
+            &set,
+        ];
+        args.extend_from_slice(extra);
+        crate::support::tidegate(&args)
+    };
+
+    // validate renders the chart offline.
+    let out = crate::support::tidegate(&["validate", &work, "--helm-binary", &helm_bin]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(&format!(
+            "release {ns}/{release} of helm.fluxcd.io/v1 HelmRelease {ns}/web renders 4 objects"
+        )),
+        "{}",
+        stdout(&out)
+    );
+
+    // Before the install, diff shows what the release would create.
+    let out = diff(&[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains(&format!(
+            "+ create apps/v1 Deployment {ns}/{release} (release {ns}/{release} of helm.fluxcd.io/v1 HelmRelease {ns}/web: would be installed)"
+        )),
+        "{text}"
+    );
+
+    assert_ok(&repo.sync_helm());
+    let out = crate::support::tidegate(&["status", "--sync-set-name", &set]);
+    assert!(
+        stdout(&out).contains(&format!(
+            "release:   installed release {ns}/{release} revision 1"
+        )),
+        "{}",
+        stdout(&out)
+    );
+    // Installed and unchanged: nothing to show for the release.
+    let out = diff(&[]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    assert!(!stdout(&out).contains(&release), "{}", stdout(&out));
+
+    // Values changed in the checkout: the Deployment's diff.
+    write_release(
+        &repo,
+        "releases/web.yaml",
+        &helm_release(&ns, "web", "  values: {replicaCount: 5}\n"),
+    );
+    let out = diff(&[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains(&format!("~ update apps/v1 Deployment {ns}/{release} (release {ns}/{release} of helm.fluxcd.io/v1 HelmRelease {ns}/web: would be upgraded: the values changed)")),
+        "{text}"
+    );
+    assert!(
+        text.contains("-  replicas: 2") && text.contains("+  replicas: 5"),
+        "{text}"
+    );
+    assert_eq!(history(&ns, &release).len(), 1, "diff changes nothing");
+
+    // A template error: validate names the HelmRelease and the template.
+    repo.write(
+        "charts/web/templates/broken.yaml",
+        "{{ .Values.nothing.here }}\n",
+    );
+    let out = crate::support::tidegate(&["validate", &work, "--helm-binary", &helm_bin]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("releases/web.yaml (document 0): helm.fluxcd.io/v1 HelmRelease {ns}/web: helm template failed"))
+            && err.contains("broken.yaml"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn without_helm_only_the_releases_fail() {
+    crd_installed().await;
+    let ns = unique("hr-nohelm");
+    let repo = chart_repo(&ns);
+    write_release(&repo, "releases/web.yaml", &helm_release(&ns, "web", ""));
+    repo.write("config/cm.yaml", &cm_yaml(&ns, "plain", "1"));
+    repo.push("a release, and no helm to run it");
+    let out = repo.sync_once(&["--helm-binary", "/nonexistent/helm"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("helm.fluxcd.io/v1 HelmRelease {ns}/web: release {ns}/{ns}-web: the helm binary /nonexistent/helm cannot be run"))
+            && err.contains("--helm-binary"),
+        "{err}"
+    );
+    assert!(
+        configmap(&ns, "plain").await.is_some(),
+        "plain manifests sync"
+    );
+    assert!(
+        stdout(&out).contains(&format!("created helm.fluxcd.io/v1 HelmRelease {ns}/web")),
+        "the HelmRelease itself is applied: {}",
+        stdout(&out)
+    );
+}
