@@ -112,6 +112,7 @@ impl SyncArgs {
                 kubeconfig: connection.kubeconfig.clone(),
                 context: connection.context.clone(),
                 home: dir.join("helm"),
+                proxy: None,
             },
             cache: dir.join("charts"),
             git: None,
@@ -286,7 +287,10 @@ pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode>
         .clone()
         .unwrap_or_else(|| default_cache_dir(&args.git_url, &args.git_branch));
     let mut settings = args.sync.settings(namespace);
-    settings.helm = Some(args.sync.helm_settings(&connection, &cache_dir));
+    let mut helm = args.sync.helm_settings(&connection, &cache_dir);
+    // Charts come through the same proxy as Git.
+    helm.helm.proxy = args.git.git_proxy.clone();
+    settings.helm = Some(helm);
     let config = daemon::Config {
         source: GitSource {
             cache_dir,

@@ -77,6 +77,7 @@ fn check_releases(path: &Path, helm_binary: &Path, set: &render::DesiredSet) -> 
             kubeconfig: None,
             context: None,
             home: scratch.join("helm"),
+            proxy: None,
         },
         cache: scratch.join("charts"),
         git: None,

@@ -42,6 +42,9 @@ pub struct Helm {
     pub context: Option<String>,
     /// Helm's cache, config and data homes live below this directory.
     pub home: PathBuf,
+    /// A proxy for chart repositories (`--git-proxy`); otherwise helm
+    /// honours the proxy variables it inherits.
+    pub proxy: Option<String>,
 }
 
 /// What one install or upgrade runs with.
@@ -88,6 +91,11 @@ impl Helm {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        if let Some(proxy) = &self.proxy {
+            for var in ["HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"] {
+                cmd.env(var, proxy);
+            }
+        }
         if let Some(path) = &self.kubeconfig {
             cmd.arg("--kubeconfig").arg(path);
         }

@@ -647,13 +647,37 @@ async fn pull_credentials(
         data.get(k)
             .map(|b| String::from_utf8_lossy(&b.0).into_owned())
     };
-    match (field("username"), field("password")) {
-        (Some(u), Some(p)) => Ok(Some((u, p))),
-        _ => Err(fail(
-            "ChartFetchFailed",
-            format!("chartPullSecret {namespace}/{name} needs the keys username and password"),
-        )),
+    if let (Some(u), Some(p)) = (field("username"), field("password")) {
+        return Ok(Some((u, p)));
     }
+    // helm's own repositories.yaml: the entry for this repository's URL.
+    let chart::Kind::Repository { url, .. } = &located.kind else {
+        return Ok(None);
+    };
+    let entry = field("repositories.yaml")
+        .and_then(|text| parse_documents(&text, &ParseLimits::default()).ok())
+        .and_then(|docs| docs.into_iter().next())
+        .and_then(|file| {
+            file["repositories"].as_array()?.iter().find_map(|r| {
+                let same = r["url"].as_str()?.trim_end_matches('/') == url.trim_end_matches('/');
+                same.then(|| {
+                    Some((
+                        r["username"].as_str()?.to_string(),
+                        r["password"].as_str()?.to_string(),
+                    ))
+                })?
+            })
+        });
+    entry.map(Some).ok_or_else(|| {
+        fail(
+            "ChartFetchFailed",
+            format!(
+                "chartPullSecret {namespace}/{name} needs the keys username and password, \
+                 or a repositories.yaml with an entry for {}",
+                crate::source::remote::redact(url)
+            ),
+        )
+    })
 }
 
 /// Makes the chart ready and writes the values where only helm reads them.

@@ -443,97 +443,159 @@ async fn chart_from_the_repository_through_its_whole_lifecycle() {
     .await;
 }
 
-/// A static file server on loopback serving `dir` (a Helm repository).
-struct FileServer(std::process::Child, u16);
+/// A Helm chart repository: `dir` served over HTTP on every address, with
+/// basic authentication when `auth` is given.
+struct ChartServer(std::process::Child, u16);
 
-impl FileServer {
-    fn start(dir: &Path) -> FileServer {
+impl ChartServer {
+    fn start(dir: &Path, auth: Option<&str>) -> ChartServer {
         let port = free_port();
-        let child = Command::new("python3")
-            .args([
-                "-m",
-                "http.server",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-            ])
-            .current_dir(dir)
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/chart_server.py");
+        let mut cmd = Command::new("python3");
+        cmd.arg(script)
+            .arg(port.to_string())
+            .arg(dir)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3 http.server");
+            .stderr(Stdio::null());
+        if let Some(auth) = auth {
+            cmd.env("HTTP_AUTH", auth);
+        }
+        let child = cmd.spawn().expect("python3 chart_server.py");
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
                 std::time::Instant::now() < deadline,
-                "http.server did not start"
+                "the chart server did not start"
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        FileServer(child, port)
+        ChartServer(child, port)
     }
 }
 
-impl Drop for FileServer {
+impl Drop for ChartServer {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
 }
 
-#[tokio::test]
-async fn chart_from_a_helm_repository() {
-    crd_installed().await;
-    let ns = unique("hr-repo");
-    let charts = tempfile::tempdir().unwrap();
+/// This machine's first address that is not loopback: helm (Go) sends
+/// requests for loopback addresses past any proxy.
+fn host_address() -> String {
+    let out = Command::new("hostname")
+        .arg("-I")
+        .output()
+        .expect("hostname -I");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .find(|a| {
+            a.parse::<std::net::Ipv4Addr>()
+                .is_ok_and(|ip| !ip.is_loopback())
+        })
+        .expect("an IPv4 address that is not loopback, to reach the chart server through the proxy")
+        .to_string()
+}
+
+/// Packages the example chart into `dir` and indexes it for `url`.
+fn chart_repository(dir: &Path, url: &str) {
     let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join(CHART);
     let out = helm(&[
         "package",
         chart.to_str().unwrap(),
         "-d",
-        charts.path().to_str().unwrap(),
+        dir.to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let server = FileServer::start(charts.path());
-    let url = format!("http://127.0.0.1:{}/", server.1);
-    let out = helm(&[
-        "repo",
-        "index",
-        charts.path().to_str().unwrap(),
-        "--url",
-        &url,
-    ]);
+    let out = helm(&["repo", "index", dir.to_str().unwrap(), "--url", url]);
     assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[tokio::test]
+async fn chart_from_a_helm_repository_with_credentials_through_the_proxy() {
+    crd_installed().await;
+    let ns = unique("hr-repo");
+    let charts = tempfile::tempdir().unwrap();
+    let server = ChartServer::start(charts.path(), Some("charts:s3cret"));
+    let url = format!("http://{}:{}/", host_address(), server.1);
+    chart_repository(charts.path(), &url);
+    let proxy = crate::servers::Proxy::start();
 
     let repo = GitRepo::new();
-    repo.write("namespaces/ns.yaml", &ns_yaml(&ns)).write(
-        "releases/web.yaml",
-        &format!(
-            "apiVersion: helm.fluxcd.io/v1
+    repo.write("namespaces/ns.yaml", &ns_yaml(&ns))
+        .write(
+            "releases/auth.yaml",
+            &format!(
+                "apiVersion: v1\nkind: Secret\nmetadata: {{name: chart-auth, namespace: {ns}}}\nstringData: {{username: charts, password: s3cret}}\n"
+            ),
+        )
+        .write(
+            "releases/web.yaml",
+            &format!(
+                "apiVersion: helm.fluxcd.io/v1
 kind: HelmRelease
 metadata: {{name: web, namespace: {ns}}}
 spec:
   releaseName: shop
-  chart: {{repository: \"{url}\", name: web, version: 0.1.0}}
+  chart:
+    repository: \"{url}\"
+    name: web
+    version: 0.1.0
+    chartPullSecret: {{name: chart-auth}}
   values: {{hook: {{enabled: false}}}}
 "
-        ),
-    );
+            ),
+        );
     repo.push("a chart from a Helm repository");
-    let text = assert_ok(&repo.sync_helm());
+    let helm_bin = helm_binary();
+    let proxy_url = proxy.url();
+    let sync = || repo.sync_once(&["--helm-binary", &helm_bin, "--git-proxy", &proxy_url]);
+    let text = assert_ok(&sync());
     assert!(
         text.contains(&format!("installed release {ns}/shop revision 1")),
         "{text}"
     );
     assert!(deployment(&ns, "shop-web").await.is_some());
+    let log = proxy.log_text();
+    assert!(
+        log.contains("web-0.1.0.tgz"),
+        "the chart came through the proxy: {log}"
+    );
+    assert!(!text.contains("s3cret"), "{text}");
     // Unchanged: nothing pulled or upgraded again, even with the server gone.
     drop(server);
-    let text = assert_ok(&repo.sync_helm());
+    let text = assert_ok(&sync());
     assert!(
         text.contains(&format!("unchanged release {ns}/shop revision 1")),
         "{text}"
     );
     assert_eq!(history(&ns, "shop").len(), 1);
+}
+
+#[tokio::test]
+async fn chart_from_another_git_repository() {
+    crd_installed().await;
+    let ns = unique("hr-other");
+    let charts = chart_repo(&ns);
+    let head = charts.push("the charts");
+    let repo = GitRepo::new();
+    repo.write("namespaces/ns.yaml", &ns_yaml(&ns)).write(
+        "releases/web.yaml",
+        &helm_release(&ns, "web", "  values: {hook: {enabled: false}}\n")
+            .replace("REPO_URL", &charts.url()),
+    );
+    repo.push("a release of a chart kept elsewhere");
+    let text = assert_ok(&repo.sync_helm());
+    assert!(
+        text.contains(&format!("installed release {ns}/{ns}-web revision 1")),
+        "{text}"
+    );
+    let status = release_status(&ns, "web").await;
+    assert_eq!(
+        status["revision"],
+        head.as_str(),
+        "the chart's revision: {status}"
+    );
 }
 
 #[tokio::test]
