@@ -22,6 +22,9 @@ pub struct Args {
     /// The checkout to compare with the cluster
     #[arg(default_value = ".")]
     path: PathBuf,
+    /// The repository the checkout is a clone of, for HelmRelease charts kept in it (default: its origin remote)
+    #[arg(long, env = "TIDEGATE_GIT_URL")]
+    git_url: Option<String>,
     #[command(flatten)]
     sync: SyncArgs,
     #[arg(short, long, value_enum, default_value = "text")]
@@ -135,7 +138,11 @@ pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode>
     }
     let scratch = std::env::temp_dir().join(format!("tidegate-diff-{}", std::process::id()));
     let helm = args.sync.helm_settings(&connection, &scratch);
-    let sources = crate::helm::chart::Sources::checkout(&args.path, helm.cache.clone());
+    let sources = crate::helm::chart::Sources::checkout(
+        &args.path,
+        args.git_url.as_deref(),
+        helm.cache.clone(),
+    );
     for item in &plan.items {
         if !crate::helm::is_release(&item.desired.id) || item.change == Change::Ignored {
             continue;

@@ -2,7 +2,7 @@
 //! identity, duplicates, removed API versions, every HelmRelease's chart
 //! rendered by helm with its dependencies), all problems listed at once.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use super::EXIT_FAILED;
@@ -14,6 +14,9 @@ pub struct Args {
     /// The checkout to check
     #[arg(default_value = ".")]
     path: PathBuf,
+    /// The repository the checkout is a clone of, for HelmRelease charts kept in it (default: its origin remote)
+    #[arg(long, env = "TIDEGATE_GIT_URL")]
+    git_url: Option<String>,
     /// Directory in the repository to check (repeatable; default the whole repository)
     #[arg(long, value_delimiter = ',')]
     git_path: Vec<PathBuf>,
@@ -29,7 +32,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> ExitCode {
     let options = render::Options {
-        paths: args.git_path,
+        paths: args.git_path.clone(),
         upgrade_removed_apis: args.upgrade_removed_apis,
         limits: args.limits.limits(),
     };
@@ -45,7 +48,7 @@ pub fn run(args: Args) -> ExitCode {
         files.len(),
         set.ignored.len()
     );
-    let releases = check_releases(&args.path, &args.helm_binary, &set);
+    let releases = check_releases(&args, &set);
     if !set.is_clean() {
         eprintln!("{}", render::Errors(&set.errors));
     }
@@ -61,7 +64,7 @@ pub fn run(args: Args) -> ExitCode {
 
 /// Renders every HelmRelease's chart with `helm template` (values from the
 /// cluster left out); returns what failed, naming the HelmRelease.
-fn check_releases(path: &Path, helm_binary: &Path, set: &render::DesiredSet) -> Vec<String> {
+fn check_releases(args: &Args, set: &render::DesiredSet) -> Vec<String> {
     let releases: Vec<_> = set
         .manifests
         .iter()
@@ -73,7 +76,7 @@ fn check_releases(path: &Path, helm_binary: &Path, set: &render::DesiredSet) -> 
     let scratch = std::env::temp_dir().join(format!("tidegate-validate-{}", std::process::id()));
     let settings = helm::Settings {
         helm: helm::Helm {
-            binary: helm_binary.to_path_buf(),
+            binary: args.helm_binary.clone(),
             kubeconfig: None,
             context: None,
             home: scratch.join("helm"),
@@ -82,7 +85,8 @@ fn check_releases(path: &Path, helm_binary: &Path, set: &render::DesiredSet) -> 
         cache: scratch.join("charts"),
         git: None,
     };
-    let sources = helm::chart::Sources::checkout(path, settings.cache.clone());
+    let sources =
+        helm::chart::Sources::checkout(&args.path, args.git_url.as_deref(), settings.cache.clone());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -61,15 +61,18 @@ pub struct Sources {
 
 impl Sources {
     /// For a local checkout (`diff`, `validate`): charts of the repository
-    /// its `origin` remote names are read from the checkout itself.
-    pub fn checkout(path: &Path, cache: PathBuf) -> Sources {
-        let url = git2::Repository::discover(path)
-            .ok()
-            .and_then(|repo| {
-                let remote = repo.find_remote("origin").ok()?;
-                remote.url().ok().map(str::to_string)
-            })
-            .unwrap_or_default();
+    /// `url` names (by default the checkout's `origin` remote) are read from
+    /// the checkout itself.
+    pub fn checkout(path: &Path, url: Option<&str>, cache: PathBuf) -> Sources {
+        let url = url.map(str::to_string).unwrap_or_else(|| {
+            git2::Repository::discover(path)
+                .ok()
+                .and_then(|repo| {
+                    let remote = repo.find_remote("origin").ok()?;
+                    remote.url().ok().map(str::to_string)
+                })
+                .unwrap_or_default()
+        });
         Sources {
             url,
             revision: "(the checkout)".into(),

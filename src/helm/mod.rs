@@ -313,7 +313,7 @@ async fn run(
             Operation::Install | Operation::Upgrade(_) => {
                 let why = match &operation {
                     Operation::Upgrade(why) => why.clone(),
-                    _ => "not installed".into(),
+                    _ => String::new(),
                 };
                 let outcome =
                     install_or_upgrade(ctx, item, spec, located, values, digests, deployed, &why)
@@ -758,10 +758,12 @@ async fn install_or_upgrade(
                 Some(_) => (ReleaseAction::Upgraded, "ReleaseUpgraded"),
                 None => (ReleaseAction::Installed, "ReleaseInstalled"),
             };
-            event(ctx.cluster, &item.id, "Normal", reason, why).await;
+            let message = (!why.is_empty()).then(|| why.to_string());
+            let text = message.clone().unwrap_or_else(|| action.to_string());
+            event(ctx.cluster, &item.id, "Normal", reason, &text).await;
             Ok(Outcome {
                 action,
-                message: Some(why.to_string()),
+                message,
                 rolled_back: false,
             })
         }

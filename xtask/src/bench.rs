@@ -51,6 +51,7 @@ fn measure(cmd: &mut Command) -> Result<(Duration, i64)> {
 
 struct Bench {
     controlplane: PathBuf,
+    helm: PathBuf,
     kubeconfig: PathBuf,
     tidegate: PathBuf,
     dir: PathBuf,
@@ -111,6 +112,10 @@ impl Bench {
     }
 
     fn tidegate_sync(&self, repo: &Path, sync_set: &str) -> Result<Measured> {
+        self.tidegate_sync_with(repo, sync_set, &[])
+    }
+
+    fn tidegate_sync_with(&self, repo: &Path, sync_set: &str, extra: &[&str]) -> Result<Measured> {
         let url = format!("file://{}", repo.join("repo.git").display());
         let cache = repo.join("cache");
         self.run(
@@ -126,6 +131,7 @@ impl Bench {
                 .arg("--git-cache-dir")
                 .arg(&cache)
                 .args(["--sync-set-name", sync_set])
+                .args(extra)
                 .env("KUBECONFIG", &self.kubeconfig),
         )
     }
@@ -229,6 +235,7 @@ pub fn bench(args: &[&str]) -> Result<()> {
         crate::start_cluster(&tools.join("tidegate-controlplane"), &cluster_dir)?;
     let bench = Bench {
         controlplane: tools.join("tidegate-controlplane"),
+        helm: tools.join("helm"),
         kubeconfig,
         tidegate: target_dir().join("release/tidegate"),
         dir: dir.clone(),
@@ -291,6 +298,8 @@ fn run_all(b: &Bench, objects: usize, large: usize) -> Result<String> {
         );
     }
 
+    out.push_str(&helm_releases(b, objects)?);
+
     if large > 0 {
         let big_tree = b.dir.join("large-tree");
         generate(&big_tree, "big", large)?;
@@ -318,5 +327,104 @@ fn run_all(b: &Bench, objects: usize, large: usize) -> Result<String> {
             mib(noop.max_rss_kib)
         );
     }
+    Ok(out)
+}
+
+/// HelmReleases added to the benchmark repository.
+const RELEASES: usize = 20;
+/// No-op syncs measured of each repository; the median is reported.
+const NOOP_RUNS: usize = 5;
+
+fn median(mut runs: Vec<Duration>) -> Duration {
+    runs.sort();
+    runs[runs.len() / 2]
+}
+
+/// The no-op sync of a repository with 20 HelmReleases (of the example
+/// chart) beside the same repository without them; and the Helm revisions
+/// the no-op syncs made (none, if no `helm upgrade` ran).
+fn helm_releases(b: &Bench, objects: usize) -> Result<String> {
+    let plain_tree = b.dir.join("plain-tree");
+    let helm_tree = b.dir.join("helm-tree");
+    generate(&plain_tree, "hp", objects)?;
+    generate(&helm_tree, "hr", objects)?;
+    let root = crate::root();
+    crate::copy_dir(
+        &root.join("examples/cluster-state/charts"),
+        &helm_tree.join("charts"),
+    )?;
+    crate::copy_dir(&root.join("deploy/crds"), &helm_tree.join("crds"))?;
+    let plain_repo = b.dir.join("plain-repo");
+    let helm_repo = b.dir.join("helm-repo");
+    let url = format!("file://{}", helm_repo.join("repo.git").display());
+    std::fs::create_dir_all(helm_tree.join("releases")).map_err(|e| e.to_string())?;
+    for i in 0..RELEASES {
+        let ns = format!("hr-{}", i % NAMESPACES);
+        std::fs::write(
+            helm_tree.join("releases").join(format!("web-{i}.yaml")),
+            format!(
+                "apiVersion: helm.fluxcd.io/v1\nkind: HelmRelease\nmetadata:\n  name: web-{i}\n  namespace: {ns}\nspec:\n  chart:\n    git: {url}\n    ref: main\n    path: charts/web\n  values:\n    replicaCount: 0\n    hook: {{enabled: false}}\n"
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+    }
+    repository(&plain_repo, &plain_tree)?;
+    repository(&helm_repo, &helm_tree)?;
+    let helm = b.helm.display().to_string();
+    let with_helm = ["--helm-binary", helm.as_str()];
+    eprintln!("bench: {RELEASES} HelmReleases, cold sync (installs them)");
+    b.tidegate_sync(&plain_repo, "bench-plain")?;
+    let cold = b.tidegate_sync_with(&helm_repo, "bench-helm", &with_helm)?;
+    let revisions = || -> Result<u64> {
+        let out = Command::new(&b.helm)
+            .args(["list", "--all-namespaces", "-o", "json"])
+            .env("KUBECONFIG", &b.kubeconfig)
+            .output()
+            .map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        // Sum of each release's revision number.
+        Ok(text
+            .split("\"revision\":\"")
+            .skip(1)
+            .filter_map(|r| r.split('"').next()?.parse::<u64>().ok())
+            .sum())
+    };
+    let before = revisions()?;
+    eprintln!("bench: {RELEASES} HelmReleases, no-op syncs");
+    let (mut plain, mut with) = (Vec::new(), Vec::new());
+    for _ in 0..NOOP_RUNS {
+        plain.push(b.tidegate_sync(&plain_repo, "bench-plain")?.wall);
+        with.push(
+            b.tidegate_sync_with(&helm_repo, "bench-helm", &with_helm)?
+                .wall,
+        );
+    }
+    let new_revisions = revisions()? - before;
+    let (plain, with) = (median(plain), median(with));
+    let ratio = with.as_secs_f64() / plain.as_secs_f64();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\n{} objects, and the same with {RELEASES} HelmReleases (median of {NOOP_RUNS} no-op syncs)\n",
+        objects + NAMESPACES
+    );
+    let _ = writeln!(
+        out,
+        "| scenario | without releases | with {RELEASES} releases | ratio | Helm revisions made |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|");
+    let _ = writeln!(
+        out,
+        "| cold sync (installs) | | {} | | {before} |",
+        secs(cold.wall)
+    );
+    let _ = writeln!(
+        out,
+        "| no-op resync | {} | {} | {ratio:.3}x | {new_revisions} |",
+        secs(plain),
+        secs(with)
+    );
+    let _ = writeln!(out, "\nBENCH helm_noop_overhead {:.3}", ratio - 1.0);
+    let _ = writeln!(out, "BENCH helm_noop_revisions {new_revisions}");
     Ok(out)
 }

@@ -191,6 +191,9 @@ fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The repository URL the example HelmRelease names as its chart's.
+const EXAMPLE_URL: &str = "https://git.example.com/org/cluster-state";
+
 /// The main job on an embedded default: the bundled cluster-state repository
 /// synced into the local control plane.
 fn demo() -> Result<()> {
@@ -202,6 +205,11 @@ fn demo() -> Result<()> {
     let _ = std::fs::remove_dir_all(&demo);
     let work = demo.join("work");
     copy_dir(&root().join("examples/cluster-state"), &work)?;
+    let url = format!("file://{}", demo.join("cluster-state.git").display());
+    // A HelmRelease names the repository its chart is in: here, the demo's.
+    let release = work.join("releases/web.yaml");
+    let text = std::fs::read_to_string(&release).map_err(|e| e.to_string())?;
+    std::fs::write(&release, text.replace(EXAMPLE_URL, &url)).map_err(|e| e.to_string())?;
     git(
         &demo,
         &[
@@ -226,8 +234,20 @@ fn demo() -> Result<()> {
         ],
     )?;
 
-    let url = format!("file://{}", demo.join("cluster-state.git").display());
+    let tools = tools_dir()?;
+    let kubectl = |args: &[&str]| -> Result<()> {
+        println!("\n$ kubectl {}", args.join(" "));
+        run(Command::new(tools.join("tidegate-controlplane"))
+            .arg("kubectl")
+            .args(args)
+            .env("KUBECONFIG", &kubeconfig))
+    };
+    // What installing tidegate does first: the HelmRelease CRD from deploy/.
+    let crds = root().join("deploy/crds");
+    kubectl(&["apply", "--server-side", "-f", crds.to_str().unwrap()])?;
     let tidegate = target_dir().join("debug/tidegate");
+    let helm = tools.join("helm");
+    let helm_text = helm.display().to_string();
     let args = [
         "daemon",
         "--once",
@@ -235,6 +255,8 @@ fn demo() -> Result<()> {
         &url,
         "--git-branch",
         "main",
+        "--helm-binary",
+        &helm_text,
     ];
     println!("\n$ tidegate {}", args.join(" "));
     run(Command::new(&tidegate)
@@ -248,16 +270,19 @@ fn demo() -> Result<()> {
         "--selector",
         "app.kubernetes.io/managed-by=tidegate",
     ];
-    println!("\n$ kubectl {}", kubectl_args.join(" "));
-    let bin = tools_dir()?.join("tidegate-controlplane");
-    run(Command::new(&bin)
-        .arg("kubectl")
-        .args(kubectl_args)
+    kubectl(&kubectl_args)?;
+    kubectl(&["get", "pods", "--namespace", "shop"])?;
+    println!("\n$ helm list --all-namespaces");
+    run(Command::new(&helm)
+        .args(["list", "--all-namespaces"])
         .env("KUBECONFIG", &kubeconfig))?;
-    println!("\n$ kubectl get pods --namespace shop");
-    run(Command::new(&bin)
-        .args(["kubectl", "get", "pods", "--namespace", "shop"])
-        .env("KUBECONFIG", &kubeconfig))?;
+    kubectl(&[
+        "get",
+        "helmreleases,deployments,services,jobs",
+        "--namespace",
+        "demo",
+    ])?;
+    let bin = tools.join("tidegate-controlplane");
 
     println!(
         "\nThe control plane keeps running. To look around:\n  export KUBECONFIG={}\n  {} kubectl get all -A\n\
