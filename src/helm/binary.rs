@@ -76,11 +76,27 @@ pub struct RollbackArgs<'a> {
     pub max_history: u64,
 }
 
+/// The flags whose switch is on.
+fn switches<'a>(flags: &[(bool, &'a str)]) -> Vec<&'a str> {
+    flags
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, f)| *f)
+        .collect()
+}
+
 fn secs(d: Duration) -> String {
     format!("{}s", d.as_secs().max(1))
 }
 
 impl Helm {
+    fn missing(&self, source: std::io::Error) -> Error {
+        Error::Missing {
+            binary: self.binary.display().to_string(),
+            source,
+        }
+    }
+
     fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.binary);
         cmd.args(args)
@@ -135,10 +151,7 @@ impl Helm {
         let output = match tokio::time::timeout(deadline, child.wait_with_output()).await {
             Ok(Ok(output)) => output,
             Ok(Err(source)) => {
-                return Err(Error::Missing {
-                    binary: self.binary.display().to_string(),
-                    source,
-                });
+                return Err(self.missing(source));
             }
             Err(_) => {
                 return Err(Error::TimedOut {
@@ -198,15 +211,11 @@ impl Helm {
         if !labels.is_empty() {
             args.extend(["--labels", &labels]);
         }
-        if a.wait {
-            args.push("--wait");
-        }
-        if a.force {
-            args.push("--force");
-        }
-        if a.skip_crds {
-            args.push("--skip-crds");
-        }
+        args.extend(switches(&[
+            (a.wait, "--wait"),
+            (a.force, "--force"),
+            (a.skip_crds, "--skip-crds"),
+        ]));
         self.run(&args, a.timeout + GRACE).await.map(drop)
     }
 
@@ -225,18 +234,12 @@ impl Helm {
             "--history-max",
             &history,
         ];
-        if a.wait {
-            args.push("--wait");
-        }
-        if a.force {
-            args.push("--force");
-        }
-        if a.recreate {
-            args.push("--recreate-pods");
-        }
-        if a.disable_hooks {
-            args.push("--no-hooks");
-        }
+        args.extend(switches(&[
+            (a.wait, "--wait"),
+            (a.force, "--force"),
+            (a.recreate, "--recreate-pods"),
+            (a.disable_hooks, "--no-hooks"),
+        ]));
         self.run(&args, a.timeout + GRACE).await.map(drop)
     }
 
@@ -344,10 +347,7 @@ impl Helm {
             "--force-update",
         ]);
         add.stdin(Stdio::piped());
-        let mut child = add.spawn().map_err(|source| Error::Missing {
-            binary: self.binary.display().to_string(),
-            source,
-        })?;
+        let mut child = add.spawn().map_err(|source| self.missing(source))?;
         if let Some(mut stdin) = child.stdin.take() {
             use tokio::io::AsyncWriteExt;
             let _ = stdin.write_all(password.as_bytes()).await;

@@ -329,38 +329,22 @@ async fn run(
                 let message = format!(
                     "revision {from} was left {status} by an operation that is no longer running; rolled back to revision {to}"
                 );
-                tracing::warn!(release = %spec.release_name, "{message}");
                 rollback(ctx, spec, to).await.map_err(|e| {
                     fail("RollbackFailed", format!("recovering from {status}: {e}"))
                 })?;
-                event(
-                    ctx.cluster,
-                    &item.id,
-                    "Warning",
-                    "ReleaseRecovered",
-                    &message,
-                )
-                .await;
+                announce_recovery(ctx.cluster, item, spec, &message).await;
                 recovered = Some(message);
             }
             Operation::Reinstall { status } => {
                 let message = format!(
                     "the release never deployed (revision left {status}); uninstalled to install it again"
                 );
-                tracing::warn!(release = %spec.release_name, "{message}");
                 ctx.settings
                     .helm
                     .uninstall(&spec.release_name, &spec.target_namespace, spec.timeout)
                     .await
                     .map_err(|e| fail("DeployFailed", format!("recovering from {status}: {e}")))?;
-                event(
-                    ctx.cluster,
-                    &item.id,
-                    "Warning",
-                    "ReleaseRecovered",
-                    &message,
-                )
-                .await;
+                announce_recovery(ctx.cluster, item, spec, &message).await;
                 let outcome =
                     install_or_upgrade(ctx, item, spec, located, values, digests, None, &message)
                         .await?;
@@ -382,6 +366,12 @@ async fn run(
         "DeployFailed",
         recovered.unwrap_or_else(|| "the release is still pending after recovery".into()),
     ))
+}
+
+/// Says in the log and in a Warning Event that a release was recovered.
+async fn announce_recovery(cluster: &Cluster, item: &Item, spec: &ReleaseSpec, message: &str) {
+    tracing::warn!(release = %spec.release_name, "{message}");
+    event(cluster, &item.id, "Warning", "ReleaseRecovered", message).await;
 }
 
 /// A release tidegate did not make: unchanged when it runs the same chart

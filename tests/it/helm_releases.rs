@@ -201,6 +201,18 @@ async fn release_status(ns: &str, name: &str) -> serde_json::Value {
     api.get(name).await.unwrap().data["status"].clone()
 }
 
+/// Whether an Event with `reason` was written about the object `name`.
+async fn has_event(ns: &str, name: &str, reason: &str) -> bool {
+    let events = Api::<Event>::namespaced(client().await, ns)
+        .list(&ListParams::default().fields(&format!("involvedObject.name={name}")))
+        .await
+        .unwrap();
+    events
+        .items
+        .iter()
+        .any(|e| e.reason.as_deref() == Some(reason))
+}
+
 fn condition<'a>(status: &'a serde_json::Value, kind: &str) -> &'a serde_json::Value {
     status["conditions"]
         .as_array()
@@ -406,15 +418,8 @@ async fn chart_from_the_repository_through_its_whole_lifecycle() {
         "False",
         "{status}"
     );
-    let events = Api::<Event>::namespaced(client().await, &ns)
-        .list(&ListParams::default().fields("involvedObject.name=web"))
-        .await
-        .unwrap();
     assert!(
-        events
-            .items
-            .iter()
-            .any(|e| e.reason.as_deref() == Some("ReleaseRolledBack")),
+        has_event(&ns, "web", "ReleaseRolledBack").await,
         "an Event says it was rolled back"
     );
     // The same broken values again: not retried, still reported.
@@ -788,15 +793,8 @@ async fn a_release_left_pending_by_a_killed_upgrade_is_recovered() {
         &(4, "deployed".to_string()),
         "{revisions:?}"
     );
-    let events = Api::<Event>::namespaced(client().await, &ns)
-        .list(&ListParams::default().fields("involvedObject.name=web"))
-        .await
-        .unwrap();
     assert!(
-        events
-            .items
-            .iter()
-            .any(|e| e.reason.as_deref() == Some("ReleaseRecovered")),
+        has_event(&ns, "web", "ReleaseRecovered").await,
         "an Event says so"
     );
 }
