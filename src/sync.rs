@@ -870,6 +870,8 @@ async fn reconcile_releases(
             id: i.desired.id.clone(),
             object: i.desired.object.clone(),
             resolved: i.resolved.clone(),
+            live: i.live.clone(),
+            changed: i.change != Change::Unchanged,
         })
         .collect();
     if items.is_empty() {

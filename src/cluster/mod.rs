@@ -189,7 +189,8 @@ impl Cluster {
     }
 
     /// Lists one resource in pages as JSON values with `apiVersion` and
-    /// `kind` set and `managedFields` and `status` dropped.
+    /// `kind` set and `managedFields` and `status` dropped (but for
+    /// HelmReleases, whose status tidegate writes).
     async fn list_json(
         &self,
         resource: &ApiResource,
@@ -213,7 +214,11 @@ impl Cluster {
                 .unwrap_or_default()
             {
                 if let Some(object) = item.as_object_mut() {
-                    object.remove("status");
+                    // A HelmRelease's status is tidegate's own record of it.
+                    if !crate::helm::release::is_helm_release_kind(&resource.group, &resource.kind)
+                    {
+                        object.remove("status");
+                    }
                     object.insert("apiVersion".into(), resource.api_version.clone().into());
                     object.insert("kind".into(), resource.kind.clone().into());
                     if let Some(Value::Object(meta)) = object.get_mut("metadata") {

@@ -103,12 +103,16 @@ impl std::fmt::Display for ReleaseStatus {
     }
 }
 
-/// One HelmRelease to reconcile, as applied.
+/// One HelmRelease to reconcile, as applied, and as the plan found it live.
 #[derive(Debug, Clone)]
 pub struct Item {
     pub id: ObjectRef,
     pub object: Value,
     pub resolved: Resolved,
+    /// The live object the plan listed, status included.
+    pub live: Option<Value>,
+    /// Created or changed by this sync: its generation is read again.
+    pub changed: bool,
 }
 
 /// A failure of one release, with the message for its status.
@@ -116,14 +120,12 @@ pub struct Item {
 struct Failure {
     phase: &'static str,
     message: String,
-    revision: Option<u32>,
 }
 
 fn fail(phase: &'static str, message: impl Into<String>) -> Failure {
     Failure {
         phase,
         message: message.into(),
-        revision: None,
     }
 }
 
@@ -134,12 +136,26 @@ pub struct Context<'a> {
     pub sources: &'a chart::Sources,
 }
 
-/// Reconciles the releases, a few at a time, in the order given.
+/// Releases decided at once: deciding only reads from the API server.
+const DECIDE_CONCURRENCY: usize = 16;
+
+/// Reconciles the releases in the order given: each decided from Helm's
+/// record and the live objects (many at once), then those that need helm
+/// run ([`CONCURRENCY`] at once).
 pub async fn reconcile_all(ctx: &Context<'_>, items: &[Item]) -> Vec<ReleaseStatus> {
-    stream::iter(items.iter().map(|item| reconcile(ctx, item)))
-        .buffered(CONCURRENCY)
+    let decided: Vec<Decided> = stream::iter(items.iter().map(|item| decide_one(ctx, item)))
+        .buffered(DECIDE_CONCURRENCY)
         .collect()
-        .await
+        .await;
+    stream::iter(
+        items
+            .iter()
+            .zip(decided)
+            .map(|(item, decided)| finish(ctx, item, decided)),
+    )
+    .buffered(CONCURRENCY)
+    .collect()
+    .await
 }
 
 /// The digest of merged values: sha256 of their canonical JSON, cut to 32.
@@ -153,7 +169,38 @@ struct Outcome {
     rolled_back: bool,
 }
 
-async fn reconcile(ctx: &Context<'_>, item: &Item) -> ReleaseStatus {
+/// A release decided: what it asks for, Helm's record of it, and the
+/// operation it needs (`None`: nothing); or why it cannot be decided.
+struct Decision {
+    spec: ReleaseSpec,
+    wanted: Wanted,
+    operation: Option<Operation>,
+    history: storage::History,
+}
+
+type Decided = Result<Decision, (Option<ReleaseSpec>, Failure)>;
+
+async fn decide_one(ctx: &Context<'_>, item: &Item) -> Decided {
+    let spec = release::parse(&item.id, &item.object)
+        .map_err(|e| (None, fail("Invalid", e.to_string())))?;
+    let wanted = match wanted(Some(ctx.cluster), ctx.sources, &spec).await {
+        Ok(w) => w,
+        Err(f) => return Err((Some(spec), f)),
+    };
+    match needed(ctx.cluster, &spec, &wanted).await {
+        Ok((operation, history)) => Ok(Decision {
+            spec,
+            wanted,
+            operation,
+            history,
+        }),
+        Err(f) => Err((Some(spec), f)),
+    }
+}
+
+/// Runs what a decided release needs, then records the outcome in its
+/// status and in the report.
+async fn finish(ctx: &Context<'_>, item: &Item, decided: Decided) -> ReleaseStatus {
     let mut status = ReleaseStatus {
         object: item.id.to_string(),
         release: String::new(),
@@ -162,45 +209,56 @@ async fn reconcile(ctx: &Context<'_>, item: &Item) -> ReleaseStatus {
         status: None,
         message: None,
     };
-    let spec = match release::parse(&item.id, &item.object) {
-        Ok(s) => s,
-        Err(e) => {
-            status.message = Some(e.to_string());
-            write_status(ctx, item, None, &Err(fail("Invalid", e.to_string())), None).await;
-            return status;
+    let (spec, outcome, chart_revision, history) = match decided {
+        Err((spec, f)) => (spec, Err(f), None, None),
+        Ok(d) => {
+            let ran = d.operation.is_some();
+            let outcome = run(ctx, item, &d.spec, &d.wanted, d.operation, d.history).await;
+            let revision = Some(d.wanted.located.revision.clone());
+            (
+                Some(d.spec),
+                outcome.0,
+                revision,
+                outcome.1.filter(|_| !ran),
+            )
         }
     };
+    let Some(spec) = spec else {
+        status.message = outcome.as_ref().err().map(|f| f.message.clone());
+        write_status(ctx, item, None, None, &outcome, None).await;
+        return status;
+    };
     status.release = format!("{}/{}", spec.target_namespace, spec.release_name);
-    let result = run(ctx, item, &spec).await;
-    let history = storage::history(
-        &ctx.cluster.client,
-        &spec.target_namespace,
-        &spec.release_name,
-    )
-    .await
-    .ok();
+    // After helm ran, its record is read again.
+    let history = match history {
+        Some(h) => Some(h),
+        None => storage::history(
+            &ctx.cluster.client,
+            &spec.target_namespace,
+            &spec.release_name,
+        )
+        .await
+        .ok(),
+    };
     let latest = history.as_ref().and_then(|h| h.latest()).cloned();
     status.revision = latest.as_ref().map(|r| r.version);
     status.status = latest.as_ref().map(|r| r.status.clone());
-    match &result {
-        Ok((outcome, _)) => {
-            status.action = outcome.action;
-            status.message = outcome.message.clone();
+    match &outcome {
+        Ok(o) => {
+            status.action = o.action;
+            status.message = o.message.clone();
         }
-        Err(f) => {
-            status.message = Some(f.message.clone());
-        }
+        Err(f) => status.message = Some(f.message.clone()),
     }
-    let chart_revision = result.as_ref().ok().map(|(_, r)| r.clone());
-    let outcome = result.map(|(o, _)| o);
-    write_status(ctx, item, Some(&spec), &outcome, chart_revision).await;
-    if let Some(h) = &history
-        && let Err(f) = &outcome
-        && f.revision.is_none()
-    {
-        // Keep what Helm has in the status even when this sync failed.
-        status.revision = h.latest().map(|r| r.version);
-    }
+    write_status(
+        ctx,
+        item,
+        Some(&spec),
+        latest.as_ref(),
+        &outcome,
+        chart_revision,
+    )
+    .await;
     status
 }
 
@@ -283,89 +341,98 @@ async fn needed(
     Ok((Some(operation), history))
 }
 
-/// Locates the chart, merges the values, decides and runs the operation.
-/// Returns the outcome and the chart's revision.
+/// Runs the operation a release needs; after a recovery, decides again
+/// and runs what it then needs. Returns the outcome, and Helm's record when
+/// helm ran nothing.
 async fn run(
     ctx: &Context<'_>,
     item: &Item,
     spec: &ReleaseSpec,
-) -> Result<(Outcome, String), Failure> {
-    let w = wanted(Some(ctx.cluster), ctx.sources, spec).await?;
+    w: &Wanted,
+    mut operation: Option<Operation>,
+    mut history: storage::History,
+) -> (Result<Outcome, Failure>, Option<storage::History>) {
     let (located, values, digests) = (&w.located, &w.values, &w.digests);
-    // A recovery is followed by the release's normal operation.
     let mut recovered: Option<String> = None;
     for _ in 0..2 {
-        let (operation, history) = needed(ctx.cluster, spec, &w).await?;
-        let Some(operation) = operation else {
-            return Ok((
-                Outcome {
-                    action: recovered
-                        .as_ref()
-                        .map_or(ReleaseAction::Unchanged, |_| ReleaseAction::RolledBack),
-                    rolled_back: recovered.is_some(),
-                    message: recovered,
-                },
-                located.revision.clone(),
-            ));
+        let Some(op) = operation.take() else {
+            let outcome = Outcome {
+                action: recovered
+                    .as_ref()
+                    .map_or(ReleaseAction::Unchanged, |_| ReleaseAction::RolledBack),
+                rolled_back: recovered.is_some(),
+                message: recovered,
+            };
+            return (Ok(outcome), Some(history));
         };
         let deployed = history.deployed().map(|r| r.version);
-        match operation {
+        let result = match op {
             Operation::Install | Operation::Upgrade(_) => {
-                let why = match &operation {
+                let why = match &op {
                     Operation::Upgrade(why) => why.clone(),
                     _ => String::new(),
                 };
-                let outcome =
-                    install_or_upgrade(ctx, item, spec, located, values, digests, deployed, &why)
-                        .await?;
-                let mut outcome = outcome;
-                if let Some(r) = recovered {
-                    outcome.message =
-                        Some(format!("{r}; then {}", outcome.message.unwrap_or_default()));
-                }
-                return Ok((outcome, located.revision.clone()));
+                install_or_upgrade(ctx, item, spec, located, values, digests, deployed, &why)
+                    .await
+                    .map(|mut outcome| {
+                        if let Some(r) = &recovered {
+                            outcome.message =
+                                Some(format!("{r}; then {}", outcome.message.unwrap_or_default()));
+                        }
+                        outcome
+                    })
             }
             Operation::RecoverRollback { from, to, status } => {
                 let message = format!(
                     "revision {from} was left {status} by an operation that is no longer running; rolled back to revision {to}"
                 );
-                rollback(ctx, spec, to).await.map_err(|e| {
-                    fail("RollbackFailed", format!("recovering from {status}: {e}"))
-                })?;
+                if let Err(e) = rollback(ctx, spec, to).await {
+                    let f = fail("RollbackFailed", format!("recovering from {status}: {e}"));
+                    return (Err(f), None);
+                }
                 announce_recovery(ctx.cluster, item, spec, &message).await;
                 recovered = Some(message);
+                match needed(ctx.cluster, spec, w).await {
+                    Ok((next, h)) => {
+                        operation = next;
+                        history = h;
+                        continue;
+                    }
+                    Err(f) => Err(f),
+                }
             }
             Operation::Reinstall { status } => {
                 let message = format!(
                     "the release never deployed (revision left {status}); uninstalled to install it again"
                 );
-                ctx.settings
+                let uninstalled = ctx
+                    .settings
                     .helm
                     .uninstall(&spec.release_name, &spec.target_namespace, spec.timeout)
-                    .await
-                    .map_err(|e| fail("DeployFailed", format!("recovering from {status}: {e}")))?;
+                    .await;
+                if let Err(e) = uninstalled {
+                    let f = fail("DeployFailed", format!("recovering from {status}: {e}"));
+                    return (Err(f), None);
+                }
                 announce_recovery(ctx.cluster, item, spec, &message).await;
-                let outcome =
-                    install_or_upgrade(ctx, item, spec, located, values, digests, None, &message)
-                        .await?;
-                let outcome = Outcome {
-                    action: if outcome.action == ReleaseAction::Installed {
-                        ReleaseAction::Reinstalled
-                    } else {
-                        outcome.action
-                    },
-                    ..outcome
-                };
-                return Ok((outcome, located.revision.clone()));
+                install_or_upgrade(ctx, item, spec, located, values, digests, None, &message)
+                    .await
+                    .map(|outcome| Outcome {
+                        action: if outcome.action == ReleaseAction::Installed {
+                            ReleaseAction::Reinstalled
+                        } else {
+                            outcome.action
+                        },
+                        ..outcome
+                    })
             }
-            Operation::Blocked(why) => return Err(fail("DeployFailed", why)),
-            Operation::CheckLive | Operation::CompareAdopted => unreachable!("resolved above"),
-        }
+            Operation::Blocked(why) => return (Err(fail("DeployFailed", why)), Some(history)),
+            Operation::CheckLive | Operation::CompareAdopted => unreachable!("resolved by needed"),
+        };
+        return (result, None);
     }
-    Err(fail(
-        "DeployFailed",
-        recovered.unwrap_or_else(|| "the release is still pending after recovery".into()),
-    ))
+    let why = recovered.unwrap_or_else(|| "the release is still pending after recovery".into());
+    (Err(fail("DeployFailed", why)), None)
 }
 
 /// Says in the log and in a Warning Event that a release was recovered.
@@ -774,11 +841,7 @@ async fn install_or_upgrade(
                                 &message,
                             )
                             .await;
-                            Err(Failure {
-                                phase: "RolledBack",
-                                message,
-                                revision: Some(to),
-                            })
+                            Err(fail("RolledBack", message))
                         }
                         Err(r) => Err(fail(
                             "RollbackFailed",
@@ -872,20 +935,24 @@ async fn write_status(
     ctx: &Context<'_>,
     item: &Item,
     spec: Option<&ReleaseSpec>,
+    latest: Option<&storage::Record>,
     outcome: &Result<Outcome, Failure>,
     chart_revision: Option<String>,
 ) {
     let api = ctx
         .cluster
         .api(&item.resolved, item.id.namespace.as_deref());
-    // Read afresh: the plan's lists leave status out, and an apply in this
-    // sync may have moved the generation.
-    let live = api
-        .get_opt(&item.id.name)
-        .await
-        .ok()
-        .flatten()
-        .and_then(|o| serde_json::to_value(o).ok());
+    // As the plan listed it (status included), unless this sync applied it
+    // and so may have moved its generation.
+    let live = match (&item.live, item.changed) {
+        (Some(live), false) => Some(live.clone()),
+        _ => api
+            .get_opt(&item.id.name)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|o| serde_json::to_value(o).ok()),
+    };
     let Some(live) = live else { return };
     let previous = live["status"].clone();
     let now = crate::cluster::state::now();
@@ -897,16 +964,9 @@ async fn write_status(
     status.insert("phase".into(), phase(outcome).into());
     if let Some(spec) = spec {
         status.insert("releaseName".into(), spec.release_name.clone().into());
-        if let Ok(history) = storage::history(
-            &ctx.cluster.client,
-            &spec.target_namespace,
-            &spec.release_name,
-        )
-        .await
-            && let Some(latest) = history.latest()
-        {
-            status.insert("releaseStatus".into(), latest.status.clone().into());
-        }
+    }
+    if let Some(latest) = latest {
+        status.insert("releaseStatus".into(), latest.status.clone().into());
     }
     let mut conditions: Vec<Value> = previous["conditions"]
         .as_array()

@@ -17,7 +17,11 @@ const DEFAULT_TIMEOUT_SECS: u64 = 300;
 const DEFAULT_MAX_HISTORY: u64 = 10;
 
 pub fn is_helm_release(id: &ObjectRef) -> bool {
-    id.group == GROUP && id.kind == KIND
+    is_helm_release_kind(&id.group, &id.kind)
+}
+
+pub fn is_helm_release_kind(group: &str, kind: &str) -> bool {
+    group == GROUP && kind == KIND
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
