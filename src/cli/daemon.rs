@@ -113,6 +113,7 @@ impl SyncArgs {
                 context: connection.context.clone(),
                 home: dir.join("helm"),
                 proxy: None,
+                post_renderer: std::env::current_exe().ok(),
             },
             cache: dir.join("charts"),
             git: None,

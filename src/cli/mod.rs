@@ -7,6 +7,7 @@
 mod daemon;
 mod diff;
 mod identity;
+mod post_render;
 mod status;
 mod sync;
 mod validate;
@@ -55,6 +56,9 @@ enum Command {
     Identity(identity::Args),
     /// Ask the daemon to fetch and sync now, and wait for the result
     Sync(sync::Args),
+    /// The post-renderer tidegate gives helm (labels a release's objects)
+    #[command(hide = true)]
+    PostRender(post_render::Args),
 }
 
 impl Cli {
@@ -70,8 +74,10 @@ impl Cli {
 pub fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     let connection = cli.connection();
-    if let Command::Validate(args) = cli.command {
-        return Ok(validate::run(args));
+    match cli.command {
+        Command::Validate(args) => return Ok(validate::run(args)),
+        Command::PostRender(args) => return Ok(post_render::run(args)),
+        _ => {}
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -82,7 +88,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Command::Status(args) => runtime.block_on(status::run(args, connection)),
         Command::Identity(args) => runtime.block_on(identity::run(args, connection)),
         Command::Sync(args) => runtime.block_on(sync::run(args, connection)),
-        Command::Validate(_) => unreachable!("handled above"),
+        Command::Validate(_) | Command::PostRender(_) => unreachable!("handled above"),
     }
 }
 

@@ -81,6 +81,7 @@ fn check_releases(args: &Args, set: &render::DesiredSet) -> Vec<String> {
             context: None,
             home: scratch.join("helm"),
             proxy: None,
+            post_renderer: std::env::current_exe().ok(),
         },
         cache: scratch.join("charts"),
         git: None,

@@ -124,6 +124,9 @@ impl Resolved {
 pub struct Cluster {
     pub client: Client,
     kinds: Mutex<HashMap<GroupVersionKind, Resolved>>,
+    /// Held while a kind is discovered, so that many callers asking for the
+    /// same new kind at once send one discovery request, not one each.
+    discovering: tokio::sync::Mutex<()>,
     writes: AtomicUsize,
     /// The last sync Event: name, reason, message and count, so a repeated
     /// warning is counted on it instead of repeated.
@@ -137,6 +140,7 @@ impl Cluster {
         Cluster {
             client,
             kinds: Mutex::new(HashMap::new()),
+            discovering: tokio::sync::Mutex::new(()),
             writes: AtomicUsize::new(0),
             last_event: Mutex::new(None),
             shard_generation: Mutex::new(None),
@@ -186,6 +190,16 @@ impl Cluster {
         );
         self.list_json(&resolved.resource, namespace, &selector)
             .await
+    }
+
+    /// Every object of one resource, in all namespaces, that matches a
+    /// label selector, as [`Self::list_json`] returns them.
+    pub async fn list_labelled(
+        &self,
+        resolved: &Resolved,
+        selector: &str,
+    ) -> Result<Vec<Value>, kube::Error> {
+        self.list_json(&resolved.resource, None, selector).await
     }
 
     /// Lists one resource in pages as JSON values with `apiVersion` and
@@ -356,6 +370,10 @@ impl Cluster {
     /// Resolves a kind through discovery, once per kind.
     pub async fn resolve(&self, id: &ObjectRef) -> Result<Resolved, Error> {
         let gvk = GroupVersionKind::gvk(&id.group, &id.version, &id.kind);
+        if let Some(found) = self.kinds.lock().expect("discovery cache").get(&gvk) {
+            return Ok(found.clone());
+        }
+        let _discovering = self.discovering.lock().await;
         if let Some(found) = self.kinds.lock().expect("discovery cache").get(&gvk) {
             return Ok(found.clone());
         }

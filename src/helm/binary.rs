@@ -45,7 +45,14 @@ pub struct Helm {
     /// A proxy for chart repositories (`--git-proxy`); otherwise helm
     /// honours the proxy variables it inherits.
     pub proxy: Option<String>,
+    /// tidegate's own binary, run by helm as its post-renderer to label the
+    /// release's objects with [`RELEASE_LABEL`].
+    pub post_renderer: Option<PathBuf>,
 }
+
+/// The label on every object of a release tidegate installed or upgraded:
+/// the release's name.
+pub const RELEASE_LABEL: &str = "tidegate.dev/helm-release";
 
 /// What one install or upgrade runs with.
 #[derive(Debug, Clone)]
@@ -176,6 +183,23 @@ impl Helm {
         })
     }
 
+    /// `--post-renderer tidegate --post-renderer-args post-render …`.
+    fn post_render_args(&self, release: &str) -> Vec<String> {
+        let Some(binary) = &self.post_renderer else {
+            return Vec::new();
+        };
+        let mut args = vec!["--post-renderer".to_string(), binary.display().to_string()];
+        for arg in [
+            "post-render",
+            "--label",
+            &format!("{RELEASE_LABEL}={release}"),
+        ] {
+            args.push("--post-renderer-args".into());
+            args.push(arg.to_string());
+        }
+        args
+    }
+
     pub async fn version(&self) -> Result<String, Error> {
         self.run(&["version", "--short"], Duration::from_secs(30))
             .await
@@ -211,6 +235,8 @@ impl Helm {
         if !labels.is_empty() {
             args.extend(["--labels", &labels]);
         }
+        let post_render = self.post_render_args(a.release);
+        args.extend(post_render.iter().map(String::as_str));
         args.extend(switches(&[
             (a.wait, "--wait"),
             (a.force, "--force"),
@@ -288,6 +314,8 @@ impl Helm {
         if !skip_crds {
             args.push("--include-crds");
         }
+        let post_render = self.post_render_args(release);
+        args.extend(post_render.iter().map(String::as_str));
         self.run(&args, GRACE * 2).await
     }
 

@@ -101,19 +101,72 @@ pub async fn history(
     namespace: &str,
     release: &str,
 ) -> Result<History, kube::Error> {
-    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let selector = format!("owner=helm,name={release}");
-    let list = api.list(&ListParams::default().labels(&selector)).await?;
-    let mut history = History::default();
-    for secret in list.items {
+    let wanted = [(namespace.to_string(), release.to_string())];
+    Ok(histories(client, &wanted).await?.pop().unwrap_or_default())
+}
+
+/// Release names per list request (they go into the label selector).
+const NAMES_PER_LIST: usize = 100;
+
+/// Reads the revisions of many releases, in the order given: one list of
+/// Helm's Secrets across namespaces per hundred names, or one per
+/// namespace where RBAC allows no more.
+pub async fn histories(
+    client: &kube::Client,
+    releases: &[(String, String)],
+) -> Result<Vec<History>, kube::Error> {
+    let mut found: BTreeMap<(String, String), History> = BTreeMap::new();
+    let names: std::collections::BTreeSet<&str> =
+        releases.iter().map(|(_, n)| n.as_str()).collect();
+    let names: Vec<&str> = names.into_iter().collect();
+    for chunk in names.chunks(NAMES_PER_LIST) {
+        let selector = format!("owner=helm,name in ({})", chunk.join(","));
+        let params = ListParams::default().labels(&selector);
+        let all: Api<Secret> = Api::all(client.clone());
+        let secrets = match all.list(&params).await {
+            Ok(list) => list.items,
+            Err(kube::Error::Api(status)) if status.code == 403 => {
+                let namespaces: std::collections::BTreeSet<&str> =
+                    releases.iter().map(|(ns, _)| ns.as_str()).collect();
+                let mut items = Vec::new();
+                for ns in namespaces {
+                    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+                    items.extend(api.list(&params).await?.items);
+                }
+                items
+            }
+            Err(e) => return Err(e),
+        };
+        for secret in secrets {
+            let namespace = secret.metadata.namespace.clone().unwrap_or_default();
+            let Some(name) = secret.metadata.labels.as_ref().and_then(|l| l.get("name")) else {
+                continue;
+            };
+            let key = (namespace, name.clone());
+            found.entry(key).or_default().add(secret);
+        }
+    }
+    Ok(releases
+        .iter()
+        .map(|key| {
+            let mut history = found.remove(key).unwrap_or_default();
+            history.records.sort_by_key(|r| r.version);
+            history
+        })
+        .collect())
+}
+
+impl History {
+    /// Adds one stored revision.
+    fn add(&mut self, secret: Secret) {
         if secret.type_.as_deref() != Some("helm.sh/release.v1") {
-            continue;
+            return;
         }
         let labels = secret.metadata.labels.clone().unwrap_or_default();
         let Some(version) = labels.get("version").and_then(|v| v.parse().ok()) else {
-            continue;
+            return;
         };
-        history.records.push(Record {
+        self.records.push(Record {
             version,
             status: labels.get("status").cloned().unwrap_or_default(),
             labels: labels
@@ -122,8 +175,6 @@ pub async fn history(
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
         });
-        history.secrets.insert(version, secret);
+        self.secrets.insert(version, secret);
     }
-    history.records.sort_by_key(|r| r.version);
-    Ok(history)
 }

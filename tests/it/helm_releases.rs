@@ -260,6 +260,11 @@ async fn chart_from_the_repository_through_its_whole_lifecycle() {
     assert_eq!(history(&ns, &release), [(1, "deployed".to_string())]);
     // Values: chart < ConfigMap < Secret < spec.values.
     let d = deployment(&ns, &release).await.expect("the Deployment");
+    // tidegate's post-renderer labels the release's objects.
+    assert_eq!(
+        d.metadata.labels.as_ref().unwrap()["tidegate.dev/helm-release"],
+        release.as_str()
+    );
     let spec_of = d.spec.unwrap();
     assert_eq!(spec_of.replicas, Some(3));
     let template = spec_of.template;

@@ -1,0 +1,65 @@
+//! `tidegate post-render --label KEY=VALUE` (hidden): the post-renderer
+//! tidegate gives helm. Rendered manifests in on stdin; the same objects,
+//! each with the label added, out on stdout (as JSON documents, which helm
+//! reads as YAML). The label lets a sync find a release's objects with one
+//! list request per resource.
+
+use std::io::{Read, Write};
+use std::process::ExitCode;
+
+use super::EXIT_ERROR;
+use crate::render::ParseLimits;
+use crate::render::manifest::parse_documents;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The label to add to every object
+    #[arg(long, value_name = "KEY=VALUE")]
+    label: String,
+}
+
+/// Most bytes of rendered manifests read.
+const MAX_INPUT: u64 = 256 * 1024 * 1024;
+
+pub fn run(args: Args) -> ExitCode {
+    let Some((key, value)) = args.label.split_once('=') else {
+        eprintln!("error: --label {}: not KEY=VALUE", args.label);
+        return ExitCode::from(EXIT_ERROR);
+    };
+    let mut text = String::new();
+    if let Err(e) = std::io::stdin().take(MAX_INPUT).read_to_string(&mut text) {
+        eprintln!("error: cannot read the rendered manifests: {e}");
+        return ExitCode::from(EXIT_ERROR);
+    }
+    let limits = ParseLimits {
+        max_documents: 100_000,
+        ..ParseLimits::default()
+    };
+    let documents = match parse_documents(&text, &limits) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: the rendered manifests are not YAML: {e}");
+            return ExitCode::from(EXIT_ERROR);
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    for mut doc in documents {
+        if let Some(metadata) = doc.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+            let labels = metadata
+                .entry("labels")
+                .or_insert_with(|| serde_json::json!({}));
+            if let Some(labels) = labels.as_object_mut() {
+                labels.insert(key.to_string(), value.into());
+            }
+        }
+        let written = writeln!(out, "---").and_then(|_| {
+            serde_json::to_writer(&mut out, &doc)?;
+            writeln!(out)
+        });
+        if let Err(e) = written {
+            eprintln!("error: cannot write the manifests: {e}");
+            return ExitCode::from(EXIT_ERROR);
+        }
+    }
+    ExitCode::SUCCESS
+}
