@@ -161,13 +161,13 @@ pub async fn reconcile_all(ctx: &Context<'_>, items: &[Item]) -> Vec<ReleaseStat
 /// Parses each release, locates its chart and merges its values (many at
 /// once), reads every Helm record in one request, then decides.
 async fn decide_all(ctx: &Context<'_>, items: &[Item]) -> Vec<Decided> {
-    let prepared: Vec<Result<(ReleaseSpec, Wanted), (Option<ReleaseSpec>, Failure)>> =
+    let prepared: Vec<Result<(ReleaseSpec, Wanted), Refusal>> =
         stream::iter(items.iter().map(|item| async move {
             let spec = release::parse(&item.id, &item.object)
-                .map_err(|e| (None, fail("Invalid", e.to_string())))?;
+                .map_err(|e| Box::new((None, fail("Invalid", e.to_string()))))?;
             match wanted(Some(ctx.cluster), ctx.sources, &spec).await {
                 Ok(w) => Ok((spec, w)),
-                Err(f) => Err((Some(spec), f)),
+                Err(f) => Err(Box::new((Some(spec), f))),
             }
         }))
         .buffered(DECIDE_CONCURRENCY)
@@ -185,7 +185,7 @@ async fn decide_all(ctx: &Context<'_>, items: &[Item]) -> Vec<Decided> {
             return prepared
                 .into_iter()
                 .map(|p| match p {
-                    Ok((spec, _)) => Err((Some(spec), f.clone())),
+                    Ok((spec, _)) => Err(Box::new((Some(spec), f.clone()))),
                     Err(e) => Err(e),
                 })
                 .collect();
@@ -233,7 +233,10 @@ struct Decision {
     history: storage::History,
 }
 
-type Decided = Result<Decision, (Option<ReleaseSpec>, Failure)>;
+/// A release that could not be decided, and its spec if it could be read.
+type Refusal = Box<(Option<ReleaseSpec>, Failure)>;
+
+type Decided = Result<Decision, Refusal>;
 
 /// Runs what a decided release needs, then records the outcome in its
 /// status and in the report.
@@ -247,7 +250,10 @@ async fn finish(ctx: &Context<'_>, item: &Item, decided: Decided) -> ReleaseStat
         message: None,
     };
     let (spec, outcome, chart_revision, history) = match decided {
-        Err((spec, f)) => (spec, Err(f), None, None),
+        Err(refusal) => {
+            let (spec, f) = *refusal;
+            (spec, Err(f), None, None)
+        }
         Ok(d) => {
             let ran = d.operation.is_some();
             let outcome = run(ctx, item, &d.spec, &d.wanted, d.operation, d.history).await;
@@ -459,17 +465,16 @@ async fn live_objects(cluster: &Cluster, refs: &[ObjectRef]) -> HashMap<ObjectRe
                 .push(id);
         }
     }
-    let lists: Vec<(Resolved, Vec<&ObjectRef>, Option<Vec<Value>>)> =
-        stream::iter(by_resource.into_values().map(|(resolved, ids)| async move {
-            let listed = cluster
-                .list_labelled(&resolved, binary::RELEASE_LABEL)
-                .await
-                .ok();
-            (resolved, ids, listed)
-        }))
-        .buffer_unordered(8)
-        .collect()
-        .await;
+    let lists: Vec<_> = stream::iter(by_resource.into_values().map(|(resolved, ids)| async move {
+        let listed = cluster
+            .list_labelled(&resolved, binary::RELEASE_LABEL)
+            .await
+            .ok();
+        (resolved, ids, listed)
+    }))
+    .buffer_unordered(8)
+    .collect()
+    .await;
     let mut live = HashMap::new();
     let mut unlisted = Vec::new();
     for (resolved, ids, listed) in lists {
