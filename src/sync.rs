@@ -1005,6 +1005,7 @@ async fn sync_snapshot(
         tree: snapshot.tree.clone(),
         git: h.git.clone(),
         cache: h.cache.clone(),
+        digests: Default::default(),
     });
     let (mut report, next) = apply_set(
         cluster,

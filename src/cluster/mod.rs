@@ -193,13 +193,20 @@ impl Cluster {
     }
 
     /// Every object of one resource, in all namespaces, that matches a
-    /// label selector, as [`Self::list_json`] returns them.
+    /// label selector, as [`Self::list_json`] returns them; served from the
+    /// API server's cache, so possibly a moment old.
     pub async fn list_labelled(
         &self,
         resolved: &Resolved,
         selector: &str,
     ) -> Result<Vec<Value>, kube::Error> {
-        self.list_json(&resolved.resource, None, selector).await
+        let params = ListParams::default().labels(selector).match_any();
+        let path = <DynamicObject as kube::Resource>::url_path(&resolved.resource, None);
+        let request = kube::core::Request::new(&path)
+            .list(&params)
+            .map_err(kube::Error::BuildRequest)?;
+        let list: Value = self.client.request(request).await?;
+        Ok(list["items"].as_array().cloned().unwrap_or_default())
     }
 
     /// Lists one resource in pages as JSON values with `apiVersion` and

@@ -57,6 +57,23 @@ pub struct Sources {
     pub git: Option<GitSource>,
     /// Where fetched repositories and pulled charts are kept.
     pub cache: PathBuf,
+    /// Digests of chart directories read in this sync: releases of the same
+    /// chart hash it once.
+    pub digests: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<PathBuf, String>>>,
+}
+
+impl Sources {
+    fn digest_of(&self, root: &Path, dir: &Path) -> Result<String, String> {
+        if let Some(d) = self.digests.lock().expect("digests").get(dir) {
+            return Ok(d.clone());
+        }
+        let digest = dir_digest(root, dir)?;
+        self.digests
+            .lock()
+            .expect("digests")
+            .insert(dir.to_path_buf(), digest.clone());
+        Ok(digest)
+    }
 }
 
 impl Sources {
@@ -79,6 +96,7 @@ impl Sources {
             tree: path.to_path_buf(),
             git: None,
             cache,
+            digests: Default::default(),
         }
     }
 }
@@ -124,10 +142,12 @@ pub fn locate(source: &ChartSource, sources: &Sources) -> Result<Located, Error>
                     revision,
                 });
             }
-            let digest = dir_digest(&root, &dir).map_err(|reason| Error::Read {
-                path: path.clone(),
-                reason,
-            })?;
+            let digest = sources
+                .digest_of(&root, &dir)
+                .map_err(|reason| Error::Read {
+                    path: path.clone(),
+                    reason,
+                })?;
             Ok(Located {
                 kind: Kind::Dir(dir),
                 digest,
