@@ -645,7 +645,11 @@ async fn apply_plan(
                     report.errors.push(e);
                 }
             }
-            cluster.forget_kinds();
+            // New or changed definitions may serve new kinds; unchanged
+            // ones serve what discovery already found.
+            if items.iter().any(|i| i.change != Change::Unchanged) || !plan.deferred.is_empty() {
+                cluster.forget_kinds();
+            }
             if !plan.deferred.is_empty() {
                 let mut later = Plan::default();
                 let deferred = std::mem::take(&mut plan.deferred);
@@ -1005,6 +1009,7 @@ async fn sync_snapshot(
         tree: snapshot.tree.clone(),
         git: h.git.clone(),
         cache: h.cache.clone(),
+        proxy: h.helm.proxy.clone(),
         digests: Default::default(),
     });
     let (mut report, next) = apply_set(

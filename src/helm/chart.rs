@@ -57,6 +57,9 @@ pub struct Sources {
     pub git: Option<GitSource>,
     /// Where fetched repositories and pulled charts are kept.
     pub cache: PathBuf,
+    /// A proxy for values at a URL (`externalSourceRef`); otherwise the
+    /// proxy variables apply.
+    pub proxy: Option<String>,
     /// Digests of chart directories read in this sync: releases of the same
     /// chart hash it once.
     pub digests: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<PathBuf, String>>>,
@@ -96,6 +99,7 @@ impl Sources {
             tree: path.to_path_buf(),
             git: None,
             cache,
+            proxy: None,
             digests: Default::default(),
         }
     }

@@ -332,9 +332,14 @@ async fn wanted(
         chart::Kind::Dir(d) => Some(d.clone()),
         chart::Kind::Repository { .. } => None,
     };
-    let values = merged_values(cluster, spec, chart_dir.as_deref())
-        .await
-        .map_err(|m| fail("ValuesFailed", m))?;
+    let values = merged_values(
+        cluster,
+        spec,
+        chart_dir.as_deref(),
+        sources.proxy.as_deref(),
+    )
+    .await
+    .map_err(|m| fail("ValuesFailed", m))?;
     let digests = Digests {
         chart: located.digest.clone(),
         values: values_digest(&values),
@@ -684,10 +689,11 @@ async fn merged_values(
     cluster: Option<&Cluster>,
     spec: &ReleaseSpec,
     chart_dir: Option<&std::path::Path>,
+    proxy: Option<&str>,
 ) -> Result<Value, String> {
     let mut merged = json!({});
     for source in &spec.values_from {
-        let text = match read_source(cluster, source, chart_dir).await? {
+        let text = match read_source(cluster, source, chart_dir, proxy).await? {
             Some(t) if t.is_empty() => continue,
             Some(t) => t,
             None if source.optional() => continue,
@@ -716,7 +722,15 @@ async fn read_source(
     cluster: Option<&Cluster>,
     source: &ValuesSource,
     chart_dir: Option<&std::path::Path>,
+    proxy: Option<&str>,
 ) -> Result<Option<String>, String> {
+    if let ValuesSource::External { url, .. } = source {
+        let (url, proxy) = (url.clone(), proxy.map(str::to_string));
+        return tokio::task::spawn_blocking(move || fetch_values(&url, proxy.as_deref()))
+            .await
+            .expect("fetch task")
+            .map_err(|e| format!("cannot read valuesFrom {source}: {e}"));
+    }
     let in_cluster = matches!(
         source,
         ValuesSource::ConfigMap { .. } | ValuesSource::Secret { .. }
@@ -775,12 +789,49 @@ fn read_file_source(
                 Err(e) => Err(format!("cannot read valuesFrom {source}: {e}")),
             }
         }
-        ValuesSource::External { .. } => Err(format!(
-            "valuesFrom {source}: externalSourceRef is not supported; keep the values in Git (chartFileRef or spec.values) or in a ConfigMap"
-        )),
-        ValuesSource::ConfigMap { .. } | ValuesSource::Secret { .. } => {
-            unreachable!("read from the cluster")
-        }
+        ValuesSource::External { .. }
+        | ValuesSource::ConfigMap { .. }
+        | ValuesSource::Secret { .. } => unreachable!("read by read_source"),
+    }
+}
+
+/// Most bytes of a values file read from a URL.
+const MAX_EXTERNAL_VALUES: u64 = 4 * 1024 * 1024;
+
+/// A values file at a URL (`externalSourceRef`), through the proxy;
+/// `None` when the server answers 404.
+fn fetch_values(url: &str, proxy: Option<&str>) -> Result<Option<String>, String> {
+    use ureq::tls::{RootCerts, TlsConfig, TlsProvider};
+    let proxy = match proxy {
+        Some(p) => Some(
+            ureq::Proxy::new(p)
+                .map_err(|e| format!("proxy {}: {e}", crate::source::remote::redact(p)))?,
+        ),
+        None => ureq::Proxy::try_from_env(),
+    };
+    let tls = TlsConfig::builder()
+        .provider(TlsProvider::NativeTls)
+        .root_certs(RootCerts::PlatformVerifier)
+        .build();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .proxy(proxy)
+        .tls_config(tls)
+        .timeout_global(Some(std::time::Duration::from_secs(30)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let scrub = |e: ureq::Error| crate::source::remote::scrub(&e.to_string(), url);
+    let mut response = agent.get(url).call().map_err(scrub)?;
+    match response.status().as_u16() {
+        200..=299 => response
+            .body_mut()
+            .with_config()
+            .limit(MAX_EXTERNAL_VALUES)
+            .read_to_string()
+            .map(Some)
+            .map_err(scrub),
+        404 => Ok(None),
+        code => Err(format!("the server answered {code}")),
     }
 }
 

@@ -89,7 +89,9 @@ impl std::fmt::Display for ValuesSource {
                 ..
             } => write!(f, "Secret {namespace}/{name} key {key}"),
             ValuesSource::ChartFile { path, .. } => write!(f, "chart file {path}"),
-            ValuesSource::External { url, .. } => write!(f, "{url}"),
+            ValuesSource::External { url, .. } => {
+                write!(f, "{}", crate::source::remote::redact(url))
+            }
         }
     }
 }

@@ -583,16 +583,27 @@ spec:
 }
 
 #[tokio::test]
-async fn chart_from_another_git_repository() {
+async fn chart_from_another_git_repository_with_values_from_a_url() {
     crd_installed().await;
     let ns = unique("hr-other");
     let charts = chart_repo(&ns);
     let head = charts.push("the charts");
+    // Values at a URL too (externalSourceRef), and an optional one that is not there.
+    let files = tempfile::tempdir().unwrap();
+    std::fs::write(files.path().join("values.yaml"), "replicaCount: 4\n").unwrap();
+    let server = ChartServer::start(files.path(), None);
+    let spec = format!(
+        "  valuesFrom:
+  - externalSourceRef: {{url: \"http://127.0.0.1:{port}/values.yaml\"}}
+  - externalSourceRef: {{url: \"http://127.0.0.1:{port}/missing.yaml\", optional: true}}
+  values: {{hook: {{enabled: false}}}}
+",
+        port = server.1
+    );
     let repo = GitRepo::new();
     repo.write("namespaces/ns.yaml", &ns_yaml(&ns)).write(
         "releases/web.yaml",
-        &helm_release(&ns, "web", "  values: {hook: {enabled: false}}\n")
-            .replace("REPO_URL", &charts.url()),
+        &helm_release(&ns, "web", &spec).replace("REPO_URL", &charts.url()),
     );
     repo.push("a release of a chart kept elsewhere");
     let text = assert_ok(&repo.sync_helm());
@@ -600,6 +611,8 @@ async fn chart_from_another_git_repository() {
         text.contains(&format!("installed release {ns}/{ns}-web revision 1")),
         "{text}"
     );
+    let d = deployment(&ns, &format!("{ns}-web")).await.unwrap();
+    assert_eq!(d.spec.unwrap().replicas, Some(4), "values from the URL");
     let status = release_status(&ns, "web").await;
     assert_eq!(
         status["revision"],
