@@ -827,7 +827,15 @@ pub async fn apply_set(
         report.errors.push(e);
     }
     let phase = std::time::Instant::now();
-    let plan = plan(cluster, set, settings, inventory).await;
+    // Helm's records of the releases are read while the plan is made.
+    let releases = match (&settings.helm, charts) {
+        (Some(_), Some(_)) => helm::release_keys(set, &settings.default_namespace),
+        _ => Vec::new(),
+    };
+    let (plan, observed) = tokio::join!(
+        plan(cluster, set, settings, inventory),
+        helm::observe(cluster, &releases)
+    );
     tracing::debug!(ms = phase.elapsed().as_millis() as u64, "planned");
     let phase = std::time::Instant::now();
     let candidates = plan.prune.clone();
@@ -844,7 +852,7 @@ pub async fn apply_set(
     next.extend(plan.items.iter().map(|i| i.desired.id.clone()));
     tracing::debug!(ms = phase.elapsed().as_millis() as u64, "applied");
     if let (Some(helm), Some(charts), false) = (&settings.helm, charts, report.interrupted) {
-        reconcile_releases(cluster, helm, charts, &plan, &mut report, on).await;
+        reconcile_releases(cluster, helm, charts, &plan, observed, &mut report, on).await;
     }
     if !report.interrupted {
         next.extend(prune(cluster, &candidates, settings, &mut report, on).await);
@@ -861,6 +869,7 @@ async fn reconcile_releases(
     helm: &helm::Settings,
     charts: &helm::chart::Sources,
     plan: &Plan,
+    observed: helm::Observed,
     report: &mut SyncReport,
     on: OnProgress<'_>,
 ) {
@@ -887,7 +896,7 @@ async fn reconcile_releases(
         settings: helm,
         sources: charts,
     };
-    for status in helm::reconcile_all(&ctx, &items).await {
+    for status in helm::reconcile_all(&ctx, &items, observed).await {
         if status.action == ReleaseAction::Unchanged {
             tracing::debug!(object = %status.object, "{status}");
         } else {

@@ -143,9 +143,13 @@ const DECIDE_CONCURRENCY: usize = 16;
 /// Reconciles the releases in the order given: each decided from Helm's
 /// record and the live objects (many at once), then those that need helm
 /// run ([`CONCURRENCY`] at once).
-pub async fn reconcile_all(ctx: &Context<'_>, items: &[Item]) -> Vec<ReleaseStatus> {
+pub async fn reconcile_all(
+    ctx: &Context<'_>,
+    items: &[Item],
+    observed: Observed,
+) -> Vec<ReleaseStatus> {
     let phase = std::time::Instant::now();
-    let decided = decide_all(ctx, items).await;
+    let decided = decide_all(ctx, items, observed).await;
     tracing::debug!(ms = phase.elapsed().as_millis() as u64, "releases decided");
     stream::iter(
         items
@@ -160,7 +164,7 @@ pub async fn reconcile_all(ctx: &Context<'_>, items: &[Item]) -> Vec<ReleaseStat
 
 /// Parses each release, locates its chart and merges its values (many at
 /// once), reads every Helm record in one request, then decides.
-async fn decide_all(ctx: &Context<'_>, items: &[Item]) -> Vec<Decided> {
+async fn decide_all(ctx: &Context<'_>, items: &[Item], mut observed: Observed) -> Vec<Decided> {
     let prepared: Vec<Result<(ReleaseSpec, Wanted), Refusal>> =
         stream::iter(items.iter().map(|item| async move {
             let spec = release::parse(&item.id, &item.object)
@@ -178,7 +182,23 @@ async fn decide_all(ctx: &Context<'_>, items: &[Item]) -> Vec<Decided> {
         .flatten()
         .map(|(spec, _)| (spec.target_namespace.clone(), spec.release_name.clone()))
         .collect();
-    let histories = match storage::histories(&ctx.cluster.client, &keys).await {
+    // Read while the plan was made, or now for releases added since.
+    let missing: Vec<(String, String)> = keys
+        .iter()
+        .filter(|k| !observed.histories.contains_key(*k))
+        .cloned()
+        .collect();
+    let read = if missing.is_empty() {
+        Ok(Vec::new())
+    } else {
+        storage::histories(&ctx.cluster.client, &missing).await
+    };
+    let histories = match read.map(|read| {
+        observed.histories.extend(missing.into_iter().zip(read));
+        keys.iter()
+            .map(|k| observed.histories.remove(k).unwrap_or_default())
+            .collect::<Vec<_>>()
+    }) {
         Ok(h) => h,
         Err(e) => {
             let f = history_failure(e);
@@ -197,7 +217,9 @@ async fn decide_all(ctx: &Context<'_>, items: &[Item]) -> Vec<Decided> {
         .zip(histories)
         .map(|((spec, w), h)| (spec, w, h))
         .collect();
-    let mut decided = decide_many(ctx.cluster, ready).await.into_iter();
+    let mut decided = decide_many(ctx.cluster, ready, observed.live)
+        .await
+        .into_iter();
     prepared
         .into_iter()
         .map(|p| {
@@ -211,6 +233,57 @@ async fn decide_all(ctx: &Context<'_>, items: &[Item]) -> Vec<Decided> {
             })
         })
         .collect()
+}
+
+/// Helm's records of a sync's releases and the live objects of their
+/// deployed revisions, read while the plan is made so that a sync with
+/// nothing to do for its releases waits for almost nothing more.
+#[derive(Debug, Default)]
+pub struct Observed {
+    histories: HashMap<(String, String), storage::History>,
+    live: HashMap<ObjectRef, Option<Value>>,
+}
+
+/// The `(namespace, name)` of the Helm release each HelmRelease of a
+/// desired set asks for (HelmReleases without a namespace placed in
+/// `default_namespace`); unreadable ones are left out.
+pub fn release_keys(
+    set: &crate::render::DesiredSet,
+    default_namespace: &str,
+) -> Vec<(String, String)> {
+    set.manifests
+        .iter()
+        .filter(|m| is_release(&m.id))
+        .filter_map(|m| {
+            let mut id = m.id.clone();
+            id.namespace
+                .get_or_insert_with(|| default_namespace.to_string());
+            let spec = release::parse(&id, &m.object).ok()?;
+            Some((spec.target_namespace, spec.release_name))
+        })
+        .collect()
+}
+
+/// Reads what [`Observed`] holds; a failure leaves it to the releases'
+/// own reads later.
+pub async fn observe(cluster: &Cluster, releases: &[(String, String)]) -> Observed {
+    if releases.is_empty() {
+        return Observed::default();
+    }
+    let Ok(histories) = storage::histories(&cluster.client, releases).await else {
+        return Observed::default();
+    };
+    let refs: Vec<ObjectRef> = releases
+        .iter()
+        .zip(&histories)
+        .filter_map(|((namespace, _), h)| deployed_objects(h, namespace).ok())
+        .flatten()
+        .map(|(id, _)| id)
+        .collect();
+    Observed {
+        live: live_objects(cluster, &refs).await,
+        histories: releases.iter().cloned().zip(histories).collect(),
+    }
 }
 
 /// The digest of merged values: sha256 of their canonical JSON, cut to 32.
@@ -362,7 +435,7 @@ async fn needed(
     let history = storage::history(&cluster.client, &spec.target_namespace, &spec.release_name)
         .await
         .map_err(history_failure)?;
-    let mut decided = decide_many(cluster, vec![(spec, wanted, history)]).await;
+    let mut decided = decide_many(cluster, vec![(spec, wanted, history)], HashMap::new()).await;
     Ok(decided.pop().expect("one release in, one out"))
 }
 
@@ -378,6 +451,7 @@ fn history_failure(e: kube::Error) -> Failure {
 async fn decide_many(
     cluster: &Cluster,
     releases: Vec<(&ReleaseSpec, &Wanted, storage::History)>,
+    mut live: HashMap<ObjectRef, Option<Value>>,
 ) -> Vec<(Option<Operation>, storage::History)> {
     let mut operations = Vec::new();
     let mut checks: Vec<(usize, Vec<(ObjectRef, Value)>)> = Vec::new();
@@ -396,18 +470,22 @@ async fn decide_many(
             );
         }
         if operation == Operation::CheckLive {
-            match deployed_objects(history, spec) {
+            match deployed_objects(history, &spec.target_namespace) {
                 Ok(objects) => checks.push((i, objects)),
                 Err(why) => operation = Operation::Upgrade(why),
             }
         }
         operations.push(Some(operation));
     }
+    // Those not read while the plan was made are read now.
     let refs: Vec<ObjectRef> = checks
         .iter()
         .flat_map(|(_, objects)| objects.iter().map(|(id, _)| id.clone()))
+        .filter(|id| !live.contains_key(id))
         .collect();
-    let live = live_objects(cluster, &refs).await;
+    if !refs.is_empty() {
+        live.extend(live_objects(cluster, &refs).await);
+    }
     for (i, objects) in checks {
         operations[i] = drift_of(&objects, &live).map(Operation::Upgrade);
     }
@@ -422,7 +500,7 @@ async fn decide_many(
 /// lives in (the release's, unless the chart names one).
 fn deployed_objects(
     history: &storage::History,
-    spec: &ReleaseSpec,
+    namespace: &str,
 ) -> Result<Vec<(ObjectRef, Value)>, String> {
     let Some(deployed) = history.deployed() else {
         return Ok(Vec::new());
@@ -441,7 +519,7 @@ fn deployed_objects(
                 Some(
                     object["metadata"]["namespace"]
                         .as_str()
-                        .unwrap_or(&spec.target_namespace),
+                        .unwrap_or(namespace),
                 ),
                 object["metadata"]["name"].as_str()?,
             );

@@ -333,7 +333,7 @@ fn run_all(b: &Bench, objects: usize, large: usize) -> Result<String> {
 /// HelmReleases added to the benchmark repository.
 const RELEASES: usize = 20;
 /// No-op syncs measured of each repository; the median is reported.
-const NOOP_RUNS: usize = 5;
+const NOOP_RUNS: usize = 11;
 
 fn median(mut runs: Vec<Duration>) -> Duration {
     runs.sort();
