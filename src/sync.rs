@@ -987,8 +987,21 @@ async fn sync_snapshot(
             return (report, None);
         }
     };
+    // Every line the sync logs carries its revision.
     let span = tracing::info_span!("sync", revision = %snapshot.revision);
-    let _guard = span.enter();
+    use tracing::Instrument as _;
+    sync_revision(cluster, snapshot, settings, stop, on)
+        .instrument(span)
+        .await
+}
+
+async fn sync_revision(
+    cluster: &Cluster,
+    snapshot: Snapshot,
+    settings: &Settings,
+    stop: &AtomicBool,
+    on: OnProgress<'_>,
+) -> (SyncReport, Option<Inventory>) {
     let phase = std::time::Instant::now();
     // Parsing is CPU-bound: off the async workers.
     let (tree, options) = (snapshot.tree.clone(), settings.render.clone());
@@ -1000,7 +1013,6 @@ async fn sync_snapshot(
         ms = phase.elapsed().as_millis() as u64,
         "rendered"
     );
-    drop(_guard);
     let inventory = match cluster.read_inventory(&settings.state).await {
         Ok(i) => i,
         Err(e) => {

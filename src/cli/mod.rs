@@ -7,6 +7,7 @@
 mod daemon;
 mod diff;
 mod identity;
+mod install;
 mod post_render;
 mod status;
 mod sync;
@@ -25,10 +26,19 @@ pub const EXIT_ERROR: u8 = 2;
 #[derive(Debug, Parser)]
 #[command(
     name = "tidegate",
-    version,
+    version = VERSION,
     about = "Keeps a Kubernetes cluster equal to a Git repository"
 )]
 pub struct Cli {
+    /// How log lines are written: text, or JSON objects (one per line)
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "TIDEGATE_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
     /// Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config, then in-cluster)
     #[arg(long, global = true, value_name = "FILE")]
     kubeconfig: Option<PathBuf>,
@@ -56,10 +66,35 @@ enum Command {
     Identity(identity::Args),
     /// Ask the daemon to fetch and sync now, and wait for the result
     Sync(sync::Args),
+    /// Print the manifests that run tidegate in a cluster, for kubectl apply -f -
+    Install(install::Args),
+    /// Print the version and the Git commit tidegate was built from
+    Version,
+    /// Print a shell completion script (bash, zsh or fish)
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// The post-renderer tidegate gives helm (labels a release's objects)
     #[command(hide = true)]
     PostRender(post_render::Args),
 }
+
+/// `0.1.0 (commit 1a2b3c4d5e6f)`.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("TIDEGATE_COMMIT"),
+    ")"
+);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+static LOG_FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
 
 impl Cli {
     fn connection(&self) -> Connection {
@@ -74,9 +109,25 @@ impl Cli {
 pub fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     let connection = cli.connection();
+    let _ = LOG_FORMAT.set(cli.log_format);
     match cli.command {
         Command::Validate(args) => return Ok(validate::run(args)),
         Command::PostRender(args) => return Ok(post_render::run(args)),
+        Command::Install(args) => return install::run(args, connection),
+        Command::Version => {
+            println!("tidegate {VERSION}");
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Completion { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "tidegate",
+                &mut std::io::stdout(),
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
         _ => {}
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -88,7 +139,11 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Command::Status(args) => runtime.block_on(status::run(args, connection)),
         Command::Identity(args) => runtime.block_on(identity::run(args, connection)),
         Command::Sync(args) => runtime.block_on(sync::run(args, connection)),
-        Command::Validate(_) | Command::PostRender(_) => unreachable!("handled above"),
+        Command::Validate(_)
+        | Command::PostRender(_)
+        | Command::Install(_)
+        | Command::Version
+        | Command::Completion { .. } => unreachable!("handled above"),
     }
 }
 
@@ -96,10 +151,15 @@ pub fn run() -> anyhow::Result<ExitCode> {
 fn init_logging(default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    // JSON: one object per line, the span's fields (the revision) on each,
+    // as log collectors read them.
+    match LOG_FORMAT.get().copied().unwrap_or(LogFormat::Text) {
+        LogFormat::Json => builder.json().with_current_span(true).init(),
+        LogFormat::Text => builder.init(),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -6,6 +6,7 @@
 
 mod bad_input;
 mod control_plane;
+mod deploy;
 mod engine;
 mod faults;
 mod git_access;
