@@ -27,7 +27,7 @@ use crate::support::{
 const CRD: &str = include_str!("../../deploy/crds/helmreleases.helm.fluxcd.io.yaml");
 const CHART: &str = "examples/cluster-state/charts/web";
 
-fn helm_binary() -> String {
+pub fn helm_binary() -> String {
     tools_dir().join("helm").display().to_string()
 }
 
@@ -67,7 +67,7 @@ fn history(ns: &str, release: &str) -> Vec<(u64, String)> {
 /// Installs the HelmRelease CRD once per run. On a control plane that lacks
 /// it, first checks that a HelmRelease is then a clear error while the
 /// rest of the repository still syncs.
-async fn crd_installed() {
+pub async fn crd_installed() {
     static DONE: OnceCell<()> = OnceCell::const_new();
     DONE.get_or_init(|| async {
         let crds: Api<CustomResourceDefinition> = Api::all(client().await);

@@ -8,6 +8,7 @@ mod bad_input;
 mod control_plane;
 mod deploy;
 mod engine;
+mod examples;
 mod faults;
 mod git_access;
 mod helm_releases;

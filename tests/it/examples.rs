@@ -1,0 +1,98 @@
+//! The bundled repository examples/cluster-state, synced as a user would
+//! sync it: everything applies, the Helm release installs, and the backup
+//! CronJob produces a Job that completes.
+
+use std::path::Path;
+use std::time::Duration;
+
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::Node;
+use kube::Api;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+
+use crate::helm_releases::{crd_installed, helm_binary};
+use crate::support::{GitRepo, client, eventually, stderr, stdout};
+
+const EXAMPLE_URL: &str = "https://git.example.com/org/cluster-state";
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &to.join(entry.file_name()));
+        } else {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_example_repository_syncs_and_its_backup_runs() {
+    crd_installed().await;
+    let repo = GitRepo::new();
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/cluster-state"),
+        &repo.work,
+    );
+    // The HelmRelease names the repository it lives in: this one.
+    let release = repo.work.join("releases/web.yaml");
+    let text = std::fs::read_to_string(&release).unwrap();
+    std::fs::write(&release, text.replace(EXAMPLE_URL, &repo.url())).unwrap();
+    repo.push("the example cluster state");
+    let helm = helm_binary();
+    let out = repo.sync_once(&["--helm-binary", &helm]);
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(out.status.success(), "{text}");
+    for expected in [
+        "v1 Namespace demo",
+        "storage.k8s.io/v1 StorageClass fast",
+        "batch/v1 CronJob backup/etcd-snapshot",
+        "release demo/web revision 1",
+    ] {
+        assert!(text.contains(expected), "{expected}: {text}");
+    }
+
+    // The snapshot runs on control-plane nodes: make a fake node one.
+    let nodes: Api<Node> = Api::all(client().await);
+    let node = nodes.list(&ListParams::default()).await.unwrap().items[0]
+        .metadata
+        .name
+        .clone()
+        .unwrap();
+    nodes
+        .patch(
+            &node,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({
+                "metadata": {"labels": {"node-role.kubernetes.io/control-plane": ""}}
+            })),
+        )
+        .await
+        .unwrap();
+    // What `kubectl create job --from=cronjob/etcd-snapshot` does.
+    let cron = Api::<CronJob>::namespaced(client().await, "backup")
+        .get("etcd-snapshot")
+        .await
+        .unwrap();
+    let template = cron.spec.unwrap().job_template;
+    let job = Job {
+        metadata: kube::api::ObjectMeta {
+            name: Some(crate::support::unique("etcd-snapshot-manual")),
+            ..Default::default()
+        },
+        spec: template.spec,
+        ..Default::default()
+    };
+    let jobs: Api<Job> = Api::namespaced(client().await, "backup");
+    let created = jobs.create(&PostParams::default(), &job).await.unwrap();
+    let name = created.metadata.name.unwrap();
+    eventually("the snapshot Job complete", Duration::from_secs(60), || {
+        let (jobs, name) = (jobs.clone(), name.clone());
+        async move {
+            let job = jobs.get(&name).await.ok()?;
+            (job.status?.succeeded? >= 1).then_some(())
+        }
+    })
+    .await;
+}
