@@ -174,6 +174,9 @@ pub struct Args {
     /// For a local repository, watch its refs and fetch as soon as they change
     #[arg(long, env = "TIDEGATE_GIT_WATCH", default_value_t = true, action = clap::ArgAction::Set)]
     git_watch: bool,
+    /// Sync only while holding the sync set's Lease (`<sync-set>-leader`), so that replicas take turns
+    #[arg(long, env = "TIDEGATE_LEADER_ELECT")]
+    leader_elect: bool,
     /// Sync once, print what was done and exit
     #[arg(long)]
     once: bool,
@@ -307,6 +310,7 @@ pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode>
         webhook_secret_name: args.webhook_secret_name.clone(),
         git_watch: args.git_watch,
         once: args.once,
+        leader_elect: args.leader_elect,
     };
     let cluster = Cluster::new(client);
     let report = if args.once {

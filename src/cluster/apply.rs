@@ -49,6 +49,7 @@ impl Cluster {
         params.force = force;
         params.dry_run = dry_run;
         if !dry_run {
+            self.fenced()?;
             self.count_write();
         }
         api.patch(&id.name, &params, &Patch::Apply(object)).await
@@ -71,6 +72,7 @@ impl Cluster {
             propagation_policy: Some(propagation),
             ..DeleteParams::default()
         };
+        self.fenced()?;
         self.count_write();
         match api.delete(&id.name, &params).await {
             Ok(_) => Ok(true),

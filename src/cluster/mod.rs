@@ -163,6 +163,8 @@ pub struct Cluster {
     last_event: Mutex<Option<(String, String, String, i32)>>,
     /// The generation of inventory shards last read or written, if any.
     shard_generation: Mutex<Option<String>>,
+    /// With leader election: writes only while this daemon holds the Lease.
+    fence: Option<std::sync::Arc<crate::daemon::lease::Fence>>,
 }
 
 impl Cluster {
@@ -174,6 +176,24 @@ impl Cluster {
             writes: AtomicUsize::new(0),
             last_event: Mutex::new(None),
             shard_generation: Mutex::new(None),
+            fence: None,
+        }
+    }
+
+    /// Writes from now on only while `fence` holds.
+    pub fn with_fence(mut self, fence: std::sync::Arc<crate::daemon::lease::Fence>) -> Self {
+        self.fence = Some(fence);
+        self
+    }
+
+    /// An error instead of a write when this daemon no longer surely holds
+    /// the Lease: another may be the leader now.
+    pub fn fenced(&self) -> Result<(), kube::Error> {
+        match &self.fence {
+            Some(fence) if !fence.holds() => Err(kube::Error::Service(
+                "not written: this daemon no longer holds the leader Lease".into(),
+            )),
+            _ => Ok(()),
         }
     }
 

@@ -356,6 +356,11 @@ impl Cluster {
         status: &SyncStatus,
         inventory: Option<&Inventory>,
     ) -> Result<(), Error> {
+        self.fenced().map_err(|source| Error::Write {
+            namespace: state.namespace.clone(),
+            name: state.name(),
+            source,
+        })?;
         let mut data = BTreeMap::new();
         data.insert(
             STATUS_KEY.to_string(),
@@ -432,6 +437,7 @@ impl Cluster {
         state: &StateRef,
         status: &SyncStatus,
     ) -> Result<(), kube::Error> {
+        self.fenced()?;
         let (kind, reason) = match status.result {
             Outcome::Succeeded => ("Normal", "SyncSucceeded"),
             Outcome::Failed => ("Warning", "SyncFailed"),

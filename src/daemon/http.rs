@@ -35,6 +35,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// A sync succeeded since start.
     pub ready: AtomicBool,
+    /// Another daemon holds the leader Lease: this one stands by, healthy.
+    pub standby: AtomicBool,
     /// Why the daemon is not ready although a sync succeeded once.
     pub not_ready: Mutex<Option<String>>,
     /// The deploy key's public half, once known.
@@ -144,7 +146,12 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
     if let Some(why) = shared.not_ready.lock().expect("readiness").clone() {
         return (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n"));
     }
-    if shared.ready.load(Ordering::SeqCst) {
+    if shared.standby.load(Ordering::SeqCst) {
+        (
+            StatusCode::OK,
+            "standby: another replica holds the leader Lease\n".into(),
+        )
+    } else if shared.ready.load(Ordering::SeqCst) {
         (StatusCode::OK, "ready\n".into())
     } else {
         (

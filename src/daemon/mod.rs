@@ -7,6 +7,7 @@
 pub mod access;
 pub mod auth;
 pub mod http;
+pub mod lease;
 pub mod metrics;
 pub mod reconciler;
 pub mod requests;

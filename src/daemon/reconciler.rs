@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use super::access::{self, AccessConfig};
 use super::http::{self, Shared};
 use super::metrics::Metrics;
-use super::{Triggers, requests, watch};
+use super::{Triggers, lease, requests, watch};
 use crate::cluster::Cluster;
 use crate::cluster::state::Outcome;
 use crate::source::GitSource;
@@ -35,6 +35,8 @@ pub struct Config {
     pub git_watch: bool,
     /// One sync, then return its report.
     pub once: bool,
+    /// Sync only while holding the sync set's leader Lease.
+    pub leader_elect: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +121,21 @@ pub async fn run(
     let client = cluster.client.clone();
     let namespace = config.settings.state.namespace.clone();
     let triggers = Arc::new(Triggers::default());
+    let leadership = Arc::new(tokio::sync::Notify::new());
+    let fence = config.leader_elect.then(|| {
+        let fence = Arc::new(lease::Fence::default());
+        let elector = lease::Elector {
+            api: kube::Api::namespaced(client.clone(), &namespace),
+            name: format!("{}-leader", config.settings.state.sync_set),
+            identity: lease_identity(),
+        };
+        tokio::spawn(elector.run(fence.clone(), leadership.clone()));
+        fence
+    });
+    let cluster = match &fence {
+        Some(fence) => cluster.with_fence(fence.clone()),
+        None => cluster,
+    };
     watch_signals(triggers.clone());
     let metrics = Arc::new(Metrics::default());
     let mut shared = None;
@@ -135,6 +152,7 @@ pub async fn run(
             triggers: triggers.clone(),
             metrics: metrics.clone(),
             ready: AtomicBool::new(false),
+            standby: AtomicBool::new(false),
             not_ready: Mutex::new(None),
             identity: Mutex::new(None),
             webhook_secret,
@@ -171,6 +189,22 @@ pub async fn run(
     // While backing off, triggers wait until this instant.
     let mut not_before: Option<Instant> = None;
     while !triggers.stop.load(Ordering::SeqCst) {
+        if let Some(fence) = &fence
+            && !fence.holds()
+        {
+            // A standby: healthy, and silent until the Lease is its own.
+            if let Some(shared) = &shared {
+                shared.standby.store(true, Ordering::SeqCst);
+            }
+            tokio::select! {
+                _ = leadership.notified() => {}
+                _ = tokio::time::sleep(lease::RENEW) => {}
+            }
+            continue;
+        }
+        if let Some(shared) = &shared {
+            shared.standby.store(false, Ordering::SeqCst);
+        }
         let forced = triggers.force.swap(false, Ordering::SeqCst);
         let taken: Vec<String> = triggers
             .requests
@@ -283,6 +317,14 @@ pub async fn run(
     }
     tracing::info!("stopped");
     Ok(None)
+}
+
+/// Who holds the Lease: the pod's name (or the host's) and the process.
+fn lease_identity() -> String {
+    let host = std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "tidegate".into());
+    format!("{host}-{}", std::process::id())
 }
 
 /// Returns once SIGTERM has set `stop` (polled: the wake-up is shared).

@@ -678,6 +678,9 @@ async fn run(
                 let message = format!(
                     "the release never deployed (revision left {status}); uninstalled to install it again"
                 );
+                if let Err(e) = ctx.cluster.fenced() {
+                    return (Err(fail("DeployFailed", e.to_string())), None);
+                }
                 let uninstalled = ctx
                     .settings
                     .helm
@@ -1051,6 +1054,9 @@ async fn install_or_upgrade(
     deployed: Option<u32>,
     why: &str,
 ) -> Result<Outcome, Failure> {
+    ctx.cluster
+        .fenced()
+        .map_err(|e| fail("DeployFailed", e.to_string()))?;
     let work = work_dir(ctx.settings, spec)?;
     let (chart, values_file) = prepare(
         Some(ctx.cluster),
@@ -1132,6 +1138,10 @@ async fn install_or_upgrade(
 }
 
 async fn rollback(ctx: &Context<'_>, spec: &ReleaseSpec, to: u32) -> Result<(), binary::Error> {
+    ctx.cluster.fenced().map_err(|e| binary::Error::Failed {
+        command: "rollback".into(),
+        message: e.to_string(),
+    })?;
     let r = &spec.rollback;
     ctx.settings
         .helm
@@ -1164,6 +1174,7 @@ pub async fn uninstall(
     if history.records.is_empty() {
         return Ok(None);
     }
+    cluster.fenced().map_err(|e| e.to_string())?;
     settings
         .helm
         .uninstall(&spec.release_name, &spec.target_namespace, spec.timeout)
@@ -1307,6 +1318,9 @@ async fn write_status(
     status.insert("conditions".into(), Value::Array(conditions));
     let status = Value::Object(status);
     if without_update_times(&status) == without_update_times(&previous) {
+        return;
+    }
+    if ctx.cluster.fenced().is_err() {
         return;
     }
     let patch = json!({"status": status});

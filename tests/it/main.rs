@@ -12,6 +12,7 @@ mod examples;
 mod faults;
 mod git_access;
 mod helm_releases;
+mod leader;
 mod servers;
 mod support;
 mod sync_once;

@@ -321,6 +321,19 @@ impl GitRepo {
 pub struct Daemon(Child);
 
 impl Daemon {
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Sends a signal (`KILL`, `STOP`, `CONT`, …).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{name}");
+    }
+
     /// Sends SIGTERM and waits for the daemon to exit.
     pub fn terminate(mut self) -> std::process::ExitStatus {
         let pid = self.0.id().to_string();
