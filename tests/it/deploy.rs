@@ -130,3 +130,85 @@ async fn logs_as_json_lines_with_the_revision() {
     assert_eq!(created["level"], "INFO");
     assert_eq!(created["span"]["revision"], revision.as_str(), "{created}");
 }
+
+fn helm(args: &[&str]) -> std::process::Output {
+    Command::new(tools_dir().join("helm"))
+        .args(args)
+        .env("KUBECONFIG", &control_plane().kubeconfig)
+        .output()
+        .expect("helm")
+}
+
+#[tokio::test]
+async fn the_chart_lints_renders_and_applies() {
+    let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/chart");
+    let out = helm(&[
+        "lint",
+        chart,
+        "--set",
+        "git.url=git@github.com:org/cluster-state",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // Without a repository the chart says what to set.
+    let out = helm(&["template", "tidegate", chart]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("set git.url"), "{}", stderr(&out));
+
+    for (name, extra) in [
+        ("cluster", vec!["--include-crds"]),
+        ("namespaced", vec!["--set", "allowNamespaces={default}"]),
+    ] {
+        let ns = unique(&format!("tidegate-chart-{name}"));
+        let mut args = vec![
+            "template",
+            "tidegate",
+            chart,
+            "--namespace",
+            &ns,
+            "--set",
+            "git.url=https://git.example.com/org/cluster-state",
+            "--set",
+            "git.path={clusters/prod}",
+            "--set",
+            "proxy.httpsProxy=http://proxy.internal:3128",
+        ];
+        args.extend(extra.iter().copied());
+        let out = helm(&args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let manifests = String::from_utf8_lossy(&out.stdout).into_owned();
+        let created = kubectl(&["create", "namespace", &ns], "");
+        assert!(created.status.success(), "{}", stderr(&created));
+        let apply = ["apply", "--server-side", "--force-conflicts", "-f", "-"];
+        let dry = kubectl(&[&apply[..], &["--dry-run=server"]].concat(), &manifests);
+        assert!(dry.status.success(), "{name}: {}", stderr(&dry));
+        let real = kubectl(&apply, &manifests);
+        assert!(real.status.success(), "{name}: {}", stderr(&real));
+        let deployment = Api::<Deployment>::namespaced(client().await, &ns)
+            .get("tidegate")
+            .await
+            .unwrap();
+        let container = &deployment.spec.unwrap().template.spec.unwrap().containers[0];
+        let args = container.args.clone().unwrap();
+        for wanted in [
+            "--git-url=https://git.example.com/org/cluster-state",
+            "--git-path=clusters/prod",
+            "--git-proxy=http://proxy.internal:3128",
+            "--leader-elect",
+        ] {
+            assert!(
+                args.iter().any(|a| a == wanted),
+                "{name}: {wanted} in {args:?}"
+            );
+        }
+        if name == "namespaced" {
+            assert!(
+                args.iter().any(|a| a == "--k8s-allow-namespace=default"),
+                "{args:?}"
+            );
+        }
+    }
+}
