@@ -1031,6 +1031,7 @@ async fn sync_revision(
         git: h.git.clone(),
         cache: h.cache.clone(),
         proxy: h.helm.proxy.clone(),
+        proxy_settings: set.proxy.clone().filter(|p| !p.is_empty()),
         digests: Default::default(),
     });
     let (mut report, next) = apply_set(

@@ -138,11 +138,12 @@ pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode>
     }
     let scratch = std::env::temp_dir().join(format!("tidegate-diff-{}", std::process::id()));
     let helm = args.sync.helm_settings(&connection, &scratch);
-    let sources = crate::helm::chart::Sources::checkout(
+    let mut sources = crate::helm::chart::Sources::checkout(
         &args.path,
         args.git_url.as_deref(),
         helm.cache.clone(),
     );
+    sources.proxy_settings = set.proxy.clone().filter(|p| !p.is_empty());
     for item in &plan.items {
         if !crate::helm::is_release(&item.desired.id) || item.change == Change::Ignored {
             continue;

@@ -1,6 +1,7 @@
 //! `tidegate post-render --label KEY=VALUE` (hidden): the post-renderer
 //! tidegate gives helm. Rendered manifests in on stdin; the same objects,
-//! each with the label added, out on stdout (as JSON documents, which helm
+//! each with the label added (and the repository's proxy settings in its
+//! workloads), out on stdout (as JSON documents, which helm
 //! reads as YAML). The label lets a sync find a release's objects with one
 //! list request per resource.
 
@@ -10,12 +11,22 @@ use std::process::ExitCode;
 use super::EXIT_ERROR;
 use crate::render::ParseLimits;
 use crate::render::manifest::parse_documents;
+use crate::render::proxy::{self, ProxySettings};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The label to add to every object
     #[arg(long, value_name = "KEY=VALUE")]
     label: String,
+    /// HTTP_PROXY to inject into workloads
+    #[arg(long)]
+    http_proxy: Option<String>,
+    /// HTTPS_PROXY to inject into workloads
+    #[arg(long)]
+    https_proxy: Option<String>,
+    /// NO_PROXY to inject into workloads
+    #[arg(long)]
+    no_proxy: Option<String>,
 }
 
 /// Most bytes of rendered manifests read.
@@ -42,8 +53,16 @@ pub fn run(args: Args) -> ExitCode {
             return ExitCode::from(EXIT_ERROR);
         }
     };
+    let proxy = ProxySettings {
+        http_proxy: args.http_proxy.clone(),
+        https_proxy: args.https_proxy.clone(),
+        no_proxy: args.no_proxy.clone(),
+    };
     let mut out = std::io::stdout().lock();
     for mut doc in documents {
+        if !proxy.is_empty() {
+            proxy::inject(&mut doc, &proxy);
+        }
         if let Some(metadata) = doc.get_mut("metadata").and_then(|m| m.as_object_mut()) {
             let labels = metadata
                 .entry("labels")

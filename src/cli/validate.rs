@@ -86,8 +86,9 @@ fn check_releases(args: &Args, set: &render::DesiredSet) -> Vec<String> {
         cache: scratch.join("charts"),
         git: None,
     };
-    let sources =
+    let mut sources =
         helm::chart::Sources::checkout(&args.path, args.git_url.as_deref(), settings.cache.clone());
+    sources.proxy_settings = set.proxy.clone().filter(|p| !p.is_empty());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -12,7 +12,8 @@ use crate::object::ObjectRef;
 /// True for the API server's refusal of a change to an immutable field. The
 /// wording differs by kind: "field is immutable" (Deployment selector, Job
 /// template), "may not change once set" (Service clusterIP), "updates to
-/// statefulset spec for fields other than … are forbidden".
+/// statefulset spec for fields other than … are forbidden", "pod updates
+/// may not change fields other than …".
 pub fn is_immutable_error(e: &kube::Error) -> bool {
     match e {
         kube::Error::Api(status) => {
@@ -20,7 +21,8 @@ pub fn is_immutable_error(e: &kube::Error) -> bool {
             status.code == 422
                 && (m.contains("immutable")
                     || m.contains("may not change once set")
-                    || (m.contains("updates to") && m.contains("are forbidden")))
+                    || (m.contains("updates to") && m.contains("are forbidden"))
+                    || m.contains("pod updates may not change fields"))
         }
         _ => false,
     }

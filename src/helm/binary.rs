@@ -67,6 +67,8 @@ pub struct UpgradeArgs<'a> {
     pub skip_crds: bool,
     pub max_history: u64,
     pub labels: &'a [(String, String)],
+    /// Proxy settings for the post-renderer to inject into workloads.
+    pub proxy: Option<&'a crate::render::proxy::ProxySettings>,
 }
 
 /// What one rollback runs with.
@@ -184,18 +186,34 @@ impl Helm {
     }
 
     /// `--post-renderer tidegate --post-renderer-args post-render …`.
-    fn post_render_args(&self, release: &str) -> Vec<String> {
+    fn post_render_args(
+        &self,
+        release: &str,
+        proxy: Option<&crate::render::proxy::ProxySettings>,
+    ) -> Vec<String> {
         let Some(binary) = &self.post_renderer else {
             return Vec::new();
         };
         let mut args = vec!["--post-renderer".to_string(), binary.display().to_string()];
-        for arg in [
-            "post-render",
-            "--label",
-            &format!("{RELEASE_LABEL}={release}"),
-        ] {
+        let mut post = vec![
+            "post-render".to_string(),
+            "--label".into(),
+            format!("{RELEASE_LABEL}={release}"),
+        ];
+        if let Some(p) = proxy {
+            for (flag, value) in [
+                ("--http-proxy", &p.http_proxy),
+                ("--https-proxy", &p.https_proxy),
+                ("--no-proxy", &p.no_proxy),
+            ] {
+                if let Some(v) = value {
+                    post.push(format!("{flag}={v}"));
+                }
+            }
+        }
+        for arg in post {
             args.push("--post-renderer-args".into());
-            args.push(arg.to_string());
+            args.push(arg);
         }
         args
     }
@@ -235,7 +253,7 @@ impl Helm {
         if !labels.is_empty() {
             args.extend(["--labels", &labels]);
         }
-        let post_render = self.post_render_args(a.release);
+        let post_render = self.post_render_args(a.release, a.proxy);
         args.extend(post_render.iter().map(String::as_str));
         args.extend(switches(&[
             (a.wait, "--wait"),
@@ -299,6 +317,7 @@ impl Helm {
         chart: &Path,
         values_file: &Path,
         skip_crds: bool,
+        proxy: Option<&crate::render::proxy::ProxySettings>,
     ) -> Result<String, Error> {
         let chart = chart.to_string_lossy();
         let values = values_file.to_string_lossy();
@@ -314,7 +333,7 @@ impl Helm {
         if !skip_crds {
             args.push("--include-crds");
         }
-        let post_render = self.post_render_args(release);
+        let post_render = self.post_render_args(release, proxy);
         args.extend(post_render.iter().map(String::as_str));
         self.run(&args, GRACE * 2).await
     }

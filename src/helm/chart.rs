@@ -60,6 +60,8 @@ pub struct Sources {
     /// A proxy for values at a URL (`externalSourceRef`); otherwise the
     /// proxy variables apply.
     pub proxy: Option<String>,
+    /// The repository's proxy settings, for the releases' workloads.
+    pub proxy_settings: Option<crate::render::proxy::ProxySettings>,
     /// Digests of chart directories read in this sync: releases of the same
     /// chart hash it once.
     pub digests: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<PathBuf, String>>>,
@@ -100,6 +102,7 @@ impl Sources {
             git: None,
             cache,
             proxy: None,
+            proxy_settings: None,
             digests: Default::default(),
         }
     }

@@ -413,9 +413,15 @@ async fn wanted(
     )
     .await
     .map_err(|m| fail("ValuesFailed", m))?;
+    // The proxy settings injected into the release's workloads count as
+    // values: changing them upgrades the release.
+    let digested = match &sources.proxy_settings {
+        Some(p) => json!({"values": values, "proxy": p.variables()}),
+        None => values.clone(),
+    };
     let digests = Digests {
         chart: located.digest.clone(),
-        values: values_digest(&values),
+        values: values_digest(&digested),
     };
     Ok(Wanted {
         located,
@@ -1088,6 +1094,7 @@ async fn install_or_upgrade(
             skip_crds: spec.skip_crds,
             max_history: spec.max_history,
             labels: &labels,
+            proxy: ctx.sources.proxy_settings.as_ref(),
         })
         .await;
     drop(work);
@@ -1446,6 +1453,7 @@ pub async fn preview(
             &chart,
             &values_file,
             spec.skip_crds,
+            sources.proxy_settings.as_ref(),
         )
         .await
         .map_err(|e| e.to_string())?;

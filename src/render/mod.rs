@@ -5,6 +5,7 @@
 
 pub mod files;
 pub mod manifest;
+pub mod proxy;
 pub mod removed;
 
 use std::collections::BTreeMap;
@@ -28,6 +29,9 @@ pub struct DesiredSet {
     /// Files and documents that could not be used. Any of these means the
     /// render is not clean, and a sync must prune nothing.
     pub errors: Vec<Error>,
+    /// The repository's proxy settings, injected into its workloads (and
+    /// into those its Helm releases render).
+    pub proxy: Option<proxy::ProxySettings>,
 }
 
 impl DesiredSet {
@@ -118,6 +122,10 @@ pub enum Error {
         kind: String,
         advice: String,
     },
+    #[error(
+        "proxy settings are defined twice: in {first} and in {second}; none are injected until one is left"
+    )]
+    ProxySettingsTwice { first: Origin, second: Origin },
     #[error("{id} is defined twice: in {first} and in {second}; neither is applied")]
     Duplicate {
         id: Box<ObjectRef>,
@@ -235,7 +243,36 @@ pub fn render(root: &Path, options: &Options) -> DesiredSet {
         set.manifests.push(m);
     }
     set.manifests = reject_duplicates(std::mem::take(&mut set.manifests), &mut set.errors);
+    inject_proxy(&mut set);
     set
+}
+
+/// Takes the repository's ProxySettings out of the objects to apply and
+/// injects them into every workload.
+fn inject_proxy(set: &mut DesiredSet) {
+    let (settings, rest): (Vec<Manifest>, Vec<Manifest>) = std::mem::take(&mut set.manifests)
+        .into_iter()
+        .partition(|m| proxy::is_proxy_settings(&m.id.api_version(), &m.id.kind));
+    set.manifests = rest;
+    match settings.as_slice() {
+        [] => {}
+        [one] => set.proxy = Some(proxy::ProxySettings::from_object(&one.object)),
+        [first, second, ..] => {
+            set.errors.push(Error::ProxySettingsTwice {
+                first: first.origin(),
+                second: second.origin(),
+            });
+            return;
+        }
+    }
+    let Some(settings) = set.proxy.clone().filter(|s| !s.is_empty()) else {
+        return;
+    };
+    for m in &mut set.manifests {
+        if proxy::inject(&mut m.object, &settings) {
+            tracing::debug!(object = %m.id, "proxy settings injected");
+        }
+    }
 }
 
 type Parsed = (Vec<Manifest>, Vec<Error>);

@@ -150,12 +150,17 @@ spec:
 /// A repository holding the example chart and a namespace.
 fn chart_repo(ns: &str) -> GitRepo {
     let repo = GitRepo::new();
+    copy_chart(&repo);
+    repo.write("namespaces/ns.yaml", &ns_yaml(ns));
+    repo
+}
+
+/// The example chart, at charts/web of the repository.
+pub fn copy_chart(repo: &GitRepo) {
     copy_dir(
         &Path::new(env!("CARGO_MANIFEST_DIR")).join(CHART),
         &repo.work.join("charts/web"),
     );
-    repo.write("namespaces/ns.yaml", &ns_yaml(ns));
-    repo
 }
 
 fn copy_dir(from: &Path, to: &Path) {

@@ -13,6 +13,7 @@ mod faults;
 mod git_access;
 mod helm_releases;
 mod leader;
+mod proxy_settings;
 mod servers;
 mod support;
 mod sync_once;
