@@ -15,7 +15,7 @@ use crate::support::{GitRepo, client, eventually, stderr, stdout};
 
 const EXAMPLE_URL: &str = "https://git.example.com/org/cluster-state";
 
-fn copy_dir(from: &Path, to: &Path) {
+pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();

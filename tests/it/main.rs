@@ -12,6 +12,7 @@ mod examples;
 mod faults;
 mod git_access;
 mod helm_releases;
+mod in_cluster;
 mod leader;
 mod proxy_settings;
 mod servers;
