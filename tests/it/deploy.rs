@@ -32,6 +32,24 @@ fn kubectl(args: &[&str], stdin: &str) -> std::process::Output {
     child.wait_with_output().unwrap()
 }
 
+/// Applies manifests for namespace `ns` (created first: a dry-run of
+/// objects in a namespace needs it) with a server-side dry-run, then for
+/// real; returns the container of the Deployment `tidegate` they make.
+async fn apply_dry_then_real(ns: &str, manifests: &str) -> k8s_openapi::api::core::v1::Container {
+    let namespace = kubectl(&["create", "namespace", ns], "");
+    assert!(namespace.status.success(), "{}", stderr(&namespace));
+    let apply = ["apply", "--server-side", "--force-conflicts", "-f", "-"];
+    let dry = kubectl(&[&apply[..], &["--dry-run=server"]].concat(), manifests);
+    assert!(dry.status.success(), "{ns}: {}", stderr(&dry));
+    let real = kubectl(&apply, manifests);
+    assert!(real.status.success(), "{ns}: {}", stderr(&real));
+    let deployment = Api::<Deployment>::namespaced(client().await, ns)
+        .get("tidegate")
+        .await
+        .unwrap();
+    deployment.spec.unwrap().template.spec.unwrap().containers[0].clone()
+}
+
 fn documents(text: &str) -> Vec<serde_json::Value> {
     text.split("\n---")
         .filter(|d| !d.trim().trim_start_matches("---").trim().is_empty())
@@ -75,19 +93,7 @@ async fn install_prints_deploy_and_it_applies() {
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let manifests = String::from_utf8_lossy(&out.stdout).into_owned();
-    let apply = ["apply", "--server-side", "--force-conflicts", "-f", "-"];
-    // A dry-run of objects in a namespace needs the namespace.
-    let namespace = kubectl(&["create", "namespace", &ns], "");
-    assert!(namespace.status.success(), "{}", stderr(&namespace));
-    let dry = kubectl(&[&apply[..], &["--dry-run=server"]].concat(), &manifests);
-    assert!(dry.status.success(), "{}", stderr(&dry));
-    let real = kubectl(&apply, &manifests);
-    assert!(real.status.success(), "{}", stderr(&real));
-    let deployment = Api::<Deployment>::namespaced(client().await, &ns)
-        .get("tidegate")
-        .await
-        .unwrap();
-    let container = &deployment.spec.unwrap().template.spec.unwrap().containers[0];
+    let container = apply_dry_then_real(&ns, &manifests).await;
     let args = container.args.clone().unwrap();
     assert_eq!(
         &args[..3],
@@ -180,18 +186,7 @@ async fn the_chart_lints_renders_and_applies() {
         let out = helm(&args);
         assert!(out.status.success(), "{}", stderr(&out));
         let manifests = String::from_utf8_lossy(&out.stdout).into_owned();
-        let created = kubectl(&["create", "namespace", &ns], "");
-        assert!(created.status.success(), "{}", stderr(&created));
-        let apply = ["apply", "--server-side", "--force-conflicts", "-f", "-"];
-        let dry = kubectl(&[&apply[..], &["--dry-run=server"]].concat(), &manifests);
-        assert!(dry.status.success(), "{name}: {}", stderr(&dry));
-        let real = kubectl(&apply, &manifests);
-        assert!(real.status.success(), "{name}: {}", stderr(&real));
-        let deployment = Api::<Deployment>::namespaced(client().await, &ns)
-            .get("tidegate")
-            .await
-            .unwrap();
-        let container = &deployment.spec.unwrap().template.spec.unwrap().containers[0];
+        let container = apply_dry_then_real(&ns, &manifests).await;
         let args = container.args.clone().unwrap();
         for wanted in [
             "--git-url=https://git.example.com/org/cluster-state",

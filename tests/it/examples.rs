@@ -11,35 +11,29 @@ use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 
 use crate::helm_releases::{crd_installed, helm_binary};
-use crate::support::{GitRepo, client, eventually, stderr, stdout};
+use crate::support::{GitRepo, client, copy_dir, eventually, stderr, stdout};
 
 const EXAMPLE_URL: &str = "https://git.example.com/org/cluster-state";
 
-pub fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &to.join(entry.file_name()));
-        } else {
-            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
-        }
-    }
-}
-
-#[tokio::test]
-async fn the_example_repository_syncs_and_its_backup_runs() {
-    crd_installed().await;
+/// examples/cluster-state pushed to a repository, its HelmRelease naming
+/// that repository (as a user's names their own).
+pub fn example_repo() -> GitRepo {
     let repo = GitRepo::new();
     copy_dir(
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/cluster-state"),
         &repo.work,
     );
-    // The HelmRelease names the repository it lives in: this one.
     let release = repo.work.join("releases/web.yaml");
     let text = std::fs::read_to_string(&release).unwrap();
     std::fs::write(&release, text.replace(EXAMPLE_URL, &repo.url())).unwrap();
     repo.push("the example cluster state");
+    repo
+}
+
+#[tokio::test]
+async fn the_example_repository_syncs_and_its_backup_runs() {
+    crd_installed().await;
+    let repo = example_repo();
     let helm = helm_binary();
     let out = repo.sync_once(&["--helm-binary", &helm]);
     let text = format!("{}{}", stdout(&out), stderr(&out));

@@ -20,8 +20,8 @@ use tokio::sync::OnceCell;
 
 use crate::servers::free_port;
 use crate::support::{
-    GitRepo, client, cm_yaml, configmap, control_plane, create_secret, dynamic_api, eventually,
-    ns_yaml, status_json, stderr, stdout, tidegate_command, tools_dir, unique,
+    GitRepo, client, cm_yaml, configmap, control_plane, copy_dir, create_secret, dynamic_api,
+    eventually, ns_yaml, status_json, stderr, stdout, tidegate_command, tools_dir, unique,
 };
 
 const CRD: &str = include_str!("../../deploy/crds/helmreleases.helm.fluxcd.io.yaml");
@@ -161,18 +161,6 @@ pub fn copy_chart(repo: &GitRepo) {
         &Path::new(env!("CARGO_MANIFEST_DIR")).join(CHART),
         &repo.work.join("charts/web"),
     );
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &to.join(entry.file_name()));
-        } else {
-            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
-        }
-    }
 }
 
 /// Writes a HelmRelease with the repository's own URL as its chart.git.

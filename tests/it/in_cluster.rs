@@ -6,7 +6,6 @@
 //! syncs the example repository with the cluster-wide RBAC, and with the
 //! namespaced RBAC it refuses cluster-scoped objects clearly.
 
-use std::path::Path;
 use std::process::{Command, Output};
 
 use base64::Engine;
@@ -17,9 +16,7 @@ use kube::Api;
 use kube::api::PostParams;
 
 use crate::helm_releases::{crd_installed, helm_binary};
-use crate::support::{GitRepo, client, control_plane, stderr, stdout, tidegate, tools_dir, unique};
-
-const EXAMPLE_URL: &str = "https://git.example.com/org/cluster-state";
+use crate::support::{client, control_plane, stderr, stdout, tidegate, tools_dir, unique};
 
 fn kubectl_apply(manifests: &str) {
     let mut child = Command::new(tools_dir().join("tidegate-controlplane"))
@@ -146,19 +143,6 @@ exec env -i "$@"
     cmd.output().expect("unshare")
 }
 
-fn example_repo() -> GitRepo {
-    let repo = GitRepo::new();
-    crate::examples::copy_dir(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/cluster-state"),
-        &repo.work,
-    );
-    let release = repo.work.join("releases/web.yaml");
-    let text = std::fs::read_to_string(&release).unwrap();
-    std::fs::write(&release, text.replace(EXAMPLE_URL, &repo.url())).unwrap();
-    repo.push("the example cluster state");
-    repo
-}
-
 fn install(namespace: &str, url: &str) -> String {
     let out = tidegate(&[
         "install",
@@ -176,7 +160,7 @@ fn install(namespace: &str, url: &str) -> String {
 #[tokio::test]
 async fn as_the_deployment_runs_it_with_its_service_account() {
     crd_installed().await;
-    let repo = example_repo();
+    let repo = crate::examples::example_repo();
     let ns = unique("tidegate-incluster");
     kubectl_apply(&install(&ns, &repo.url()));
     let out = run_as_deployment(&ns, &[]).await;
