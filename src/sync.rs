@@ -393,6 +393,8 @@ pub struct SyncReport {
     pub record_failed: Option<String>,
     /// What happened to each Helm release.
     pub releases: Vec<ReleaseStatus>,
+    /// The repository's proxy settings, as this revision declares them.
+    pub proxy: Option<render::proxy::ProxySettings>,
 }
 
 impl SyncReport {
@@ -1045,5 +1047,6 @@ async fn sync_revision(
     )
     .await;
     report.revision = Some(snapshot.revision);
+    report.proxy = set.proxy.clone();
     (report, Some(next))
 }

@@ -185,6 +185,10 @@ pub async fn run(
     let mut source = config.source.clone();
     tracing::info!(url = %source.shown_url(), branch = %source.branch, "starting");
     let mut last: Option<(String, Instant)> = None;
+    // The repository's proxy settings, once a sync has read them: for the
+    // next fetches and charts, unless --git-proxy or the environment say
+    // otherwise.
+    let mut repo_proxy: Option<crate::render::proxy::ProxySettings> = None;
     let mut failures = 0u32;
     // While backing off, triggers wait until this instant.
     let mut not_before: Option<Instant> = None;
@@ -219,6 +223,7 @@ pub async fn run(
                     *shared.identity.lock().expect("identity") = Some(key.public.clone());
                 }
                 source.access = access;
+                source.access.repo_proxy = repo_proxy.clone();
                 metrics.fetched();
                 sync::fetch(&source).await
             }
@@ -246,6 +251,9 @@ pub async fn run(
             let mut settings = config.settings.clone();
             if let Some(helm) = &mut settings.helm {
                 helm.git = Some(source.clone());
+                if helm.helm.proxy.is_none() && !crate::render::proxy::in_environment() {
+                    helm.helm.proxy = repo_proxy.as_ref().and_then(|p| p.https_proxy.clone());
+                }
             }
             let (report, status) = sync::run(
                 &cluster,
@@ -265,6 +273,9 @@ pub async fn run(
                 }
             }
             log_summary(&report);
+            if report.proxy.is_some() || report.outcome() == Outcome::Succeeded {
+                repo_proxy = report.proxy.clone().filter(|p| !p.is_empty());
+            }
             if let Some(shared) = &shared {
                 *shared.not_ready.lock().expect("readiness") = report
                     .record_failed

@@ -63,6 +63,31 @@ impl ProxySettings {
     pub fn is_empty(&self) -> bool {
         self.variables().is_empty()
     }
+
+    /// The value of a proxy variable, by name in either case.
+    pub fn var(&self, name: &str) -> Option<String> {
+        match name.to_ascii_lowercase().as_str() {
+            "http_proxy" => self.http_proxy.clone(),
+            "https_proxy" => self.https_proxy.clone(),
+            "no_proxy" => self.no_proxy.clone(),
+            _ => None,
+        }
+    }
+}
+
+/// Whether the daemon's own environment names a proxy (which then wins
+/// over the repository's settings).
+pub fn in_environment() -> bool {
+    [
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ]
+    .iter()
+    .any(|k| std::env::var(k).is_ok_and(|v| !v.is_empty()))
 }
 
 pub fn is_proxy_settings(api_version: &str, kind: &str) -> bool {

@@ -98,6 +98,9 @@ pub struct Access {
     pub https: Option<(String, String)>,
     /// `--git-proxy`; otherwise the proxy environment variables apply.
     pub proxy: Option<String>,
+    /// The repository's own proxy settings, used when neither `--git-proxy`
+    /// nor a proxy variable says otherwise.
+    pub repo_proxy: Option<crate::render::proxy::ProxySettings>,
     /// Send credentials over plain `http://` (`--git-allow-insecure-http`).
     pub allow_insecure_http: bool,
 }
@@ -227,9 +230,21 @@ impl GitSource {
         options.remote_callbacks(callbacks);
         options.download_tags(git2::AutotagOption::None);
         let mut proxy = ProxyOptions::new();
-        if let Some(url) = remote::proxy_for(&remote_info, self.access.proxy.as_deref(), |k| {
-            std::env::var(k).ok()
-        }) {
+        let repo_proxy = self
+            .access
+            .repo_proxy
+            .as_ref()
+            .filter(|_| !crate::render::proxy::in_environment());
+        if let Some(url) =
+            remote::proxy_for(
+                &remote_info,
+                self.access.proxy.as_deref(),
+                |k| match repo_proxy {
+                    Some(p) => p.var(k),
+                    None => std::env::var(k).ok(),
+                },
+            )
+        {
             tracing::debug!(proxy = %url, "fetching through a proxy");
             proxy.url(&url);
         }

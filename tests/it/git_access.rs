@@ -307,3 +307,56 @@ async fn https_with_credentials_custom_ca_and_a_proxy() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("not found"), "{}", stderr(&out));
 }
+
+#[tokio::test]
+async fn the_repositorys_proxy_settings_carry_the_next_fetches() {
+    // No --git-proxy and no proxy variable: after the first sync, the
+    // daemon fetches through the proxy the repository declares.
+    let repo = GitRepo::new();
+    let ns = unique("repo-proxy");
+    let proxy = Proxy::start();
+    repo.write("app.yaml", &app_yaml(&ns, "direct")).write(
+        "proxy.yaml",
+        &format!(
+            "apiVersion: tidegate.dev/v1\nkind: ProxySettings\nmetadata: {{name: proxy}}\nspec: {{httpsProxy: \"{}\"}}\n",
+            proxy.url()
+        ),
+    );
+    repo.push("first, with proxy settings");
+    let server = GitHttps::start(repo.bare.parent().unwrap(), "reader:letmein");
+    let url = server.url("repo.git");
+    let ca = server.ca_file.to_string_lossy().into_owned();
+    let secret = unique("repo-proxy-creds");
+    https_secret(&secret, "letmein").await;
+    let port = crate::servers::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let _daemon = repo.daemon(
+        &url,
+        &[
+            "--git-https-secret",
+            &secret,
+            "--git-ca-file",
+            &ca,
+            "--git-poll-interval",
+            "1s",
+            "--listen",
+            &listen,
+        ],
+    );
+    eventually("the first sync", Duration::from_secs(30), || async {
+        (settings_value(&ns).await.as_deref() == Some("direct")).then_some(())
+    })
+    .await;
+    repo.write("app.yaml", &app_yaml(&ns, "through the proxy"));
+    repo.push("second");
+    eventually("the second commit", Duration::from_secs(30), || async {
+        (settings_value(&ns).await.as_deref() == Some("through the proxy")).then_some(())
+    })
+    .await;
+    let tunnel = format!("CONNECT 127.0.0.1:{}", server.port);
+    assert!(
+        proxy.log_text().contains(&tunnel),
+        "fetched through the repository's proxy: {}",
+        proxy.log_text()
+    );
+}
