@@ -12,7 +12,7 @@ use super::daemon::parse_duration;
 use super::{EXIT_ERROR, EXIT_FAILED};
 use crate::cluster::state::Outcome;
 use crate::cluster::{Cluster, Connection};
-use crate::daemon::requests::{self, REVISION_PREFIX};
+use crate::daemon::requests::{self, PROGRESS_PREFIX, REVISION_PREFIX};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -79,14 +79,20 @@ pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode>
                 ExitCode::from(EXIT_FAILED)
             });
         }
-        if !announced {
+        let mut done = None;
+        if !announced || tty {
             let annotations = requests::annotations(&client, &state)
                 .await
                 .unwrap_or_default();
-            if let Some(revision) = annotations.get(&format!("{REVISION_PREFIX}{id}")) {
+            if !announced && let Some(revision) = annotations.get(&format!("{REVISION_PREFIX}{id}"))
+            {
+                if tty {
+                    eprint!("\r\x1b[K");
+                }
                 println!("syncing revision {revision}");
                 announced = true;
             }
+            done = annotations.get(&format!("{PROGRESS_PREFIX}{id}")).cloned();
         }
         if started.elapsed() > args.timeout {
             if tty {
@@ -99,10 +105,11 @@ pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode>
             return Ok(ExitCode::from(EXIT_ERROR));
         }
         if tty {
-            eprint!(
-                "\r\x1b[Kwaiting for the daemon… {}s",
-                started.elapsed().as_secs()
-            );
+            let seconds = started.elapsed().as_secs();
+            match &done {
+                Some(n) => eprint!("\r\x1b[K{n} objects synced so far… {seconds}s"),
+                None => eprint!("\r\x1b[Kwaiting for the daemon… {seconds}s"),
+            }
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }

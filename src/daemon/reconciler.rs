@@ -255,15 +255,36 @@ pub async fn run(
                     helm.helm.proxy = repo_proxy.as_ref().and_then(|p| p.https_proxy.clone());
                 }
             }
+            // Whoever waits in `tidegate sync` sees the objects done so far.
+            let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let reporter = (!taken.is_empty()).then(|| {
+                report_progress(
+                    client.clone(),
+                    &config,
+                    taken.clone(),
+                    done.clone(),
+                    fence.clone(),
+                )
+            });
+            let counter = done.clone();
+            let mut counting = |p: sync::Progress<'_>| {
+                if matches!(p, sync::Progress::Object(..)) {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+                on(p)
+            };
             let (report, status) = sync::run(
                 &cluster,
                 snapshot,
                 &settings,
                 taken.clone(),
                 &triggers.stop,
-                on,
+                &mut counting,
             )
             .await;
+            if let Some(reporter) = reporter {
+                reporter.abort();
+            }
             metrics.observe(&status, started.elapsed().as_secs_f64());
             if !taken.is_empty() {
                 let _ = requests::clear(&client, &config.settings.state, &taken).await;
@@ -328,6 +349,32 @@ pub async fn run(
     }
     tracing::info!("stopped");
     Ok(None)
+}
+
+/// Twice a second while a sync answering `tidegate sync` requests runs: how
+/// many objects it has done, on the state ConfigMap (a write, so fenced).
+fn report_progress(
+    client: kube::Client,
+    config: &Config,
+    ids: Vec<String>,
+    done: Arc<std::sync::atomic::AtomicUsize>,
+    fence: Option<Arc<lease::Fence>>,
+) -> tokio::task::JoinHandle<()> {
+    let state = config.settings.state.clone();
+    tokio::spawn(async move {
+        let mut shown = 0;
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let now = done.load(Ordering::Relaxed);
+            let may_write = fence.as_ref().is_none_or(|f| f.holds());
+            if now != shown
+                && may_write
+                && requests::progress(&client, &state, &ids, now).await.is_ok()
+            {
+                shown = now;
+            }
+        }
+    })
 }
 
 /// Who holds the Lease: the pod's name (or the host's) and the process.

@@ -19,6 +19,8 @@ use crate::cluster::state::StateRef;
 
 pub const REQUEST_PREFIX: &str = "sync-request.tidegate.dev/";
 pub const REVISION_PREFIX: &str = "sync-revision.tidegate.dev/";
+/// How many objects the sync answering a request has done so far.
+pub const PROGRESS_PREFIX: &str = "sync-progress.tidegate.dev/";
 
 fn api(client: &kube::Client, state: &StateRef) -> Api<ConfigMap> {
     Api::namespaced(client.clone(), &state.namespace)
@@ -96,7 +98,21 @@ pub async fn acknowledge(
     annotate(client, state, annotations).await
 }
 
-/// Removes the revision annotations once the sync is recorded.
+/// Says how many objects the sync answering these requests has done.
+pub async fn progress(
+    client: &kube::Client,
+    state: &StateRef,
+    ids: &[String],
+    done: usize,
+) -> Result<(), kube::Error> {
+    let annotations = ids
+        .iter()
+        .map(|id| (format!("{PROGRESS_PREFIX}{id}"), done.to_string().into()))
+        .collect();
+    annotate(client, state, annotations).await
+}
+
+/// Removes the revision and progress annotations once the sync is recorded.
 pub async fn clear(
     client: &kube::Client,
     state: &StateRef,
@@ -104,7 +120,12 @@ pub async fn clear(
 ) -> Result<(), kube::Error> {
     let annotations: serde_json::Map<String, Value> = ids
         .iter()
-        .map(|id| (format!("{REVISION_PREFIX}{id}"), Value::Null))
+        .flat_map(|id| {
+            [
+                (format!("{REVISION_PREFIX}{id}"), Value::Null),
+                (format!("{PROGRESS_PREFIX}{id}"), Value::Null),
+            ]
+        })
         .collect();
     annotate(client, state, annotations).await
 }

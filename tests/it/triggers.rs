@@ -310,3 +310,71 @@ async fn local_repository_commit_is_applied_without_waiting_for_the_poll() {
         pushed.elapsed().as_millis()
     );
 }
+
+/// 1,200 ConfigMaps in `ns` (in files of 100), each holding `value`: a
+/// sync that takes seconds.
+fn write_many_configmaps(repo: &GitRepo, ns: &str, value: &str) {
+    repo.write("ns.yaml", &crate::support::ns_yaml(ns));
+    for file in 0..12 {
+        let text: Vec<String> = (0..100)
+            .map(|i| crate::support::cm_yaml(ns, &format!("cm-{file}-{i}"), value))
+            .collect();
+        repo.write(&format!("many/{file}.yaml"), &text.join("---\n"));
+    }
+}
+
+#[tokio::test]
+async fn sync_shows_progress_on_a_terminal_and_is_quiet_in_a_pipe() {
+    let ns = unique("progress");
+    let repo = GitRepo::new();
+    write_many_configmaps(&repo, &ns, "1");
+    repo.push("1200 ConfigMaps");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let _daemon = repo.daemon(
+        &repo.url(),
+        &[
+            "--git-poll-interval",
+            "1h",
+            "--git-watch",
+            "false",
+            "--listen",
+            &listen,
+        ],
+    );
+    wait_http(port, "/healthz", 200);
+    eventually("the first sync", Duration::from_secs(120), || async {
+        (http(port, "GET", "/readyz", &[], b"").0 == 200).then_some(())
+    })
+    .await;
+
+    // On a terminal (script(1) gives it one): the objects done so far.
+    write_many_configmaps(&repo, &ns, "2");
+    repo.push("all changed");
+    let command = format!(
+        "{} sync --sync-set-name {} --timeout 2m",
+        env!("CARGO_BIN_EXE_tidegate"),
+        repo.sync_set
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env("KUBECONFIG", &crate::support::control_plane().kubeconfig)
+        .output()
+        .expect("script");
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("objects synced so far"), "{text}");
+    assert!(text.contains("result: succeeded"), "{text}");
+
+    // In a pipe: the revision and the result, no progress.
+    write_many_configmaps(&repo, &ns, "3");
+    repo.push("all changed again");
+    let out = tidegate(&["sync", "--sync-set-name", &repo.sync_set, "--timeout", "2m"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let all = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(
+        all.contains("syncing revision") && all.contains("result: succeeded"),
+        "{all}"
+    );
+    assert!(!all.contains("so far") && !all.contains('\r'), "{all}");
+}
