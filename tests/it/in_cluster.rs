@@ -1,4 +1,5 @@
-//! The daemon as the Deployment in deploy/ runs it: its arguments and
+//! The daemon as the Deployment in deploy/ runs it (the release build, as
+//! `cargo xtask test` makes it): its arguments and
 //! environment taken from `tidegate install`'s manifests, in-cluster
 //! configuration (KUBERNETES_SERVICE_HOST/PORT, a ServiceAccount token from
 //! the TokenRequest API and the cluster CA at the standard path, in a mount
@@ -136,11 +137,20 @@ exec env -i "$@"
         "sh",
     ])
     .args(&env)
-    .arg(env!("CARGO_BIN_EXE_tidegate"))
+    .arg(binary())
     .args(&args)
     .env("SECRETS", secrets.path())
     .env("HELM", helm_binary());
     cmd.output().expect("unshare")
+}
+
+/// The release build `cargo xtask test` makes (what the image holds), or
+/// the test build when the tests run without it.
+fn binary() -> String {
+    std::env::var("TIDEGATE_RELEASE_BINARY").unwrap_or_else(|_| {
+        eprintln!("TIDEGATE_RELEASE_BINARY is not set: running the test build of tidegate");
+        env!("CARGO_BIN_EXE_tidegate").to_string()
+    })
 }
 
 fn install(namespace: &str, url: &str) -> String {

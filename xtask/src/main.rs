@@ -344,5 +344,11 @@ fn ensure_packages(packages: &[&str]) -> Result<()> {
 fn test(extra: &[&str]) -> Result<()> {
     ensure_packages(&TEST_PACKAGES)?;
     tools_dir()?;
-    run(cargo().args(["test", "--workspace"]).args(extra))
+    // The in-cluster test runs the release binary, as the image holds it.
+    run(cargo().args(["build", "--release", "--bin", "tidegate"]))?;
+    let release = target_dir().join("release/tidegate");
+    run(cargo()
+        .args(["test", "--workspace"])
+        .args(extra)
+        .env("TIDEGATE_RELEASE_BINARY", release))
 }
