@@ -69,8 +69,14 @@ pub enum Action {
 
 impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let word = serde_json::to_value(self).expect("serializes");
-        f.write_str(word.as_str().expect("a string"))
+        f.write_str(match self {
+            Action::Created => "created",
+            Action::Configured => "configured",
+            Action::Unchanged => "unchanged",
+            Action::Recreated => "recreated",
+            Action::Ignored => "ignored",
+            Action::Pruned => "pruned",
+        })
     }
 }
 

@@ -246,24 +246,15 @@ impl GitAccessArgs {
     }
 }
 
-/// `30s`, `5m`, `1h`, `250ms`, or plain seconds.
+/// A duration as Flux and Go write them (`30s`, `5m`, `1m30s`, `250ms`,
+/// `1h`), or plain seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 30s, 5m or 1h"))?;
-    let seconds = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "ms" => return Ok(Duration::from_millis(n)),
-        _ => return Err(format!("{text:?} has an unknown unit; use ms, s, m or h")),
-    };
-    Ok(Duration::from_secs(seconds))
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(seconds));
+    }
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{text:?} is not a duration like 30s, 1m30s or 1h: {e}"))
 }
 
 fn default_cache_dir(url: &str, branch: &str) -> PathBuf {
@@ -365,7 +356,8 @@ mod tests {
         assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
         assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert!(parse_duration("5 minutes").is_err());
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert!(parse_duration("5 fortnights").is_err());
         assert!(parse_duration("m").is_err());
     }
 }

@@ -45,15 +45,11 @@ pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode>
 
 fn text(status: &SyncStatus) -> String {
     let mut out = String::new();
-    let result = serde_json::to_value(status.result).expect("serializes");
     out.push_str(&format!(
         "revision:  {}\n",
         status.revision.as_deref().unwrap_or("(none)")
     ));
-    out.push_str(&format!(
-        "result:    {}\n",
-        result.as_str().unwrap_or_default()
-    ));
+    out.push_str(&format!("result:    {}\n", status.result));
     out.push_str(&format!("started:   {}\n", status.started));
     out.push_str(&format!("finished:  {}\n", status.finished));
     let counts: Vec<String> = status

@@ -58,12 +58,7 @@ pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode>
                     status.revision.as_deref().unwrap_or("(none)")
                 );
             }
-            let result = serde_json::to_value(status.result).expect("serializes");
-            println!(
-                "result: {}: {}",
-                result.as_str().unwrap_or_default(),
-                status.summary()
-            );
+            println!("result: {}: {}", status.result, status.summary());
             for r in &status.releases {
                 println!("{r}");
             }

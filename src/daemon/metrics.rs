@@ -3,6 +3,7 @@
 
 use std::sync::atomic::AtomicU64;
 
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -12,16 +13,29 @@ use prometheus_client::registry::Registry;
 
 use crate::cluster::state::{Outcome, SyncStatus};
 
-type Labels = Vec<(String, String)>;
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ActionLabel {
+    action: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RevisionLabel {
+    revision: String,
+}
 
 pub struct Metrics {
     registry: Registry,
     fetches: Counter,
     duration: Histogram,
-    results: Family<Labels, Counter>,
-    objects: Family<Labels, Counter>,
+    results: Family<ResultLabel, Counter>,
+    objects: Family<ActionLabel, Counter>,
     last_success: Gauge<f64, AtomicU64>,
-    last_revision: Family<Labels, Gauge>,
+    last_revision: Family<RevisionLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -35,9 +49,9 @@ impl Default for Metrics {
             "Duration of syncs",
             duration.clone(),
         );
-        let results = Family::<Labels, Counter>::default();
+        let results = Family::<ResultLabel, Counter>::default();
         registry.register("syncs", "Syncs by result", results.clone());
-        let objects = Family::<Labels, Counter>::default();
+        let objects = Family::<ActionLabel, Counter>::default();
         registry.register(
             "objects",
             "Objects handled by syncs, by action",
@@ -49,7 +63,7 @@ impl Default for Metrics {
             "Unix time of the last successful sync",
             last_success.clone(),
         );
-        let last_revision = Family::<Labels, Gauge>::default();
+        let last_revision = Family::<RevisionLabel, Gauge>::default();
         registry.register(
             "last_successful_revision",
             "The revision the last successful sync applied (value 1)",
@@ -74,16 +88,16 @@ impl Metrics {
 
     pub fn observe(&self, status: &SyncStatus, seconds: f64) {
         self.duration.observe(seconds);
-        let result = serde_json::to_value(status.result).expect("serializes");
         self.results
-            .get_or_create(&vec![(
-                "result".into(),
-                result.as_str().unwrap_or_default().into(),
-            )])
+            .get_or_create(&ResultLabel {
+                result: status.result.as_str(),
+            })
             .inc();
         for (action, n) in &status.counts {
             self.objects
-                .get_or_create(&vec![("action".into(), action.clone())])
+                .get_or_create(&ActionLabel {
+                    action: action.clone(),
+                })
                 .inc_by(*n as u64);
         }
         if status.result == Outcome::Succeeded {
@@ -94,7 +108,9 @@ impl Metrics {
             self.last_revision.clear();
             if let Some(revision) = &status.revision {
                 self.last_revision
-                    .get_or_create(&vec![("revision".into(), revision.clone())])
+                    .get_or_create(&RevisionLabel {
+                        revision: revision.clone(),
+                    })
                     .set(1);
             }
         }

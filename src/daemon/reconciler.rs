@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use backon::BackoffBuilder as _;
 use tokio::time::Instant;
 
 use super::access::{self, AccessConfig};
@@ -51,21 +52,18 @@ pub enum Error {
     },
 }
 
-/// The wait after `failures` failed syncs in a row: 5 s, 10 s, 20 s … never
-/// longer than `cap`, with ±20 % jitter so replicas and retries spread out.
-pub fn backoff(failures: u32, cap: Duration, jitter: f64) -> Duration {
-    let base =
-        Duration::from_secs(5).saturating_mul(2u32.saturating_pow(failures.clamp(1, 16) - 1));
-    let spread = 1.0 + 0.2 * (2.0 * jitter.clamp(0.0, 1.0) - 1.0);
-    base.mul_f64(spread).min(cap)
-}
-
-/// A number in [0, 1) from the process's random hasher keys.
-fn jitter() -> f64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(Instant::now().elapsed().as_nanos());
-    (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
+/// The waits after failed syncs in a row: 5 s, 10 s, 20 s … each up to
+/// twice that (jitter, so replicas and retries spread out), never longer
+/// than `cap`.
+fn failure_backoff(cap: Duration) -> impl Iterator<Item = Duration> {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_secs(5))
+        .with_factor(2.0)
+        .with_max_delay(cap)
+        .with_jitter()
+        .without_max_times()
+        .build()
+        .map(move |wait| wait.min(cap))
 }
 
 /// Sets `stop` on SIGTERM or SIGINT and wakes the loop.
@@ -107,9 +105,6 @@ fn watch_requests(client: kube::Client, config: &Config, triggers: Arc<Triggers>
         }
     });
 }
-
-/// How long triggers are gathered before one fetch answers them all.
-const COALESCE: Duration = Duration::from_millis(200);
 
 /// Runs the daemon: with `config.once`, one sync whose report is returned;
 /// otherwise until SIGTERM.
@@ -190,6 +185,7 @@ pub async fn run(
     // otherwise.
     let mut repo_proxy: Option<crate::render::proxy::ProxySettings> = None;
     let mut failures = 0u32;
+    let mut backoff = failure_backoff(config.poll_interval);
     // While backing off, triggers wait until this instant.
     let mut not_before: Option<Instant> = None;
     while !triggers.stop.load(Ordering::SeqCst) {
@@ -308,7 +304,7 @@ pub async fn run(
             }
             if report.outcome() == Outcome::Failed {
                 failures += 1;
-                wait = backoff(failures, config.poll_interval, jitter());
+                wait = backoff.next().unwrap_or(config.poll_interval);
                 not_before = Some(Instant::now() + wait);
                 tracing::info!(
                     seconds = wait.as_secs_f64(),
@@ -318,6 +314,7 @@ pub async fn run(
                 last = None;
             } else {
                 failures = 0;
+                backoff = failure_backoff(config.poll_interval);
                 not_before = None;
                 if let Some(shared) = &shared {
                     shared.ready.store(true, Ordering::SeqCst);
@@ -330,20 +327,22 @@ pub async fn run(
         }
         let backing_off = not_before.is_some_and(|t| t > Instant::now());
         if !backing_off && triggers.force.load(Ordering::SeqCst) {
+            // This turn answers every trigger so far.
+            let _ = tokio::time::timeout(Duration::ZERO, triggers.wake.notified()).await;
             continue;
         }
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = triggers.wake.notified() => {
-                // Let a burst of triggers (webhooks, ref changes) arrive, then
-                // fetch once for all of them; while backing off, not before
-                // the backoff is over.
-                let until = not_before.filter(|t| *t > Instant::now()).unwrap_or_else(|| Instant::now() + COALESCE);
-                tokio::select! {
-                    _ = tokio::time::sleep_until(until) => {}
-                    _ = wait_for_stop(&triggers) => {}
+                // The first trigger fetches at once; those that arrive while
+                // it runs leave one wake-up, one follow-up. While backing
+                // off, not before the backoff is over.
+                if let Some(until) = not_before.filter(|t| *t > Instant::now()) {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(until) => {}
+                        _ = wait_for_stop(&triggers) => {}
+                    }
                 }
-                let _ = tokio::time::timeout(Duration::ZERO, triggers.wake.notified()).await;
             }
         }
     }
@@ -403,7 +402,7 @@ fn log_summary(report: &SyncReport) {
         outcome => tracing::warn!(
             revision = report.short_revision(),
             message = report.message.as_deref().unwrap_or(""),
-            "sync {outcome:?}: {}",
+            "sync {outcome}: {}",
             report.counts()
         ),
     }
@@ -415,18 +414,20 @@ mod tests {
 
     #[test]
     fn backoff_doubles_with_jitter_and_is_capped() {
-        let cap = Duration::from_secs(300);
-        assert_eq!(backoff(1, cap, 0.5), Duration::from_secs(5));
-        assert_eq!(backoff(2, cap, 0.5), Duration::from_secs(10));
-        assert_eq!(backoff(3, cap, 0.5), Duration::from_secs(20));
-        assert_eq!(backoff(1, cap, 0.0), Duration::from_secs(4));
-        assert_eq!(backoff(1, cap, 1.0), Duration::from_secs(6));
-        assert_eq!(backoff(30, cap, 0.5), cap);
-        assert_eq!(
-            backoff(2, Duration::from_secs(7), 0.5),
-            Duration::from_secs(7)
+        let waits: Vec<Duration> = failure_backoff(Duration::from_secs(300)).take(9).collect();
+        for (n, wait) in waits.iter().take(6).enumerate() {
+            let base = Duration::from_secs(5 << n);
+            assert!(
+                *wait >= base && *wait <= (base * 2).min(Duration::from_secs(300)),
+                "wait {n}: {wait:?}"
+            );
+        }
+        assert_eq!(waits[8], Duration::from_secs(300));
+        let short: Vec<Duration> = failure_backoff(Duration::from_secs(7)).take(3).collect();
+        assert!(
+            short.iter().all(|w| *w <= Duration::from_secs(7)),
+            "{short:?}"
         );
-        let j = jitter();
-        assert!((0.0..1.0).contains(&j), "{j}");
+        assert_eq!(short[2], Duration::from_secs(7));
     }
 }

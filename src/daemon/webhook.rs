@@ -4,6 +4,7 @@
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::Value;
 use sha2::Sha256;
+use subtle::ConstantTimeEq;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Provider {
@@ -77,10 +78,7 @@ fn token_ok(secret: &[u8], token: Option<&str>) -> bool {
         m.finalize().into_bytes()
     };
     let (a, b) = (mac(secret), mac(token.as_bytes()));
-    a.iter()
-        .zip(b.iter())
-        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-        == 0
+    bool::from(a.as_slice().ct_eq(b.as_slice()))
 }
 
 /// The signature a generic sender puts in `X-Signature-256`.
