@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod cluster;
 pub mod daemon;
+pub mod health;
 pub mod helm;
 pub mod identity;
 pub mod object;

@@ -14,6 +14,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::cluster::apply::{is_immutable_error, reason};
+use crate::cluster::live::Live;
 use crate::cluster::state::{ObjectError, Outcome, StateRef, SyncStatus, now};
 use crate::cluster::{Cluster, Resolved};
 use crate::helm::{self, ReleaseAction, ReleaseStatus};
@@ -54,6 +55,49 @@ pub struct Settings {
     /// How to run helm for HelmRelease objects; `None` where no release is
     /// reconciled (`diff`).
     pub helm: Option<crate::helm::Settings>,
+    /// The last render, by the Git tree hashes of the configured paths.
+    pub render_cache: RenderCache,
+}
+
+/// A rendered desired set, kept while the trees it was read from are the
+/// same: an unchanged tree is not parsed again.
+type Rendered = Option<(Vec<String>, std::sync::Arc<DesiredSet>)>;
+
+#[derive(Clone, Default)]
+pub struct RenderCache(std::sync::Arc<std::sync::Mutex<Rendered>>);
+
+impl fmt::Debug for RenderCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RenderCache")
+    }
+}
+
+impl RenderCache {
+    /// The set `snapshot` renders to with `options`: from the cache if the
+    /// trees are the ones last rendered, else rendered (off the async
+    /// workers: parsing is CPU-bound) and kept.
+    pub async fn render(
+        &self,
+        snapshot: &Snapshot,
+        options: &render::Options,
+    ) -> std::sync::Arc<DesiredSet> {
+        let (snap, options) = (snapshot.clone(), options.clone());
+        let cache = self.0.clone();
+        tokio::task::spawn_blocking(move || {
+            let key = snap.tree_ids(&options.paths);
+            if let (Some(key), Some((cached, set))) = (&key, &*cache.lock().expect("render cache"))
+                && key == cached
+            {
+                tracing::debug!("the trees did not change: not rendered again");
+                return set.clone();
+            }
+            let set = std::sync::Arc::new(render::render(&snap.tree, &options));
+            *cache.lock().expect("render cache") = key.map(|k| (k, set.clone()));
+            set
+        })
+        .await
+        .expect("render task")
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -192,9 +236,92 @@ async fn place(
     placed
 }
 
-/// Reads the live objects (one list per resource, then single reads for
-/// objects that carry no tidegate label yet) and classifies each desired one.
+/// Classifies the objects of the resources the daemon's watches have listed,
+/// from what they hold; returns the others, which are read.
+fn from_watches(
+    live: &std::sync::Arc<Live>,
+    placed: Vec<(Desired, Resolved)>,
+    plan: &mut Plan,
+) -> Vec<(Desired, Resolved)> {
+    let mut by_resource: BTreeMap<(String, String, String), Vec<(Desired, Resolved)>> =
+        BTreeMap::new();
+    for (d, r) in placed {
+        let key = (
+            r.resource.group.clone(),
+            r.resource.version.clone(),
+            r.resource.plural.clone(),
+        );
+        by_resource.entry(key).or_default().push((d, r));
+    }
+    let mut rest = Vec::new();
+    for group in by_resource.into_values() {
+        let resolved = group[0].1.clone();
+        let ids: Vec<&ObjectRef> = group.iter().map(|(d, _)| &d.id).collect();
+        let Some(entries) = live.lookup(&resolved, &ids) else {
+            live.watch(&resolved);
+            rest.extend(group);
+            continue;
+        };
+        for ((desired, resolved), entry) in group.into_iter().zip(entries) {
+            let change = match &entry {
+                Some(e) if e.ignored => Change::Ignored,
+                Some(e)
+                    if e.in_sync == Some(true) && live.expects(&desired.id, &desired.checksum) =>
+                {
+                    Change::Unchanged
+                }
+                Some(_) => Change::Update,
+                // Applied before and gone now.
+                None if live.is_expected(&desired.id) => Change::Create,
+                // Perhaps there without tidegate's label: read it.
+                None => {
+                    rest.push((desired, resolved));
+                    continue;
+                }
+            };
+            plan.items.push(Item {
+                live: entry.map(|e| e.as_live()),
+                desired,
+                resolved,
+                change,
+            });
+        }
+    }
+    rest
+}
+
+/// Classifies each desired object against the live one: from the watches
+/// where they have listed, otherwise by reading (one list per resource, then
+/// single reads for objects that carry no tidegate label yet). A running
+/// daemon's watches compare with these objects from now on.
 async fn observe(cluster: &Cluster, placed: Vec<(Desired, Resolved)>, plan: &mut Plan) {
+    let first = plan.items.len();
+    let placed = match cluster.live() {
+        Some(live) => from_watches(live, placed, plan),
+        None => placed,
+    };
+    read_live(cluster, placed, plan).await;
+    if let Some(live) = cluster.live() {
+        live.expect(
+            plan.items[first..]
+                .iter()
+                .filter(|i| i.change != Change::Ignored)
+                .map(|i| {
+                    (
+                        &i.resolved,
+                        &i.desired.id,
+                        i.desired.checksum.as_str(),
+                        &i.desired.object,
+                    )
+                }),
+        );
+    }
+}
+
+async fn read_live(cluster: &Cluster, placed: Vec<(Desired, Resolved)>, plan: &mut Plan) {
+    if placed.is_empty() {
+        return;
+    }
     let mut by_resource: BTreeMap<(String, String, String), (Resolved, BTreeSet<String>)> =
         BTreeMap::new();
     for (d, r) in &placed {
@@ -534,13 +661,21 @@ async fn apply_item(
         )
         .await
     {
-        Ok(after) => Ok(match before {
-            None => Action::Created,
-            Some(rv) if after.metadata.resource_version.as_deref() == Some(rv.as_str()) => {
-                Action::Unchanged
+        Ok(after) => {
+            if let Some(live) = cluster.live() {
+                live.applied(
+                    &item.resolved,
+                    &serde_json::to_value(&after).expect("objects serialize"),
+                );
             }
-            Some(_) => Action::Configured,
-        }),
+            Ok(match before {
+                None => Action::Created,
+                Some(rv) if after.metadata.resource_version.as_deref() == Some(rv.as_str()) => {
+                    Action::Unchanged
+                }
+                Some(_) => Action::Configured,
+            })
+        }
         Err(e) if is_immutable_error(&e) && d.force_recreate() => {
             tracing::info!(object = %d.id, "deleting and recreating: a change to an immutable field");
             cluster
@@ -858,6 +993,10 @@ pub async fn apply_set(
         .collect();
     let plan = apply_plan(cluster, plan, settings, stop, &mut report, on).await;
     next.extend(plan.items.iter().map(|i| i.desired.id.clone()));
+    // What is pruned now is no longer the watches' to heal.
+    if let Some(live) = cluster.live() {
+        live.keep_only(&next);
+    }
     tracing::debug!(ms = phase.elapsed().as_millis() as u64, "applied");
     if let (Some(helm), Some(charts), false) = (&settings.helm, charts, report.interrupted) {
         reconcile_releases(cluster, helm, charts, &plan, observed, &mut report, on).await;
@@ -1011,11 +1150,10 @@ async fn sync_revision(
     on: OnProgress<'_>,
 ) -> (SyncReport, Option<Inventory>) {
     let phase = std::time::Instant::now();
-    // Parsing is CPU-bound: off the async workers.
-    let (tree, options) = (snapshot.tree.clone(), settings.render.clone());
-    let set = tokio::task::spawn_blocking(move || render::render(&tree, &options))
-        .await
-        .expect("render task");
+    let set = settings
+        .render_cache
+        .render(&snapshot, &settings.render)
+        .await;
     tracing::debug!(
         objects = set.manifests.len(),
         ms = phase.elapsed().as_millis() as u64,
@@ -1054,5 +1192,15 @@ async fn sync_revision(
     .await;
     report.revision = Some(snapshot.revision);
     report.proxy = set.proxy.clone();
+    // Fights over a field are the sync's warnings until they stop.
+    for c in cluster.live().map(|l| l.conflicts()).unwrap_or_default() {
+        report.warnings.push(format!(
+            "{}: field manager {} keeps changing it ({} reverts within {}s); self-heal is paused for it, each periodic sync still reverts it",
+            c.object,
+            c.manager,
+            c.reverts,
+            crate::cluster::live::FIGHT_WINDOW.as_secs()
+        ));
+    }
     (report, Some(next))
 }

@@ -140,6 +140,7 @@ impl SyncArgs {
                 sync_set: self.sync_set_name.clone(),
             },
             helm: None,
+            render_cache: Default::default(),
         }
     }
 }
@@ -174,6 +175,9 @@ pub struct Args {
     /// For a local repository, watch its refs and fetch as soon as they change
     #[arg(long, env = "TIDEGATE_GIT_WATCH", default_value_t = true, action = clap::ArgAction::Set)]
     git_watch: bool,
+    /// Revert a change to a managed object in the cluster as soon as its watch sees it
+    #[arg(long, env = "TIDEGATE_SELF_HEAL", default_value_t = true, action = clap::ArgAction::Set)]
+    self_heal: bool,
     /// Sync only while holding the sync set's Lease (`<sync-set>-leader`), so that replicas take turns
     #[arg(long, env = "TIDEGATE_LEADER_ELECT")]
     leader_elect: bool,
@@ -302,6 +306,7 @@ pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode>
         git_watch: args.git_watch,
         once: args.once,
         leader_elect: args.leader_elect,
+        self_heal: args.self_heal,
     };
     let cluster = Cluster::new(client);
     let report = if args.once {

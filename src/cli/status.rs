@@ -5,8 +5,11 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use super::{EXIT_ERROR, EXIT_FAILED, Format};
-use crate::cluster::state::{Outcome, SyncStatus};
+use std::collections::BTreeMap;
+
+use crate::cluster::state::{Outcome, StateRef, SyncStatus};
 use crate::cluster::{Cluster, Connection};
+use crate::health::Status;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -22,7 +25,7 @@ pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode>
         .state(args.sync_set_name)
         .await
         .context("cannot connect to the cluster")?;
-    let cluster = Cluster::new(client);
+    let cluster = Cluster::new(client.clone());
     let Some(status) = cluster.read_status(&state).await? else {
         eprintln!(
             "no sync recorded for sync set {} in namespace {} (ConfigMap {} not found); is the daemon running there? Pass --namespace.",
@@ -32,10 +35,18 @@ pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode>
         );
         return Ok(ExitCode::from(EXIT_ERROR));
     };
+    let health = health(&client, &state).await?;
     match args.output {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&status)?),
-        Format::Yaml => print!("{}", serde_saphyr::to_string(&status)?),
-        Format::Text => print!("{}", text(&status)),
+        Format::Json | Format::Yaml => {
+            let mut shown = serde_json::to_value(&status)?;
+            shown["health"] = serde_json::to_value(&health)?;
+            if args.output == Format::Json {
+                println!("{}", serde_json::to_string_pretty(&shown)?);
+            } else {
+                print!("{}", serde_saphyr::to_string(&shown)?);
+            }
+        }
+        Format::Text => print!("{}{}", text(&status), health_text(&health)),
     }
     Ok(match status.result {
         Outcome::Succeeded => ExitCode::SUCCESS,
@@ -89,6 +100,74 @@ fn text(status: &SyncStatus) -> String {
     }
     for w in &status.warnings {
         out.push_str(&format!("warning:   {w}\n"));
+    }
+    out
+}
+
+/// The managed objects' health now, as their watches list them.
+#[derive(Debug, serde::Serialize)]
+struct HealthReport {
+    /// Objects per status.
+    summary: BTreeMap<Status, usize>,
+    /// The objects that are not current, and why.
+    objects: Vec<ObjectHealth>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct ObjectHealth {
+    object: String,
+    status: Status,
+    message: String,
+}
+
+async fn health(client: &kube::Client, state: &StateRef) -> anyhow::Result<HealthReport> {
+    let live = super::sync::follow_inventory(client, state).await?;
+    let mut changes = live.subscribe();
+    let listed = async {
+        while !live.synced() {
+            if changes.changed().await.is_err() {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(30), listed).await;
+    let all = live.health();
+    let objects = all
+        .iter()
+        .filter(|(_, h)| !h.as_ref().is_some_and(|h| h.is_current()))
+        .map(|(id, h)| ObjectHealth {
+            object: id.to_string(),
+            status: h.as_ref().map_or(Status::InProgress, |h| h.status),
+            message: h
+                .as_ref()
+                .map_or("not found in the cluster".into(), |h| h.message.clone()),
+        })
+        .collect();
+    Ok(HealthReport {
+        summary: crate::cluster::live::summary(&all),
+        objects,
+    })
+}
+
+fn health_text(health: &HealthReport) -> String {
+    let counts: Vec<String> = health
+        .summary
+        .iter()
+        .map(|(status, n)| format!("{n} {status}"))
+        .collect();
+    let mut out = format!(
+        "health:    {}\n",
+        if counts.is_empty() {
+            "no objects".to_string()
+        } else {
+            counts.join(", ")
+        }
+    );
+    for o in &health.objects {
+        out.push_str(&format!(
+            "unhealthy: {} {}: {}\n",
+            o.object, o.status, o.message
+        ));
     }
     out
 }

@@ -1,32 +1,48 @@
 //! `tidegate sync`: ask the daemon to fetch and sync now, and wait for the
-//! result. Goes through the Kubernetes API only (see `daemon::requests`).
+//! result (and, with `--wait-healthy`, for the objects' health). Goes through
+//! the Kubernetes API only (see `daemon::requests`), and waits on watches.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::runtime::WatchStreamExt as _;
 use tokio::time::Instant;
 
 use super::daemon::parse_duration;
 use super::{EXIT_ERROR, EXIT_FAILED};
-use crate::cluster::state::Outcome;
+use crate::cluster::live::Live;
+use crate::cluster::state::{Outcome, StateRef};
 use crate::cluster::{Cluster, Connection};
 use crate::daemon::requests::{self, PROGRESS_PREFIX, REVISION_PREFIX};
+use crate::health::Status;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// How long to wait for the sync to finish
+    /// How long to wait for the sync (and, with --wait-healthy, for health)
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     timeout: Duration,
+    /// After the sync, wait until every managed object is healthy (rolled out, complete, bound)
+    #[arg(long)]
+    wait_healthy: bool,
     /// The sync set of the daemon to ask
     #[arg(long, env = "TIDEGATE_SYNC_SET_NAME", default_value = "tidegate")]
     sync_set_name: String,
 }
 
+/// Clears the progress line on a terminal.
+fn clear(tty: bool) {
+    if tty {
+        eprint!("\r\x1b[K");
+    }
+}
+
 pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode> {
     let (client, state) = connection
-        .state(args.sync_set_name)
+        .state(args.sync_set_name.clone())
         .await
         .context("cannot connect to the cluster")?;
     let id = requests::new_id();
@@ -39,65 +55,72 @@ pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode>
         );
         return Ok(ExitCode::from(EXIT_ERROR));
     }
-    let cluster = Cluster::new(client.clone());
     let tty = std::io::stderr().is_terminal();
     let started = Instant::now();
+    let deadline = started + args.timeout;
+    let api: kube::Api<ConfigMap> = kube::Api::namespaced(client.clone(), &state.namespace);
+    let config = kube::runtime::watcher::Config::default()
+        .fields(&format!("metadata.name={}", state.name()));
+    let mut maps = kube::runtime::watcher(api, config)
+        .default_backoff()
+        .applied_objects()
+        .boxed();
+    let mut redraw = tokio::time::interval(Duration::from_secs(1));
     let mut announced = false;
+    let mut done: Option<String> = None;
     loop {
-        if let Some(status) = cluster
-            .read_status(&state)
-            .await?
-            .filter(|s| s.requests.contains(&id))
-        {
-            if tty {
-                eprint!("\r\x1b[K");
-            }
-            if !announced {
-                println!(
-                    "synced revision {}",
-                    status.revision.as_deref().unwrap_or("(none)")
+        let map = tokio::select! {
+            map = maps.next() => match map {
+                Some(Ok(map)) => Some(map),
+                _ => None,
+            },
+            _ = tokio::time::sleep_until(deadline) => {
+                clear(tty);
+                eprintln!(
+                    "error: the daemon did not finish a sync within {}",
+                    humantime::format_duration(args.timeout)
                 );
+                return Ok(ExitCode::from(EXIT_ERROR));
             }
-            println!("result: {}: {}", status.result, status.summary());
-            for r in &status.releases {
-                println!("{r}");
+            _ = redraw.tick(), if tty => None,
+        };
+        if let Some(map) = map {
+            if let Some(status) =
+                Cluster::status_in(&state, &map)?.filter(|s| s.requests.contains(&id))
+            {
+                clear(tty);
+                if !announced {
+                    println!(
+                        "synced revision {}",
+                        status.revision.as_deref().unwrap_or("(none)")
+                    );
+                }
+                println!("result: {}: {}", status.result, status.summary());
+                for r in &status.releases {
+                    println!("{r}");
+                }
+                if let Some(m) = &status.message {
+                    eprintln!("error: {m}");
+                }
+                for e in &status.errors {
+                    eprintln!("error: {e}");
+                }
+                if status.result != Outcome::Succeeded {
+                    return Ok(ExitCode::from(EXIT_FAILED));
+                }
+                if args.wait_healthy {
+                    return wait_healthy(&client, &state, deadline, tty).await;
+                }
+                return Ok(ExitCode::SUCCESS);
             }
-            if let Some(m) = &status.message {
-                eprintln!("error: {m}");
-            }
-            for e in &status.errors {
-                eprintln!("error: {e}");
-            }
-            return Ok(if status.result == Outcome::Succeeded {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(EXIT_FAILED)
-            });
-        }
-        let mut done = None;
-        if !announced || tty {
-            let annotations = requests::annotations(&client, &state)
-                .await
-                .unwrap_or_default();
+            let annotations = map.metadata.annotations.unwrap_or_default();
             if !announced && let Some(revision) = annotations.get(&format!("{REVISION_PREFIX}{id}"))
             {
-                if tty {
-                    eprint!("\r\x1b[K");
-                }
+                clear(tty);
                 println!("syncing revision {revision}");
                 announced = true;
             }
             done = annotations.get(&format!("{PROGRESS_PREFIX}{id}")).cloned();
-        }
-        if started.elapsed() > args.timeout {
-            if tty {
-                eprint!("\r\x1b[K");
-            }
-            eprintln!(
-                "error: the daemon did not finish a sync within {:?}",
-                args.timeout
-            );
-            return Ok(ExitCode::from(EXIT_ERROR));
         }
         if tty {
             let seconds = started.elapsed().as_secs();
@@ -106,6 +129,88 @@ pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode>
                 None => eprint!("\r\x1b[Kwaiting for the daemon… {seconds}s"),
             }
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Watches every object the sync set manages, for its health.
+pub async fn follow_inventory(
+    client: &kube::Client,
+    state: &StateRef,
+) -> anyhow::Result<std::sync::Arc<Live>> {
+    let cluster = Cluster::new(client.clone());
+    let inventory = cluster.read_inventory(state).await?;
+    let live = Live::new(client.clone(), None);
+    for id in &inventory {
+        match cluster.resolve(id).await {
+            Ok(resolved) => {
+                live.track(&resolved, id);
+                live.watch(&resolved);
+            }
+            Err(e) => eprintln!(
+                "warning: {id}: health not followed: {}",
+                crate::error_chain(&e)
+            ),
+        }
+    }
+    Ok(live)
+}
+
+/// Follows the health of every object the sync set manages, from watches,
+/// until all are current (success), one failed, or the deadline passes.
+async fn wait_healthy(
+    client: &kube::Client,
+    state: &StateRef,
+    deadline: Instant,
+    tty: bool,
+) -> anyhow::Result<ExitCode> {
+    let live = follow_inventory(client, state).await?;
+    let mut changes = live.subscribe();
+    let mut redraw = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let health = live.health();
+        let summary = crate::cluster::live::summary(&health);
+        let current = summary.get(&Status::Current).copied().unwrap_or(0);
+        let failed: Vec<String> = health
+            .iter()
+            .filter_map(|(id, h)| {
+                h.as_ref()
+                    .filter(|h| h.status == Status::Failed)
+                    .map(|h| format!("{id}: {}", h.message))
+            })
+            .collect();
+        if live.synced() && current == health.len() {
+            clear(tty);
+            println!("healthy: {current} objects current");
+            return Ok(ExitCode::SUCCESS);
+        }
+        if live.synced() && !failed.is_empty() {
+            clear(tty);
+            println!(
+                "unhealthy: {} of {} objects failed",
+                failed.len(),
+                health.len()
+            );
+            for f in &failed {
+                eprintln!("error: {f}");
+            }
+            return Ok(ExitCode::from(EXIT_FAILED));
+        }
+        if tty {
+            eprint!("\r\x1b[K{current} of {} objects healthy…", health.len());
+        }
+        tokio::select! {
+            _ = changes.changed() => {}
+            _ = redraw.tick(), if tty => {}
+            _ = tokio::time::sleep_until(deadline) => {
+                clear(tty);
+                println!("unhealthy: {} of {} objects not healthy in time", health.len() - current, health.len());
+                for (id, h) in health.iter().filter(|(_, h)| !h.as_ref().is_some_and(|h| h.is_current())) {
+                    let why = h.as_ref().map_or("not seen in the cluster", |h| h.message.as_str());
+                    let status = h.as_ref().map_or(Status::InProgress, |h| h.status);
+                    eprintln!("error: {id}: {status}: {why}");
+                }
+                return Ok(ExitCode::from(EXIT_FAILED));
+            }
+        }
     }
 }

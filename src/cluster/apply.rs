@@ -104,32 +104,13 @@ impl Cluster {
     /// Waits until a CustomResourceDefinition is Established, so custom
     /// resources of it can be applied in the same sync.
     pub async fn wait_established(&self, name: &str, timeout: Duration) -> bool {
-        let id = ObjectRef::new(
-            "apiextensions.k8s.io/v1",
-            "CustomResourceDefinition",
-            None,
-            name,
-        );
-        let Ok(resolved) = self.resolve(&id).await else {
-            return false;
-        };
-        let api = self.api(&resolved, None);
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            if let Ok(crd) = api.get(name).await {
-                let established = crd.data["status"]["conditions"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .any(|c| c["type"] == "Established" && c["status"] == "True");
-                if established {
-                    return true;
-                }
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+        use kube::runtime::wait::{await_condition, conditions};
+        let api: kube::Api<CustomResourceDefinition> = kube::Api::all(self.client.clone());
+        let established = await_condition(api, name, conditions::is_crd_established());
+        matches!(
+            tokio::time::timeout(timeout, established).await,
+            Ok(Ok(Some(_)))
+        )
     }
 }

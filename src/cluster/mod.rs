@@ -2,6 +2,7 @@
 //! cache (kind → resource and scope) and server-side apply out.
 
 pub mod apply;
+pub mod live;
 pub mod state;
 
 use std::collections::HashMap;
@@ -165,6 +166,8 @@ pub struct Cluster {
     shard_generation: Mutex<Option<String>>,
     /// With leader election: writes only while this daemon holds the Lease.
     fence: Option<std::sync::Arc<crate::daemon::lease::Fence>>,
+    /// In a running daemon: the live state from watches.
+    live: Option<std::sync::Arc<live::Live>>,
 }
 
 impl Cluster {
@@ -177,6 +180,7 @@ impl Cluster {
             last_event: Mutex::new(None),
             shard_generation: Mutex::new(None),
             fence: None,
+            live: None,
         }
     }
 
@@ -184,6 +188,17 @@ impl Cluster {
     pub fn with_fence(mut self, fence: std::sync::Arc<crate::daemon::lease::Fence>) -> Self {
         self.fence = Some(fence);
         self
+    }
+
+    /// Syncs compare with the live state `live` keeps from watches, for the
+    /// resources it has listed, instead of listing them.
+    pub fn with_live(mut self, live: std::sync::Arc<live::Live>) -> Self {
+        self.live = Some(live);
+        self
+    }
+
+    pub fn live(&self) -> Option<&std::sync::Arc<live::Live>> {
+        self.live.as_ref()
     }
 
     /// An error instead of a write when this daemon no longer surely holds

@@ -358,6 +358,11 @@ impl Cluster {
     }
 
     /// The status of the last sync, if one was recorded.
+    /// The status a state ConfigMap holds (as a watch delivers it).
+    pub fn status_in(state: &StateRef, map: &ConfigMap) -> Result<Option<SyncStatus>, Error> {
+        Self::decode(state, map, STATUS_KEY, |t| serde_json::from_str(t))
+    }
+
     pub async fn read_status(&self, state: &StateRef) -> Result<Option<SyncStatus>, Error> {
         let Some(map) = self.state_map(state).await? else {
             return Ok(None);

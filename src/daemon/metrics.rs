@@ -12,6 +12,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::cluster::state::{Outcome, SyncStatus};
+use crate::health::{Health, Status};
+use crate::object::ObjectRef;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
@@ -21,6 +23,18 @@ struct ResultLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ActionLabel {
     action: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HealthLabel {
+    status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ObjectHealthLabel {
+    object: String,
+    status: &'static str,
+    message: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -36,6 +50,10 @@ pub struct Metrics {
     objects: Family<ActionLabel, Counter>,
     last_success: Gauge<f64, AtomicU64>,
     last_revision: Family<RevisionLabel, Gauge>,
+    health: Family<HealthLabel, Gauge>,
+    unhealthy: Family<ObjectHealthLabel, Gauge>,
+    healthy: Gauge,
+    conflicts: Gauge,
 }
 
 impl Default for Metrics {
@@ -69,7 +87,35 @@ impl Default for Metrics {
             "The revision the last successful sync applied (value 1)",
             last_revision.clone(),
         );
+        let health = Family::<HealthLabel, Gauge>::default();
+        registry.register(
+            "managed_objects",
+            "Managed objects by health (current, inprogress, failed)",
+            health.clone(),
+        );
+        let unhealthy = Family::<ObjectHealthLabel, Gauge>::default();
+        registry.register(
+            "object_not_current",
+            "Managed objects that are not current, with why (value 1; at most 100)",
+            unhealthy.clone(),
+        );
+        let healthy = Gauge::default();
+        registry.register(
+            "healthy",
+            "1 when every managed object is current",
+            healthy.clone(),
+        );
+        let conflicts = Gauge::default();
+        registry.register(
+            "self_heal_conflicts",
+            "Objects another field manager keeps changing, for which self-heal is paused",
+            conflicts.clone(),
+        );
         Metrics {
+            health,
+            unhealthy,
+            healthy,
+            conflicts,
             registry,
             fetches,
             duration,
@@ -114,6 +160,37 @@ impl Metrics {
                     .set(1);
             }
         }
+    }
+
+    /// The health of the managed objects, as the watches see them.
+    pub fn health(&self, objects: &[(ObjectRef, Option<Health>)], conflicts: usize) {
+        let counts = crate::cluster::live::summary(objects);
+        for status in [Status::Current, Status::InProgress, Status::Failed] {
+            self.health
+                .get_or_create(&HealthLabel {
+                    status: status.as_str(),
+                })
+                .set(counts.get(&status).copied().unwrap_or(0) as i64);
+        }
+        self.unhealthy.clear();
+        for (id, h) in objects
+            .iter()
+            .filter(|(_, h)| !h.as_ref().is_some_and(Health::is_current))
+            .take(100)
+        {
+            self.unhealthy
+                .get_or_create(&ObjectHealthLabel {
+                    object: id.to_string(),
+                    status: h.as_ref().map_or(Status::InProgress, |h| h.status).as_str(),
+                    message: h
+                        .as_ref()
+                        .map_or("not seen yet".to_string(), |h| h.message.clone()),
+                })
+                .set(1);
+        }
+        let all_current = counts.keys().all(|s| *s == Status::Current);
+        self.healthy.set(i64::from(all_current));
+        self.conflicts.set(conflicts as i64);
     }
 
     pub fn render(&self) -> String {

@@ -27,8 +27,12 @@ use tokio::sync::Notify;
 pub struct Triggers {
     /// Wakes the loop; a burst of wake-ups before it runs is one wake-up.
     pub wake: Notify,
+    /// Fetch now, not at the next poll.
+    pub fetch: AtomicBool,
     /// Sync even if the revision did not move.
     pub force: AtomicBool,
+    /// A managed object drifted: sync the current revision again.
+    pub heal: AtomicBool,
     /// `tidegate sync` requests to answer with the next sync.
     pub requests: Mutex<BTreeSet<String>>,
     /// SIGTERM or SIGINT received.
@@ -38,12 +42,20 @@ pub struct Triggers {
 impl Triggers {
     /// A new commit may be there: fetch now.
     pub fn fetch_now(&self) {
+        self.fetch.store(true, Ordering::SeqCst);
         self.wake.notify_one();
     }
 
     /// Fetch and sync now, even if the revision did not move.
     pub fn sync_now(&self) {
         self.force.store(true, Ordering::SeqCst);
+        self.fetch_now();
+    }
+
+    /// Sync the revision last synced again, without fetching: the cluster
+    /// drifted from it.
+    pub fn heal_now(&self) {
+        self.heal.store(true, Ordering::SeqCst);
         self.wake.notify_one();
     }
 }

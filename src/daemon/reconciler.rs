@@ -16,6 +16,7 @@ use super::http::{self, Shared};
 use super::metrics::Metrics;
 use super::{Triggers, lease, requests, watch};
 use crate::cluster::Cluster;
+use crate::cluster::live::Live;
 use crate::cluster::state::Outcome;
 use crate::source::GitSource;
 use crate::sync::{self, OnProgress, Settings, SyncReport};
@@ -38,6 +39,8 @@ pub struct Config {
     pub once: bool,
     /// Sync only while holding the sync set's leader Lease.
     pub leader_elect: bool,
+    /// Revert drift as soon as a watch sees it.
+    pub self_heal: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -81,27 +84,34 @@ fn watch_signals(triggers: Arc<Triggers>) {
     });
 }
 
-/// Looks for `tidegate sync` requests on the state ConfigMap.
+/// Watches the state ConfigMap for `tidegate sync` requests.
 fn watch_requests(client: kube::Client, config: &Config, triggers: Arc<Triggers>) {
     let state = config.settings.state.clone();
     tokio::spawn(async move {
-        loop {
-            if let Ok(annotations) = requests::annotations(&client, &state).await {
-                let pending = requests::pending(&annotations);
-                if !pending.is_empty() {
-                    let mut known = triggers.requests.lock().expect("requests");
-                    let new: Vec<String> = pending
-                        .into_iter()
-                        .filter(|id| !known.contains(id))
-                        .collect();
-                    if !new.is_empty() {
-                        known.extend(new);
-                        drop(known);
-                        triggers.sync_now();
-                    }
-                }
+        use futures::StreamExt as _;
+        use kube::runtime::WatchStreamExt as _;
+        let api: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+            kube::Api::namespaced(client, &state.namespace);
+        let config = kube::runtime::watcher::Config::default()
+            .fields(&format!("metadata.name={}", state.name()));
+        let mut maps = kube::runtime::watcher(api, config)
+            .default_backoff()
+            .applied_objects()
+            .boxed();
+        while let Some(map) = maps.next().await {
+            let Ok(map) = map else { continue };
+            let annotations = map.metadata.annotations.unwrap_or_default();
+            let pending = requests::pending(&annotations);
+            let mut known = triggers.requests.lock().expect("requests");
+            let new: Vec<String> = pending
+                .into_iter()
+                .filter(|id| !known.contains(id))
+                .collect();
+            if !new.is_empty() {
+                known.extend(new);
+                drop(known);
+                triggers.sync_now();
             }
-            tokio::time::sleep(requests::POLL).await;
         }
     });
 }
@@ -129,6 +139,18 @@ pub async fn run(
     });
     let cluster = match &fence {
         Some(fence) => cluster.with_fence(fence.clone()),
+        None => cluster,
+    };
+    // A running daemon knows the live state from watches.
+    let live = (!config.once).then(|| {
+        let healer = triggers.clone();
+        let on_drift: Option<crate::cluster::live::OnDrift> = config
+            .self_heal
+            .then(|| Box::new(move |_: &crate::object::ObjectRef| healer.heal_now()) as _);
+        Live::new(client.clone(), on_drift)
+    });
+    let cluster = match &live {
+        Some(live) => cluster.with_live(live.clone()),
         None => cluster,
     };
     watch_signals(triggers.clone());
@@ -163,6 +185,9 @@ pub async fn run(
             tracing::info!(%addr, "HTTP API listening");
         }
         watch_requests(client.clone(), &config, triggers.clone());
+        if let Some(live) = &live {
+            follow_health(live.clone(), metrics.clone());
+        }
         shared = Some(state);
     }
     let _watcher =
@@ -184,6 +209,8 @@ pub async fn run(
     // next fetches and charts, unless --git-proxy or the environment say
     // otherwise.
     let mut repo_proxy: Option<crate::render::proxy::ProxySettings> = None;
+    let mut last_fetch: Option<Instant> = None;
+    let mut last_snapshot: Option<crate::source::Snapshot> = None;
     let mut failures = 0u32;
     let mut backoff = failure_backoff(config.poll_interval);
     // While backing off, triggers wait until this instant.
@@ -206,6 +233,13 @@ pub async fn run(
             shared.standby.store(false, Ordering::SeqCst);
         }
         let forced = triggers.force.swap(false, Ordering::SeqCst);
+        let fetch_asked = triggers.fetch.swap(false, Ordering::SeqCst);
+        let healing = triggers.heal.swap(false, Ordering::SeqCst);
+        let poll_due = last_fetch.is_none_or(|t: Instant| t.elapsed() >= config.poll_interval);
+        // Drift alone is answered from the revision last synced, unfetched.
+        let unfetched = last_snapshot
+            .clone()
+            .filter(|_| healing && !forced && !fetch_asked && !poll_due && !config.once);
         let taken: Vec<String> = triggers
             .requests
             .lock()
@@ -213,20 +247,28 @@ pub async fn run(
             .iter()
             .cloned()
             .collect();
-        let snapshot = match config.access.access(&client, &namespace, &source.url).await {
-            Ok(access) => {
-                if let (Some(key), Some(shared)) = (&access.deploy_key, &shared) {
-                    *shared.identity.lock().expect("identity") = Some(key.public.clone());
-                }
-                source.access = access;
-                source.access.repo_proxy = repo_proxy.clone();
-                metrics.fetched();
-                sync::fetch(&source).await
+        let snapshot = match unfetched {
+            Some(snapshot) => Ok(snapshot),
+            None => {
+                last_fetch = Some(Instant::now());
+                fetch_source(
+                    &config,
+                    &client,
+                    &namespace,
+                    &mut source,
+                    &repo_proxy,
+                    &metrics,
+                    shared.as_ref(),
+                )
+                .await
             }
-            Err(e) => Err(crate::source::Error::Access(crate::error_chain(&e))),
         };
+        if let Ok(s) = &snapshot {
+            last_snapshot = Some(s.clone());
+        }
         let due = config.once
             || forced
+            || healing
             || match (&snapshot, &last) {
                 (Ok(s), Some((revision, at))) => {
                     *revision != s.revision || at.elapsed() >= config.sync_interval
@@ -348,6 +390,46 @@ pub async fn run(
     }
     tracing::info!("stopped");
     Ok(None)
+}
+
+/// Fills in the Git access (the deploy key, shown by `identity`), then fetches.
+async fn fetch_source(
+    config: &Config,
+    client: &kube::Client,
+    namespace: &str,
+    source: &mut GitSource,
+    repo_proxy: &Option<crate::render::proxy::ProxySettings>,
+    metrics: &Metrics,
+    shared: Option<&Arc<Shared>>,
+) -> Result<crate::source::Snapshot, crate::source::Error> {
+    match config.access.access(client, namespace, &source.url).await {
+        Ok(access) => {
+            if let (Some(key), Some(shared)) = (&access.deploy_key, shared) {
+                *shared.identity.lock().expect("identity") = Some(key.public.clone());
+            }
+            source.access = access;
+            source.access.repo_proxy = repo_proxy.clone();
+            metrics.fetched();
+            sync::fetch(source).await
+        }
+        Err(e) => Err(crate::source::Error::Access(crate::error_chain(&e))),
+    }
+}
+
+/// Keeps the health metrics as the watches see the objects.
+fn follow_health(live: Arc<Live>, metrics: Arc<Metrics>) {
+    tokio::spawn(async move {
+        let mut changes = live.subscribe();
+        loop {
+            let health = live.health();
+            metrics.health(&health, live.conflicts().len());
+            if changes.changed().await.is_err() {
+                return;
+            }
+            // Many events at once are one update.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
 }
 
 /// Twice a second while a sync answering `tidegate sync` requests runs: how

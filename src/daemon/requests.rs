@@ -8,7 +8,6 @@
 //!    removes the annotation. Several requests are answered by one sync.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
@@ -129,6 +128,3 @@ pub async fn clear(
         .collect();
     annotate(client, state, annotations).await
 }
-
-/// How often the daemon looks for requests.
-pub const POLL: Duration = Duration::from_millis(500);

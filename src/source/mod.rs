@@ -25,6 +25,32 @@ pub struct Snapshot {
     pub revision: String,
     /// Directory holding the checked-out tree of that commit.
     pub tree: PathBuf,
+    /// The bare repository the commit is in.
+    pub repo: PathBuf,
+}
+
+impl Snapshot {
+    /// The Git tree hash of each path of the commit (the whole tree for no
+    /// paths); `None` if the repository cannot be read or a path is not
+    /// in the commit as written.
+    pub fn tree_ids(&self, paths: &[PathBuf]) -> Option<Vec<String>> {
+        let repo = Repository::open_bare(&self.repo).ok()?;
+        let tree = repo
+            .find_commit(Oid::from_str(&self.revision).ok()?)
+            .ok()?
+            .tree()
+            .ok()?;
+        if paths.is_empty() {
+            return Some(vec![tree.id().to_string()]);
+        }
+        paths
+            .iter()
+            .map(|p| {
+                let entry = tree.get_path(p).ok()?;
+                Some(format!("{}:{}", p.display(), entry.id()))
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +161,7 @@ impl GitSource {
         Ok(Snapshot {
             revision,
             tree: tree_dir,
+            repo: self.cache_dir.join("repo.git"),
         })
     }
 

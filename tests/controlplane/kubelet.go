@@ -8,6 +8,7 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -174,6 +175,10 @@ func (k *fakeKubelet) sync(ctx context.Context, key string) error {
 	if pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
 		return nil
 	}
+	if pod.Status.Phase == corev1.PodPending && len(pod.Status.ContainerStatuses) > 0 {
+		// Already refused its image.
+		return nil
+	}
 	// A pod that completes (a Job's) may ask to run for a while first, so
 	// tests can act while a Job, such as a Helm hook, is still running.
 	completes := pod.Spec.RestartPolicy == corev1.RestartPolicyNever || pod.Spec.RestartPolicy == corev1.RestartPolicyOnFailure
@@ -208,6 +213,10 @@ func (k *fakeKubelet) sync(ctx context.Context, key string) error {
 // that many seconds before they succeed.
 const runSecondsAnnotation = "fake.tidegate.dev/run-seconds"
 
+// refusedRegistry: images from it never pull, so their pods never become
+// Ready (a rollout that cannot finish).
+const refusedRegistry = "refused.invalid/"
+
 // setStatus moves a pod to Running and Ready, or, when it completes (pods
 // that do not restart, as Jobs'), to Succeeded.
 func (k *fakeKubelet) setStatus(pod *corev1.Pod, completes bool) {
@@ -233,7 +242,18 @@ func (k *fakeKubelet) setStatus(pod *corev1.Pod, completes bool) {
 	}
 	pod.Status.ContainerStatuses = nil
 	started := true
+	refused := false
 	for _, c := range pod.Spec.Containers {
+		if strings.HasPrefix(c.Image, refusedRegistry) {
+			refused = true
+			pod.Status.ContainerStatuses = append(pod.Status.ContainerStatuses, corev1.ContainerStatus{
+				Name: c.Name, Image: c.Image,
+				State: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{
+					Reason: "ErrImagePull", Message: "the fake nodes refuse images from " + refusedRegistry,
+				}},
+			})
+			continue
+		}
 		if completes {
 			pod.Status.ContainerStatuses = append(pod.Status.ContainerStatuses, terminated(c.Name, c.Image))
 			continue
@@ -246,7 +266,10 @@ func (k *fakeKubelet) setStatus(pod *corev1.Pod, completes bool) {
 	}
 	ready := corev1.ConditionTrue
 	pod.Status.Phase = corev1.PodRunning
-	if completes {
+	if refused {
+		ready = corev1.ConditionFalse
+		pod.Status.Phase = corev1.PodPending
+	} else if completes {
 		ready = corev1.ConditionFalse
 		pod.Status.Phase = corev1.PodSucceeded
 	}

@@ -5,7 +5,7 @@
 //! the culprit, that nothing was pruned wrongly, and that the daemon lives
 //! on. Run it alone with `cargo xtask test -- faults`.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -19,20 +19,11 @@ use serde_json::json;
 
 use crate::servers::{GitHttps, free_port};
 use crate::support::{
-    GitRepo, client, cm_yaml, configmap, control_plane, dynamic_api, eventually, http, ns_yaml,
+    GitRepo, Relay, client, cm_yaml, configmap, dynamic_api, eventually, http, metric, ns_yaml,
     service_account_token, status_json, stderr, stdout, tidegate_command, unique, wait_http,
 };
 
 const GC: &str = "--sync-garbage-collection";
-
-fn metric(port: u16, name: &str) -> f64 {
-    http(port, "GET", "/metrics", &[], b"")
-        .1
-        .lines()
-        .find(|l| l.starts_with(&format!("{name} ")))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0)
-}
 
 /// A repository with Namespace `ns` and one ConfigMap per name (in
 /// `<name>.yaml`), synced once with garbage collection on.
@@ -216,65 +207,6 @@ async fn branch_deleted_prunes_nothing() {
     assert!(configmap(&ns, "a").await.is_none());
 }
 
-/// A TCP relay to the API server that can cut every connection and refuse
-/// new ones for a while: what a client sees when the API server restarts.
-struct Relay {
-    port: u16,
-    down: Arc<AtomicBool>,
-}
-
-impl Relay {
-    fn start(target: u16) -> Relay {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let down = Arc::new(AtomicBool::new(false));
-        let flag = down.clone();
-        std::thread::spawn(move || {
-            for client in listener.incoming().flatten() {
-                if flag.load(Ordering::SeqCst) {
-                    continue;
-                }
-                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
-                    continue;
-                };
-                for (mut from, mut to) in [
-                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
-                    (server, client),
-                ] {
-                    let flag = flag.clone();
-                    std::thread::spawn(move || {
-                        let _ = from.set_read_timeout(Some(Duration::from_millis(50)));
-                        let mut buf = [0u8; 16384];
-                        loop {
-                            if flag.load(Ordering::SeqCst) {
-                                let _ = from.shutdown(std::net::Shutdown::Both);
-                                let _ = to.shutdown(std::net::Shutdown::Both);
-                                return;
-                            }
-                            match from.read(&mut buf) {
-                                Ok(0) => return,
-                                Ok(n) => {
-                                    if to.write_all(&buf[..n]).is_err() {
-                                        return;
-                                    }
-                                }
-                                Err(e)
-                                    if matches!(
-                                        e.kind(),
-                                        std::io::ErrorKind::WouldBlock
-                                            | std::io::ErrorKind::TimedOut
-                                    ) => {}
-                                Err(_) => return,
-                            }
-                        }
-                    });
-                }
-            }
-        });
-        Relay { port, down }
-    }
-}
-
 /// A repository with a namespace and `count` ConfigMaps `cm-NNN`, one per file.
 fn many_configmaps(prefix: &str, count: usize) -> (String, GitRepo) {
     let ns = unique(prefix);
@@ -293,24 +225,9 @@ fn many_configmaps(prefix: &str, count: usize) -> (String, GitRepo) {
 #[tokio::test]
 async fn api_server_connection_lost_mid_sync() {
     let (ns, repo) = many_configmaps("fault-api", 150);
-    // A kubeconfig that reaches the API server through the relay.
-    let kubeconfig = std::fs::read_to_string(&control_plane().kubeconfig).unwrap();
-    let server_port: u16 = kubeconfig
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("server: https://127.0.0.1:"))
-        .and_then(|p| p.trim().parse().ok())
-        .expect("the kubeconfig names the API server on 127.0.0.1");
-    let relay = Relay::start(server_port);
+    let relay = Relay::start();
     let dir = tempfile::tempdir().unwrap();
-    let relayed = dir.path().join("kubeconfig");
-    std::fs::write(
-        &relayed,
-        kubeconfig.replace(
-            &format!("127.0.0.1:{server_port}"),
-            &format!("127.0.0.1:{}", relay.port),
-        ),
-    )
-    .unwrap();
+    let relayed = relay.kubeconfig(dir.path());
     let args = repo.once_args(&[GC]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let log = dir.path().join("stderr.log");

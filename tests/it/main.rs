@@ -19,3 +19,4 @@ mod servers;
 mod support;
 mod sync_once;
 mod triggers;
+mod watch;

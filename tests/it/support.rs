@@ -2,11 +2,11 @@
 //! to with `git`, and a helper that runs the built `tidegate` binary.
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
@@ -318,7 +318,7 @@ impl GitRepo {
 }
 
 /// A running daemon, killed when dropped.
-pub struct Daemon(Child);
+pub struct Daemon(pub Child);
 
 impl Daemon {
     pub fn pid(&self) -> u32 {
@@ -552,4 +552,99 @@ pub fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
         }
     }
+}
+
+/// A TCP relay to the API server that can cut every connection and refuse
+/// new ones for a while: what a client sees when the API server restarts.
+pub struct Relay {
+    pub port: u16,
+    pub down: Arc<AtomicBool>,
+}
+
+impl Relay {
+    /// A relay to the test control plane's API server.
+    pub fn start() -> Relay {
+        let target = api_server_port();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let down = Arc::new(AtomicBool::new(false));
+        let flag = down.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if flag.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    let flag = flag.clone();
+                    std::thread::spawn(move || {
+                        let _ = from.set_read_timeout(Some(Duration::from_millis(50)));
+                        let mut buf = [0u8; 16384];
+                        loop {
+                            if flag.load(Ordering::SeqCst) {
+                                let _ = from.shutdown(std::net::Shutdown::Both);
+                                let _ = to.shutdown(std::net::Shutdown::Both);
+                                return;
+                            }
+                            match from.read(&mut buf) {
+                                Ok(0) => return,
+                                Ok(n) => {
+                                    if to.write_all(&buf[..n]).is_err() {
+                                        return;
+                                    }
+                                }
+                                Err(e)
+                                    if matches!(
+                                        e.kind(),
+                                        std::io::ErrorKind::WouldBlock
+                                            | std::io::ErrorKind::TimedOut
+                                    ) => {}
+                                Err(_) => return,
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        Relay { port, down }
+    }
+
+    /// A kubeconfig in `dir` that reaches the API server through the relay.
+    pub fn kubeconfig(&self, dir: &Path) -> PathBuf {
+        let kubeconfig = std::fs::read_to_string(&control_plane().kubeconfig).unwrap();
+        let path = dir.join("kubeconfig");
+        std::fs::write(
+            &path,
+            kubeconfig.replace(
+                &format!("127.0.0.1:{}", api_server_port()),
+                &format!("127.0.0.1:{}", self.port),
+            ),
+        )
+        .unwrap();
+        path
+    }
+}
+
+fn api_server_port() -> u16 {
+    let kubeconfig = std::fs::read_to_string(&control_plane().kubeconfig).unwrap();
+    kubeconfig
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: https://127.0.0.1:"))
+        .and_then(|p| p.trim().parse().ok())
+        .expect("the kubeconfig names the API server on 127.0.0.1")
+}
+
+/// A value from the daemon's `/metrics` (0 when absent).
+pub fn metric(port: u16, name: &str) -> f64 {
+    http(port, "GET", "/metrics", &[], b"")
+        .1
+        .lines()
+        .find(|l| l.starts_with(&format!("{name} ")))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
 }

@@ -238,8 +238,9 @@ async fn webhooks_trigger_only_authentic_pushes_to_the_branch() {
     assert_eq!(http(port, "POST", "/hooks/gitlab", &gitlab, push).0, 202);
     wait_value(&ns, "3", Duration::from_secs(30)).await;
 
-    // A burst of pushes at once: the first fetches at once, the rest arrive
-    // while it runs and make one follow-up.
+    // A burst of pushes at once: the first fetches at once, those arriving
+    // while a fetch runs make one follow-up (and the stragglers of the burst,
+    // arriving during that follow-up, at most one more).
     let fetches = |metrics: &str| -> u64 {
         metrics
             .lines()
@@ -260,7 +261,7 @@ async fn webhooks_trigger_only_authentic_pushes_to_the_branch() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = fetches(&http(port, "GET", "/metrics", &[], b"").1);
     assert!(
-        (1..=2).contains(&(after - before)),
+        (1..=3).contains(&(after - before)),
         "20 webhooks made {} fetches",
         after - before
     );

@@ -1,0 +1,539 @@
+//! The live state of the objects tidegate manages, kept from watches: one
+//! watch per resource (kube's runtime watcher: it lists once, then follows,
+//! and resumes with a fresh list after a 410 Gone or a broken connection).
+//!
+//! For each object it holds what a sync compares, not the object: whether
+//! the fields Git sets hold live, whether it is marked ignore, its health,
+//! and who changed it last. A change that makes a managed object differ
+//! from Git (an edit, a delete, a scale by hand) is drift: it calls the
+//! drift callback at once, so the daemon reverts it (self-heal), unless the
+//! object is being fought over.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use kube::api::{ApiResource, DynamicObject};
+use kube::runtime::WatchStreamExt as _;
+use kube::runtime::watcher::{self, Event};
+use serde_json::Value;
+
+use super::{FIELD_MANAGER, Resolved};
+use crate::health::{self, Health, Status};
+use crate::object::ObjectRef;
+
+/// More reverts of one object than this within [`FIGHT_WINDOW`] is a fight
+/// with another controller: self-heal pauses for that object.
+pub const MAX_HEALS: usize = 3;
+pub const FIGHT_WINDOW: Duration = Duration::from_secs(60);
+
+type Key = (String, String, String);
+
+fn key(resource: &ApiResource) -> Key {
+    (
+        resource.group.clone(),
+        resource.version.clone(),
+        resource.plural.clone(),
+    )
+}
+
+/// What the cache holds of one live object.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub resource_version: String,
+    /// Whether every field Git sets holds live; `None` when Git changed
+    /// since the object was last seen.
+    pub in_sync: Option<bool>,
+    pub ignored: bool,
+    pub health: Health,
+    /// The field manager of the latest change tidegate did not make.
+    pub changed_by: Option<String>,
+    /// HelmReleases are kept whole: their status is tidegate's record.
+    pub whole: Option<Value>,
+}
+
+impl Entry {
+    /// What a sync needs of the live object: its resource version (or all
+    /// of it, for a HelmRelease).
+    pub fn as_live(&self) -> Value {
+        self.whole.clone().unwrap_or_else(
+            || serde_json::json!({"metadata": {"resourceVersion": self.resource_version}}),
+        )
+    }
+}
+
+struct Expected {
+    key: Key,
+    checksum: Option<String>,
+    object: Option<Arc<Value>>,
+}
+
+#[derive(Default)]
+struct Watched {
+    synced: bool,
+    objects: HashMap<ObjectRef, Entry>,
+    /// Filled while the watch (re)lists; replaces `objects` when done.
+    listing: Option<HashMap<ObjectRef, Entry>>,
+}
+
+/// A fight: an object reverted too often, and who keeps changing it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    pub object: ObjectRef,
+    pub manager: String,
+    pub reverts: usize,
+}
+
+#[derive(Default)]
+struct State {
+    resources: HashMap<Key, Watched>,
+    expected: HashMap<ObjectRef, Expected>,
+    heals: HashMap<ObjectRef, VecDeque<Instant>>,
+    conflicts: BTreeMap<ObjectRef, Conflict>,
+}
+
+/// Called with each object that drifted.
+pub type OnDrift = Box<dyn Fn(&ObjectRef) + Send + Sync>;
+
+pub struct Live {
+    client: kube::Client,
+    state: Mutex<State>,
+    on_drift: Option<OnDrift>,
+    /// Bumped on every change, for whoever waits for health.
+    changes: tokio::sync::watch::Sender<u64>,
+    tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        for task in self.tasks.lock().expect("tasks").drain(..) {
+            task.abort();
+        }
+    }
+}
+
+/// Whether resource version `a` is older than `b` (both etcd revisions;
+/// anything else is never called older).
+fn older(a: &str, b: &str) -> bool {
+    matches!((a.parse::<u64>(), b.parse::<u64>()), (Ok(a), Ok(b)) if a < b)
+}
+
+/// The manager of the newest managed-fields entry that is not tidegate's.
+fn other_manager(object: &Value) -> Option<String> {
+    object["metadata"]["managedFields"]
+        .as_array()?
+        .iter()
+        .filter(|f| f["manager"].as_str().is_some_and(|m| m != FIELD_MANAGER))
+        .filter(|f| f["subresource"].as_str().is_none_or(str::is_empty))
+        .max_by(|a, b| a["time"].as_str().cmp(&b["time"].as_str()))
+        .and_then(|f| f["manager"].as_str().map(str::to_string))
+}
+
+impl Live {
+    /// A cache whose drift (if `on_drift` is given) calls `on_drift`.
+    pub fn new(client: kube::Client, on_drift: Option<OnDrift>) -> Arc<Self> {
+        Arc::new(Live {
+            client,
+            state: Mutex::default(),
+            on_drift,
+            changes: tokio::sync::watch::channel(0).0,
+            tasks: Mutex::default(),
+        })
+    }
+
+    /// Changes of the cache, to wait on.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn id(resource: &ApiResource, object: &Value) -> ObjectRef {
+        let meta = &object["metadata"];
+        ObjectRef {
+            group: resource.group.clone(),
+            version: resource.version.clone(),
+            kind: resource.kind.clone(),
+            namespace: meta["namespace"].as_str().map(str::to_string),
+            name: meta["name"].as_str().unwrap_or_default().to_string(),
+        }
+    }
+
+    fn entry(
+        &self,
+        state: &State,
+        resource: &ApiResource,
+        id: &ObjectRef,
+        object: &Value,
+    ) -> Entry {
+        let expected = state.expected.get(id).and_then(|e| e.object.as_deref());
+        let whole = crate::helm::release::is_helm_release_kind(&resource.group, &resource.kind)
+            .then(|| {
+                let mut whole = object.clone();
+                if let Some(meta) = whole["metadata"].as_object_mut() {
+                    meta.remove("managedFields");
+                }
+                whole
+            });
+        Entry {
+            resource_version: object["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            in_sync: expected.map(|e| crate::plan::is_unchanged(id, e, object)),
+            ignored: crate::render::is_ignored(object),
+            health: health::of(&resource.group, &resource.kind, object),
+            changed_by: other_manager(object),
+            whole,
+        }
+    }
+
+    /// Starts watching a resource's managed objects, unless already watched.
+    pub fn watch(self: &Arc<Self>, resolved: &Resolved) {
+        let resource = resolved.resource.clone();
+        {
+            let mut state = self.state.lock().expect("live state");
+            if state.resources.contains_key(&key(&resource)) {
+                return;
+            }
+            state.resources.insert(key(&resource), Watched::default());
+        }
+        let api: kube::Api<DynamicObject> = kube::Api::all_with(self.client.clone(), &resource);
+        let selector = format!(
+            "{}={}",
+            crate::plan::MANAGED_BY_LABEL,
+            crate::plan::MANAGED_BY_VALUE
+        );
+        let config = watcher::Config::default().labels(&selector);
+        let live = Arc::downgrade(self);
+        let task = tokio::spawn(async move {
+            let mut events = watcher::watcher(api, config).default_backoff().boxed();
+            while let Some(event) = events.next().await {
+                let Some(live) = live.upgrade() else { return };
+                match event {
+                    Ok(event) => live.on_event(&resource, event),
+                    // The watcher resumes by itself, with backoff, from
+                    // where it was (or with a fresh list after 410 Gone).
+                    Err(e) => {
+                        tracing::debug!(resource = %resource.plural, "watch interrupted: {e}")
+                    }
+                }
+            }
+        });
+        self.tasks.lock().expect("tasks").push(task.abort_handle());
+    }
+
+    fn on_event(&self, resource: &ApiResource, event: Event<DynamicObject>) {
+        let mut drifted = Vec::new();
+        {
+            let mut guard = self.state.lock().expect("live state");
+            let state = &mut *guard;
+            let k = key(resource);
+            match event {
+                Event::Init => {
+                    if let Some(w) = state.resources.get_mut(&k) {
+                        w.listing = Some(HashMap::new());
+                    }
+                }
+                Event::InitApply(object) => {
+                    let value = serde_json::to_value(&object).expect("objects serialize");
+                    let id = Self::id(resource, &value);
+                    let entry = self.entry(state, resource, &id, &value);
+                    if let Some(listing) =
+                        state.resources.get_mut(&k).and_then(|w| w.listing.as_mut())
+                    {
+                        listing.insert(id, entry);
+                    }
+                }
+                Event::InitDone => {
+                    let Some(w) = state.resources.get_mut(&k) else {
+                        return;
+                    };
+                    let listed = w.listing.take().unwrap_or_default();
+                    // What changed while nobody watched is drift too.
+                    for (id, expected) in &state.expected {
+                        if expected.key != k || expected.object.is_none() {
+                            continue;
+                        }
+                        let was = w.objects.get(id);
+                        match listed.get(id) {
+                            None if w.synced && was.is_some() => drifted.push(id.clone()),
+                            Some(now)
+                                if now.in_sync == Some(false)
+                                    && !now.ignored
+                                    && was.is_none_or(|was| {
+                                        was.resource_version != now.resource_version
+                                    }) =>
+                            {
+                                drifted.push(id.clone())
+                            }
+                            _ => {}
+                        }
+                    }
+                    w.objects = listed;
+                    w.synced = true;
+                }
+                Event::Apply(object) => {
+                    let value = serde_json::to_value(&object).expect("objects serialize");
+                    let id = Self::id(resource, &value);
+                    let entry = self.entry(state, resource, &id, &value);
+                    let Some(w) = state.resources.get_mut(&k) else {
+                        return;
+                    };
+                    if w.objects
+                        .get(&id)
+                        .is_some_and(|was| older(&entry.resource_version, &was.resource_version))
+                    {
+                        return;
+                    }
+                    let expected = state.expected.get(&id).is_some_and(|e| e.object.is_some());
+                    // Drift is the change that makes it differ, not every
+                    // status update after it.
+                    let was_drifted = w
+                        .objects
+                        .get(&id)
+                        .is_some_and(|was| was.in_sync == Some(false));
+                    if expected && entry.in_sync == Some(false) && !entry.ignored && !was_drifted {
+                        drifted.push(id.clone());
+                    }
+                    w.objects.insert(id, entry);
+                }
+                Event::Delete(object) => {
+                    let value = serde_json::to_value(&object).expect("objects serialize");
+                    let id = Self::id(resource, &value);
+                    if let Some(w) = state.resources.get_mut(&k)
+                        && w.objects.remove(&id).is_some_and(|was| !was.ignored)
+                        && state.expected.get(&id).is_some_and(|e| e.object.is_some())
+                    {
+                        drifted.push(id);
+                    }
+                }
+            }
+            drifted.retain(|id| Self::may_heal(state, id));
+        }
+        self.changes.send_modify(|n| *n += 1);
+        if let Some(on_drift) = &self.on_drift {
+            for id in &drifted {
+                tracing::info!(object = %id, "changed in the cluster: reverting it to Git");
+                on_drift(id);
+            }
+        }
+    }
+
+    /// Counts a revert; false (and a conflict) once the object is fought over.
+    fn may_heal(state: &mut State, id: &ObjectRef) -> bool {
+        let now = Instant::now();
+        let heals = state.heals.entry(id.clone()).or_default();
+        while heals
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > FIGHT_WINDOW)
+        {
+            heals.pop_front();
+        }
+        if heals.len() >= MAX_HEALS {
+            let manager = state
+                .resources
+                .values()
+                .find_map(|w| w.objects.get(id))
+                .and_then(|e| e.changed_by.clone())
+                .unwrap_or_else(|| "an unknown field manager".into());
+            let fresh = !state.conflicts.contains_key(id);
+            state.conflicts.insert(
+                id.clone(),
+                Conflict {
+                    object: id.clone(),
+                    manager: manager.clone(),
+                    reverts: heals.len(),
+                },
+            );
+            if fresh {
+                tracing::warn!(
+                    object = %id,
+                    manager = %manager,
+                    "{} keeps changing it: reverted {} times within {}s; self-heal paused for it, the periodic sync still reverts it",
+                    manager,
+                    heals.len(),
+                    FIGHT_WINDOW.as_secs()
+                );
+            }
+            return false;
+        }
+        state.conflicts.remove(id);
+        heals.push_back(now);
+        true
+    }
+
+    /// The objects being fought over, and by whom.
+    pub fn conflicts(&self) -> Vec<Conflict> {
+        self.state
+            .lock()
+            .expect("live state")
+            .conflicts
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// The live entries of `ids` (of one resource), or `None` while the
+    /// resource is not watched or its watch has not listed yet.
+    pub fn lookup(&self, resolved: &Resolved, ids: &[&ObjectRef]) -> Option<Vec<Option<Entry>>> {
+        let state = self.state.lock().expect("live state");
+        let w = state
+            .resources
+            .get(&key(&resolved.resource))
+            .filter(|w| w.synced)?;
+        Some(ids.iter().map(|id| w.objects.get(*id).cloned()).collect())
+    }
+
+    /// Whether Git's `checksum` for `id` is the one the cache compares with.
+    pub fn expects(&self, id: &ObjectRef, checksum: &str) -> bool {
+        self.state
+            .lock()
+            .expect("live state")
+            .expected
+            .get(id)
+            .is_some_and(|e| e.checksum.as_deref() == Some(checksum))
+    }
+
+    /// Whether a sync applied `id` (it is Git's and was there).
+    pub fn is_expected(&self, id: &ObjectRef) -> bool {
+        self.state
+            .lock()
+            .expect("live state")
+            .expected
+            .get(id)
+            .is_some_and(|e| e.object.is_some())
+    }
+
+    /// Git's objects, as a sync is about to apply them: the cache compares
+    /// the live ones with these from now on.
+    pub fn expect<'a>(
+        &self,
+        desired: impl IntoIterator<Item = (&'a Resolved, &'a ObjectRef, &'a str, &'a Value)>,
+    ) {
+        let mut state = self.state.lock().expect("live state");
+        for (resolved, id, checksum, object) in desired {
+            let k = key(&resolved.resource);
+            let same = state
+                .expected
+                .get(id)
+                .is_some_and(|e| e.checksum.as_deref() == Some(checksum));
+            if !same {
+                if let Some(entry) = state
+                    .resources
+                    .get_mut(&k)
+                    .and_then(|w| w.objects.get_mut(id))
+                {
+                    entry.in_sync = None;
+                }
+                state.expected.insert(
+                    id.clone(),
+                    Expected {
+                        key: k,
+                        checksum: Some(checksum.to_string()),
+                        object: Some(Arc::new(object.clone())),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Follows the health of objects Git does not describe here (the CLI's
+    /// view of an inventory).
+    pub fn track(&self, resolved: &Resolved, id: &ObjectRef) {
+        self.state
+            .lock()
+            .expect("live state")
+            .expected
+            .entry(id.clone())
+            .or_insert(Expected {
+                key: key(&resolved.resource),
+                checksum: None,
+                object: None,
+            });
+    }
+
+    /// Stops expecting what is no longer managed.
+    pub fn keep_only(&self, managed: &crate::plan::Inventory) {
+        let mut state = self.state.lock().expect("live state");
+        state.expected.retain(|id, _| managed.contains(id));
+        state.heals.retain(|id, _| managed.contains(id));
+        state.conflicts.retain(|id, _| managed.contains(id));
+    }
+
+    /// What an apply returned: the object as it now is.
+    pub fn applied(&self, resolved: &Resolved, object: &Value) {
+        let mut guard = self.state.lock().expect("live state");
+        let state = &mut *guard;
+        let id = Self::id(&resolved.resource, object);
+        let entry = self.entry(state, &resolved.resource, &id, object);
+        if let Some(w) = state.resources.get_mut(&key(&resolved.resource))
+            && !w
+                .objects
+                .get(&id)
+                .is_some_and(|was| older(&entry.resource_version, &was.resource_version))
+        {
+            w.objects.insert(id, entry);
+        }
+    }
+
+    /// The health of every tracked object; `None` for one the cache has not
+    /// seen (not watched yet, or absent).
+    pub fn health(&self) -> Vec<(ObjectRef, Option<Health>)> {
+        let state = self.state.lock().expect("live state");
+        let mut all: Vec<(ObjectRef, Option<Health>)> = state
+            .expected
+            .iter()
+            .map(|(id, e)| {
+                let entry = state
+                    .resources
+                    .get(&e.key)
+                    .filter(|w| w.synced)
+                    .and_then(|w| w.objects.get(id));
+                (id.clone(), entry.map(|e| e.health.clone()))
+            })
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// Whether every watched resource has listed.
+    pub fn synced(&self) -> bool {
+        let state = self.state.lock().expect("live state");
+        state.resources.values().all(|w| w.synced)
+    }
+}
+
+/// Objects per health, for the sync as a whole.
+pub fn summary(health: &[(ObjectRef, Option<Health>)]) -> BTreeMap<Status, usize> {
+    let mut counts = BTreeMap::new();
+    for (_, h) in health {
+        let status = h.as_ref().map_or(Status::InProgress, |h| h.status);
+        *counts.entry(status).or_default() += 1;
+    }
+    counts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_other_manager_is_the_newest_that_is_not_tidegate() {
+        let object = json!({"metadata": {"managedFields": [
+            {"manager": "tidegate", "operation": "Apply", "time": "2026-01-01T00:00:03Z"},
+            {"manager": "kubectl-edit", "operation": "Update", "time": "2026-01-01T00:00:02Z"},
+            {"manager": "kube-controller-manager", "operation": "Update", "subresource": "status", "time": "2026-01-01T00:00:04Z"},
+            {"manager": "kubectl-scale", "operation": "Update", "time": "2026-01-01T00:00:01Z"},
+        ]}});
+        assert_eq!(other_manager(&object).as_deref(), Some("kubectl-edit"));
+        assert_eq!(other_manager(&json!({"metadata": {}})), None);
+    }
+
+    #[test]
+    fn resource_versions_compare_as_numbers() {
+        assert!(older("99", "100"));
+        assert!(!older("100", "100"));
+        assert!(!older("abc", "100"));
+    }
+}
