@@ -54,6 +54,7 @@ pub struct Metrics {
     unhealthy: Family<ObjectHealthLabel, Gauge>,
     healthy: Gauge,
     conflicts: Gauge,
+    last_duration: Gauge<f64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -111,7 +112,14 @@ impl Default for Metrics {
             "Objects another field manager keeps changing, for which self-heal is paused",
             conflicts.clone(),
         );
+        let last_duration = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "last_sync_duration_seconds",
+            "Duration of the last sync",
+            last_duration.clone(),
+        );
         Metrics {
+            last_duration,
             health,
             unhealthy,
             healthy,
@@ -134,6 +142,7 @@ impl Metrics {
 
     pub fn observe(&self, status: &SyncStatus, seconds: f64) {
         self.duration.observe(seconds);
+        self.last_duration.set(seconds);
         self.results
             .get_or_create(&ResultLabel {
                 result: status.result.as_str(),

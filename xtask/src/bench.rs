@@ -1,9 +1,12 @@
-//! `cargo xtask bench`: tidegate against `kubectl apply --server-side -R -f`
-//! on a generated repository, on a control plane of its own. Prints a table.
+//! `cargo xtask bench`: tidegate beside the strongest peers on the same
+//! generated repositories, on one control plane of its own, in one run: a
+//! minimal server-side-apply client (the ceiling), Flux v2's apply engine,
+//! `kubectl apply --server-side -R -f`, and tidegate once and as a running
+//! daemon. Prints a table, then one `BENCH <figure> <number>` line per figure.
 //!
-//! Writes are counted by the API server itself (`apiserver_request_total`,
-//! mutating verbs, no dry-run, on the benchmark's resources), so both tools
-//! are measured the same way; peak RSS comes from `wait4`.
+//! Requests are counted by the API server itself (`apiserver_request_total`,
+//! no dry-run, on the benchmark's resources), so every tool is measured the
+//! same way; peak RSS comes from `wait4`, or `VmHWM` for the daemon.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -54,10 +57,231 @@ struct Bench {
     helm: PathBuf,
     kubeconfig: PathBuf,
     tidegate: PathBuf,
+    /// `bench/peers`: the ceiling, Flux's engine, and the probes.
+    peers: PathBuf,
     dir: PathBuf,
 }
 
+/// Builds `bench/peers` (Go 1.27, for Flux's engine) once per source.
+fn peers_binary() -> Result<PathBuf> {
+    use std::hash::{Hash, Hasher};
+    let src = crate::root().join("bench/peers");
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for file in ["go.mod", "go.sum", "main.go"] {
+        std::fs::read(src.join(file))
+            .map_err(|e| format!("{}: {e}", src.join(file).display()))?
+            .hash(&mut hasher);
+    }
+    let bin = target_dir().join(format!("bench-peers-{:016x}", hasher.finish()));
+    if !bin.exists() {
+        eprintln!(
+            "bench: building bench/peers (Flux's fluxcd/pkg/ssa needs Go 1.27: GOTOOLCHAIN=go1.27.3)"
+        );
+        run(Command::new("go")
+            .args(["build", "-o"])
+            .arg(&bin)
+            .arg(".")
+            .current_dir(&src)
+            .env("GOTOOLCHAIN", "go1.27.3"))?;
+    }
+    Ok(bin)
+}
+
+/// A daemon the bench runs, stopped when dropped.
+struct RunningDaemon<'a> {
+    bench: &'a Bench,
+    child: std::process::Child,
+    port: u16,
+    sync_set: String,
+}
+
+impl RunningDaemon<'_> {
+    fn metrics(&self) -> Result<String> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port))
+            .map_err(|e| format!("the daemon's metrics: {e}"))?;
+        stream
+            .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .map_err(|e| e.to_string())?;
+        let mut text = String::new();
+        stream
+            .read_to_string(&mut text)
+            .map_err(|e| e.to_string())?;
+        Ok(text)
+    }
+
+    fn metric(&self, name: &str) -> Result<f64> {
+        Ok(self
+            .metrics()?
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0))
+    }
+
+    fn syncs(&self) -> Result<u64> {
+        Ok(self.metric("tidegate_syncs_total{result=\"succeeded\"}")? as u64)
+    }
+
+    /// Waits for `n` successful syncs; the last one's duration, by the daemon.
+    fn until_syncs(&self, n: u64) -> Result<Duration> {
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            if let Some(status) = self.child_status() {
+                return Err(format!("the daemon exited ({status})"));
+            }
+            if self.syncs().unwrap_or(0) >= n {
+                return Ok(Duration::from_secs_f64(
+                    self.metric("tidegate_last_sync_duration_seconds")?,
+                ));
+            }
+            if Instant::now() > deadline {
+                return Err(format!("the daemon made no {n} syncs in 10 minutes"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn child_status(&self) -> Option<String> {
+        let path = format!("/proc/{}/stat", self.child.id());
+        let stat = std::fs::read_to_string(path).ok()?;
+        stat.contains(") Z ").then(|| "a zombie".to_string())
+    }
+
+    /// `tidegate sync`: a resync of the same revision; its duration.
+    fn resync(&self) -> Result<Duration> {
+        let before = self.syncs()?;
+        let out = Command::new(&self.bench.tidegate)
+            .args(["sync", "--sync-set-name", &self.sync_set])
+            .env("KUBECONFIG", &self.bench.kubeconfig)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!(
+                "tidegate sync failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        self.until_syncs(before + 1)
+    }
+
+    fn peak_rss_kib(&self) -> Result<i64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .map_err(|e| e.to_string())?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .ok_or_else(|| "no VmHWM for the daemon".to_string())
+    }
+}
+
+impl Drop for RunningDaemon<'_> {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Bench {
+    fn peers(&self, engine: &str, tree: &Path, concurrency: usize, qps: f64) -> Command {
+        let mut cmd = Command::new(&self.peers);
+        cmd.args(["-engine", engine, "-dir"])
+            .arg(tree)
+            .args([
+                "-concurrency",
+                &concurrency.to_string(),
+                "-qps",
+                &qps.to_string(),
+            ])
+            .env("KUBECONFIG", &self.kubeconfig);
+        cmd
+    }
+
+    /// Runs a probe of `bench/peers`: its latencies, in milliseconds.
+    fn probe(&self, args: &[&str]) -> Result<Vec<f64>> {
+        let out = Command::new(&self.peers)
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .stderr(Stdio::inherit())
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!("the probe {args:?} failed"));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.trim().parse::<f64>().ok())
+            .map(|micros| micros / 1000.0)
+            .collect())
+    }
+
+    /// 100 pushes changing one ConfigMap, each announced by a webhook if
+    /// given (port, secret); the latencies from push to applied.
+    fn pushes(&self, repo: &Path, prefix: &str, webhook: Option<(u16, &str)>) -> Result<Vec<f64>> {
+        let work = repo.join("work");
+        let file = format!("{prefix}-0/obj-60.yaml");
+        let ns = format!("{prefix}-0");
+        let work_text = work.display().to_string();
+        let mut args = vec![
+            "-engine",
+            "push",
+            "-work",
+            &work_text,
+            "-file",
+            &file,
+            "-namespace",
+            &ns,
+            "-names",
+            "obj-60",
+            "-rounds",
+            "100",
+        ];
+        let url;
+        if let Some((port, secret)) = webhook {
+            url = format!("http://127.0.0.1:{port}/hooks/generic");
+            args.extend(["-webhook", url.as_str(), "-secret", secret]);
+        }
+        self.probe(&args)
+    }
+
+    /// Starts `tidegate daemon` on a repository (polling and periodic syncs
+    /// an hour apart, so every sync measured is one the bench caused).
+    fn daemon(&self, repo: &Path, sync_set: &str, extra: &[&str]) -> Result<RunningDaemon<'_>> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| e.to_string())?
+            .port();
+        let url = format!("file://{}", repo.join("repo.git").display());
+        let child = Command::new(&self.tidegate)
+            .args(["daemon", "--git-branch", "main", "--git-url", &url])
+            .arg("--git-cache-dir")
+            .arg(repo.join("daemon-cache"))
+            .args(["--sync-set-name", sync_set])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--git-poll-interval", "1h", "--sync-interval", "1h"])
+            .args(extra)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start the daemon: {e}"))?;
+        let daemon = RunningDaemon {
+            bench: self,
+            child,
+            port,
+            sync_set: sync_set.to_string(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while daemon.metrics().is_err() {
+            if Instant::now() > deadline {
+                return Err("the daemon's HTTP API did not come up in 30 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(daemon)
+    }
+
     fn kubectl(&self) -> Command {
         let mut cmd = Command::new(&self.controlplane);
         cmd.arg("kubectl").env("KUBECONFIG", &self.kubeconfig);
@@ -67,6 +291,12 @@ impl Bench {
     /// Mutating requests the API server has served for the benchmark's
     /// resources so far.
     fn server_writes(&self) -> Result<u64> {
+        self.server_requests(&["APPLY", "PATCH", "POST", "PUT", "DELETE"])
+    }
+
+    /// Requests of these verbs the API server has served for the
+    /// benchmark's resources so far (not dry-run, no subresource).
+    fn server_requests(&self, verbs: &[&str]) -> Result<u64> {
         let out = self
             .kubectl()
             .args(["get", "--raw", "/metrics"])
@@ -84,12 +314,15 @@ impl Bench {
                     .and_then(|r| r.split('"').next())
                     .unwrap_or("")
             };
-            let mutating = matches!(label("verb"), "APPLY" | "PATCH" | "POST" | "PUT" | "DELETE");
             let ours = matches!(
                 label("resource"),
                 "configmaps" | "deployments" | "services" | "namespaces"
             );
-            if mutating && ours && label("dry_run").is_empty() && label("subresource").is_empty() {
+            if verbs.contains(&label("verb"))
+                && ours
+                && label("dry_run").is_empty()
+                && label("subresource").is_empty()
+            {
                 total += line
                     .rsplit(' ')
                     .next()
@@ -218,16 +451,16 @@ fn mib(kib: i64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
 
+const USAGE: &str = "usage: cargo xtask bench [--quick]";
+
 pub fn bench(args: &[&str]) -> Result<()> {
-    let objects: usize = args
-        .first()
-        .map_or(Ok(1000), |a| a.parse())
-        .map_err(|_| "usage: cargo xtask bench [N] [LARGE_N]")?;
-    let large: usize = args
-        .get(1)
-        .map_or(Ok(10_000), |a| a.parse())
-        .map_err(|_| "usage: cargo xtask bench [N] [LARGE_N]")?;
+    let quick = match args {
+        [] => false,
+        ["--quick"] => true,
+        _ => return Err(USAGE.into()),
+    };
     let tools = tools_dir()?;
+    let peers = peers_binary()?;
     run(crate::cargo().args(["build", "--quiet", "--release", "--bin", "tidegate"]))?;
     let dir = target_dir().join("bench");
     let cluster_dir = dir.join("cluster");
@@ -238,39 +471,206 @@ pub fn bench(args: &[&str]) -> Result<()> {
         helm: tools.join("helm"),
         kubeconfig,
         tidegate: target_dir().join("release/tidegate"),
+        peers,
         dir: dir.clone(),
     };
-    let result = run_all(&bench, objects, large);
+    let result = run_all(&bench, quick);
     let _ = controlplane.kill();
     let _ = controlplane.wait();
-    let table = result?;
-    println!("{table}");
+    println!("{}", result?);
     Ok(())
 }
 
-fn run_all(b: &Bench, objects: usize, large: usize) -> Result<String> {
+/// One figure of the table.
+struct Figure {
+    name: &'static str,
+    what: String,
+    value: String,
+    baseline: String,
+    /// The number the `BENCH` line carries.
+    number: f64,
+    target: String,
+    met: bool,
+}
+
+fn ratio_figure(
+    name: &'static str,
+    what: &str,
+    tg: Duration,
+    peer: Duration,
+    peer_name: &str,
+    limit: f64,
+) -> Figure {
+    let ratio = tg.as_secs_f64() / peer.as_secs_f64();
+    Figure {
+        name,
+        what: what.into(),
+        value: secs(tg),
+        baseline: format!("{} ({peer_name})", secs(peer)),
+        number: ratio,
+        target: format!("≤ {limit}x"),
+        met: ratio <= limit,
+    }
+}
+
+fn limit_figure(name: &'static str, what: &str, value: f64, unit: &str, limit: f64) -> Figure {
+    Figure {
+        name,
+        what: what.into(),
+        value: format!("{value:.1} {unit}").trim().to_string(),
+        baseline: String::new(),
+        number: value,
+        target: format!("≤ {limit} {unit}").trim().to_string(),
+        met: value <= limit,
+    }
+}
+
+fn run_all(b: &Bench, quick: bool) -> Result<String> {
+    let mut figures = Vec::new();
     let mut out = String::new();
-    let tg_tree = b.dir.join("tidegate-tree");
-    let kc_tree = b.dir.join("kubectl-tree");
-    generate(&tg_tree, "tg", objects)?;
-    generate(&kc_tree, "kc", objects)?;
-    let tg_repo = b.dir.join("tidegate-repo");
-    repository(&tg_repo, &tg_tree)?;
+    size(b, 1000, &mut figures, &mut out)?;
+    if !quick {
+        size(b, 10_000, &mut figures, &mut out)?;
+        out.push_str(&helm_releases(b, 1000)?);
+    }
+    let _ = writeln!(
+        out,
+        "\n| figure | tidegate | baseline | ratio | target | met |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|");
+    for f in &figures {
+        let ratio = if f.baseline.is_empty() {
+            String::new()
+        } else {
+            format!("{:.3}x", f.number)
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {ratio} | {} | {} |",
+            f.what,
+            f.value,
+            f.baseline,
+            f.target,
+            if f.met { "yes" } else { "no" }
+        );
+    }
+    out.push('\n');
+    for f in &figures {
+        let _ = writeln!(out, "BENCH {} {:.3}", f.name, f.number);
+    }
+    Ok(out)
+}
+
+/// Every peer and tidegate on `objects` generated objects (each in
+/// namespaces of its own), on the same control plane, in one run.
+fn size(b: &Bench, objects: usize, figures: &mut Vec<Figure>, out: &mut String) -> Result<()> {
+    let small = objects <= 1000;
+    let k = objects / 1000;
+    let tree = |tool: &str| -> Result<PathBuf> {
+        let tree = b.dir.join(format!("{tool}{k}k-tree"));
+        generate(&tree, &format!("{tool}{k}k"), objects)?;
+        Ok(tree)
+    };
     let total = objects + NAMESPACES;
     eprintln!("bench: {total} objects ({objects} + {NAMESPACES} namespaces)");
 
-    eprintln!("bench: cold sync");
-    let tg_cold = b.tidegate_sync(&tg_repo, "bench")?;
-    let kc_cold = b.kubectl_apply(&kc_tree)?;
-    eprintln!("bench: no-op resync");
-    let tg_noop = b.tidegate_sync(&tg_repo, "bench")?;
-    let kc_noop = b.kubectl_apply(&kc_tree)?;
-    eprintln!("bench: one object changed");
-    change_one(&tg_repo.join("work"), "tg")?;
+    eprintln!("bench: the ceiling: a minimal server-side-apply client, 16 at once");
+    let ceiling = b.run(&mut b.peers("ceiling", &tree("ce")?, 16, -1.0))?;
+    eprintln!("bench: Flux's engine, 16 at once, unthrottled");
+    let fx_tree = tree("fx")?;
+    let flux = b.run(&mut b.peers("flux", &fx_tree, 16, -1.0))?;
+    let flux_noop = b.run(&mut b.peers("flux", &fx_tree, 16, -1.0))?;
+    // At 50 requests/s, 10,000 objects take Flux's defaults over 6 minutes.
+    let flux_defaults = if small {
+        eprintln!("bench: Flux's engine at its defaults (4 at once, 50 requests/s)");
+        let fd_tree = tree("fd")?;
+        let cold = b.run(&mut b.peers("flux", &fd_tree, 4, 50.0))?;
+        Some((cold, b.run(&mut b.peers("flux", &fd_tree, 4, 50.0))?))
+    } else {
+        None
+    };
+    eprintln!("bench: kubectl apply --server-side");
+    let kc_tree = tree("kc")?;
+    let kubectl = b.kubectl_apply(&kc_tree)?;
+    let kubectl_noop = b.kubectl_apply(&kc_tree)?;
+
+    eprintln!("bench: tidegate daemon --once");
+    let tg_repo = b.dir.join(format!("tg{k}k-repo"));
+    repository(&tg_repo, &tree("tg")?)?;
+    let set = format!("bench-once-{k}k");
+    let tg_cold = b.tidegate_sync(&tg_repo, &set)?;
+    let tg_noop = b.tidegate_sync(&tg_repo, &set)?;
+    change_one(&tg_repo.join("work"), &format!("tg{k}k"))?;
     commit(&tg_repo.join("work"), "change one")?;
-    change_one(&kc_tree, "kc")?;
-    let tg_one = b.tidegate_sync(&tg_repo, "bench")?;
-    let kc_one = b.kubectl_apply(&kc_tree)?;
+    let tg_one = b.tidegate_sync(&tg_repo, &set)?;
+
+    eprintln!("bench: tidegate as a running daemon");
+    let td = format!("td{k}k");
+    let td_repo = b.dir.join(format!("{td}-repo"));
+    repository(&td_repo, &tree("td")?)?;
+    let daemon = b.daemon(&td_repo, &format!("bench-daemon-{k}k"), &[])?;
+    let daemon_cold = daemon.until_syncs(1)?;
+    let lists_before = b.server_requests(&["LIST"])?;
+    let mut noops = Vec::new();
+    for _ in 0..5 {
+        noops.push(daemon.resync()?);
+    }
+    let lists = b.server_requests(&["LIST"])? - lists_before;
+    let daemon_noop = median(noops);
+    change_one(&td_repo.join("work"), &td)?;
+    let writes_before = b.server_writes()?;
+    let syncs = daemon.syncs()?;
+    commit(&td_repo.join("work"), "change one")?;
+    daemon.until_syncs(syncs + 1)?;
+    // The state record is one write of its own.
+    let one_change = (b.server_writes()? - writes_before).saturating_sub(1);
+    let mut heal = Vec::new();
+    let mut by_watch = Vec::new();
+    let mut by_webhook = Vec::new();
+    if small {
+        eprintln!("bench: self-heal: 20 ConfigMaps edited by hand");
+        let names: Vec<String> = (0..20).map(|i| format!("obj-{}", i * 30)).collect();
+        heal = b.probe(&[
+            "-engine",
+            "selfheal",
+            "-namespace",
+            &format!("{td}-0"),
+            "-names",
+            &names.join(","),
+        ])?;
+        eprintln!("bench: 100 pushes, seen by the local watch");
+        by_watch = b.pushes(&td_repo, &td, None)?;
+    }
+    let mut rss = daemon.peak_rss_kib()?;
+    drop(daemon);
+    if small {
+        eprintln!("bench: 100 pushes, each announced by a webhook");
+        let secret = "bench-webhook-secret";
+        let _ = b
+            .kubectl()
+            .args(["delete", "secret", "bench-webhook", "--ignore-not-found"])
+            .output();
+        run(b.kubectl().args([
+            "create",
+            "secret",
+            "generic",
+            "bench-webhook",
+            &format!("--from-literal=webhook-secret={secret}"),
+        ]))?;
+        let daemon = b.daemon(
+            &td_repo,
+            &format!("bench-daemon-{k}k"),
+            &[
+                "--git-watch",
+                "false",
+                "--webhook-secret-name",
+                "bench-webhook",
+            ],
+        )?;
+        daemon.until_syncs(1)?;
+        by_webhook = b.pushes(&td_repo, &td, Some((daemon.port, secret)))?;
+        rss = rss.max(daemon.peak_rss_kib()?);
+    }
 
     let _ = writeln!(
         out,
@@ -278,56 +678,210 @@ fn run_all(b: &Bench, objects: usize, large: usize) -> Result<String> {
     );
     let _ = writeln!(
         out,
-        "| scenario | tidegate | kubectl apply --server-side | ratio | tidegate writes | kubectl writes | tidegate peak RSS |"
+        "| run | cold | no-op | one change | writes (cold / no-op / one change) | peak RSS |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|");
-    for (name, tg, kc) in [
-        ("cold sync", &tg_cold, &kc_cold),
-        ("no-op resync", &tg_noop, &kc_noop),
-        ("one object changed", &tg_one, &kc_one),
-    ] {
+    let _ = writeln!(out, "|---|---|---|---|---|---|");
+    let row = |out: &mut String,
+               name: &str,
+               cold: &Measured,
+               noop: Option<&Measured>,
+               one: Option<&Measured>| {
         let _ = writeln!(
             out,
-            "| {name} | {} | {} | {:.3}x | {} | {} | {} |",
-            secs(tg.wall),
-            secs(kc.wall),
-            tg.wall.as_secs_f64() / kc.wall.as_secs_f64(),
-            tg.writes,
-            kc.writes,
-            mib(tg.max_rss_kib)
-        );
-    }
-
-    out.push_str(&helm_releases(b, objects)?);
-
-    if large > 0 {
-        let big_tree = b.dir.join("large-tree");
-        generate(&big_tree, "big", large)?;
-        let big_repo = b.dir.join("large-repo");
-        repository(&big_repo, &big_tree)?;
-        eprintln!("bench: {large} objects, cold sync");
-        let cold = b.tidegate_sync(&big_repo, "bench-large")?;
-        eprintln!("bench: {large} objects, no-op resync");
-        let noop = b.tidegate_sync(&big_repo, "bench-large")?;
-        let _ = writeln!(out, "\n{} objects\n", large + NAMESPACES);
-        let _ = writeln!(out, "| scenario | tidegate | writes | peak RSS |");
-        let _ = writeln!(out, "|---|---|---|---|");
-        let _ = writeln!(
-            out,
-            "| cold sync | {} | {} | {} |",
+            "| {name} | {} | {} | {} | {} / {} / {} | {} |",
             secs(cold.wall),
+            noop.map_or("".into(), |m| secs(m.wall)),
+            one.map_or("".into(), |m| secs(m.wall)),
             cold.writes,
-            mib(cold.max_rss_kib)
+            noop.map_or("".into(), |m| m.writes.to_string()),
+            one.map_or("".into(), |m| m.writes.to_string()),
+            mib(cold.max_rss_kib.max(noop.map_or(0, |m| m.max_rss_kib)))
         );
-        let _ = writeln!(
+    };
+    row(
+        out,
+        "ceiling (minimal SSA client, 16 at once)",
+        &ceiling,
+        None,
+        None,
+    );
+    row(
+        out,
+        "Flux ssa engine, 16 at once, unthrottled",
+        &flux,
+        Some(&flux_noop),
+        None,
+    );
+    if let Some((cold, noop)) = &flux_defaults {
+        row(
             out,
-            "| no-op resync | {} | {} | {} |",
-            secs(noop.wall),
-            noop.writes,
-            mib(noop.max_rss_kib)
+            "Flux ssa engine, defaults (4 at once, 50/s)",
+            cold,
+            Some(noop),
+            None,
         );
     }
-    Ok(out)
+    row(
+        out,
+        "kubectl apply --server-side -R -f",
+        &kubectl,
+        Some(&kubectl_noop),
+        None,
+    );
+    row(
+        out,
+        "tidegate daemon --once",
+        &tg_cold,
+        Some(&tg_noop),
+        Some(&tg_one),
+    );
+    let _ = writeln!(
+        out,
+        "| tidegate daemon (its sync metric) | {} | {} (median of 5; {lists} list requests) | ({one_change} object writes) | | {} |",
+        secs(daemon_cold),
+        ms(daemon_noop),
+        mib(rss)
+    );
+    if small {
+        let _ = writeln!(
+            out,
+            "\nSelf-heal ({} edits): p50 {:.0} ms. Push → applied over {} pushes: by the local watch p50 {:.0} ms, p99 {:.0} ms; by webhook p50 {:.0} ms, p99 {:.0} ms.",
+            heal.len(),
+            percentile(&heal, 50),
+            by_watch.len(),
+            percentile(&by_watch, 50),
+            percentile(&by_watch, 99),
+            percentile(&by_webhook, 50),
+            percentile(&by_webhook, 99),
+        );
+    }
+
+    if small {
+        figures.push(ratio_figure(
+            "cold_vs_ceiling",
+            "cold, 1,000 objects, vs the ceiling",
+            tg_cold.wall,
+            ceiling.wall,
+            "ceiling",
+            1.1,
+        ));
+        figures.push(ratio_figure(
+            "cold_vs_flux",
+            "cold vs Flux's engine, 16 at once, unthrottled",
+            tg_cold.wall,
+            flux.wall,
+            "Flux",
+            1.0,
+        ));
+        if let Some((cold, _)) = &flux_defaults {
+            figures.push(ratio_figure(
+                "cold_vs_flux_defaults",
+                "cold vs Flux's engine at its defaults",
+                tg_cold.wall,
+                cold.wall,
+                "Flux defaults",
+                1.0,
+            ));
+        }
+        figures.push(ratio_figure(
+            "cold_vs_kubectl",
+            "cold vs kubectl",
+            tg_cold.wall,
+            kubectl.wall,
+            "kubectl",
+            1.0,
+        ));
+        figures.push(limit_figure(
+            "daemon_noop_ms_1000",
+            "running daemon, no-op resync, 1,000 objects",
+            daemon_noop.as_secs_f64() * 1000.0,
+            "ms",
+            50.0,
+        ));
+        figures.push(limit_figure(
+            "daemon_noop_lists",
+            "list requests in 5 no-op resyncs",
+            lists as f64,
+            "",
+            0.0,
+        ));
+        figures.push(limit_figure(
+            "one_change_writes",
+            "object writes for one change",
+            one_change as f64,
+            "",
+            1.0,
+        ));
+        let mut all = by_watch.clone();
+        all.extend(&by_webhook);
+        figures.push(limit_figure(
+            "selfheal_p50_ms",
+            "self-heal, p50",
+            percentile(&heal, 50),
+            "ms",
+            1000.0,
+        ));
+        figures.push(limit_figure(
+            "push_p50_ms",
+            "push → applied, p50 (watch and webhook)",
+            percentile(&all, 50),
+            "ms",
+            150.0,
+        ));
+        figures.push(limit_figure(
+            "push_p99_ms",
+            "push → applied, p99 (watch and webhook)",
+            percentile(&all, 99),
+            "ms",
+            500.0,
+        ));
+        figures.push(limit_figure(
+            "rss_mib_1000",
+            "daemon peak RSS, 1,000 objects",
+            rss as f64 / 1024.0,
+            "MiB",
+            40.0,
+        ));
+    } else {
+        figures.push(ratio_figure(
+            "cold_vs_ceiling_10000",
+            "cold, 10,000 objects, vs the ceiling",
+            tg_cold.wall,
+            ceiling.wall,
+            "ceiling",
+            1.1,
+        ));
+        figures.push(limit_figure(
+            "daemon_noop_ms_10000",
+            "running daemon, no-op resync, 10,000 objects",
+            daemon_noop.as_secs_f64() * 1000.0,
+            "ms",
+            500.0,
+        ));
+        figures.push(limit_figure(
+            "rss_mib_10000",
+            "daemon peak RSS, 10,000 objects",
+            rss as f64 / 1024.0,
+            "MiB",
+            150.0,
+        ));
+    }
+    Ok(())
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// The `p`th percentile of latencies in milliseconds (nearest rank).
+fn percentile(values: &[f64], p: usize) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = (p * sorted.len()).div_ceil(100).clamp(1, sorted.len());
+    sorted[rank - 1]
 }
 
 /// HelmReleases added to the benchmark repository.

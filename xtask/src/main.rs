@@ -5,7 +5,7 @@
 //!   cluster down    stop it
 //!   demo            start it, sync examples/cluster-state into it, show the result
 //!   test            build what the tests need, then run the whole test suite
-//!   bench [N] [L]   tidegate beside kubectl on N objects, and tidegate on L objects
+//!   bench [--quick] tidegate beside its peers on 1,000 and 10,000 objects (--quick: 1,000)
 
 mod bench;
 
@@ -25,7 +25,7 @@ fn main() -> ExitCode {
         ["demo"] => demo(),
         ["test", rest @ ..] => test(rest),
         ["bench", rest @ ..] => bench::bench(rest),
-        _ => Err("usage: cargo xtask <controlplane | cluster up | cluster down | demo | test [cargo test args] | bench [N] [LARGE_N]>".into()),
+        _ => Err("usage: cargo xtask <controlplane | cluster up | cluster down | demo | test [cargo test args] | bench [--quick]>".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
