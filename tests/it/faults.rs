@@ -684,6 +684,18 @@ async fn git_cache_stays_small_over_200_commits() {
         assert_eq!(snapshot.revision, revision);
         fetched_objects.push(size(&repo.cache.join("repo.git/objects")));
     }
+    let packs = || {
+        std::fs::read_dir(repo.cache.join("repo.git/objects/pack"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "pack"))
+            .count()
+    };
+    // Every fetch brought a commit: repacked only once 32 packs piled up.
+    assert!(packs() <= 33, "{} packs", packs());
+    // A fetch that finds nothing new repacks.
+    source.fetch().unwrap();
+    assert!(packs() <= 9, "{} packs after an idle fetch", packs());
     // The server's copy, packed as `git gc` would keep it.
     let out = Command::new("git")
         .args(["gc", "--quiet"])
@@ -698,10 +710,4 @@ async fn git_cache_stays_small_over_200_commits() {
         cache <= 2 * own,
         "cache {cache} bytes, repository {own} bytes"
     );
-    let packs = std::fs::read_dir(repo.cache.join("repo.git/objects/pack"))
-        .unwrap()
-        .flatten()
-        .filter(|e| e.path().extension().is_some_and(|x| x == "pack"))
-        .count();
-    assert!(packs <= 9, "{packs} packs");
 }
