@@ -30,6 +30,8 @@ const MAX_MESSAGE_CHARS: usize = 4000;
 /// Objects applied at once within a stage.
 const CONCURRENCY: usize = 16;
 const CRD_ESTABLISH_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a sync waits for a new watch's first list before reading itself.
+const WATCH_LIST_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum GarbageCollection {
@@ -238,7 +240,7 @@ async fn place(
 
 /// Classifies the objects of the resources the daemon's watches have listed,
 /// from what they hold; returns the others, which are read.
-fn from_watches(
+async fn from_watches(
     live: &std::sync::Arc<Live>,
     placed: Vec<(Desired, Resolved)>,
     plan: &mut Plan,
@@ -253,12 +255,22 @@ fn from_watches(
         );
         by_resource.entry(key).or_default().push((d, r));
     }
+    // A resource not watched yet is watched from now on; its first list
+    // serves this sync too, unless it takes long.
+    let fresh: Vec<Resolved> = by_resource
+        .values()
+        .map(|group| group[0].1.clone())
+        .filter(|r| live.lookup(r, &[]).is_none())
+        .collect();
+    for resolved in &fresh {
+        live.watch(resolved);
+    }
+    futures::future::join_all(fresh.iter().map(|r| live.listed(r, WATCH_LIST_WAIT))).await;
     let mut rest = Vec::new();
     for group in by_resource.into_values() {
         let resolved = group[0].1.clone();
         let ids: Vec<&ObjectRef> = group.iter().map(|(d, _)| &d.id).collect();
         let Some(entries) = live.lookup(&resolved, &ids) else {
-            live.watch(&resolved);
             rest.extend(group);
             continue;
         };
@@ -297,7 +309,7 @@ fn from_watches(
 async fn observe(cluster: &Cluster, placed: Vec<(Desired, Resolved)>, plan: &mut Plan) {
     let first = plan.items.len();
     let placed = match cluster.live() {
-        Some(live) => from_watches(live, placed, plan),
+        Some(live) => from_watches(live, placed, plan).await,
         None => placed,
     };
     read_live(cluster, placed, plan).await;
@@ -716,7 +728,8 @@ async fn apply_stage(
             (&item.desired.id, result)
         },
     ))
-    .buffered(CONCURRENCY);
+    // In the order they finish: one slow object holds up no other.
+    .buffer_unordered(CONCURRENCY);
     while let Some((id, result)) = results.next().await {
         match result {
             Ok(action) => {

@@ -7,9 +7,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use futures::StreamExt as _;
-use k8s_openapi::api::core::v1::ConfigMap;
-use kube::runtime::WatchStreamExt as _;
 use tokio::time::Instant;
 
 use super::daemon::parse_duration;
@@ -58,22 +55,13 @@ pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode>
     let tty = std::io::stderr().is_terminal();
     let started = Instant::now();
     let deadline = started + args.timeout;
-    let api: kube::Api<ConfigMap> = kube::Api::namespaced(client.clone(), &state.namespace);
-    let config = kube::runtime::watcher::Config::default()
-        .fields(&format!("metadata.name={}", state.name()));
-    let mut maps = kube::runtime::watcher(api, config)
-        .default_backoff()
-        .applied_objects()
-        .boxed();
+    let mut maps = requests::follow(&client, &state);
     let mut redraw = tokio::time::interval(Duration::from_secs(1));
     let mut announced = false;
     let mut done: Option<String> = None;
     loop {
         let map = tokio::select! {
-            map = maps.next() => match map {
-                Some(Ok(map)) => Some(map),
-                _ => None,
-            },
+            map = maps.recv() => map,
             _ = tokio::time::sleep_until(deadline) => {
                 clear(tty);
                 eprintln!(

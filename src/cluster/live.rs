@@ -66,12 +66,16 @@ impl Entry {
 struct Expected {
     key: Key,
     checksum: Option<String>,
-    object: Option<Arc<Value>>,
+    /// Git's object as JSON text: a fraction of a parsed value's memory,
+    /// parsed when an event for it comes.
+    object: Option<Arc<[u8]>>,
 }
 
 #[derive(Default)]
 struct Watched {
     synced: bool,
+    /// The watch failed before its first list (RBAC, say): syncs read.
+    failing: bool,
     objects: HashMap<ObjectRef, Entry>,
     /// Filled while the watch (re)lists; replaces `objects` when done.
     listing: Option<HashMap<ObjectRef, Entry>>,
@@ -165,7 +169,11 @@ impl Live {
         id: &ObjectRef,
         object: &Value,
     ) -> Entry {
-        let expected = state.expected.get(id).and_then(|e| e.object.as_deref());
+        let expected: Option<Value> = state
+            .expected
+            .get(id)
+            .and_then(|e| e.object.as_deref())
+            .and_then(|text| serde_json::from_slice(text).ok());
         let whole = crate::helm::release::is_helm_release_kind(&resource.group, &resource.kind)
             .then(|| {
                 let mut whole = object.clone();
@@ -179,7 +187,7 @@ impl Live {
                 .as_str()
                 .unwrap_or_default()
                 .to_string(),
-            in_sync: expected.map(|e| crate::plan::is_unchanged(id, e, object)),
+            in_sync: expected.map(|e| crate::plan::is_unchanged(id, &e, object)),
             ignored: crate::render::is_ignored(object),
             health: health::of(&resource.group, &resource.kind, object),
             changed_by: other_manager(object),
@@ -203,7 +211,8 @@ impl Live {
             crate::plan::MANAGED_BY_LABEL,
             crate::plan::MANAGED_BY_VALUE
         );
-        let config = watcher::Config::default().labels(&selector);
+        // Small pages: a resource's first list never holds much at once.
+        let config = watcher::Config::default().labels(&selector).page_size(100);
         let live = Arc::downgrade(self);
         let task = tokio::spawn(async move {
             let mut events = watcher::watcher(api, config).default_backoff().boxed();
@@ -430,7 +439,7 @@ impl Live {
                     Expected {
                         key: k,
                         checksum: Some(checksum.to_string()),
-                        object: Some(Arc::new(object.clone())),
+                        object: Some(serde_json::to_vec(object).expect("values serialize").into()),
                     },
                 );
             }
@@ -494,6 +503,33 @@ impl Live {
             .collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all
+    }
+
+    /// Waits until the watch of `resolved` has listed (false after `timeout`).
+    pub async fn listed(&self, resolved: &Resolved, timeout: Duration) -> bool {
+        let mut changes = self.subscribe();
+        let k = key(&resolved.resource);
+        let state = || {
+            self.state
+                .lock()
+                .expect("live state")
+                .resources
+                .get(&k)
+                .map(|w| (w.synced, w.failing))
+        };
+        tokio::time::timeout(timeout, async {
+            while !state().is_some_and(|(synced, _)| synced) {
+                if state().is_some_and(|(_, failing)| failing) {
+                    return false;
+                }
+                if changes.changed().await.is_err() {
+                    return false;
+                }
+            }
+            true
+        })
+        .await
+        .unwrap_or(false)
     }
 
     /// Whether every watched resource has listed.

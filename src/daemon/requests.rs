@@ -128,3 +128,42 @@ pub async fn clear(
         .collect();
     annotate(client, state, annotations).await
 }
+
+/// The state ConfigMap, now and at each change: a read, then a watch from
+/// its resource version (read again when a watch ends), so waiting costs
+/// no list request. Ends when the receiver is dropped.
+pub fn follow(client: &kube::Client, state: &StateRef) -> tokio::sync::mpsc::Receiver<ConfigMap> {
+    use futures::StreamExt as _;
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let api = api(client, state);
+    let name = state.name();
+    tokio::spawn(async move {
+        loop {
+            let Ok(Some(map)) = api.get_opt(&name).await else {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                continue;
+            };
+            let version = map.metadata.resource_version.clone().unwrap_or_default();
+            if tx.send(map).await.is_err() {
+                return;
+            }
+            let params = kube::api::WatchParams::default()
+                .fields(&format!("metadata.name={name}"))
+                .timeout(290);
+            let Ok(events) = api.watch(&params, &version).await else {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                continue;
+            };
+            let mut events = events.boxed();
+            while let Some(Ok(event)) = events.next().await {
+                if let kube::api::WatchEvent::Added(map) | kube::api::WatchEvent::Modified(map) =
+                    event
+                    && tx.send(map).await.is_err()
+                {
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
