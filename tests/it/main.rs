@@ -13,6 +13,8 @@ mod faults;
 mod git_access;
 mod helm_releases;
 mod in_cluster;
+#[path = "../controlplane/launch.rs"]
+mod launch;
 mod leader;
 mod proxy_settings;
 mod servers;

@@ -21,8 +21,6 @@ pub struct ControlPlane {
     _process: Mutex<Option<Child>>,
 }
 
-const READY_TIMEOUT: Duration = Duration::from_secs(180);
-
 /// The control plane shared by every test in this run, started on first use.
 /// `TIDEGATE_TEST_KUBECONFIG` points the tests at an existing cluster instead.
 pub fn control_plane() -> &'static ControlPlane {
@@ -47,21 +45,14 @@ pub fn tools_dir() -> PathBuf {
     static TOOLS: OnceLock<PathBuf> = OnceLock::new();
     TOOLS
         .get_or_init(|| {
-            let script = repo_root().join("tests/controlplane/build.sh");
-            let output = Command::new("bash")
-                .arg(&script)
-                .stderr(Stdio::inherit())
-                .output()
-                .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-            if !output.status.success() {
+            crate::launch::build(&repo_root()).unwrap_or_else(|e| {
                 panic!(
-                    "the test control plane could not be built (see the messages above).\n\
+                    "the test control plane could not be built: {e}.\n\
                      It needs Go >= 1.24 and the Go module proxy: run `cargo xtask controlplane` \
                      to build it, or set TIDEGATE_TEST_KUBECONFIG to the kubeconfig of an \
                      existing cluster to test against that instead."
-                );
-            }
-            PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
+                )
+            })
         })
         .clone()
 }
@@ -82,35 +73,9 @@ fn start_control_plane() -> ControlPlane {
             }
         }
     }
-    std::fs::create_dir_all(&dir).expect("create control plane directory");
-    let log = std::fs::File::create(dir.join("supervisor.log")).expect("create log");
     let started = Instant::now();
-    let mut child = Command::new(&bin)
-        .args(["up", "--dir"])
-        .arg(&dir)
-        .arg("--exit-on-stdin-close")
-        .stdin(Stdio::piped())
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-    let ready = dir.join("ready");
-    while !ready.exists() {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!(
-                "the control plane exited ({status}) before it was ready:\n{}",
-                read_tail(&dir.join("supervisor.log"))
-            );
-        }
-        if started.elapsed() > READY_TIMEOUT {
-            let _ = child.kill();
-            panic!(
-                "the control plane was not ready after {READY_TIMEOUT:?}:\n{}",
-                read_tail(&dir.join("supervisor.log"))
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let child = crate::launch::start(&bin, &dir, crate::launch::Lifetime::Parent)
+        .unwrap_or_else(|e| panic!("{e}"));
     eprintln!(
         "control plane ready in {:.1}s ({})",
         started.elapsed().as_secs_f64(),
@@ -120,15 +85,6 @@ fn start_control_plane() -> ControlPlane {
         kubeconfig: dir.join("kubeconfig"),
         _process: Mutex::new(Some(child)),
     }
-}
-
-fn read_tail(path: &Path) -> String {
-    let mut text = String::new();
-    if let Ok(mut f) = std::fs::File::open(path) {
-        let _ = f.read_to_string(&mut text);
-    }
-    let start = text.len().saturating_sub(4000);
-    text[text.ceil_char_boundary(start)..].to_string()
 }
 
 /// A client for the shared control plane.

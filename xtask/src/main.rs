@@ -8,9 +8,11 @@
 //!   bench [--quick] tidegate beside its peers on 1,000 and 10,000 objects (--quick: 1,000)
 
 mod bench;
+#[path = "../../tests/controlplane/launch.rs"]
+mod launch;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 type Result<T> = std::result::Result<T, String>;
@@ -66,15 +68,7 @@ fn run(cmd: &mut Command) -> Result<()> {
 
 /// Builds the control plane and helm if not cached; returns their directory.
 fn tools_dir() -> Result<PathBuf> {
-    let out = Command::new("bash")
-        .arg(root().join("tests/controlplane/build.sh"))
-        .stderr(Stdio::inherit())
-        .output()
-        .map_err(|e| format!("cannot run tests/controlplane/build.sh: {e}"))?;
-    if !out.status.success() {
-        return Err("building the control plane failed (see above)".into());
-    }
-    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+    launch::build(&root())
 }
 
 fn cluster_dir() -> PathBuf {
@@ -112,40 +106,8 @@ fn cluster_up() -> Result<PathBuf> {
 /// Starts `tidegate-controlplane up` in `dir`, detached from this terminal;
 /// returns its kubeconfig once ready.
 fn start_cluster(bin: &Path, dir: &Path) -> Result<(PathBuf, std::process::Child)> {
-    let _ = std::fs::remove_dir_all(dir);
-    std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-    let log_path = dir.join("supervisor.log");
-    let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
     eprintln!("starting the local control plane in {}", dir.display());
-    let started = Instant::now();
-    let mut child = {
-        use std::os::unix::process::CommandExt;
-        Command::new(bin)
-            .arg("up")
-            .arg("--dir")
-            .arg(dir)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(|e| e.to_string())?)
-            .stderr(log)
-            // Its own process group: it outlives this command and the terminal's Ctrl-C.
-            .process_group(0)
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", bin.display()))?
-    };
-    while !dir.join("ready").exists() {
-        let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
-        if let Ok(Some(status)) = child.try_wait() {
-            return Err(format!("the control plane exited ({status}):\n{}", log()));
-        }
-        if started.elapsed() > Duration::from_secs(180) {
-            let _ = child.kill();
-            return Err(format!(
-                "the control plane was not ready after 180s:\n{}",
-                log()
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let child = launch::start(bin, dir, launch::Lifetime::Detached)?;
     Ok((dir.join("kubeconfig"), child))
 }
 
