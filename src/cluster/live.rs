@@ -71,14 +71,27 @@ struct Expected {
     object: Option<Arc<[u8]>>,
 }
 
+/// The watches of one resource: one over all namespaces, or one per
+/// allowed namespace (a part each).
 #[derive(Default)]
 struct Watched {
     synced: bool,
-    /// The watch failed before its first list (RBAC, say): syncs read.
+    /// A watch failed before its first list (RBAC, say): syncs read.
     failing: bool,
     objects: HashMap<ObjectRef, Entry>,
-    /// Filled while the watch (re)lists; replaces `objects` when done.
-    listing: Option<HashMap<ObjectRef, Entry>>,
+    /// How many watches make it up, and those that have listed.
+    parts: usize,
+    listed: std::collections::HashSet<Part>,
+    /// Filled while a part's watch (re)lists; replaces that part of
+    /// `objects` when done.
+    listing: HashMap<Part, HashMap<ObjectRef, Entry>>,
+}
+
+/// The namespace one watch of a resource covers; `None` for all.
+type Part = Option<String>;
+
+fn in_part(id: &ObjectRef, part: &Part) -> bool {
+    part.is_none() || id.namespace == *part
 }
 
 /// A fight: an object reverted too often, and who keeps changing it.
@@ -102,6 +115,9 @@ pub type OnDrift = Box<dyn Fn(&ObjectRef) + Send + Sync>;
 
 pub struct Live {
     client: kube::Client,
+    /// With `--k8s-allow-namespace`: namespaced resources are watched in
+    /// these namespaces only, one watch each (RBAC may allow no more).
+    namespaces: Vec<String>,
     state: Mutex<State>,
     on_drift: Option<OnDrift>,
     /// Bumped on every change, for whoever waits for health.
@@ -136,9 +152,14 @@ fn other_manager(object: &Value) -> Option<String> {
 
 impl Live {
     /// A cache whose drift (if `on_drift` is given) calls `on_drift`.
-    pub fn new(client: kube::Client, on_drift: Option<OnDrift>) -> Arc<Self> {
+    pub fn new(
+        client: kube::Client,
+        namespaces: Vec<String>,
+        on_drift: Option<OnDrift>,
+    ) -> Arc<Self> {
         Arc::new(Live {
             client,
+            namespaces,
             state: Mutex::default(),
             on_drift,
             changes: tokio::sync::watch::channel(0).0,
@@ -198,14 +219,35 @@ impl Live {
     /// Starts watching a resource's managed objects, unless already watched.
     pub fn watch(self: &Arc<Self>, resolved: &Resolved) {
         let resource = resolved.resource.clone();
+        let parts: Vec<Part> = if resolved.namespaced() && !self.namespaces.is_empty() {
+            self.namespaces.iter().cloned().map(Some).collect()
+        } else {
+            vec![None]
+        };
         {
             let mut state = self.state.lock().expect("live state");
             if state.resources.contains_key(&key(&resource)) {
                 return;
             }
-            state.resources.insert(key(&resource), Watched::default());
+            state.resources.insert(
+                key(&resource),
+                Watched {
+                    parts: parts.len(),
+                    ..Watched::default()
+                },
+            );
         }
-        let api: kube::Api<DynamicObject> = kube::Api::all_with(self.client.clone(), &resource);
+        for part in parts {
+            self.watch_part(&resource, part);
+        }
+    }
+
+    fn watch_part(self: &Arc<Self>, resource: &ApiResource, part: Part) {
+        let resource = resource.clone();
+        let api: kube::Api<DynamicObject> = match &part {
+            Some(ns) => kube::Api::namespaced_with(self.client.clone(), ns, &resource),
+            None => kube::Api::all_with(self.client.clone(), &resource),
+        };
         let selector = format!(
             "{}={}",
             crate::plan::MANAGED_BY_LABEL,
@@ -219,11 +261,21 @@ impl Live {
             while let Some(event) = events.next().await {
                 let Some(live) = live.upgrade() else { return };
                 match event {
-                    Ok(event) => live.on_event(&resource, event),
+                    Ok(event) => live.on_event(&resource, &part, event),
                     // The watcher resumes by itself, with backoff, from
                     // where it was (or with a fresh list after 410 Gone).
                     Err(e) => {
-                        tracing::debug!(resource = %resource.plural, "watch interrupted: {e}")
+                        tracing::debug!(resource = %resource.plural, "watch interrupted: {e}");
+                        if let Some(w) = live
+                            .state
+                            .lock()
+                            .expect("live state")
+                            .resources
+                            .get_mut(&key(&resource))
+                        {
+                            w.failing = !w.listed.contains(&part);
+                        }
+                        live.changes.send_modify(|n| *n += 1);
                     }
                 }
             }
@@ -231,7 +283,7 @@ impl Live {
         self.tasks.lock().expect("tasks").push(task.abort_handle());
     }
 
-    fn on_event(&self, resource: &ApiResource, event: Event<DynamicObject>) {
+    fn on_event(&self, resource: &ApiResource, part: &Part, event: Event<DynamicObject>) {
         let mut drifted = Vec::new();
         {
             let mut guard = self.state.lock().expect("live state");
@@ -240,15 +292,17 @@ impl Live {
             match event {
                 Event::Init => {
                     if let Some(w) = state.resources.get_mut(&k) {
-                        w.listing = Some(HashMap::new());
+                        w.listing.insert(part.clone(), HashMap::new());
                     }
                 }
                 Event::InitApply(object) => {
                     let value = serde_json::to_value(&object).expect("objects serialize");
                     let id = Self::id(resource, &value);
                     let entry = self.entry(state, resource, &id, &value);
-                    if let Some(listing) =
-                        state.resources.get_mut(&k).and_then(|w| w.listing.as_mut())
+                    if let Some(listing) = state
+                        .resources
+                        .get_mut(&k)
+                        .and_then(|w| w.listing.get_mut(part))
                     {
                         listing.insert(id, entry);
                     }
@@ -257,15 +311,16 @@ impl Live {
                     let Some(w) = state.resources.get_mut(&k) else {
                         return;
                     };
-                    let listed = w.listing.take().unwrap_or_default();
+                    let listed = w.listing.remove(part).unwrap_or_default();
+                    let relisted = w.listed.contains(part);
                     // What changed while nobody watched is drift too.
                     for (id, expected) in &state.expected {
-                        if expected.key != k || expected.object.is_none() {
+                        if expected.key != k || expected.object.is_none() || !in_part(id, part) {
                             continue;
                         }
                         let was = w.objects.get(id);
                         match listed.get(id) {
-                            None if w.synced && was.is_some() => drifted.push(id.clone()),
+                            None if relisted && was.is_some() => drifted.push(id.clone()),
                             Some(now)
                                 if now.in_sync == Some(false)
                                     && !now.ignored
@@ -278,22 +333,41 @@ impl Live {
                             _ => {}
                         }
                     }
-                    w.objects = listed;
-                    w.synced = true;
+                    w.objects.retain(|id, _| !in_part(id, part));
+                    w.objects.extend(listed);
+                    w.listed.insert(part.clone());
+                    w.synced = w.listed.len() == w.parts;
+                    w.failing = false;
                 }
                 Event::Apply(object) => {
+                    let id = ObjectRef {
+                        group: resource.group.clone(),
+                        version: resource.version.clone(),
+                        kind: resource.kind.clone(),
+                        namespace: object.metadata.namespace.clone(),
+                        name: object.metadata.name.clone().unwrap_or_default(),
+                    };
+                    let version = object
+                        .metadata
+                        .resource_version
+                        .as_deref()
+                        .unwrap_or_default();
+                    // Known already (an apply's own answer), or older.
+                    if state
+                        .resources
+                        .get(&k)
+                        .and_then(|w| w.objects.get(&id))
+                        .is_some_and(|was| {
+                            was.resource_version == version || older(version, &was.resource_version)
+                        })
+                    {
+                        return;
+                    }
                     let value = serde_json::to_value(&object).expect("objects serialize");
-                    let id = Self::id(resource, &value);
                     let entry = self.entry(state, resource, &id, &value);
                     let Some(w) = state.resources.get_mut(&k) else {
                         return;
                     };
-                    if w.objects
-                        .get(&id)
-                        .is_some_and(|was| older(&entry.resource_version, &was.resource_version))
-                    {
-                        return;
-                    }
                     let expected = state.expected.get(&id).is_some_and(|e| e.object.is_some());
                     // Drift is the change that makes it differ, not every
                     // status update after it.

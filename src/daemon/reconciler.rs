@@ -147,7 +147,11 @@ pub async fn run(
         let on_drift: Option<crate::cluster::live::OnDrift> = config
             .self_heal
             .then(|| Box::new(move |_: &crate::object::ObjectRef| healer.heal_now()) as _);
-        Live::new(client.clone(), on_drift)
+        Live::new(
+            client.clone(),
+            config.settings.allow_namespaces.clone(),
+            on_drift,
+        )
     });
     let cluster = match &live {
         Some(live) => cluster.with_live(live.clone()),

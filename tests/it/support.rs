@@ -235,12 +235,18 @@ impl GitRepo {
 
     /// A running `tidegate daemon` on this repository from `url`.
     pub fn daemon(&self, url: &str, extra: &[&str]) -> Daemon {
-        let child = tidegate_command(&self.daemon_args(url, extra))
+        let child = self
+            .daemon_command(url, extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start tidegate daemon");
         Daemon(child)
+    }
+
+    /// `tidegate daemon` on this repository from `url`, to start.
+    pub fn daemon_command(&self, url: &str, extra: &[&str]) -> Command {
+        tidegate_command(&self.daemon_args(url, extra))
     }
 
     /// `daemon --once` arguments for this repository, then `extra`.

@@ -75,12 +75,7 @@ async fn drift_is_reverted_by_the_watch_without_a_fetch() {
     let repo = GitRepo::new();
     repo.write("app.yaml", &app_yaml(&ns, "1"));
     repo.write("kept.yaml", &cm_yaml(&ns, "kept", "1"));
-    repo.write(
-        "web.yaml",
-        &format!(
-            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: web, namespace: {ns}}}\nspec:\n  replicas: 1\n  selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata: {{labels: {{app: web}}}}\n    spec: {{containers: [{{name: web, image: 'nginx:1.27'}}]}}\n"
-        ),
-    );
+    repo.write("web.yaml", &deployment_yaml(&ns, "web", "nginx:1.27"));
     repo.push("first");
     let port = free_port();
     let _daemon = daemon(&repo, port);
@@ -112,7 +107,7 @@ async fn drift_is_reverted_by_the_watch_without_a_fetch() {
         .unwrap();
     eventually("the scale reverted", Duration::from_secs(20), || async {
         let d = deployments.get("web").await.ok()?;
-        (d.spec?.replicas == Some(1)).then_some(())
+        (d.spec?.replicas == Some(2)).then_some(())
     })
     .await;
     cms.delete("settings", &DeleteParams::default())
@@ -172,23 +167,10 @@ async fn a_watch_resumes_after_the_api_server_goes_away() {
     let kubeconfig = relay.kubeconfig(dir.path());
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let mut args = vec!["daemon", "--git-url"];
-    let url = repo.url();
-    let cache = repo.cache.to_str().unwrap().to_string();
-    args.extend([
-        url.as_str(),
-        "--git-branch",
-        "main",
-        "--git-cache-dir",
-        cache.as_str(),
-        "--sync-set-name",
-        repo.sync_set.as_str(),
-        "--listen",
-        listen.as_str(),
-    ]);
+    let mut args = vec!["--listen", listen.as_str()];
     args.extend(NO_TIMERS);
     let _daemon = Daemon(
-        tidegate_command(&args)
+        repo.daemon_command(&repo.url(), &args)
             .env("KUBECONFIG", &kubeconfig)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -289,4 +271,26 @@ async fn health_of_a_rollout_that_finishes_and_of_one_that_cannot() {
         (metric(port, "tidegate_healthy") == 1.0).then_some(())
     })
     .await;
+}
+
+#[tokio::test]
+async fn with_allowed_namespaces_each_namespace_is_watched_and_healed() {
+    let ns = unique("heal-ns");
+    let setup = GitRepo::new();
+    setup.write("ns.yaml", &crate::support::ns_yaml(&ns));
+    setup.push("namespace");
+    let out = setup.sync_once(&[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let repo = GitRepo::new();
+    repo.write("a.yaml", &cm_yaml(&ns, "a", "1"));
+    repo.push("first");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let allow = format!("--k8s-allow-namespace={ns}");
+    let mut args = vec!["--listen", listen.as_str(), allow.as_str()];
+    args.extend(NO_TIMERS);
+    let _daemon = repo.daemon(&repo.url(), &args);
+    wait_http(port, "/readyz", 200);
+    edit(&ns, "a", "by hand", "kubectl-edit").await;
+    reverted(&ns, "a").await;
 }
