@@ -918,7 +918,7 @@ const NOOP_RUNS: usize = 11;
 fn median(mut runs: Vec<Duration>) -> Duration {
     runs.sort();
     let n = runs.len();
-    if n % 2 == 0 {
+    if n.is_multiple_of(2) {
         (runs[n / 2 - 1] + runs[n / 2]) / 2
     } else {
         runs[n / 2]
