@@ -30,6 +30,8 @@ const MAX_MESSAGE_CHARS: usize = 4000;
 /// Objects applied at once within a stage.
 const CONCURRENCY: usize = 16;
 const CRD_ESTABLISH_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the kinds of an established CRD may take to be served.
+const DISCOVERY_WAIT: Duration = Duration::from_secs(10);
 /// How long a sync waits for a new watch's first list before reading itself.
 const WATCH_LIST_WAIT: Duration = Duration::from_secs(10);
 
@@ -809,6 +811,7 @@ async fn apply_plan(
             if !plan.deferred.is_empty() {
                 let mut later = Plan::default();
                 let deferred = std::mem::take(&mut plan.deferred);
+                wait_served(cluster, &deferred).await;
                 let placed = place(cluster, &deferred, settings, &HashSet::new(), &mut later).await;
                 observe(cluster, placed, &mut later).await;
                 for e in later.errors {
@@ -824,6 +827,18 @@ async fn apply_plan(
     }
     plan.items = done;
     plan
+}
+
+/// The kinds of a CRD just established reach discovery a moment later (and
+/// discovery has no watch): asks again, briefly, until they are served.
+async fn wait_served(cluster: &Cluster, deferred: &[Manifest]) {
+    let deadline = tokio::time::Instant::now() + DISCOVERY_WAIT;
+    for m in deferred {
+        while cluster.resolve(&m.id).await.is_err() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            cluster.forget_kinds();
+        }
+    }
 }
 
 fn failed(report: &mut SyncReport, on: OnProgress<'_>, e: ObjectError) {
