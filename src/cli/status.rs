@@ -132,15 +132,12 @@ async fn health(client: &kube::Client, state: &StateRef) -> anyhow::Result<Healt
     };
     let _ = tokio::time::timeout(std::time::Duration::from_secs(30), listed).await;
     let all = live.health();
-    let objects = all
-        .iter()
-        .filter(|(_, h)| !h.as_ref().is_some_and(|h| h.is_current()))
+    let objects = crate::cluster::live::not_current(&all)
+        .into_iter()
         .map(|(id, h)| ObjectHealth {
             object: id.to_string(),
-            status: h.as_ref().map_or(Status::InProgress, |h| h.status),
-            message: h
-                .as_ref()
-                .map_or("not found in the cluster".into(), |h| h.message.clone()),
+            status: h.status,
+            message: h.message,
         })
         .collect();
     Ok(HealthReport {

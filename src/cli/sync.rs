@@ -192,10 +192,8 @@ async fn wait_healthy(
             _ = tokio::time::sleep_until(deadline) => {
                 clear(tty);
                 println!("unhealthy: {} of {} objects not healthy in time", health.len() - current, health.len());
-                for (id, h) in health.iter().filter(|(_, h)| !h.as_ref().is_some_and(|h| h.is_current())) {
-                    let why = h.as_ref().map_or("not seen in the cluster", |h| h.message.as_str());
-                    let status = h.as_ref().map_or(Status::InProgress, |h| h.status);
-                    eprintln!("error: {id}: {status}: {why}");
+                for (id, h) in crate::cluster::live::not_current(&health) {
+                    eprintln!("error: {id}: {}: {}", h.status, h.message);
                 }
                 return Ok(ExitCode::from(EXIT_FAILED));
             }

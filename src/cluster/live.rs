@@ -613,6 +613,22 @@ impl Live {
     }
 }
 
+/// The objects that are not current, and why; one the watches have not seen
+/// is in progress.
+pub fn not_current(health: &[(ObjectRef, Option<Health>)]) -> Vec<(&ObjectRef, Health)> {
+    health
+        .iter()
+        .filter(|(_, h)| !h.as_ref().is_some_and(Health::is_current))
+        .map(|(id, h)| {
+            let h = h.clone().unwrap_or(Health {
+                status: Status::InProgress,
+                message: "not seen in the cluster yet".into(),
+            });
+            (id, h)
+        })
+        .collect()
+}
+
 /// Objects per health, for the sync as a whole.
 pub fn summary(health: &[(ObjectRef, Option<Health>)]) -> BTreeMap<Status, usize> {
     let mut counts = BTreeMap::new();

@@ -182,18 +182,15 @@ impl Metrics {
                 .set(counts.get(&status).copied().unwrap_or(0) as i64);
         }
         self.unhealthy.clear();
-        for (id, h) in objects
-            .iter()
-            .filter(|(_, h)| !h.as_ref().is_some_and(Health::is_current))
+        for (id, h) in crate::cluster::live::not_current(objects)
+            .into_iter()
             .take(100)
         {
             self.unhealthy
                 .get_or_create(&ObjectHealthLabel {
                     object: id.to_string(),
-                    status: h.as_ref().map_or(Status::InProgress, |h| h.status).as_str(),
-                    message: h
-                        .as_ref()
-                        .map_or("not seen yet".to_string(), |h| h.message.clone()),
+                    status: h.status.as_str(),
+                    message: h.message,
                 })
                 .set(1);
         }

@@ -10,8 +10,9 @@ use tidegate::daemon::webhook::sign;
 
 use crate::servers::free_port;
 use crate::support::{
-    Daemon, GitRepo, app_yaml, client, create_secret, eventually, http, service_account_token,
-    settings_value, stderr, stdout, tidegate, tidegate_command, unique, wait_http,
+    Daemon, GitRepo, app_yaml, client, create_secret, eventually, http, metric,
+    service_account_token, settings_value, stderr, stdout, tidegate, tidegate_command, unique,
+    wait_http,
 };
 
 async fn wait_value(ns: &str, wanted: &str, within: Duration) {
@@ -241,14 +242,8 @@ async fn webhooks_trigger_only_authentic_pushes_to_the_branch() {
     // A burst of pushes at once: the first fetches at once, those arriving
     // while a fetch runs make one follow-up (and the stragglers of the burst,
     // arriving during that follow-up, at most one more).
-    let fetches = |metrics: &str| -> u64 {
-        metrics
-            .lines()
-            .find(|l| l.starts_with("tidegate_fetches_total "))
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-            .expect("a fetch counter")
-    };
-    let before = fetches(&http(port, "GET", "/metrics", &[], b"").1);
+    let before = metric(port, "tidegate_fetches_total");
+    assert!(before >= 1.0, "a fetch counter");
     std::thread::scope(|burst| {
         let sent: Vec<_> = (0..20)
             .map(|_| burst.spawn(|| http(port, "POST", "/hooks/gitlab", &gitlab, push).0))
@@ -259,9 +254,9 @@ async fn webhooks_trigger_only_authentic_pushes_to_the_branch() {
     });
     // No event says "no more fetches will come": give them time to show.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = fetches(&http(port, "GET", "/metrics", &[], b"").1);
+    let after = metric(port, "tidegate_fetches_total");
     assert!(
-        (1..=3).contains(&(after - before)),
+        (1.0..=3.0).contains(&(after - before)),
         "20 webhooks made {} fetches",
         after - before
     );

@@ -63,7 +63,11 @@ async fn value(ns: &str, name: &str) -> Option<String> {
 }
 
 async fn reverted(ns: &str, name: &str) {
-    eventually("the change reverted", Duration::from_secs(20), || async {
+    reverted_within(ns, name, Duration::from_secs(20)).await;
+}
+
+async fn reverted_within(ns: &str, name: &str, timeout: Duration) {
+    eventually("the change reverted", timeout, || async {
         (value(ns, name).await.as_deref() == Some("1")).then_some(())
     })
     .await;
@@ -189,12 +193,7 @@ async fn a_watch_resumes_after_the_api_server_goes_away() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(value(&ns, "settings").await.as_deref(), Some("while away"));
     relay.down.store(false, Ordering::SeqCst);
-    eventually(
-        "reverted after the watch resumed",
-        Duration::from_secs(60),
-        || async { (value(&ns, "settings").await.as_deref() == Some("1")).then_some(()) },
-    )
-    .await;
+    reverted_within(&ns, "settings", Duration::from_secs(60)).await;
 }
 
 fn deployment_yaml(ns: &str, name: &str, image: &str) -> String {
