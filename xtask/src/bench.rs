@@ -416,7 +416,11 @@ fn generate(tree: &Path, prefix: &str, objects: usize) -> Result<()> {
 
 /// A Git repository (bare + work tree) holding `tree`.
 fn repository(dir: &Path, tree: &Path) -> Result<()> {
-    let _ = std::fs::remove_dir_all(dir.join("repo.git"));
+    // A new repository: the Git caches of an earlier run go too, or a cold
+    // sync would start from another history.
+    for old in ["repo.git", "cache", "daemon-cache"] {
+        let _ = std::fs::remove_dir_all(dir.join(old));
+    }
     let work = dir.join("work");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
