@@ -5,6 +5,7 @@
 //! fields), masking Secret values, unified diffs.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -16,6 +17,9 @@ use crate::render::Origin;
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY_VALUE: &str = "tidegate";
 pub const SYNC_SET_ANNOTATION: &str = "tidegate.dev/sync-set";
+/// The sync set again, as a label: lists and watches select a set's own
+/// objects by it. The annotation stays what ownership is decided by.
+pub const SYNC_SET_LABEL: &str = "tidegate.dev/sync-set";
 pub const CHECKSUM_ANNOTATION: &str = "tidegate.dev/checksum";
 /// `"true"`: delete and recreate the object when a change cannot be applied in place.
 pub const FORCE_ANNOTATION: &str = "tidegate.dev/force";
@@ -29,7 +33,7 @@ pub struct Desired {
     pub id: ObjectRef,
     pub origin: Origin,
     /// The object as sent to the API server.
-    pub object: Value,
+    pub object: Arc<Value>,
     pub checksum: String,
     pub stage: Stage,
 }
@@ -76,31 +80,81 @@ impl Stage {
 }
 
 /// Adds the namespace and ownership marks to an object as written in Git.
-pub fn place(object: &Value, id: &ObjectRef, sync_set: &str, checksum: &str) -> Value {
-    let mut object = object.clone();
+/// An object already placed so (marked when rendered, its namespace as
+/// wanted) is shared, not copied: the desired set is held once.
+pub fn place(object: &Arc<Value>, id: &ObjectRef, sync_set: &str, checksum: &str) -> Arc<Value> {
+    let meta = &object["metadata"];
+    if meta["namespace"].as_str() == id.namespace.as_deref()
+        && is_marked(object, sync_set, checksum)
+    {
+        return object.clone();
+    }
+    let mut object = (**object).clone();
+    mark(&mut object, sync_set, checksum);
+    if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+        match &id.namespace {
+            Some(ns) => meta.insert("namespace".into(), ns.clone().into()),
+            None => meta.remove("namespace"),
+        };
+    }
+    Arc::new(object)
+}
+
+fn is_marked(object: &Value, sync_set: &str, checksum: &str) -> bool {
+    let meta = &object["metadata"];
+    meta["labels"][MANAGED_BY_LABEL] == MANAGED_BY_VALUE
+        && set_label(sync_set).is_none_or(|set| meta["labels"][SYNC_SET_LABEL] == set)
+        && meta["annotations"][SYNC_SET_ANNOTATION] == sync_set
+        && meta["annotations"][CHECKSUM_ANNOTATION] == checksum
+}
+
+/// The sync set's name as a label value, if it is a valid one (at most 63
+/// letters, digits, `-`, `_`, `.`, starting and ending alphanumeric); a
+/// longer name is recorded in the annotation only.
+fn set_label(sync_set: &str) -> Option<&str> {
+    let bytes = sync_set.as_bytes();
+    let valid = !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    valid.then_some(sync_set)
+}
+
+/// The label selector of the objects a sync set manages.
+pub fn selector(sync_set: &str) -> String {
+    match set_label(sync_set) {
+        Some(set) => format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE},{SYNC_SET_LABEL}={set}"),
+        None => format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"),
+    }
+}
+
+/// Adds the ownership marks: tidegate's label, the sync set, the checksum
+/// of the object as written in Git.
+pub fn mark(object: &mut Value, sync_set: &str, checksum: &str) {
     let Some(root) = object.as_object_mut() else {
-        return object;
+        return;
     };
     let meta = as_map(
         root.entry("metadata")
             .or_insert_with(|| Value::Object(Map::new())),
     );
-    match &id.namespace {
-        Some(ns) => meta.insert("namespace".into(), ns.clone().into()),
-        None => meta.remove("namespace"),
-    };
-    as_map(
+    let labels = as_map(
         meta.entry("labels")
             .or_insert_with(|| Value::Object(Map::new())),
-    )
-    .insert(MANAGED_BY_LABEL.into(), MANAGED_BY_VALUE.into());
+    );
+    labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY_VALUE.into());
+    if let Some(set) = set_label(sync_set) {
+        labels.insert(SYNC_SET_LABEL.into(), set.into());
+    }
     let annotations = as_map(
         meta.entry("annotations")
             .or_insert_with(|| Value::Object(Map::new())),
     );
     annotations.insert(SYNC_SET_ANNOTATION.into(), sync_set.into());
     annotations.insert(CHECKSUM_ANNOTATION.into(), checksum.into());
-    object
 }
 
 /// The map inside `value`, replacing a non-map (e.g. `labels: null`) with an empty one.
@@ -261,6 +315,9 @@ pub fn unified_diff(old: &str, new: &str, old_name: &str, new_name: &str) -> Opt
 pub fn object_diff(id: &ObjectRef, live: Option<&Value>, after: &Value) -> Option<String> {
     let mut after = normalize(after);
     let mut live = live.map(normalize).unwrap_or(Value::Null);
+    // Git's order and the server's differ; a diff shows values, not order.
+    after.sort_all_objects();
+    live.sort_all_objects();
     mask_secrets(id, &mut live, &mut after);
     let old = if live.is_null() {
         String::new()
@@ -553,7 +610,9 @@ mod tests {
 
     #[test]
     fn place_sets_namespace_and_marks() {
-        let object = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "labels": null}});
+        let object = Arc::new(
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "labels": null}}),
+        );
         let placed = place(&object, &id("ConfigMap", Some("ns"), "c"), "prod", "abc");
         assert_eq!(placed["metadata"]["namespace"], "ns");
         assert_eq!(placed["metadata"]["labels"][MANAGED_BY_LABEL], "tidegate");
@@ -565,6 +624,55 @@ mod tests {
             placed["metadata"]["annotations"][CHECKSUM_ANNOTATION],
             "abc"
         );
+        assert_eq!(placed["metadata"]["labels"][SYNC_SET_LABEL], "prod");
+        assert!(
+            !Arc::ptr_eq(&object, &placed),
+            "Git's object is left as it is"
+        );
+    }
+
+    #[test]
+    fn the_sync_set_label_is_set_only_when_the_name_is_a_label_value() {
+        assert_eq!(
+            selector("prod"),
+            "app.kubernetes.io/managed-by=tidegate,tidegate.dev/sync-set=prod"
+        );
+        let long = "a".repeat(64);
+        for name in [long.as_str(), "-prod", "prod.", "a/b", ""] {
+            assert_eq!(
+                selector(name),
+                "app.kubernetes.io/managed-by=tidegate",
+                "{name}"
+            );
+            let mut object = json!({"metadata": {"name": "c"}});
+            mark(&mut object, name, "abc");
+            assert!(object["metadata"]["labels"].get(SYNC_SET_LABEL).is_none());
+            assert_eq!(object["metadata"]["annotations"][SYNC_SET_ANNOTATION], name);
+        }
+        assert_eq!(set_label("team-a_1.prod"), Some("team-a_1.prod"));
+    }
+
+    #[test]
+    fn an_object_marked_when_rendered_is_shared_unless_its_namespace_changes() {
+        let mut object = json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "c", "namespace": "ns"}});
+        mark(&mut object, "prod", "abc");
+        let object = Arc::new(object);
+        let placed = place(&object, &id("ConfigMap", Some("ns"), "c"), "prod", "abc");
+        assert!(Arc::ptr_eq(&object, &placed));
+        // Another checksum, another sync set, another namespace: a copy.
+        let other = place(&object, &id("ConfigMap", Some("ns"), "c"), "prod", "def");
+        assert_eq!(other["metadata"]["annotations"][CHECKSUM_ANNOTATION], "def");
+        let other = place(&object, &id("ConfigMap", Some("ns"), "c"), "staging", "abc");
+        assert_eq!(
+            other["metadata"]["annotations"][SYNC_SET_ANNOTATION],
+            "staging"
+        );
+        let moved = place(&object, &id("ConfigMap", Some("apps"), "c"), "prod", "abc");
+        assert_eq!(moved["metadata"]["namespace"], "apps");
+        let cluster_scoped = place(&object, &id("ConfigMap", None, "c"), "prod", "abc");
+        assert!(cluster_scoped["metadata"].get("namespace").is_none());
+        assert_eq!(object["metadata"]["namespace"], "ns");
     }
 
     #[test]
@@ -642,7 +750,7 @@ mod tests {
                 index: 0,
             },
             id,
-            object,
+            object: Arc::new(object),
         }
     }
 

@@ -77,25 +77,40 @@ impl fmt::Debug for RenderCache {
 }
 
 impl RenderCache {
-    /// The set `snapshot` renders to with `options`: from the cache if the
-    /// trees are the ones last rendered, else rendered (off the async
-    /// workers: parsing is CPU-bound) and kept.
+    /// The set `snapshot` renders to with `options`, its objects marked for
+    /// `sync_set`: from the cache if the trees are the ones last rendered,
+    /// else rendered (off the async workers: parsing is CPU-bound) and kept.
     pub async fn render(
         &self,
         snapshot: &Snapshot,
         options: &render::Options,
+        sync_set: &str,
     ) -> std::sync::Arc<DesiredSet> {
-        let (snap, options) = (snapshot.clone(), options.clone());
+        let (snap, options, sync_set) = (snapshot.clone(), options.clone(), sync_set.to_string());
         let cache = self.0.clone();
         tokio::task::spawn_blocking(move || {
             let key = snap.tree_ids(&options.paths);
-            if let (Some(key), Some((cached, set))) = (&key, &*cache.lock().expect("render cache"))
-                && key == cached
             {
-                tracing::debug!("the trees did not change: not rendered again");
-                return set.clone();
+                let mut cached = cache.lock().expect("render cache");
+                if let (Some(key), Some((cached_key, set))) = (&key, &*cached)
+                    && key == cached_key
+                {
+                    tracing::debug!("the trees did not change: not rendered again");
+                    return set.clone();
+                }
+                // The old set goes before the new one is parsed, not after.
+                *cached = None;
             }
-            let set = std::sync::Arc::new(render::render(&snap.tree, &options));
+            let mut set = render::render(&snap.tree, &options);
+            // Marked once here, the placed objects of every sync share them.
+            for m in &mut set.manifests {
+                plan::mark(
+                    std::sync::Arc::make_mut(&mut m.object),
+                    &sync_set,
+                    &m.checksum,
+                );
+            }
+            let set = std::sync::Arc::new(set);
             *cache.lock().expect("render cache") = key.map(|k| (k, set.clone()));
             set
         })
@@ -223,7 +238,7 @@ async fn place(
                 .push(object_error(&id, Some(m.origin().to_string()), reason));
             continue;
         }
-        let checksum = render::checksum(&m.object);
+        let checksum = m.checksum.clone();
         let object = plan::place(&m.object, &id, &settings.sync_set, &checksum);
         let stage = Stage::of(&id, resolved.namespaced());
         placed.push((
@@ -308,13 +323,18 @@ async fn from_watches(
 /// where they have listed, otherwise by reading (one list per resource, then
 /// single reads for objects that carry no tidegate label yet). A running
 /// daemon's watches compare with these objects from now on.
-async fn observe(cluster: &Cluster, placed: Vec<(Desired, Resolved)>, plan: &mut Plan) {
+async fn observe(
+    cluster: &Cluster,
+    placed: Vec<(Desired, Resolved)>,
+    sync_set: &str,
+    plan: &mut Plan,
+) {
     let first = plan.items.len();
     let placed = match cluster.live() {
         Some(live) => from_watches(live, placed, plan).await,
         None => placed,
     };
-    read_live(cluster, placed, plan).await;
+    read_live(cluster, placed, sync_set, plan).await;
     if let Some(live) = cluster.live() {
         live.expect(
             plan.items[first..]
@@ -325,14 +345,19 @@ async fn observe(cluster: &Cluster, placed: Vec<(Desired, Resolved)>, plan: &mut
                         &i.resolved,
                         &i.desired.id,
                         i.desired.checksum.as_str(),
-                        &i.desired.object,
+                        &*i.desired.object,
                     )
                 }),
         );
     }
 }
 
-async fn read_live(cluster: &Cluster, placed: Vec<(Desired, Resolved)>, plan: &mut Plan) {
+async fn read_live(
+    cluster: &Cluster,
+    placed: Vec<(Desired, Resolved)>,
+    sync_set: &str,
+    plan: &mut Plan,
+) {
     if placed.is_empty() {
         return;
     }
@@ -357,7 +382,7 @@ async fn read_live(cluster: &Cluster, placed: Vec<(Desired, Resolved)>, plan: &m
     let lists: Vec<_> = stream::iter(by_resource.into_iter().map(
         |(key, (resolved, namespaces))| async move {
             let namespaces: Vec<String> = namespaces.into_iter().collect();
-            let result = cluster.list_managed(&resolved, &namespaces).await;
+            let result = cluster.list_managed(&resolved, &namespaces, sync_set).await;
             (key, resolved, result)
         },
     ))
@@ -489,7 +514,7 @@ pub async fn plan(
     let mut plan = Plan::default();
     let crd_kinds = kinds_defined(set);
     let placed = place(cluster, &set.manifests, settings, &crd_kinds, &mut plan).await;
-    observe(cluster, placed, &mut plan).await;
+    observe(cluster, placed, &settings.sync_set, &mut plan).await;
     // Whatever Git still has is not pruned, even if it is ignored, failed to
     // place, waits for its CRD, or moved to another API version.
     let in_git: Vec<ObjectRef> = set
@@ -813,7 +838,7 @@ async fn apply_plan(
                 let deferred = std::mem::take(&mut plan.deferred);
                 wait_served(cluster, &deferred).await;
                 let placed = place(cluster, &deferred, settings, &HashSet::new(), &mut later).await;
-                observe(cluster, placed, &mut later).await;
+                observe(cluster, placed, &settings.sync_set, &mut later).await;
                 for e in later.errors {
                     on(Progress::Failed(&e));
                     report.errors.push(e);
@@ -1056,7 +1081,7 @@ async fn reconcile_releases(
         .filter(|i| !failed.contains(&i.desired.id.to_string()))
         .map(|i| helm::Item {
             id: i.desired.id.clone(),
-            object: i.desired.object.clone(),
+            object: (*i.desired.object).clone(),
             resolved: i.resolved.clone(),
             live: i.live.clone(),
             changed: i.change != Change::Unchanged,
@@ -1180,7 +1205,7 @@ async fn sync_revision(
     let phase = std::time::Instant::now();
     let set = settings
         .render_cache
-        .render(&snapshot, &settings.render)
+        .render(&snapshot, &settings.render, &settings.sync_set)
         .await;
     tracing::debug!(
         objects = set.manifests.len(),

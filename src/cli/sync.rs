@@ -127,7 +127,7 @@ pub async fn follow_inventory(
 ) -> anyhow::Result<std::sync::Arc<Live>> {
     let cluster = Cluster::new(client.clone());
     let inventory = cluster.read_inventory(state).await?;
-    let live = Live::new(client.clone(), Vec::new(), None);
+    let live = Live::new(client.clone(), &state.sync_set, Vec::new(), None);
     for id in &inventory {
         match cluster.resolve(id).await {
             Ok(resolved) => {

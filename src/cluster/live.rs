@@ -115,6 +115,8 @@ pub type OnDrift = Box<dyn Fn(&ObjectRef) + Send + Sync>;
 
 pub struct Live {
     client: kube::Client,
+    /// The labels of the sync set's objects: what is watched.
+    selector: String,
     /// With `--k8s-allow-namespace`: namespaced resources are watched in
     /// these namespaces only, one watch each (RBAC may allow no more).
     namespaces: Vec<String>,
@@ -154,11 +156,13 @@ impl Live {
     /// A cache whose drift (if `on_drift` is given) calls `on_drift`.
     pub fn new(
         client: kube::Client,
+        sync_set: &str,
         namespaces: Vec<String>,
         on_drift: Option<OnDrift>,
     ) -> Arc<Self> {
         Arc::new(Live {
             client,
+            selector: crate::plan::selector(sync_set),
             namespaces,
             state: Mutex::default(),
             on_drift,
@@ -248,13 +252,10 @@ impl Live {
             Some(ns) => kube::Api::namespaced_with(self.client.clone(), ns, &resource),
             None => kube::Api::all_with(self.client.clone(), &resource),
         };
-        let selector = format!(
-            "{}={}",
-            crate::plan::MANAGED_BY_LABEL,
-            crate::plan::MANAGED_BY_VALUE
-        );
         // Small pages: a resource's first list never holds much at once.
-        let config = watcher::Config::default().labels(&selector).page_size(100);
+        let config = watcher::Config::default()
+            .labels(&self.selector)
+            .page_size(100);
         let live = Arc::downgrade(self);
         let task = tokio::spawn(async move {
             let mut events = watcher::watcher(api, config).default_backoff().boxed();

@@ -221,40 +221,29 @@ impl Cluster {
         self.writes.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Every object of one resource that carries tidegate's label, in all
-    /// namespaces (or, if RBAC allows less, in the given ones), as JSON with
-    /// `apiVersion` and `kind` set and `managedFields` and `status` dropped:
-    /// the plan compares what tidegate sets, and large lists stay small.
+    /// Every object of one resource that carries the labels of `sync_set`,
+    /// in all namespaces (or, if RBAC allows less, in the given ones), as
+    /// JSON with `apiVersion` and `kind` set and `managedFields` and
+    /// `status` dropped: the plan compares what tidegate sets, and large
+    /// lists stay small.
     pub async fn list_managed(
         &self,
         resolved: &Resolved,
         namespaces: &[String],
+        sync_set: &str,
     ) -> Result<Vec<Value>, kube::Error> {
-        match self.list_pages(resolved, None).await {
+        let selector = crate::plan::selector(sync_set);
+        match self.list_json(&resolved.resource, None, &selector).await {
             Err(kube::Error::Api(status)) if status.code == 403 && resolved.namespaced() => {
                 let mut items = Vec::new();
                 for ns in namespaces {
-                    items.extend(self.list_pages(resolved, Some(ns)).await?);
+                    let part = self.list_json(&resolved.resource, Some(ns), &selector);
+                    items.extend(part.await?);
                 }
                 Ok(items)
             }
             other => other,
         }
-    }
-
-    /// Lists tidegate's objects in pages, parsing each straight into JSON values.
-    async fn list_pages(
-        &self,
-        resolved: &Resolved,
-        namespace: Option<&str>,
-    ) -> Result<Vec<Value>, kube::Error> {
-        let selector = format!(
-            "{}={}",
-            crate::plan::MANAGED_BY_LABEL,
-            crate::plan::MANAGED_BY_VALUE
-        );
-        self.list_json(&resolved.resource, namespace, &selector)
-            .await
     }
 
     /// Every object of one resource, in all namespaces, that matches a

@@ -149,6 +149,7 @@ pub async fn run(
             .then(|| Box::new(move |_: &crate::object::ObjectRef| healer.heal_now()) as _);
         Live::new(
             client.clone(),
+            &config.settings.sync_set,
             config.settings.allow_namespaces.clone(),
             on_drift,
         )

@@ -4,6 +4,7 @@
 //! serde_yaml is deprecated and unmaintained, and kube moved to serde-saphyr.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde_json::Value;
 
@@ -17,7 +18,10 @@ pub struct Manifest {
     /// Its position among the documents of that file, from 0.
     pub index: usize,
     pub id: ObjectRef,
-    pub object: Value,
+    /// Shared with the placed object when that is the same (see `plan::place`).
+    pub object: Arc<Value>,
+    /// The sha256 of the object as Git has it, once rendered.
+    pub checksum: String,
 }
 
 impl Manifest {
@@ -453,7 +457,8 @@ fn collect(
         file: file.to_path_buf(),
         index,
         id,
-        object: value,
+        object: Arc::new(value),
+        checksum: String::new(),
     });
     Ok(())
 }

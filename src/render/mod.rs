@@ -161,7 +161,36 @@ impl fmt::Display for Errors<'_> {
 
 /// The sha256 of an object's canonical JSON form (keys sorted), in hex.
 pub fn checksum(object: &serde_json::Value) -> String {
-    sha256_hex(&serde_json::to_vec(object).expect("JSON values serialize"))
+    sha256_hex(&serde_json::to_vec(&Sorted(object)).expect("JSON values serialize"))
+}
+
+/// A value serialized with the keys of every map sorted: objects keep the
+/// order they were written in, and a checksum must not depend on it.
+struct Sorted<'a>(&'a serde_json::Value);
+
+impl serde::Serialize for Sorted<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq};
+        match self.0 {
+            serde_json::Value::Object(map) => {
+                let mut entries: Vec<_> = map.iter().collect();
+                entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                let mut out = serializer.serialize_map(Some(entries.len()))?;
+                for (key, value) in entries {
+                    out.serialize_entry(key, &Sorted(value))?;
+                }
+                out.end()
+            }
+            serde_json::Value::Array(items) => {
+                let mut out = serializer.serialize_seq(Some(items.len()))?;
+                for item in items {
+                    out.serialize_element(&Sorted(item))?;
+                }
+                out.end()
+            }
+            scalar => scalar.serialize(serializer),
+        }
+    }
 }
 
 /// The sha256 of some bytes, in hex.
@@ -244,6 +273,9 @@ pub fn render(root: &Path, options: &Options) -> DesiredSet {
     }
     set.manifests = reject_duplicates(std::mem::take(&mut set.manifests), &mut set.errors);
     inject_proxy(&mut set);
+    for m in &mut set.manifests {
+        m.checksum = checksum(&m.object);
+    }
     set
 }
 
@@ -269,7 +301,7 @@ fn inject_proxy(set: &mut DesiredSet) {
         return;
     };
     for m in &mut set.manifests {
-        if proxy::inject(&mut m.object, &settings) {
+        if proxy::inject(std::sync::Arc::make_mut(&mut m.object), &settings) {
             tracing::debug!(object = %m.id, "proxy settings injected");
         }
     }
@@ -335,7 +367,7 @@ fn upgrade_removed(m: &mut Manifest, allowed: bool) -> Result<Option<String>, Er
         return Err(refuse(advice));
     }
     let from = m.id.to_string();
-    m.object["apiVersion"] = found.replacement.into();
+    std::sync::Arc::make_mut(&mut m.object)["apiVersion"] = found.replacement.into();
     let (group, version) = found
         .replacement
         .split_once('/')
