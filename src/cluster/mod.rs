@@ -14,7 +14,7 @@ use kube::Client;
 use kube::api::{Api, DynamicObject, ListParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::core::GroupVersionKind;
-use kube::discovery::{ApiCapabilities, ApiResource, Scope};
+use kube::discovery::{ApiResource, Scope};
 use serde_json::Value;
 
 use crate::object::ObjectRef;
@@ -139,15 +139,16 @@ fn nodelay_client(config: kube::Config) -> Result<Client, kube::Error> {
 }
 
 /// A resolved kind: the resource to call and whether it is namespaced.
+/// Every planned object holds one: the resource is shared, not copied.
 #[derive(Debug, Clone)]
 pub struct Resolved {
-    pub resource: ApiResource,
-    pub capabilities: ApiCapabilities,
+    pub resource: std::sync::Arc<ApiResource>,
+    namespaced: bool,
 }
 
 impl Resolved {
     pub fn namespaced(&self) -> bool {
-        self.capabilities.scope == Scope::Namespaced
+        self.namespaced
     }
 }
 
@@ -465,8 +466,8 @@ impl Cluster {
                 }
             })?;
         let resolved = Resolved {
-            resource,
-            capabilities,
+            resource: std::sync::Arc::new(resource),
+            namespaced: capabilities.scope == Scope::Namespaced,
         };
         self.kinds
             .lock()
@@ -484,9 +485,9 @@ impl Cluster {
     pub fn api(&self, resolved: &Resolved, namespace: Option<&str>) -> Api<DynamicObject> {
         match namespace {
             Some(ns) if resolved.namespaced() => {
-                Api::namespaced_with(self.client.clone(), ns, &resolved.resource)
+                Api::namespaced_with(self.client.clone(), ns, &*resolved.resource)
             }
-            _ => Api::all_with(self.client.clone(), &resolved.resource),
+            _ => Api::all_with(self.client.clone(), &*resolved.resource),
         }
     }
 }
