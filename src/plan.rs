@@ -290,7 +290,7 @@ pub fn mask_secrets(id: &ObjectRef, live: &mut Value, desired: &mut Value) {
     }
 }
 
-/// YAML text of an object, keys sorted, for diffs.
+/// YAML text of an object, its keys in the object's order, for diffs.
 pub fn to_yaml(object: &Value) -> String {
     serde_saphyr::to_string(object)
         .unwrap_or_else(|_| serde_json::to_string_pretty(object).unwrap_or_default())

@@ -394,13 +394,11 @@ async fn read_live(
             Ok(items) => {
                 for value in items {
                     let meta = &value["metadata"];
-                    let id = ObjectRef {
-                        group: resolved.resource.group.clone(),
-                        version: resolved.resource.version.clone(),
-                        kind: resolved.resource.kind.clone(),
-                        namespace: meta["namespace"].as_str().map(str::to_string),
-                        name: meta["name"].as_str().unwrap_or_default().to_string(),
-                    };
+                    let id = crate::cluster::object_id(
+                        &resolved.resource,
+                        meta["namespace"].as_str(),
+                        meta["name"].as_str().unwrap_or_default(),
+                    );
                     live.insert(id, value);
                 }
             }

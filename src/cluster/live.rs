@@ -178,13 +178,11 @@ impl Live {
 
     fn id(resource: &ApiResource, object: &Value) -> ObjectRef {
         let meta = &object["metadata"];
-        ObjectRef {
-            group: resource.group.clone(),
-            version: resource.version.clone(),
-            kind: resource.kind.clone(),
-            namespace: meta["namespace"].as_str().map(str::to_string),
-            name: meta["name"].as_str().unwrap_or_default().to_string(),
-        }
+        super::object_id(
+            resource,
+            meta["namespace"].as_str(),
+            meta["name"].as_str().unwrap_or_default(),
+        )
     }
 
     fn entry(
@@ -341,13 +339,11 @@ impl Live {
                     w.failing = false;
                 }
                 Event::Apply(object) => {
-                    let id = ObjectRef {
-                        group: resource.group.clone(),
-                        version: resource.version.clone(),
-                        kind: resource.kind.clone(),
-                        namespace: object.metadata.namespace.clone(),
-                        name: object.metadata.name.clone().unwrap_or_default(),
-                    };
+                    let id = super::object_id(
+                        resource,
+                        object.metadata.namespace.as_deref(),
+                        object.metadata.name.as_deref().unwrap_or_default(),
+                    );
                     let version = object
                         .metadata
                         .resource_version

@@ -138,6 +138,17 @@ fn nodelay_client(config: kube::Config) -> Result<Client, kube::Error> {
     Ok(Client::new(service, config.default_namespace))
 }
 
+/// The object of `resource` with this namespace and name.
+pub fn object_id(resource: &ApiResource, namespace: Option<&str>, name: &str) -> ObjectRef {
+    ObjectRef {
+        group: resource.group.clone(),
+        version: resource.version.clone(),
+        kind: resource.kind.clone(),
+        namespace: namespace.map(str::to_string),
+        name: name.to_string(),
+    }
+}
+
 /// A resolved kind: the resource to call and whether it is namespaced.
 /// Every planned object holds one: the resource is shared, not copied.
 #[derive(Debug, Clone)]
