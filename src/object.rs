@@ -1,8 +1,12 @@
-//! Object refs: the group/version/kind/namespace/name that identify one object.
+//! Object refs (the group/version/kind/namespace/name that identify one
+//! object), and objects held as compact JSON text.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use serde_json::value::RawValue;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ObjectRef {
@@ -51,9 +55,83 @@ impl fmt::Display for ObjectRef {
     }
 }
 
+/// An object held as its compact JSON text, shared: a fraction of the
+/// memory of a parsed value (whose every map and string is an allocation of
+/// its own). A desired set of thousands of objects is held so between syncs,
+/// and parsed one object at a time where a field is read; an apply sends the
+/// text as it is.
+#[derive(Clone)]
+pub struct Json(Arc<RawValue>);
+
+impl Json {
+    pub fn new(value: &Value) -> Json {
+        Json(Arc::from(
+            serde_json::value::to_raw_value(value).expect("values serialize"),
+        ))
+    }
+
+    /// The object parsed.
+    pub fn value(&self) -> Value {
+        serde_json::from_str(self.0.get()).expect("the text of a value parses")
+    }
+
+    pub fn text(&self) -> &str {
+        self.0.get()
+    }
+
+    /// Whether both are the same shared text, not a copy.
+    pub fn ptr_eq(a: &Json, b: &Json) -> bool {
+        Arc::ptr_eq(&a.0, &b.0)
+    }
+}
+
+impl From<Value> for Json {
+    fn from(value: Value) -> Json {
+        Json::new(&value)
+    }
+}
+
+impl PartialEq for Json {
+    fn eq(&self, other: &Json) -> bool {
+        self.text() == other.text()
+    }
+}
+
+/// Its size only: an object may be a Secret.
+impl fmt::Debug for Json {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Json({} bytes)", self.text().len())
+    }
+}
+
+impl Serialize for Json {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_keeps_the_object_and_serializes_as_it() {
+        let value = serde_json::json!({"kind": "ConfigMap", "data": {"b": "2", "a": "1"}});
+        let json = Json::new(&value);
+        assert_eq!(json.value(), value);
+        assert_eq!(
+            json.text(),
+            r#"{"kind":"ConfigMap","data":{"b":"2","a":"1"}}"#
+        );
+        assert_eq!(serde_json::to_string(&json).unwrap(), json.text());
+        assert_eq!(
+            format!("{json:?}"),
+            format!("Json({} bytes)", json.text().len())
+        );
+        let shared = json.clone();
+        assert!(Json::ptr_eq(&json, &shared));
+        assert!(!Json::ptr_eq(&json, &Json::new(&value)));
+    }
 
     #[test]
     fn display_core_and_grouped() {

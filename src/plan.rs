@@ -5,13 +5,12 @@
 //! fields), masking Secret values, unified diffs.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::object::ObjectRef;
-use crate::render::Origin;
+use crate::object::{Json, ObjectRef};
+use crate::render::{Manifest, Origin};
 
 /// Ownership marks on every object tidegate applies.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
@@ -33,14 +32,39 @@ pub struct Desired {
     pub id: ObjectRef,
     pub origin: Origin,
     /// The object as sent to the API server.
-    pub object: Arc<Value>,
+    pub object: Json,
     pub checksum: String,
     pub stage: Stage,
 }
 
 impl Desired {
     pub fn force_recreate(&self) -> bool {
-        self.object["metadata"]["annotations"][FORCE_ANNOTATION].as_str() == Some("true")
+        self.object.value()["metadata"]["annotations"][FORCE_ANNOTATION].as_str() == Some("true")
+    }
+}
+
+/// What a plan knows of a live object.
+#[derive(Debug, Clone)]
+pub enum Seen {
+    /// Read, or kept whole by the watches (a HelmRelease).
+    Object(Value),
+    /// Known from the watches by its resource version.
+    Version(String),
+}
+
+impl Seen {
+    pub fn object(&self) -> Option<&Value> {
+        match self {
+            Seen::Object(object) => Some(object),
+            Seen::Version(_) => None,
+        }
+    }
+
+    pub fn resource_version(&self) -> Option<&str> {
+        match self {
+            Seen::Object(object) => object["metadata"]["resourceVersion"].as_str(),
+            Seen::Version(version) => Some(version),
+        }
     }
 }
 
@@ -79,33 +103,22 @@ impl Stage {
     }
 }
 
-/// Adds the namespace and ownership marks to an object as written in Git.
-/// An object already placed so (marked when rendered, its namespace as
-/// wanted) is shared, not copied: the desired set is held once.
-pub fn place(object: &Arc<Value>, id: &ObjectRef, sync_set: &str, checksum: &str) -> Arc<Value> {
-    let meta = &object["metadata"];
-    if meta["namespace"].as_str() == id.namespace.as_deref()
-        && is_marked(object, sync_set, checksum)
-    {
-        return object.clone();
+/// Adds the namespace and ownership marks to a rendered object. One marked
+/// for `sync_set` when rendered (`marked_for`) whose namespace is as wanted
+/// is shared, not copied: the desired set is held once.
+pub fn place(m: &Manifest, marked_for: Option<&str>, id: &ObjectRef, sync_set: &str) -> Json {
+    if marked_for == Some(sync_set) && m.id.namespace == id.namespace {
+        return m.object.clone();
     }
-    let mut object = (**object).clone();
-    mark(&mut object, sync_set, checksum);
+    let mut object = m.object.value();
+    mark(&mut object, sync_set, &m.checksum);
     if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
         match &id.namespace {
             Some(ns) => meta.insert("namespace".into(), ns.clone().into()),
             None => meta.remove("namespace"),
         };
     }
-    Arc::new(object)
-}
-
-fn is_marked(object: &Value, sync_set: &str, checksum: &str) -> bool {
-    let meta = &object["metadata"];
-    meta["labels"][MANAGED_BY_LABEL] == MANAGED_BY_VALUE
-        && set_label(sync_set).is_none_or(|set| meta["labels"][SYNC_SET_LABEL] == set)
-        && meta["annotations"][SYNC_SET_ANNOTATION] == sync_set
-        && meta["annotations"][CHECKSUM_ANNOTATION] == checksum
+    Json::new(&object)
 }
 
 /// The sync set's name as a label value, if it is a valid one (at most 63
@@ -146,9 +159,10 @@ pub fn mark(object: &mut Value, sync_set: &str, checksum: &str) {
             .or_insert_with(|| Value::Object(Map::new())),
     );
     labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY_VALUE.into());
-    if let Some(set) = set_label(sync_set) {
-        labels.insert(SYNC_SET_LABEL.into(), set.into());
-    }
+    match set_label(sync_set) {
+        Some(set) => labels.insert(SYNC_SET_LABEL.into(), set.into()),
+        None => labels.remove(SYNC_SET_LABEL),
+    };
     let annotations = as_map(
         meta.entry("annotations")
             .or_insert_with(|| Value::Object(Map::new())),
@@ -360,7 +374,7 @@ pub fn classify(desired: &Desired, live: Option<&Value>, known_absent: bool) -> 
         None if known_absent => Change::Create,
         None => return None,
         Some(l) if crate::render::is_ignored(l) => Change::Ignored,
-        Some(l) if is_unchanged(&desired.id, &desired.object, l) => Change::Unchanged,
+        Some(l) if is_unchanged(&desired.id, &desired.object.value(), l) => Change::Unchanged,
         Some(_) => Change::Update,
     })
 }
@@ -391,7 +405,7 @@ pub struct PruneInput<'a> {
     /// Every object the render produced, as written in Git (a namespaced
     /// object may have no namespace yet), ignored ones and ones that failed
     /// to place included.
-    pub in_git: &'a [ObjectRef],
+    pub in_git: &'a [&'a ObjectRef],
     /// Where namespaced objects without a namespace are placed.
     pub default_namespace: &'a str,
     /// False when any file or document failed to render.
@@ -608,12 +622,32 @@ mod tests {
         );
     }
 
+    fn rendered(object: Value) -> Manifest {
+        let meta = &object["metadata"];
+        Manifest {
+            file: "c.yaml".into(),
+            index: 0,
+            id: id(
+                "ConfigMap",
+                meta["namespace"].as_str(),
+                meta["name"].as_str().unwrap(),
+            ),
+            object: Json::new(&object),
+            checksum: "abc".into(),
+        }
+    }
+
     #[test]
     fn place_sets_namespace_and_marks() {
-        let object = Arc::new(
+        let m = rendered(
             json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "labels": null}}),
         );
-        let placed = place(&object, &id("ConfigMap", Some("ns"), "c"), "prod", "abc");
+        let placed = place(&m, None, &id("ConfigMap", Some("ns"), "c"), "prod");
+        assert!(
+            !Json::ptr_eq(&m.object, &placed),
+            "Git's object is left as it is"
+        );
+        let placed = placed.value();
         assert_eq!(placed["metadata"]["namespace"], "ns");
         assert_eq!(placed["metadata"]["labels"][MANAGED_BY_LABEL], "tidegate");
         assert_eq!(
@@ -625,10 +659,6 @@ mod tests {
             "abc"
         );
         assert_eq!(placed["metadata"]["labels"][SYNC_SET_LABEL], "prod");
-        assert!(
-            !Arc::ptr_eq(&object, &placed),
-            "Git's object is left as it is"
-        );
     }
 
     #[test]
@@ -657,22 +687,32 @@ mod tests {
         let mut object = json!({"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": "c", "namespace": "ns"}});
         mark(&mut object, "prod", "abc");
-        let object = Arc::new(object);
-        let placed = place(&object, &id("ConfigMap", Some("ns"), "c"), "prod", "abc");
-        assert!(Arc::ptr_eq(&object, &placed));
-        // Another checksum, another sync set, another namespace: a copy.
-        let other = place(&object, &id("ConfigMap", Some("ns"), "c"), "prod", "def");
-        assert_eq!(other["metadata"]["annotations"][CHECKSUM_ANNOTATION], "def");
-        let other = place(&object, &id("ConfigMap", Some("ns"), "c"), "staging", "abc");
+        let m = rendered(object);
+        let ns = id("ConfigMap", Some("ns"), "c");
+        assert!(Json::ptr_eq(
+            &m.object,
+            &place(&m, Some("prod"), &ns, "prod")
+        ));
+        // Marked for another sync set, or not at all, or another namespace: a copy.
+        let other = place(&m, Some("prod"), &ns, "staging");
+        assert!(!Json::ptr_eq(&m.object, &other));
+        let other = other.value();
         assert_eq!(
             other["metadata"]["annotations"][SYNC_SET_ANNOTATION],
             "staging"
         );
-        let moved = place(&object, &id("ConfigMap", Some("apps"), "c"), "prod", "abc");
-        assert_eq!(moved["metadata"]["namespace"], "apps");
-        let cluster_scoped = place(&object, &id("ConfigMap", None, "c"), "prod", "abc");
+        assert_eq!(other["metadata"]["labels"][SYNC_SET_LABEL], "staging");
+        assert!(!Json::ptr_eq(&m.object, &place(&m, None, &ns, "prod")));
+        let moved = place(
+            &m,
+            Some("prod"),
+            &id("ConfigMap", Some("apps"), "c"),
+            "prod",
+        );
+        assert_eq!(moved.value()["metadata"]["namespace"], "apps");
+        let cluster_scoped = place(&m, Some("prod"), &id("ConfigMap", None, "c"), "prod").value();
         assert!(cluster_scoped["metadata"].get("namespace").is_none());
-        assert_eq!(object["metadata"]["namespace"], "ns");
+        assert_eq!(m.object.value()["metadata"]["namespace"], "ns");
     }
 
     #[test]
@@ -750,7 +790,7 @@ mod tests {
                 index: 0,
             },
             id,
-            object: Arc::new(object),
+            object: Json::new(&object),
         }
     }
 
@@ -805,7 +845,7 @@ mod tests {
         assert_eq!(namespace_refusal(&id("Namespace", None, "x"), &[]), None);
     }
 
-    fn mk_input<'a>(inventory: &'a Inventory, in_git: &'a [ObjectRef]) -> PruneInput<'a> {
+    fn mk_input<'a>(inventory: &'a Inventory, in_git: &'a [&'a ObjectRef]) -> PruneInput<'a> {
         PruneInput {
             inventory,
             in_git,
@@ -821,7 +861,7 @@ mod tests {
         let cm = id("ConfigMap", Some("gone"), "c");
         let kept = id("ConfigMap", Some("a"), "kept");
         let inventory: Inventory = [ns.clone(), cm.clone(), kept.clone()].into();
-        let plan = prune_plan(mk_input(&inventory, std::slice::from_ref(&kept)));
+        let plan = prune_plan(mk_input(&inventory, &[&kept]));
         assert_eq!(
             plan,
             PrunePlan {
@@ -834,10 +874,10 @@ mod tests {
     #[test]
     fn an_unclean_render_prunes_nothing() {
         let inventory: Inventory = [id("ConfigMap", Some("a"), "gone")].into();
-        let in_git = [id("ConfigMap", Some("a"), "kept")];
+        let kept = id("ConfigMap", Some("a"), "kept");
         let plan = prune_plan(PruneInput {
             clean_render: false,
-            ..mk_input(&inventory, &in_git)
+            ..mk_input(&inventory, &[&kept])
         });
         assert!(plan.prune.is_empty());
         assert!(plan.blocked.unwrap().contains("could not be rendered"));
@@ -876,11 +916,9 @@ mod tests {
         let elsewhere = id("ConfigMap", Some("shop"), "web");
         let cluster = ObjectRef::new("storage.k8s.io/v1", "StorageClass", None, "fast");
         let inventory: Inventory = [in_default.clone(), elsewhere.clone(), cluster.clone()].into();
-        let in_git = [
-            id("ConfigMap", None, "web"),
-            ObjectRef::new("storage.k8s.io/v1", "StorageClass", None, "fast"),
-        ];
-        let plan = prune_plan(mk_input(&inventory, &in_git));
+        let web = id("ConfigMap", None, "web");
+        let fast = ObjectRef::new("storage.k8s.io/v1", "StorageClass", None, "fast");
+        let plan = prune_plan(mk_input(&inventory, &[&web, &fast]));
         assert_eq!(plan.prune, [elsewhere]);
     }
 
@@ -890,7 +928,7 @@ mod tests {
         // as ignored): it is not pruned and stays in the inventory.
         let ignored = id("ConfigMap", Some("a"), "hands-off");
         let inventory: Inventory = [ignored.clone()].into();
-        let plan = prune_plan(mk_input(&inventory, std::slice::from_ref(&ignored)));
+        let plan = prune_plan(mk_input(&inventory, &[&ignored]));
         assert!(plan.prune.is_empty() && plan.blocked.is_none());
     }
 

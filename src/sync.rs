@@ -19,7 +19,7 @@ use crate::cluster::state::{ObjectError, Outcome, StateRef, SyncStatus, now};
 use crate::cluster::{Cluster, Resolved};
 use crate::helm::{self, ReleaseAction, ReleaseStatus};
 use crate::object::ObjectRef;
-use crate::plan::{self, Change, Desired, Inventory, Stage};
+use crate::plan::{self, Change, Desired, Inventory, Seen, Stage};
 use crate::render::{self, DesiredSet, Manifest};
 use crate::source::{GitSource, Snapshot};
 
@@ -101,15 +101,12 @@ impl RenderCache {
                 // The old set goes before the new one is parsed, not after.
                 *cached = None;
             }
-            let mut set = render::render(&snap.tree, &options);
             // Marked once here, the placed objects of every sync share them.
-            for m in &mut set.manifests {
-                plan::mark(
-                    std::sync::Arc::make_mut(&mut m.object),
-                    &sync_set,
-                    &m.checksum,
-                );
-            }
+            let options = render::Options {
+                sync_set: Some(sync_set),
+                ..options
+            };
+            let set = render::render(&snap.tree, &options);
             let set = std::sync::Arc::new(set);
             *cache.lock().expect("render cache") = key.map(|k| (k, set.clone()));
             set
@@ -159,7 +156,7 @@ pub type OnProgress<'a> = &'a mut (dyn FnMut(Progress<'_>) + Send);
 pub struct Item {
     pub desired: Desired,
     pub resolved: Resolved,
-    pub live: Option<Value>,
+    pub live: Option<Seen>,
     pub change: Change,
 }
 
@@ -189,7 +186,8 @@ fn kinds_defined(set: &DesiredSet) -> HashSet<(String, String)> {
         .iter()
         .filter(|m| m.id.group == "apiextensions.k8s.io" && m.id.kind == "CustomResourceDefinition")
         .filter_map(|m| {
-            let spec = &m.object["spec"];
+            let object = m.object.value();
+            let spec = &object["spec"];
             Some((
                 spec["group"].as_str()?.to_string(),
                 spec["names"]["kind"].as_str()?.to_string(),
@@ -202,6 +200,7 @@ fn kinds_defined(set: &DesiredSet) -> HashSet<(String, String)> {
 async fn place(
     cluster: &Cluster,
     manifests: &[Manifest],
+    marked_for: Option<&str>,
     settings: &Settings,
     crd_kinds: &HashSet<(String, String)>,
     plan: &mut Plan,
@@ -239,7 +238,7 @@ async fn place(
             continue;
         }
         let checksum = m.checksum.clone();
-        let object = plan::place(&m.object, &id, &settings.sync_set, &checksum);
+        let object = plan::place(m, marked_for, &id, &settings.sync_set);
         let stage = Stage::of(&id, resolved.namespaced());
         placed.push((
             Desired {
@@ -345,7 +344,7 @@ async fn observe(
                         &i.resolved,
                         &i.desired.id,
                         i.desired.checksum.as_str(),
-                        &*i.desired.object,
+                        &i.desired.object,
                     )
                 }),
         );
@@ -473,7 +472,7 @@ async fn read_live(
         plan.items.push(Item {
             desired,
             resolved,
-            live: live_object,
+            live: live_object.map(Seen::Object),
             change,
         });
     }
@@ -511,15 +510,23 @@ pub async fn plan(
 ) -> Plan {
     let mut plan = Plan::default();
     let crd_kinds = kinds_defined(set);
-    let placed = place(cluster, &set.manifests, settings, &crd_kinds, &mut plan).await;
+    let placed = place(
+        cluster,
+        &set.manifests,
+        set.marked_for.as_deref(),
+        settings,
+        &crd_kinds,
+        &mut plan,
+    )
+    .await;
     observe(cluster, placed, &settings.sync_set, &mut plan).await;
     // Whatever Git still has is not pruned, even if it is ignored, failed to
     // place, waits for its CRD, or moved to another API version.
-    let in_git: Vec<ObjectRef> = set
+    let in_git: Vec<&ObjectRef> = set
         .manifests
         .iter()
-        .map(|m| m.id.clone())
-        .chain(set.ignored.iter().cloned())
+        .map(|m| &m.id)
+        .chain(&set.ignored)
         .collect();
     let decided = plan::prune_plan(plan::PruneInput {
         inventory,
@@ -683,11 +690,11 @@ async fn apply_item(
 ) -> Result<Action, ObjectError> {
     let d = &item.desired;
     let fail = |reason: String| object_error(&d.id, Some(d.origin.to_string()), reason);
-    let before = item.live.as_ref().and_then(|l| {
-        l["metadata"]["resourceVersion"]
-            .as_str()
-            .map(str::to_string)
-    });
+    let before = item
+        .live
+        .as_ref()
+        .and_then(Seen::resource_version)
+        .map(str::to_string);
     match cluster
         .apply(
             &item.resolved,
@@ -835,7 +842,15 @@ async fn apply_plan(
                 let mut later = Plan::default();
                 let deferred = std::mem::take(&mut plan.deferred);
                 wait_served(cluster, &deferred).await;
-                let placed = place(cluster, &deferred, settings, &HashSet::new(), &mut later).await;
+                let placed = place(
+                    cluster,
+                    &deferred,
+                    None,
+                    settings,
+                    &HashSet::new(),
+                    &mut later,
+                )
+                .await;
                 observe(cluster, placed, &settings.sync_set, &mut later).await;
                 for e in later.errors {
                     on(Progress::Failed(&e));
@@ -1079,9 +1094,9 @@ async fn reconcile_releases(
         .filter(|i| !failed.contains(&i.desired.id.to_string()))
         .map(|i| helm::Item {
             id: i.desired.id.clone(),
-            object: (*i.desired.object).clone(),
+            object: i.desired.object.value(),
             resolved: i.resolved.clone(),
-            live: i.live.clone(),
+            live: i.live.as_ref().and_then(Seen::object).cloned(),
             changed: i.change != Change::Unchanged,
         })
         .collect();

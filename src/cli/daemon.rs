@@ -97,6 +97,7 @@ impl SyncArgs {
             paths: self.git_path.clone(),
             upgrade_removed_apis: self.upgrade_removed_apis,
             limits: self.limits.limits(),
+            sync_set: Some(self.sync_set_name.clone()),
         }
     }
 

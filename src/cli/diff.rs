@@ -13,7 +13,7 @@ use super::daemon::SyncArgs;
 use super::{EXIT_ERROR, EXIT_FAILED, Format};
 use crate::cluster::apply::reason;
 use crate::cluster::{Cluster, Connection};
-use crate::plan::{self, Change};
+use crate::plan::{self, Change, Seen};
 use crate::render;
 use crate::sync::{self, GarbageCollection};
 
@@ -111,7 +111,11 @@ pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode>
                 {
                     Ok(after) => {
                         let after = serde_json::to_value(&after).expect("objects serialize");
-                        match plan::object_diff(&d.id, item.live.as_ref(), &after) {
+                        match plan::object_diff(
+                            &d.id,
+                            item.live.as_ref().and_then(Seen::object),
+                            &after,
+                        ) {
                             None => (Change::Unchanged, None),
                             Some(diff) => (item.change.clone(), Some(diff)),
                         }
@@ -122,7 +126,10 @@ pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode>
                             .as_deref()
                             .is_some_and(|ns| new_namespaces.contains(&ns)) =>
                     {
-                        (Change::Create, plan::object_diff(&d.id, None, &d.object))
+                        (
+                            Change::Create,
+                            plan::object_diff(&d.id, None, &d.object.value()),
+                        )
                     }
                     Err(e) => (Change::Invalid { reason: reason(&e) }, None),
                 }
@@ -217,19 +224,20 @@ async fn release_entries(
     force: bool,
 ) -> Vec<Entry> {
     let d = &item.desired;
-    let preview = match crate::helm::preview(Some(cluster), helm, sources, &d.id, &d.object).await {
-        Ok(p) => p,
-        Err(reason) => {
-            return vec![Entry {
-                object: d.id.to_string(),
-                origin: Some(d.origin.to_string()),
-                change: Change::Invalid {
-                    reason: format!("its release cannot be rendered: {reason}"),
-                },
-                diff: None,
-            }];
-        }
-    };
+    let preview =
+        match crate::helm::preview(Some(cluster), helm, sources, &d.id, &d.object.value()).await {
+            Ok(p) => p,
+            Err(reason) => {
+                return vec![Entry {
+                    object: d.id.to_string(),
+                    origin: Some(d.origin.to_string()),
+                    change: Change::Invalid {
+                        reason: format!("its release cannot be rendered: {reason}"),
+                    },
+                    diff: None,
+                }];
+            }
+        };
     let Some(why) = &preview.change else {
         return Vec::new();
     };

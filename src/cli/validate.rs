@@ -35,6 +35,7 @@ pub fn run(args: Args) -> ExitCode {
         paths: args.git_path.clone(),
         upgrade_removed_apis: args.upgrade_removed_apis,
         limits: args.limits.limits(),
+        sync_set: None,
     };
     let set = render::render(&args.path, &options);
     for w in &set.warnings {
@@ -97,7 +98,13 @@ fn check_releases(args: &Args, set: &render::DesiredSet) -> Vec<String> {
     for m in releases {
         let mut id = m.id.clone();
         id.namespace.get_or_insert_with(|| "default".into());
-        let result = runtime.block_on(helm::preview(None, &settings, &sources, &id, &m.object));
+        let result = runtime.block_on(helm::preview(
+            None,
+            &settings,
+            &sources,
+            &id,
+            &m.object.value(),
+        ));
         match result {
             Ok(p) => println!(
                 "release {} of {} renders {} objects",

@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams, PropagationPolicy};
-use serde_json::Value;
 
 use super::{Cluster, FIELD_MANAGER, Resolved};
 use crate::object::ObjectRef;
@@ -42,7 +41,7 @@ impl Cluster {
         &self,
         resolved: &Resolved,
         id: &ObjectRef,
-        object: &Value,
+        object: &(impl serde::Serialize + std::fmt::Debug + Sync),
         force: bool,
         dry_run: bool,
     ) -> Result<DynamicObject, kube::Error> {
@@ -88,7 +87,7 @@ impl Cluster {
         &self,
         resolved: &Resolved,
         id: &ObjectRef,
-        object: &Value,
+        object: &(impl serde::Serialize + std::fmt::Debug + Sync),
         force: bool,
     ) -> Result<DynamicObject, kube::Error> {
         self.delete_with(resolved, id, PropagationPolicy::Foreground)

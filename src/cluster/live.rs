@@ -21,7 +21,7 @@ use serde_json::Value;
 
 use super::{FIELD_MANAGER, Resolved};
 use crate::health::{self, Health, Status};
-use crate::object::ObjectRef;
+use crate::object::{Json, ObjectRef};
 
 /// More reverts of one object than this within [`FIGHT_WINDOW`] is a fight
 /// with another controller: self-heal pauses for that object.
@@ -56,19 +56,20 @@ pub struct Entry {
 impl Entry {
     /// What a sync needs of the live object: its resource version (or all
     /// of it, for a HelmRelease).
-    pub fn as_live(&self) -> Value {
-        self.whole.clone().unwrap_or_else(
-            || serde_json::json!({"metadata": {"resourceVersion": self.resource_version}}),
-        )
+    pub fn as_live(&self) -> crate::plan::Seen {
+        match &self.whole {
+            Some(whole) => crate::plan::Seen::Object(whole.clone()),
+            None => crate::plan::Seen::Version(self.resource_version.clone()),
+        }
     }
 }
 
 struct Expected {
     key: Key,
     checksum: Option<String>,
-    /// Git's object as JSON text: a fraction of a parsed value's memory,
-    /// parsed when an event for it comes.
-    object: Option<Arc<[u8]>>,
+    /// Git's object (shared with the desired set), parsed when an event
+    /// for it comes.
+    object: Option<Json>,
 }
 
 /// The watches of one resource: one over all namespaces, or one per
@@ -195,8 +196,8 @@ impl Live {
         let expected: Option<Value> = state
             .expected
             .get(id)
-            .and_then(|e| e.object.as_deref())
-            .and_then(|text| serde_json::from_slice(text).ok());
+            .and_then(|e| e.object.as_ref())
+            .map(Json::value);
         let whole = crate::helm::release::is_helm_release_kind(&resource.group, &resource.kind)
             .then(|| {
                 let mut whole = object.clone();
@@ -488,7 +489,7 @@ impl Live {
     /// the live ones with these from now on.
     pub fn expect<'a>(
         &self,
-        desired: impl IntoIterator<Item = (&'a Resolved, &'a ObjectRef, &'a str, &'a Value)>,
+        desired: impl IntoIterator<Item = (&'a Resolved, &'a ObjectRef, &'a str, &'a Json)>,
     ) {
         let mut state = self.state.lock().expect("live state");
         for (resolved, id, checksum, object) in desired {
@@ -510,7 +511,7 @@ impl Live {
                     Expected {
                         key: k,
                         checksum: Some(checksum.to_string()),
-                        object: Some(serde_json::to_vec(object).expect("values serialize").into()),
+                        object: Some(object.clone()),
                     },
                 );
             }

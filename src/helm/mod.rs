@@ -258,7 +258,7 @@ pub fn release_keys(
             let mut id = m.id.clone();
             id.namespace
                 .get_or_insert_with(|| default_namespace.to_string());
-            let spec = release::parse(&id, &m.object).ok()?;
+            let spec = release::parse(&id, &m.object.value()).ok()?;
             Some((spec.target_namespace, spec.release_name))
         })
         .collect()

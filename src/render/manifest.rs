@@ -4,24 +4,42 @@
 //! serde_yaml is deprecated and unmaintained, and kube moved to serde-saphyr.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::object::ObjectRef;
+use crate::object::{Json, ObjectRef};
 
-/// One object as written in Git.
+/// One object as parsed from Git.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Manifest {
+pub struct Parsed {
     /// The file it came from, relative to the repository root.
     pub file: PathBuf,
     /// Its position among the documents of that file, from 0.
     pub index: usize,
     pub id: ObjectRef,
-    /// Shared with the placed object when that is the same (see `plan::place`).
-    pub object: Arc<Value>,
-    /// The sha256 of the object as Git has it, once rendered.
+    pub object: Value,
+}
+
+/// One object of a rendered desired set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Manifest {
+    pub file: PathBuf,
+    pub index: usize,
+    pub id: ObjectRef,
+    /// As rendered (and marked, see `render::Options::sync_set`); shared
+    /// with the placed object when that is the same (see `plan::place`).
+    pub object: Json,
+    /// The sha256 of the object as Git has it (its proxy settings injected).
     pub checksum: String,
+}
+
+impl Parsed {
+    pub fn origin(&self) -> Origin {
+        Origin {
+            file: self.file.clone(),
+            index: self.index,
+        }
+    }
 }
 
 impl Manifest {
@@ -172,11 +190,7 @@ fn documents(text: &str) -> Vec<Document<'_>> {
 /// Documents that are empty or are not Kubernetes objects at all (no
 /// `apiVersion` and no `kind`) are skipped; a document that has one of them but
 /// lacks the other, or lacks a name, is an error.
-pub fn parse_file(
-    file: &Path,
-    text: &str,
-    limits: &ParseLimits,
-) -> (Vec<Manifest>, Vec<ParseError>) {
+pub fn parse_file(file: &Path, text: &str, limits: &ParseLimits) -> (Vec<Parsed>, Vec<ParseError>) {
     let mut manifests = Vec::new();
     let mut errors = Vec::new();
     let docs = documents(text);
@@ -394,7 +408,7 @@ fn collect(
     index: usize,
     line: usize,
     value: Value,
-    out: &mut Vec<Manifest>,
+    out: &mut Vec<Parsed>,
 ) -> Result<(), ParseError> {
     let Value::Object(map) = &value else {
         return Ok(());
@@ -453,12 +467,11 @@ fn collect(
             "its namespace is not a DNS label (lower-case letters, digits and -, at most 63)",
         ));
     }
-    out.push(Manifest {
+    out.push(Parsed {
         file: file.to_path_buf(),
         index,
         id,
-        object: Arc::new(value),
-        checksum: String::new(),
+        object: value,
     });
     Ok(())
 }
@@ -467,7 +480,7 @@ fn collect(
 mod tests {
     use super::*;
 
-    fn parse(text: &str) -> Result<Vec<Manifest>, ParseError> {
+    fn parse(text: &str) -> Result<Vec<Parsed>, ParseError> {
         let (manifests, mut errors) =
             parse_file(Path::new("dir/file.yaml"), text, &ParseLimits::default());
         if errors.is_empty() {

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 pub use manifest::{Manifest, Origin, ParseError, ParseLimits};
 
-use crate::object::ObjectRef;
+use crate::object::{Json, ObjectRef};
 
 /// The objects rendered from one revision, in file order, and what could not
 /// be rendered. Everything in `manifests` is usable even when `errors` is not
@@ -32,6 +32,8 @@ pub struct DesiredSet {
     /// The repository's proxy settings, injected into its workloads (and
     /// into those its Helm releases render).
     pub proxy: Option<proxy::ProxySettings>,
+    /// The sync set the objects are marked for, if they are.
+    pub marked_for: Option<String>,
 }
 
 impl DesiredSet {
@@ -68,6 +70,9 @@ pub struct Options {
     /// the schema did not change.
     pub upgrade_removed_apis: bool,
     pub limits: Limits,
+    /// Marks the objects for this sync set (see `plan::mark`) as they are
+    /// rendered, so that every sync of the set shares them.
+    pub sync_set: Option<String>,
 }
 
 /// Annotations that make tidegate leave an object alone, in Git or live.
@@ -244,43 +249,66 @@ pub fn render(root: &Path, options: &Options) -> DesiredSet {
     }
 
     let mut manifests = Vec::new();
-    for (file, (found, errors)) in within
-        .iter()
-        .zip(read_and_parse(root, &within, &options.limits))
-    {
+    for (file, (found, errors)) in within.iter().zip(read_and_parse(root, &within, options)) {
         if found.is_empty() && errors.is_empty() {
             tracing::debug!(file = %file.display(), "skipped: no Kubernetes objects in it");
         }
-        manifests.extend(found);
         set.errors.extend(errors);
-    }
-
-    for mut m in manifests {
-        if is_ignored(&m.object) {
-            tracing::debug!(object = %m.id, "ignored: annotated in Git");
-            set.ignored.push(m.id);
-            continue;
-        }
-        match upgrade_removed(&mut m, options.upgrade_removed_apis) {
-            Ok(Some(warning)) => set.warnings.push(warning),
-            Ok(None) => {}
-            Err(e) => {
-                set.errors.push(e);
-                continue;
+        for document in found {
+            match document {
+                Finished::Manifest(m, warning) => {
+                    set.warnings.extend(warning);
+                    manifests.push(m);
+                }
+                Finished::Ignored(id) => set.ignored.push(id),
+                Finished::Failed(e) => set.errors.push(e),
             }
         }
-        set.manifests.push(m);
     }
-    set.manifests = reject_duplicates(std::mem::take(&mut set.manifests), &mut set.errors);
+    set.manifests = reject_duplicates(manifests, &mut set.errors);
+    set.marked_for = options.sync_set.clone();
     inject_proxy(&mut set);
-    for m in &mut set.manifests {
-        m.checksum = checksum(&m.object);
-    }
     set
 }
 
+/// What a parsed document becomes.
+enum Finished {
+    /// With the warning to show for it, if any.
+    Manifest(Manifest, Option<String>),
+    Ignored(ObjectRef),
+    Failed(Error),
+}
+
+/// Checks one parsed document, sums it and marks it; what is kept of it is
+/// its text, not the parsed value.
+fn finish(mut d: manifest::Parsed, options: &Options) -> Finished {
+    if is_ignored(&d.object) {
+        tracing::debug!(object = %d.id, "ignored: annotated in Git");
+        return Finished::Ignored(d.id);
+    }
+    let warning = match upgrade_removed(&mut d, options.upgrade_removed_apis) {
+        Ok(warning) => warning,
+        Err(e) => return Finished::Failed(e),
+    };
+    let checksum = checksum(&d.object);
+    if let Some(sync_set) = &options.sync_set {
+        crate::plan::mark(&mut d.object, sync_set, &checksum);
+    }
+    Finished::Manifest(
+        Manifest {
+            file: d.file,
+            index: d.index,
+            id: d.id,
+            object: Json::new(&d.object),
+            checksum,
+        },
+        warning,
+    )
+}
+
 /// Takes the repository's ProxySettings out of the objects to apply and
-/// injects them into every workload.
+/// injects them into every workload. The checksum of an object injected
+/// into is that of the object with its proxy settings (and its marks).
 fn inject_proxy(set: &mut DesiredSet) {
     let (settings, rest): (Vec<Manifest>, Vec<Manifest>) = std::mem::take(&mut set.manifests)
         .into_iter()
@@ -288,7 +316,7 @@ fn inject_proxy(set: &mut DesiredSet) {
     set.manifests = rest;
     match settings.as_slice() {
         [] => {}
-        [one] => set.proxy = Some(proxy::ProxySettings::from_object(&one.object)),
+        [one] => set.proxy = Some(proxy::ProxySettings::from_object(&one.object.value())),
         [first, second, ..] => {
             set.errors.push(Error::ProxySettingsTwice {
                 first: first.origin(),
@@ -301,20 +329,30 @@ fn inject_proxy(set: &mut DesiredSet) {
         return;
     };
     for m in &mut set.manifests {
-        if proxy::inject(std::sync::Arc::make_mut(&mut m.object), &settings) {
+        let mut object = m.object.value();
+        if proxy::inject(&mut object, &settings) {
             tracing::debug!(object = %m.id, "proxy settings injected");
+            m.checksum = checksum(&object);
+            if let Some(sync_set) = &set.marked_for {
+                crate::plan::mark(&mut object, sync_set, &m.checksum);
+            }
+            m.object = Json::new(&object);
         }
     }
 }
 
-type Parsed = (Vec<Manifest>, Vec<Error>);
+type Parsed = (Vec<Finished>, Vec<Error>);
 
-/// Reads and parses files on every core, keeping their order.
-fn read_and_parse(root: &Path, files: &[PathBuf], limits: &Limits) -> Vec<Parsed> {
+/// Reads, parses and finishes files on every core, keeping their order.
+fn read_and_parse(root: &Path, files: &[PathBuf], options: &Options) -> Vec<Parsed> {
+    let limits = &options.limits;
     let one = |rel: &PathBuf| match files::read(root, rel, limits) {
         Ok(text) => {
             let (found, errors) = manifest::parse_file(rel, &text, &limits.parse);
-            (found, errors.into_iter().map(Error::from).collect())
+            (
+                found.into_iter().map(|d| finish(d, options)).collect(),
+                errors.into_iter().map(Error::from).collect(),
+            )
         }
         Err(e) => (Vec::new(), vec![e]),
     };
@@ -337,7 +375,7 @@ fn read_and_parse(root: &Path, files: &[PathBuf], limits: &Limits) -> Vec<Parsed
 
 /// Refuses an object of a removed API version, or moves it to the
 /// replacement when allowed; returns the warning to show for a move.
-fn upgrade_removed(m: &mut Manifest, allowed: bool) -> Result<Option<String>, Error> {
+fn upgrade_removed(m: &mut manifest::Parsed, allowed: bool) -> Result<Option<String>, Error> {
     let api_version = m.id.api_version();
     let refuse = |advice: String| Error::RemovedApi {
         origin: m.origin(),
@@ -367,7 +405,7 @@ fn upgrade_removed(m: &mut Manifest, allowed: bool) -> Result<Option<String>, Er
         return Err(refuse(advice));
     }
     let from = m.id.to_string();
-    std::sync::Arc::make_mut(&mut m.object)["apiVersion"] = found.replacement.into();
+    m.object["apiVersion"] = found.replacement.into();
     let (group, version) = found
         .replacement
         .split_once('/')
@@ -445,6 +483,81 @@ mod tests {
         assert_eq!(checksum(&a), checksum(&b));
         assert_ne!(checksum(&a), checksum(&c));
         assert_eq!(checksum(&a).len(), 64);
+    }
+
+    #[test]
+    fn objects_are_marked_for_the_sync_set_as_rendered_and_summed_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "cm.yaml", &cm("plain"));
+        write(
+            dir.path(),
+            "web.yaml",
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: demo}\n\
+             spec: {template: {spec: {containers: [{name: web, image: web}]}}}\n",
+        );
+        let unmarked = clean(dir.path(), &Options::default());
+        let marked = clean(
+            dir.path(),
+            &Options {
+                sync_set: Some("prod".into()),
+                ..Options::default()
+            },
+        );
+        assert_eq!(unmarked.marked_for, None);
+        assert_eq!(marked.marked_for.as_deref(), Some("prod"));
+        for (u, m) in unmarked.manifests.iter().zip(&marked.manifests) {
+            assert_eq!(u.checksum, m.checksum, "{}: the marks are not summed", m.id);
+            let object = m.object.value();
+            let annotations = &object["metadata"]["annotations"];
+            assert_eq!(annotations[crate::plan::SYNC_SET_ANNOTATION], "prod");
+            assert_eq!(annotations[crate::plan::CHECKSUM_ANNOTATION], m.checksum);
+            assert!(u.object.value()["metadata"].get("annotations").is_none());
+        }
+
+        // Proxy settings change the checksum of the workloads they go into,
+        // and the marks follow.
+        write(
+            dir.path(),
+            "proxy.yaml",
+            "apiVersion: tidegate.dev/v1\nkind: ProxySettings\nmetadata: {name: proxy}\n\
+             spec: {httpsProxy: 'http://proxy:3128'}\n",
+        );
+        let proxied = clean(
+            dir.path(),
+            &Options {
+                sync_set: Some("prod".into()),
+                ..Options::default()
+            },
+        );
+        let web = |set: &DesiredSet| {
+            set.manifests
+                .iter()
+                .find(|m| m.id.kind == "Deployment")
+                .cloned()
+                .unwrap()
+        };
+        let (before, after) = (web(&marked), web(&proxied));
+        assert_ne!(before.checksum, after.checksum);
+        let object = after.object.value();
+        assert_eq!(
+            object["metadata"]["annotations"][crate::plan::CHECKSUM_ANNOTATION],
+            after.checksum
+        );
+        let env = object["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
+        assert!(env.contains("http://proxy:3128"), "{env}");
+        // Summed again, the same: the checksum does not change from one
+        // render to the next.
+        assert_eq!(
+            web(&clean(
+                dir.path(),
+                &Options {
+                    sync_set: Some("prod".into()),
+                    ..Options::default()
+                }
+            ))
+            .checksum,
+            after.checksum
+        );
     }
 
     #[test]
@@ -550,7 +663,7 @@ mod tests {
         std::fs::remove_file(dir.path().join("deploy.yaml")).unwrap();
         let set = clean(dir.path(), &options);
         assert_eq!(set.manifests[0].id.api_version(), "batch/v1");
-        assert_eq!(set.manifests[0].object["apiVersion"], "batch/v1");
+        assert_eq!(set.manifests[0].object.value()["apiVersion"], "batch/v1");
         assert_eq!(set.warnings.len(), 1);
     }
 
@@ -585,8 +698,8 @@ mod tests {
         // sync_only is applied (and never pruned), as in Flux v1.
         assert_eq!(kept, ["synconly", "kept"]);
         assert_eq!(set.ignored.len(), 2);
-        assert!(is_prune_protected(&set.manifests[0].object));
-        assert!(!is_ignored(&set.manifests[0].object));
+        assert!(is_prune_protected(&set.manifests[0].object.value()));
+        assert!(!is_ignored(&set.manifests[0].object.value()));
     }
 
     #[test]
