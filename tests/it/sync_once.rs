@@ -78,6 +78,8 @@ async fn creates_then_updates_then_leaves_unchanged() {
     assert_eq!(cm.data.unwrap()["value"], "1");
     let labels = cm.metadata.labels.unwrap();
     assert_eq!(labels["app.kubernetes.io/managed-by"], "tidegate");
+    // The sync set as a label too: what lists and watches select by.
+    assert_eq!(labels["tidegate.dev/sync-set"], repo.sync_set);
     let managers: Vec<String> = cm
         .metadata
         .managed_fields
@@ -87,7 +89,9 @@ async fn creates_then_updates_then_leaves_unchanged() {
         .filter_map(|f| f.manager)
         .collect();
     assert_eq!(managers, ["tidegate"]);
-    let checksum = &cm.metadata.annotations.unwrap()["tidegate.dev/checksum"];
+    let annotations = cm.metadata.annotations.unwrap();
+    assert_eq!(annotations["tidegate.dev/sync-set"], repo.sync_set);
+    let checksum = &annotations["tidegate.dev/checksum"];
     assert_eq!(checksum.len(), 64);
 
     // Change one object in Git: only it is configured.
