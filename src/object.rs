@@ -85,12 +85,6 @@ impl Json {
     }
 }
 
-impl From<Value> for Json {
-    fn from(value: Value) -> Json {
-        Json::new(&value)
-    }
-}
-
 impl PartialEq for Json {
     fn eq(&self, other: &Json) -> bool {
         self.text() == other.text()

@@ -23,6 +23,7 @@ pub struct Parsed {
 /// One object of a rendered desired set.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Manifest {
+    /// Where it is written, as in [`Parsed`].
     pub file: PathBuf,
     pub index: usize,
     pub id: ObjectRef,
