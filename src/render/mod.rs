@@ -496,13 +496,11 @@ mod tests {
              spec: {template: {spec: {containers: [{name: web, image: web}]}}}\n",
         );
         let unmarked = clean(dir.path(), &Options::default());
-        let marked = clean(
-            dir.path(),
-            &Options {
-                sync_set: Some("prod".into()),
-                ..Options::default()
-            },
-        );
+        let prod = Options {
+            sync_set: Some("prod".into()),
+            ..Options::default()
+        };
+        let marked = clean(dir.path(), &prod);
         assert_eq!(unmarked.marked_for, None);
         assert_eq!(marked.marked_for.as_deref(), Some("prod"));
         for (u, m) in unmarked.manifests.iter().zip(&marked.manifests) {
@@ -522,13 +520,7 @@ mod tests {
             "apiVersion: tidegate.dev/v1\nkind: ProxySettings\nmetadata: {name: proxy}\n\
              spec: {httpsProxy: 'http://proxy:3128'}\n",
         );
-        let proxied = clean(
-            dir.path(),
-            &Options {
-                sync_set: Some("prod".into()),
-                ..Options::default()
-            },
-        );
+        let proxied = clean(dir.path(), &prod);
         let web = |set: &DesiredSet| {
             set.manifests
                 .iter()
@@ -547,17 +539,7 @@ mod tests {
         assert!(env.contains("http://proxy:3128"), "{env}");
         // Summed again, the same: the checksum does not change from one
         // render to the next.
-        assert_eq!(
-            web(&clean(
-                dir.path(),
-                &Options {
-                    sync_set: Some("prod".into()),
-                    ..Options::default()
-                }
-            ))
-            .checksum,
-            after.checksum
-        );
+        assert_eq!(web(&clean(dir.path(), &prod)).checksum, after.checksum);
     }
 
     #[test]
