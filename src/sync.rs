@@ -77,16 +77,16 @@ impl fmt::Debug for RenderCache {
 }
 
 impl RenderCache {
-    /// The set `snapshot` renders to with `options`, its objects marked for
-    /// `sync_set`: from the cache if the trees are the ones last rendered,
-    /// else rendered (off the async workers: parsing is CPU-bound) and kept.
+    /// The set `snapshot` renders to with `options` (its objects marked for
+    /// `options.sync_set`, so that the placed objects of every sync share
+    /// them): from the cache if the trees are the ones last rendered, else
+    /// rendered (off the async workers: parsing is CPU-bound) and kept.
     pub async fn render(
         &self,
         snapshot: &Snapshot,
         options: &render::Options,
-        sync_set: &str,
     ) -> std::sync::Arc<DesiredSet> {
-        let (snap, options, sync_set) = (snapshot.clone(), options.clone(), sync_set.to_string());
+        let (snap, options) = (snapshot.clone(), options.clone());
         let cache = self.0.clone();
         tokio::task::spawn_blocking(move || {
             let key = snap.tree_ids(&options.paths);
@@ -101,11 +101,6 @@ impl RenderCache {
                 // The old set goes before the new one is parsed, not after.
                 *cached = None;
             }
-            // Marked once here, the placed objects of every sync share them.
-            let options = render::Options {
-                sync_set: Some(sync_set),
-                ..options
-            };
             let set = render::render(&snap.tree, &options);
             let set = std::sync::Arc::new(set);
             *cache.lock().expect("render cache") = key.map(|k| (k, set.clone()));
@@ -1218,7 +1213,7 @@ async fn sync_revision(
     let phase = std::time::Instant::now();
     let set = settings
         .render_cache
-        .render(&snapshot, &settings.render, &settings.sync_set)
+        .render(&snapshot, &settings.render)
         .await;
     tracing::debug!(
         objects = set.manifests.len(),
