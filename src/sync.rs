@@ -1240,6 +1240,11 @@ async fn sync_revision(
         proxy: h.helm.proxy.clone(),
         proxy_settings: set.proxy.clone().filter(|p| !p.is_empty()),
         digests: Default::default(),
+        allow_local: h.allow_local_charts,
+        values: helm::external::Access {
+            fetch: true,
+            allow: h.values_url_allow.clone(),
+        },
     });
     let (mut report, next) = apply_set(
         cluster,
@@ -1251,6 +1256,10 @@ async fn sync_revision(
         on,
     )
     .await;
+    for w in snapshot.skipped.warnings() {
+        on(Progress::Warning(&w));
+        report.warnings.push(w);
+    }
     report.revision = Some(snapshot.revision);
     report.proxy = set.proxy.clone();
     // Fights over a field are the sync's warnings until they stop.

@@ -53,6 +53,15 @@ pub struct SyncArgs {
     /// The helm binary (Helm 3) that renders, installs and upgrades HelmRelease charts
     #[arg(long, env = "TIDEGATE_HELM_BINARY", default_value = "helm")]
     pub helm_binary: PathBuf,
+    /// A directory of Helm plugins helm may run (default: none; helm runs with plugins off)
+    #[arg(long, env = "TIDEGATE_HELM_PLUGINS")]
+    pub helm_plugins: Option<PathBuf>,
+    /// Let a HelmRelease's chart.git name a repository on the daemon's own disk (file:// or a path)
+    #[arg(long, env = "TIDEGATE_ALLOW_LOCAL_CHART_REPOSITORIES")]
+    pub allow_local_chart_repositories: bool,
+    /// A host name or network (CIDR) that valuesFrom.externalSourceRef may reach though it is loopback, link-local or private (repeatable, or comma-separated)
+    #[arg(long, env = "TIDEGATE_VALUES_URL_ALLOW", value_delimiter = ',')]
+    pub values_url_allow: Vec<String>,
     #[command(flatten)]
     pub limits: LimitArgs,
 }
@@ -115,9 +124,13 @@ impl SyncArgs {
                 home: dir.join("helm"),
                 proxy: None,
                 post_renderer: std::env::current_exe().ok(),
+                plugins: self.helm_plugins.clone(),
             },
             cache: dir.join("charts"),
             git: None,
+            allow_namespaces: self.k8s_allow_namespace.clone(),
+            allow_local_charts: self.allow_local_chart_repositories,
+            values_url_allow: self.values_url_allow.clone(),
         }
     }
 

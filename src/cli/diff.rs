@@ -151,6 +151,8 @@ pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode>
         helm.cache.clone(),
     );
     sources.proxy_settings = set.proxy.clone().filter(|p| !p.is_empty());
+    sources.values.allow = helm.values_url_allow.clone();
+    sources.allow_local = helm.allow_local_charts;
     for item in &plan.items {
         if !crate::helm::is_release(&item.desired.id) || item.change == Change::Ignored {
             continue;

@@ -9,6 +9,7 @@ use std::io::{Read, Write};
 use std::process::ExitCode;
 
 use super::EXIT_ERROR;
+use crate::helm::allowed::{Rendered, kind_key, objects_refusal, rendered_ref};
 use crate::render::ParseLimits;
 use crate::render::manifest::parse_documents;
 use crate::render::proxy::{self, ProxySettings};
@@ -27,6 +28,16 @@ pub struct Args {
     /// NO_PROXY to inject into workloads
     #[arg(long)]
     no_proxy: Option<String>,
+    /// The namespace helm installs into, for objects that name none
+    #[arg(long)]
+    release_namespace: Option<String>,
+    /// A namespace objects may be in (repeatable); none: any
+    #[arg(long)]
+    allow_namespace: Vec<String>,
+    /// `group/Kind` of a namespaced kind checked before the install
+    /// (repeatable); with --allow-namespace, only these may be installed
+    #[arg(long)]
+    namespaced_kind: Vec<String>,
 }
 
 /// Most bytes of rendered manifests read.
@@ -58,6 +69,10 @@ pub fn run(args: Args) -> ExitCode {
         https_proxy: args.https_proxy.clone(),
         no_proxy: args.no_proxy.clone(),
     };
+    if let Some(why) = refusal(&args, &documents) {
+        eprintln!("error: {why}");
+        return ExitCode::from(EXIT_ERROR);
+    }
     let mut out = std::io::stdout().lock();
     for mut doc in documents {
         if !proxy.is_empty() {
@@ -81,4 +96,31 @@ pub fn run(args: Args) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// Why helm may not install these objects under the allow-list: an object
+/// of a kind not checked before the install (so of unknown scope), or in a
+/// namespace not allowed.
+fn refusal(args: &Args, documents: &[serde_json::Value]) -> Option<String> {
+    if args.allow_namespace.is_empty() {
+        return None;
+    }
+    documents.iter().filter(|d| !d.is_null()).find_map(|doc| {
+        let Some(mut id) = rendered_ref(doc) else {
+            return Some("a rendered document has no apiVersion and kind".to_string());
+        };
+        if !args.namespaced_kind.contains(&kind_key(&id)) {
+            return Some(format!(
+                "{id}: its kind was not checked against --k8s-allow-namespace before the install (cluster-scoped, or rendered only at install)"
+            ));
+        }
+        if id.namespace.is_none() {
+            id.namespace = args.release_namespace.clone();
+        }
+        let rendered = Rendered {
+            id,
+            namespaced: Some(true),
+        };
+        objects_refusal(std::slice::from_ref(&rendered), &args.allow_namespace)
+    })
 }

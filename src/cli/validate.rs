@@ -26,6 +26,12 @@ pub struct Args {
     /// The helm binary (Helm 3) that renders HelmRelease charts
     #[arg(long, env = "TIDEGATE_HELM_BINARY", default_value = "helm")]
     helm_binary: PathBuf,
+    /// Read HelmReleases' valuesFrom.externalSourceRef URLs (otherwise validate makes no request for values)
+    #[arg(long)]
+    fetch_values: bool,
+    /// A host name or network (CIDR) --fetch-values may reach though it is not public (repeatable)
+    #[arg(long, value_delimiter = ',')]
+    values_url_allow: Vec<String>,
     #[command(flatten)]
     limits: LimitArgs,
 }
@@ -77,6 +83,7 @@ fn check_releases(args: &Args, set: &render::DesiredSet) -> Vec<String> {
     let scratch = std::env::temp_dir().join(format!("tidegate-validate-{}", std::process::id()));
     let settings = helm::Settings {
         helm: helm::Helm {
+            plugins: None,
             binary: args.helm_binary.clone(),
             kubeconfig: None,
             context: None,
@@ -86,10 +93,19 @@ fn check_releases(args: &Args, set: &render::DesiredSet) -> Vec<String> {
         },
         cache: scratch.join("charts"),
         git: None,
+        allow_namespaces: Vec::new(),
+        allow_local_charts: true,
+        values_url_allow: args.values_url_allow.clone(),
     };
     let mut sources =
         helm::chart::Sources::checkout(&args.path, args.git_url.as_deref(), settings.cache.clone());
     sources.proxy_settings = set.proxy.clone().filter(|p| !p.is_empty());
+    // Run by a user on their own checkout: their own disk is theirs to read.
+    sources.allow_local = true;
+    sources.values = helm::external::Access {
+        fetch: args.fetch_values,
+        allow: args.values_url_allow.clone(),
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -48,6 +48,8 @@ pub struct Helm {
     /// tidegate's own binary, run by helm as its post-renderer to label the
     /// release's objects with [`RELEASE_LABEL`].
     pub post_renderer: Option<PathBuf>,
+    /// `--helm-plugins`: the only plugins helm may run; `None`: plugins off.
+    pub plugins: Option<PathBuf>,
 }
 
 /// The label on every object of a release tidegate installed or upgraded:
@@ -69,6 +71,16 @@ pub struct UpgradeArgs<'a> {
     pub labels: &'a [(String, String)],
     /// Proxy settings for the post-renderer to inject into workloads.
     pub proxy: Option<&'a crate::render::proxy::ProxySettings>,
+    /// Under the allow-list: what the post-renderer lets helm install.
+    pub allowed: Option<Allowed<'a>>,
+}
+
+/// The allow-list the post-renderer holds an install to.
+#[derive(Debug, Clone, Copy)]
+pub struct Allowed<'a> {
+    pub namespaces: &'a [String],
+    /// `group/Kind` of the namespaced kinds the chart was checked with.
+    pub kinds: &'a [String],
 }
 
 /// What one rollback runs with.
@@ -112,10 +124,20 @@ impl Helm {
             .env("HELM_CACHE_HOME", self.home.join("cache"))
             .env("HELM_CONFIG_HOME", self.home.join("config"))
             .env("HELM_DATA_HOME", self.home.join("data"))
+            // Never the plugins of a directory anything else writes to.
+            .env(
+                "HELM_PLUGINS",
+                self.plugins
+                    .clone()
+                    .unwrap_or_else(|| self.home.join("no-plugins")),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        if self.plugins.is_none() {
+            cmd.env("HELM_NO_PLUGINS", "1");
+        }
         if let Some(proxy) = &self.proxy {
             for var in ["HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"] {
                 cmd.env(var, proxy);
@@ -190,6 +212,7 @@ impl Helm {
         &self,
         release: &str,
         proxy: Option<&crate::render::proxy::ProxySettings>,
+        allowed: Option<(Allowed<'_>, &str)>,
     ) -> Vec<String> {
         let Some(binary) = &self.post_renderer else {
             return Vec::new();
@@ -210,6 +233,21 @@ impl Helm {
                     post.push(format!("{flag}={v}"));
                 }
             }
+        }
+        if let Some((allowed, namespace)) = allowed {
+            post.push(format!("--release-namespace={namespace}"));
+            post.extend(
+                allowed
+                    .namespaces
+                    .iter()
+                    .map(|n| format!("--allow-namespace={n}")),
+            );
+            post.extend(
+                allowed
+                    .kinds
+                    .iter()
+                    .map(|k| format!("--namespaced-kind={k}")),
+            );
         }
         for arg in post {
             args.push("--post-renderer-args".into());
@@ -253,7 +291,11 @@ impl Helm {
         if !labels.is_empty() {
             args.extend(["--labels", &labels]);
         }
-        let post_render = self.post_render_args(a.release, a.proxy);
+        let post_render = self.post_render_args(
+            a.release,
+            a.proxy,
+            a.allowed.map(|allowed| (allowed, a.namespace)),
+        );
         args.extend(post_render.iter().map(String::as_str));
         args.extend(switches(&[
             (a.wait, "--wait"),
@@ -333,7 +375,7 @@ impl Helm {
         if !skip_crds {
             args.push("--include-crds");
         }
-        let post_render = self.post_render_args(release, proxy);
+        let post_render = self.post_render_args(release, proxy, None);
         args.extend(post_render.iter().map(String::as_str));
         self.run(&args, GRACE * 2).await
     }

@@ -37,6 +37,10 @@ pub enum Error {
         repository: String,
         reason: String,
     },
+    #[error(
+        "chart.git {url} is a repository on the daemon's disk; name a remote URL (or pass --allow-local-chart-repositories)"
+    )]
+    Local { url: String },
     #[error("cannot pull chart {name} {version} from {url}: {reason}")]
     Pull {
         url: String,
@@ -65,6 +69,11 @@ pub struct Sources {
     /// Digests of chart directories read in this sync: releases of the same
     /// chart hash it once.
     pub digests: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<PathBuf, String>>>,
+    /// `--allow-local-chart-repositories`: `chart.git` may name a
+    /// repository on this machine's disk.
+    pub allow_local: bool,
+    /// Whether and where values at a URL may be fetched from.
+    pub values: super::external::Access,
 }
 
 impl Sources {
@@ -104,6 +113,11 @@ impl Sources {
             proxy: None,
             proxy_settings: None,
             digests: Default::default(),
+            allow_local: false,
+            values: super::external::Access {
+                fetch: true,
+                allow: Vec::new(),
+            },
         }
     }
 }
@@ -192,6 +206,16 @@ fn fetch_other(url: &str, git_ref: &str, sources: &Sources) -> Result<(PathBuf, 
         cache_dir: PathBuf::new(),
         access: Default::default(),
     });
+    if remote::parse(url).scheme == remote::Scheme::File && !sources.allow_local {
+        return Err(Error::Local {
+            url: url.to_string(),
+        });
+    }
+    // The synced repository's credentials go only to its own server.
+    if !remote::same_server(url, &git.url) {
+        git.access.deploy_key = None;
+        git.access.https = None;
+    }
     git.url = url.to_string();
     git.branch = git_ref.to_string();
     git.cache_dir = sources.cache.join("git").join(key);

@@ -6,10 +6,12 @@
 //! A release that fails fails only itself: the others, and the plain
 //! manifests, go on.
 
+pub mod allowed;
 pub mod binary;
 pub mod chart;
 pub mod decide;
 pub mod drift;
+pub mod external;
 pub mod release;
 pub mod storage;
 
@@ -43,6 +45,13 @@ pub struct Settings {
     pub cache: PathBuf,
     /// The synced source, for charts in other Git repositories (same access).
     pub git: Option<crate::source::GitSource>,
+    /// `--k8s-allow-namespace`: what a release may touch (empty: anything).
+    pub allow_namespaces: Vec<String>,
+    /// `--allow-local-chart-repositories`.
+    pub allow_local_charts: bool,
+    /// `--values-url-allow`: hosts and networks values may be fetched
+    /// from though they are not public.
+    pub values_url_allow: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,6 +178,9 @@ async fn decide_all(ctx: &Context<'_>, items: &[Item], mut observed: Observed) -
         stream::iter(items.iter().map(|item| async move {
             let spec = release::parse(&item.id, &item.object)
                 .map_err(|e| Box::new((None, fail("Invalid", e.to_string()))))?;
+            if let Some(why) = allowed::spec_refusal(&spec, &ctx.settings.allow_namespaces) {
+                return Err(Box::new((Some(spec), fail("NotAllowed", why))));
+            }
             match wanted(Some(ctx.cluster), ctx.sources, &spec).await {
                 Ok(w) => Ok((spec, w)),
                 Err(f) => Err(Box::new((Some(spec), f))),
@@ -410,6 +422,7 @@ async fn wanted(
         spec,
         chart_dir.as_deref(),
         sources.proxy.as_deref(),
+        &sources.values,
     )
     .await
     .map_err(|m| fail("ValuesFailed", m))?;
@@ -777,10 +790,11 @@ async fn merged_values(
     spec: &ReleaseSpec,
     chart_dir: Option<&std::path::Path>,
     proxy: Option<&str>,
+    access: &external::Access,
 ) -> Result<Value, String> {
     let mut merged = json!({});
     for source in &spec.values_from {
-        let text = match read_source(cluster, source, chart_dir, proxy).await? {
+        let text = match read_source(cluster, source, chart_dir, proxy, access).await? {
             Some(t) if t.is_empty() => continue,
             Some(t) => t,
             None if source.optional() => continue,
@@ -810,13 +824,19 @@ async fn read_source(
     source: &ValuesSource,
     chart_dir: Option<&std::path::Path>,
     proxy: Option<&str>,
+    access: &external::Access,
 ) -> Result<Option<String>, String> {
     if let ValuesSource::External { url, .. } = source {
-        let (url, proxy) = (url.clone(), proxy.map(str::to_string));
-        return tokio::task::spawn_blocking(move || fetch_values(&url, proxy.as_deref()))
-            .await
-            .expect("fetch task")
-            .map_err(|e| format!("cannot read valuesFrom {source}: {e}"));
+        if !access.fetch {
+            return Ok(Some(String::new()));
+        }
+        let (url, proxy, access) = (url.clone(), proxy.map(str::to_string), access.clone());
+        return tokio::task::spawn_blocking(move || {
+            external::fetch(&url, proxy.as_deref(), &access)
+        })
+        .await
+        .expect("fetch task")
+        .map_err(|e| format!("cannot read valuesFrom {source}: {e}"));
     }
     let in_cluster = matches!(
         source,
@@ -879,46 +899,6 @@ fn read_file_source(
         ValuesSource::External { .. }
         | ValuesSource::ConfigMap { .. }
         | ValuesSource::Secret { .. } => unreachable!("read by read_source"),
-    }
-}
-
-/// Most bytes of a values file read from a URL.
-const MAX_EXTERNAL_VALUES: u64 = 4 * 1024 * 1024;
-
-/// A values file at a URL (`externalSourceRef`), through the proxy;
-/// `None` when the server answers 404.
-fn fetch_values(url: &str, proxy: Option<&str>) -> Result<Option<String>, String> {
-    use ureq::tls::{RootCerts, TlsConfig, TlsProvider};
-    let proxy = match proxy {
-        Some(p) => Some(
-            ureq::Proxy::new(p)
-                .map_err(|e| format!("proxy {}: {e}", crate::source::remote::redact(p)))?,
-        ),
-        None => ureq::Proxy::try_from_env(),
-    };
-    let tls = TlsConfig::builder()
-        .provider(TlsProvider::NativeTls)
-        .root_certs(RootCerts::PlatformVerifier)
-        .build();
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .proxy(proxy)
-        .tls_config(tls)
-        .timeout_global(Some(std::time::Duration::from_secs(30)))
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let scrub = |e: ureq::Error| crate::source::remote::scrub(&e.to_string(), url);
-    let mut response = agent.get(url).call().map_err(scrub)?;
-    match response.status().as_u16() {
-        200..=299 => response
-            .body_mut()
-            .with_config()
-            .limit(MAX_EXTERNAL_VALUES)
-            .read_to_string()
-            .map(Some)
-            .map_err(scrub),
-        404 => Ok(None),
-        code => Err(format!("the server answered {code}")),
     }
 }
 
@@ -1073,6 +1053,10 @@ async fn install_or_upgrade(
         &work.0,
     )
     .await?;
+    let namespaced_kinds = match ctx.settings.allow_namespaces.is_empty() {
+        true => Vec::new(),
+        false => check_chart(ctx, spec, &chart, &values_file).await?,
+    };
     let labels = digests.labels();
     let verb = if deployed.is_some() {
         "upgrading"
@@ -1095,6 +1079,10 @@ async fn install_or_upgrade(
             max_history: spec.max_history,
             labels: &labels,
             proxy: ctx.sources.proxy_settings.as_ref(),
+            allowed: (!ctx.settings.allow_namespaces.is_empty()).then_some(binary::Allowed {
+                namespaces: &ctx.settings.allow_namespaces,
+                kinds: &namespaced_kinds,
+            }),
         })
         .await;
     drop(work);
@@ -1142,6 +1130,63 @@ async fn install_or_upgrade(
             }
         }
     }
+}
+
+/// Under the allow-list: renders the chart with the values helm will be
+/// given (hooks and CRDs included) and checks every object as a plain
+/// manifest is checked; the namespaced kinds it found, for the
+/// post-renderer to hold the install to.
+async fn check_chart(
+    ctx: &Context<'_>,
+    spec: &ReleaseSpec,
+    chart: &std::path::Path,
+    values_file: &std::path::Path,
+) -> Result<Vec<String>, Failure> {
+    let refused = |why: String| fail("NotAllowed", why);
+    let manifest = ctx
+        .settings
+        .helm
+        .template(
+            &spec.release_name,
+            &spec.target_namespace,
+            chart,
+            values_file,
+            spec.skip_crds,
+            None,
+        )
+        .await
+        .map_err(|e| fail("DeployFailed", e.to_string()))?;
+    let docs = parse_documents(&manifest, &ParseLimits::default()).map_err(|e| {
+        fail(
+            "DeployFailed",
+            format!("the chart renders YAML that cannot be read: {e}"),
+        )
+    })?;
+    let mut rendered = Vec::new();
+    for doc in docs.iter().filter(|d| !d.is_null()) {
+        let Some(mut id) = allowed::rendered_ref(doc) else {
+            return Err(refused(
+                "the chart renders a document without apiVersion and kind".to_string(),
+            ));
+        };
+        let namespaced = ctx.cluster.resolve(&id).await.ok().map(|r| r.namespaced());
+        match namespaced {
+            Some(true) => {
+                id.namespace
+                    .get_or_insert_with(|| spec.target_namespace.clone());
+            }
+            Some(false) => id.namespace = None,
+            None => {}
+        }
+        rendered.push(allowed::Rendered { id, namespaced });
+    }
+    if let Some(why) = allowed::objects_refusal(&rendered, &ctx.settings.allow_namespaces) {
+        return Err(refused(why));
+    }
+    let mut kinds: Vec<String> = rendered.iter().map(|r| allowed::kind_key(&r.id)).collect();
+    kinds.sort();
+    kinds.dedup();
+    Ok(kinds)
 }
 
 async fn rollback(ctx: &Context<'_>, spec: &ReleaseSpec, to: u32) -> Result<(), binary::Error> {

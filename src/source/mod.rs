@@ -5,6 +5,7 @@
 //! with credentials and a proxy), and checks the commit out into a directory
 //! of its own that nothing else writes to.
 
+pub mod checkout;
 pub mod remote;
 
 use std::cell::RefCell;
@@ -27,6 +28,8 @@ pub struct Snapshot {
     pub tree: PathBuf,
     /// The bare repository the commit is in.
     pub repo: PathBuf,
+    /// What the checkout left out (submodules), for the sync's warnings.
+    pub skipped: checkout::Skipped,
 }
 
 impl Snapshot {
@@ -111,6 +114,8 @@ pub enum Error {
         #[source]
         source: git2::Error,
     },
+    #[error(transparent)]
+    Tree(#[from] checkout::Error),
 }
 
 /// How to authenticate to the remote and reach it.
@@ -148,23 +153,8 @@ impl GitSource {
         let oid = self.fetch_branch(&repo)?;
         let revision = oid.to_string();
         let tree_dir = self.cache_dir.join("checkouts").join(&revision);
-        let unchanged = tree_dir.join(COMPLETE).exists();
-        if !unchanged {
-            // The last checkout, brought to this revision: only the files
-            // that changed are written.
-            let updated = self.last_checkout().is_some_and(|(dir, from)| {
-                match update_checkout(&repo, &dir, from, oid, &tree_dir) {
-                    Ok(()) => true,
-                    Err(e) => {
-                        tracing::debug!("checking out in full: {e}");
-                        false
-                    }
-                }
-            });
-            if !updated {
-                checkout(&repo, oid, &tree_dir)?;
-            }
-        }
+        let unchanged = tree_dir.join(checkout::COMPLETE).exists();
+        let skipped = self.check_out(&repo, oid, &tree_dir)?;
         self.remove_old_checkouts(&revision);
         // Only the synced history is kept: what a force-push dropped goes.
         let _ = repo.reference(&previous_ref(&self.branch), oid, true, "synced");
@@ -179,7 +169,52 @@ impl GitSource {
             revision,
             tree: tree_dir,
             repo: self.cache_dir.join("repo.git"),
+            skipped,
         })
+    }
+
+    /// Checks the tree of `oid` and brings `dir` to it: the last complete
+    /// checkout updated with what changed, or a fresh one.
+    fn check_out(
+        &self,
+        repo: &Repository,
+        oid: Oid,
+        dir: &Path,
+    ) -> Result<checkout::Skipped, Error> {
+        let revision = oid.to_string();
+        let tree = repo
+            .find_commit(oid)
+            .and_then(|c| c.tree())
+            .map_err(|source| Error::Checkout {
+                revision: revision.clone(),
+                dir: dir.to_path_buf(),
+                source,
+            })?;
+        let skipped = checkout::check_tree(repo, &tree, &revision)?;
+        if dir.join(checkout::COMPLETE).exists() {
+            return Ok(skipped);
+        }
+        // The last checkout, brought to this revision: only the files that
+        // changed are written.
+        if let Some((last, from)) = self.last_checkout() {
+            let moved = std::fs::remove_file(last.join(checkout::COMPLETE)).and_then(|()| {
+                let _ = std::fs::remove_dir_all(dir);
+                std::fs::rename(&last, dir)
+            });
+            match moved.map(|()| checkout::write(repo, dir, Some(from), oid)) {
+                Ok(Ok(())) => return Ok(skipped),
+                Ok(Err(e @ checkout::Error::Refused { .. })) => return Err(e.into()),
+                Ok(Err(e)) => tracing::debug!("checking out in full: {}", crate::error_chain(&e)),
+                Err(e) => tracing::debug!("checking out in full: {e}"),
+            }
+        }
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir).map_err(|source| Error::Cache {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
+        checkout::write(repo, dir, None, oid)?;
+        Ok(skipped)
     }
 
     fn open_cache(&self) -> Result<Repository, Error> {
@@ -224,10 +259,20 @@ impl GitSource {
         let tried_credentials = RefCell::new(false);
 
         let mut callbacks = RemoteCallbacks::new();
-        callbacks.credentials(|_url, username, allowed| {
+        callbacks.credentials(|url, username, allowed| {
             // libgit2 asks again after a refusal; one try each, then report it.
             if tried_credentials.replace(true) {
                 return Err(git2::Error::from_str("credentials refused"));
+            }
+            // An HTTP redirect to another server gets none.
+            if matches!(remote_info.scheme, Scheme::Http | Scheme::Https)
+                && !remote::same_server(url, &self.url)
+            {
+                return Err(git2::Error::from_str(&format!(
+                    "credentials refused: {} is not the server of {}",
+                    remote::redact(url),
+                    self.shown_url()
+                )));
             }
             if allowed.contains(CredentialType::SSH_KEY) {
                 let user = username.or(remote_info.user.as_deref()).unwrap_or("git");
@@ -379,7 +424,7 @@ impl GitSource {
             .ok()?
             .flatten()
             .find_map(|entry| {
-                let marker = std::fs::read_to_string(entry.path().join(COMPLETE)).ok()?;
+                let marker = std::fs::read_to_string(entry.path().join(checkout::COMPLETE)).ok()?;
                 Some((entry.path(), Oid::from_str(marker.trim()).ok()?))
             })
     }
@@ -454,194 +499,4 @@ fn compact(repo: &Repository, head: Oid, limit: usize) -> Result<(), git2::Error
         }
     }
     Ok(())
-}
-
-/// Marks a checkout directory complete; holds its revision.
-const COMPLETE: &str = ".tidegate-complete";
-
-/// Moves the checkout of `from` in `old` to `dir` and writes there what
-/// changed between the two commits' trees.
-fn update_checkout(
-    repo: &Repository,
-    old: &Path,
-    from: Oid,
-    to: Oid,
-    dir: &Path,
-) -> Result<(), Box<dyn std::error::Error>> {
-    let old_tree = repo.find_commit(from)?.tree()?;
-    let new_tree = repo.find_commit(to)?.tree()?;
-    let diff = repo.diff_tree_to_tree(Some(&old_tree), Some(&new_tree), None)?;
-    std::fs::remove_file(old.join(COMPLETE))?;
-    let _ = std::fs::remove_dir_all(dir);
-    std::fs::rename(old, dir)?;
-    for delta in diff.deltas() {
-        if let Some(path) = delta.old_file().path() {
-            match std::fs::symlink_metadata(dir.join(path)) {
-                Ok(m) if m.is_dir() => std::fs::remove_dir_all(dir.join(path))?,
-                Ok(_) => std::fs::remove_file(dir.join(path))?,
-                Err(_) => {}
-            }
-        }
-        let new = delta.new_file();
-        let (Some(path), true) = (new.path(), new.exists()) else {
-            continue;
-        };
-        let target = dir.join(path);
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        let _ = std::fs::remove_file(&target);
-        match new.mode() {
-            git2::FileMode::Blob | git2::FileMode::BlobExecutable => {
-                std::fs::write(&target, repo.find_blob(new.id())?.content())?;
-                if new.mode() == git2::FileMode::BlobExecutable {
-                    use std::os::unix::fs::PermissionsExt as _;
-                    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755))?;
-                }
-            }
-            git2::FileMode::Link => {
-                let blob = repo.find_blob(new.id())?;
-                let link = std::str::from_utf8(blob.content())?;
-                std::os::unix::fs::symlink(link, &target)?;
-            }
-            // Submodules are not checked out.
-            _ => {}
-        }
-    }
-    std::fs::write(dir.join(COMPLETE), to.to_string())?;
-    Ok(())
-}
-
-fn checkout(repo: &Repository, oid: Oid, dir: &Path) -> Result<(), Error> {
-    let checkout_err = |source| Error::Checkout {
-        revision: oid.to_string(),
-        dir: dir.to_path_buf(),
-        source,
-    };
-    let _ = std::fs::remove_dir_all(dir);
-    std::fs::create_dir_all(dir)
-        .map_err(|e| checkout_err(git2::Error::from_str(&e.to_string())))?;
-    let commit = repo.find_commit(oid).map_err(checkout_err)?;
-    let mut builder = git2::build::CheckoutBuilder::new();
-    builder.target_dir(dir).force().recreate_missing(true);
-    repo.checkout_tree(commit.as_object(), Some(&mut builder))
-        .map_err(checkout_err)?;
-    std::fs::write(dir.join(COMPLETE), oid.to_string())
-        .map_err(|e| checkout_err(git2::Error::from_str(&e.to_string())))?;
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Every file under `dir` (the marker aside): path, kind and content.
-    fn files(dir: &Path) -> Vec<(PathBuf, String)> {
-        let mut out = Vec::new();
-        let mut stack = vec![dir.to_path_buf()];
-        while let Some(d) = stack.pop() {
-            for entry in std::fs::read_dir(&d).unwrap().flatten() {
-                let path = entry.path();
-                let rel = path.strip_prefix(dir).unwrap().to_path_buf();
-                let meta = std::fs::symlink_metadata(&path).unwrap();
-                if meta.is_dir() {
-                    stack.push(path);
-                } else if meta.file_type().is_symlink() {
-                    out.push((
-                        rel,
-                        format!("-> {}", std::fs::read_link(&path).unwrap().display()),
-                    ));
-                } else if rel != Path::new(COMPLETE) {
-                    use std::os::unix::fs::PermissionsExt as _;
-                    let exec = meta.permissions().mode() & 0o111 != 0;
-                    out.push((
-                        rel,
-                        format!("{exec} {}", std::fs::read_to_string(&path).unwrap()),
-                    ));
-                }
-            }
-        }
-        out.sort();
-        out
-    }
-
-    fn commit(repo: &Repository, files: &[(&str, &[u8], i32)], parent: Option<Oid>) -> Oid {
-        let mut index = git2::Index::new().unwrap();
-        for (path, content, mode) in files {
-            let id = repo.blob(content).unwrap();
-            let mut entry = git2::IndexEntry {
-                ctime: git2::IndexTime::new(0, 0),
-                mtime: git2::IndexTime::new(0, 0),
-                dev: 0,
-                ino: 0,
-                mode: *mode as u32,
-                uid: 0,
-                gid: 0,
-                file_size: content.len() as u32,
-                id,
-                flags: 0,
-                flags_extended: 0,
-                path: path.as_bytes().to_vec(),
-            };
-            entry.flags = (path.len() as u16) & 0xfff;
-            index.add(&entry).unwrap();
-        }
-        let tree = repo.find_tree(index.write_tree_to(repo).unwrap()).unwrap();
-        let sig = git2::Signature::now("t", "t@t.invalid").unwrap();
-        let parents: Vec<git2::Commit> = parent
-            .map(|p| repo.find_commit(p).unwrap())
-            .into_iter()
-            .collect();
-        let parents: Vec<&git2::Commit> = parents.iter().collect();
-        repo.commit(None, &sig, &sig, "c", &tree, &parents).unwrap()
-    }
-
-    #[test]
-    fn an_updated_checkout_equals_a_fresh_one() {
-        let tmp = tempfile::tempdir().unwrap();
-        let repo = Repository::init_bare(tmp.path().join("repo.git")).unwrap();
-        let (file, exec, link) = (0o100644, 0o100755, 0o120000);
-        let first = commit(
-            &repo,
-            &[
-                ("a.yaml", b"a: 1\n", file),
-                ("gone/b.yaml", b"b: 1\n", file),
-                ("same/c.yaml", b"c: 1\n", file),
-                ("was-file", b"x\n", file),
-                ("tool.sh", b"echo\n", file),
-            ],
-            None,
-        );
-        let second = commit(
-            &repo,
-            &[
-                ("a.yaml", b"a: 2\n", file),
-                ("same/c.yaml", b"c: 1\n", file),
-                ("was-file/now-dir.yaml", b"d: 1\n", file),
-                ("new/e.yaml", b"e: 1\n", file),
-                ("tool.sh", b"echo\n", exec),
-                ("crds", b"../crds", link),
-            ],
-            Some(first),
-        );
-        let (old, updated, fresh) = (
-            tmp.path().join("old"),
-            tmp.path().join("updated"),
-            tmp.path().join("fresh"),
-        );
-        checkout(&repo, first, &old).unwrap();
-        update_checkout(&repo, &old, first, second, &updated).unwrap();
-        checkout(&repo, second, &fresh).unwrap();
-        assert!(!old.exists());
-        assert_eq!(
-            std::fs::read_to_string(updated.join(COMPLETE)).unwrap(),
-            second.to_string()
-        );
-        assert_eq!(files(&updated), files(&fresh));
-        assert!(
-            files(&updated)
-                .iter()
-                .any(|(p, c)| p == Path::new("crds") && c == "-> ../crds")
-        );
-    }
 }

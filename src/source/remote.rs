@@ -265,6 +265,24 @@ pub fn check_host_key(
 /// `ssh://git@host/org/repo.git` and `https://host/org/repo` compare equal:
 /// `host[:port]/path` without user, scheme, `.git` or a trailing slash; local
 /// paths as `file:` and the path.
+/// Whether two URLs name the same server: scheme, host and port (with the
+/// scheme's default port). Credentials for one go to the other only then.
+pub fn same_server(a: &str, b: &str) -> bool {
+    let (a, b) = (parse(a), parse(b));
+    let port = |r: &Remote| {
+        r.port.unwrap_or(match r.scheme {
+            Scheme::Ssh => 22,
+            Scheme::Https => 443,
+            Scheme::Http => 80,
+            Scheme::File => 0,
+        })
+    };
+    a.scheme == b.scheme
+        && a.scheme != Scheme::File
+        && a.host.eq_ignore_ascii_case(&b.host)
+        && port(&a) == port(&b)
+}
+
 pub fn normalize(url: &str) -> String {
     let remote = parse(url);
     let trim = |path: &str| {
@@ -289,6 +307,36 @@ pub fn normalize(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn credentials_go_only_to_the_same_server() {
+        assert!(same_server(
+            "https://git.example.com/team/repo.git",
+            "https://GIT.example.com:443/other/charts.git"
+        ));
+        assert!(same_server(
+            "git@git.example.com:team/a.git",
+            "ssh://git@git.example.com:22/b.git"
+        ));
+        assert!(!same_server(
+            "https://git.example.com/a.git",
+            "https://evil.example.net/a.git"
+        ));
+        assert!(!same_server(
+            "https://git.example.com/a.git",
+            "https://git.example.com:8443/a.git"
+        ));
+        assert!(!same_server(
+            "https://git.example.com/a.git",
+            "http://git.example.com/a.git"
+        ));
+        assert!(!same_server(
+            "ssh://git@git.example.com/a.git",
+            "ssh://git@git.example.com:2222/a.git"
+        ));
+        assert!(!same_server("file:///srv/a.git", "file:///srv/b.git"));
+    }
+
     use super::*;
 
     #[test]

@@ -815,3 +815,301 @@ async fn crd_with_custom_resources_we_do_not_manage_is_kept() {
         stdout(&out)
     );
 }
+
+/// Issue 19, item 1: a commit that replaces directory `a/` by a link to a
+/// directory outside the checkout. The update must remove the checkout's
+/// own `a/…`, never the link target's files (`recursive`: a path that is a
+/// file in Git and a directory outside), and the sync fails naming `a`.
+async fn directory_replaced_by_a_link(prefix: &str, recursive: bool) {
+    let case = Case::new(prefix);
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("x.yaml"), "keep me").unwrap();
+    let deep = outside.path().join("deep");
+    if recursive {
+        std::fs::create_dir_all(deep.join("more")).unwrap();
+        std::fs::write(deep.join("more/data"), "keep me too").unwrap();
+    }
+    case.repo
+        .write("a/x.yaml", &cm_yaml(&case.ns, "in-a", "1"))
+        .write("a/deep", "# a file in Git\n");
+    case.repo.push("a directory");
+    let out = case.repo.sync_once(&[GC]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = case.sync_broken(
+        |work| {
+            std::fs::remove_dir_all(work.join("a")).unwrap();
+            std::os::unix::fs::symlink(outside.path(), work.join("a")).unwrap();
+        },
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("a: symlink points outside the repository"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        std::fs::read_to_string(outside.path().join("x.yaml")).unwrap(),
+        "keep me"
+    );
+    if recursive {
+        assert_eq!(
+            std::fs::read_to_string(deep.join("more/data")).unwrap(),
+            "keep me too"
+        );
+    }
+    assert!(
+        configmap(&case.ns, "in-a").await.is_some(),
+        "nothing pruned"
+    );
+    assert_eq!(case.status()["result"], "failed");
+}
+
+#[tokio::test]
+async fn checkout_update_never_deletes_through_a_link() {
+    directory_replaced_by_a_link("bad-link-delete", false).await;
+}
+
+#[tokio::test]
+async fn checkout_update_never_deletes_recursively_through_a_link() {
+    directory_replaced_by_a_link("bad-link-rmtree", true).await;
+}
+
+/// Issue 19, item 1: a tree holding both a link `a` (to a directory helm
+/// would load plugins from) and a directory `a/` with a plugin in it. The
+/// revision is refused by name, nothing is written through the link, and
+/// nothing of it is applied or pruned.
+#[tokio::test]
+async fn tree_with_a_duplicate_entry_writes_nothing_through_it() {
+    let case = Case::new("bad-duplicate-entry");
+    let plugins = tempfile::tempdir().unwrap();
+    let repo = &case.repo;
+    let plugin = repo.object("blob", b"name: evil\ncommand: touch /tmp/owned\n");
+    let evil = repo.object(
+        "tree",
+        format!("100644 blob {plugin}\tplugin.yaml\n").as_bytes(),
+    );
+    let a = repo.object("tree", format!("040000 tree {evil}\tevil\n").as_bytes());
+    let link = repo.object("blob", plugins.path().to_str().unwrap().as_bytes());
+    let head = repo.git(&["rev-parse", "HEAD^{tree}"]);
+    let mut entries = repo.git(&["ls-tree", &head]);
+    entries.push_str(&format!("\n120000 blob {link}\ta\n040000 tree {a}\ta\n"));
+    let later = repo.object("blob", cm_yaml(&case.ns, "later", "1").as_bytes());
+    entries.push_str(&format!("100644 blob {later}\tlater.yaml\n"));
+    let tree = repo.object("tree", entries.as_bytes());
+    repo.push_tree(&tree, "a link and a directory of one name");
+    let out = repo.sync_once(&[GC]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("a appears twice in its directory"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        std::fs::read_dir(plugins.path()).unwrap().next().is_none(),
+        "nothing may be written through the link"
+    );
+    assert!(
+        configmap(&case.ns, "later").await.is_none(),
+        "nothing of it applied"
+    );
+    assert!(
+        configmap(&case.ns, "victim").await.is_some(),
+        "nothing pruned"
+    );
+    assert!(
+        case.status()["message"]
+            .to_string()
+            .contains("a appears twice")
+    );
+}
+
+/// Issue 19, item 7: a gitlink (here without .gitmodules) is skipped with a
+/// warning naming it, by a fresh checkout (a restart) as by an update.
+#[tokio::test]
+async fn submodule_never_makes_a_repository_unsyncable() {
+    let case = Case::new("bad-submodule");
+    let repo = &case.repo;
+    let head = repo.git(&["rev-parse", "HEAD^{tree}"]);
+    let mut entries = repo.git(&["ls-tree", &head]);
+    let sub = repo.object(
+        "tree",
+        b"160000 commit 1111111111111111111111111111111111111111\tlib\n",
+    );
+    let later = repo.object("blob", cm_yaml(&case.ns, "later", "1").as_bytes());
+    entries.push_str(&format!(
+        "\n040000 tree {sub}\tvendor\n100644 blob {later}\tlater.yaml\n"
+    ));
+    let tree = repo.object("tree", entries.as_bytes());
+    repo.push_tree(&tree, "a submodule");
+    for run in ["updated checkout", "fresh checkout after a restart"] {
+        let out = repo.sync_once(&[GC]);
+        assert!(out.status.success(), "{run}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("vendor/lib: a submodule"),
+            "{run}: {}",
+            stderr(&out)
+        );
+        assert!(configmap(&case.ns, "later").await.is_some(), "{run}");
+        std::fs::remove_dir_all(&repo.cache).unwrap();
+    }
+}
+
+/// Issue 19, item 2: under --k8s-allow-namespace a HelmRelease in an
+/// allowed namespace may not install elsewhere, read values from elsewhere,
+/// or have its chart create a cluster-scoped object; a release that keeps
+/// to the list installs as usual.
+#[tokio::test]
+async fn allow_list_binds_helm_releases() {
+    use crate::helm_releases::{
+        copy_chart, crd_installed, helm_binary, helm_release, write_release,
+    };
+    crd_installed().await;
+    let ns = unique("bad-tenant");
+    Api::<Namespace>::all(client().await)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let repo = GitRepo::new();
+    copy_chart(&repo);
+    repo.write(
+        "charts/web/templates/escalate.yaml",
+        "{{- if .Values.escalate }}\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata:\n  name: {{ .Release.Name }}-admin\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: cluster-admin}\nsubjects: [{kind: ServiceAccount, name: default, namespace: {{ .Release.Namespace }}}]\n{{- end }}\n",
+    );
+    for (name, spec) in [
+        ("ok", ""),
+        ("elsewhere", "  targetNamespace: kube-system\n"),
+        (
+            "secret",
+            "  valuesFrom:\n  - secretKeyRef: {name: admin-values, namespace: kube-system}\n",
+        ),
+        ("escalate", "  values: {escalate: true}\n"),
+    ] {
+        write_release(
+            &repo,
+            &format!("releases/{name}.yaml"),
+            &helm_release(&ns, name, spec),
+        );
+    }
+    repo.push("four releases");
+    let helm = helm_binary();
+    let out = repo.sync_once(&["--helm-binary", &helm, "--k8s-allow-namespace", &ns]);
+    let text = format!("{}\n{}", stdout(&out), stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    for refusal in [
+        "spec.targetNamespace kube-system is not allowed (--k8s-allow-namespace:".to_string(),
+        "spec.valuesFrom[0].secretKeyRef reads from namespace kube-system, which is not allowed"
+            .to_string(),
+        format!(
+            "the chart renders rbac.authorization.k8s.io/v1 ClusterRoleBinding {ns}-escalate-admin: it is cluster-scoped"
+        ),
+    ] {
+        assert!(text.contains(&refusal), "{refusal:?} not in:\n{text}");
+    }
+    assert!(
+        text.contains(&format!("installed release {ns}/{ns}-ok revision 1")),
+        "{text}"
+    );
+    let bindings = dynamic_api(
+        "rbac.authorization.k8s.io/v1",
+        "ClusterRoleBinding",
+        "clusterrolebindings",
+        None,
+    )
+    .await;
+    assert!(
+        bindings
+            .get_opt(&format!("{ns}-escalate-admin"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let helm_records =
+        Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client().await, "kube-system")
+            .list(&ListParams::default().labels("owner=helm"))
+            .await
+            .unwrap();
+    assert!(
+        !helm_records.items.iter().any(|s| s
+            .metadata
+            .name
+            .as_deref()
+            .unwrap_or_default()
+            .contains(&ns)),
+        "nothing installed into kube-system"
+    );
+}
+
+/// Issue 19, items 6 and 18: a HelmRelease may not fetch its chart from
+/// another repository on the daemon's disk, nor values from loopback or
+/// cloud-metadata addresses; and `validate` makes no request for values.
+#[tokio::test]
+async fn chart_and_values_from_the_daemons_own_machine_are_refused() {
+    use crate::helm_releases::{
+        copy_chart, crd_installed, helm_binary, helm_release, write_release,
+    };
+    crd_installed().await;
+    let ns = unique("bad-local");
+    let other = GitRepo::new();
+    copy_chart(&other);
+    other.push("charts elsewhere on disk");
+    let repo = GitRepo::new();
+    copy_chart(&repo);
+    repo.write("namespaces/ns.yaml", &ns_yaml(&ns));
+    repo.write(
+        "releases/local.yaml",
+        &helm_release(&ns, "local", "").replace("REPO_URL", &other.url()),
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    write_release(
+        &repo,
+        "releases/urls.yaml",
+        &helm_release(
+            &ns,
+            "urls",
+            &format!(
+                "  valuesFrom:\n  - externalSourceRef: {{url: \"http://127.0.0.1:{port}/values.yaml\"}}\n"
+            ),
+        ),
+    );
+    write_release(
+        &repo,
+        "releases/metadata.yaml",
+        &helm_release(
+            &ns,
+            "metadata",
+            "  valuesFrom:\n  - externalSourceRef: {url: \"http://169.254.169.254/latest/user-data\"}\n",
+        ),
+    );
+    repo.push("releases reaching for the daemon's machine");
+    let helm = helm_binary();
+    let out = repo.sync_once(&["--helm-binary", &helm]);
+    let text = format!("{}\n{}", stdout(&out), stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    for refusal in [
+        format!(
+            "chart.git {} is a repository on the daemon's disk",
+            other.url()
+        ),
+        "127.0.0.1 resolves to 127.0.0.1, a loopback, link-local or private address".to_string(),
+        "169.254.169.254 resolves to 169.254.169.254".to_string(),
+    ] {
+        assert!(text.contains(&refusal), "{refusal:?} not in:\n{text}");
+    }
+    let out = tidegate(&[
+        "validate",
+        repo.work.to_str().unwrap(),
+        "--helm-binary",
+        &helm,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        matches!(listener.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "neither the sync nor validate may connect to a loopback address"
+    );
+}

@@ -160,7 +160,7 @@ pub struct GitRepo {
     pub sync_set: String,
 }
 
-fn git(dir: &Path, args: &[&str]) -> String {
+pub fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
         .args(args)
         .current_dir(dir)
@@ -215,6 +215,44 @@ impl GitRepo {
         );
         git(&self.work, &["push", "--quiet", "origin", "HEAD:main"]);
         git(&self.work, &["rev-parse", "HEAD"])
+    }
+
+    /// Runs git in the work tree; its stdout.
+    pub fn git(&self, args: &[&str]) -> String {
+        git(&self.work, args)
+    }
+
+    /// Writes `bytes` as a Git object of `kind` (blob or tree, in `git
+    /// mktree`'s text form for a tree); its id.
+    pub fn object(&self, kind: &str, bytes: &[u8]) -> String {
+        let mut child = Command::new("git")
+            .args(match kind {
+                "tree" => vec!["mktree", "--missing"],
+                _ => vec!["hash-object", "-w", "--stdin"],
+            })
+            .current_dir(&self.work)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("run git");
+        child.stdin.take().unwrap().write_all(bytes).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "git {kind} object");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Commits `tree` on top of the pushed head and pushes it to `main`, as
+    /// git's plumbing lets anyone with push access do.
+    pub fn push_tree(&self, tree: &str, message: &str) -> String {
+        let commit = self.git(&["commit-tree", tree, "-p", "HEAD", "-m", message]);
+        self.git(&[
+            "push",
+            "--quiet",
+            "origin",
+            &format!("{commit}:refs/heads/main"),
+        ]);
+        self.git(&["reset", "--quiet", "--hard", &commit]);
+        commit
     }
 
     pub fn url(&self) -> String {
