@@ -8,6 +8,21 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+/// A path as printed: escaped, so a name holding a newline or a control
+/// character cannot forge a line of a log or of `tidegate status`.
+pub fn shown(path: &std::path::Path) -> String {
+    String::from_utf8_lossy(std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()))
+        .chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ObjectRef {
     /// Empty for the core group.
@@ -143,5 +158,14 @@ mod tests {
             "rbac.authorization.k8s.io/v1 ClusterRole reader"
         );
         assert_eq!(ns.group, "rbac.authorization.k8s.io");
+    }
+
+    #[test]
+    fn shown_paths_cannot_forge_a_line() {
+        assert_eq!(
+            shown(std::path::Path::new("a\nresult: succeeded.yaml")),
+            "a\\nresult: succeeded.yaml"
+        );
+        assert_eq!(shown(std::path::Path::new("ok/ü.yaml")), "ok/ü.yaml");
     }
 }

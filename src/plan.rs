@@ -20,6 +20,12 @@ pub const SYNC_SET_ANNOTATION: &str = "tidegate.dev/sync-set";
 /// objects by it. The annotation stays what ownership is decided by.
 pub const SYNC_SET_LABEL: &str = "tidegate.dev/sync-set";
 pub const CHECKSUM_ANNOTATION: &str = "tidegate.dev/checksum";
+/// The instance that applied an object: `<state namespace>/<sync set>`.
+/// Two instances with one sync-set name (in different namespaces) neither
+/// take over nor prune each other's objects.
+pub const OWNER_ANNOTATION: &str = "tidegate.dev/owner";
+/// In Git, `"true"`: this instance may take the object over from another.
+pub const ADOPT_ANNOTATION: &str = "tidegate.dev/adopt";
 /// `"true"`: delete and recreate the object when a change cannot be applied in place.
 pub const FORCE_ANNOTATION: &str = "tidegate.dev/force";
 /// `disabled`: never prune the object; `force`: prune a Namespace or CRD
@@ -144,9 +150,20 @@ pub fn selector(sync_set: &str) -> String {
     }
 }
 
+/// The instance an object is marked for, as `mark` writes it.
+pub fn owner(state_namespace: &str, sync_set: &str) -> String {
+    format!("{state_namespace}/{sync_set}")
+}
+
 /// Adds the ownership marks: tidegate's label, the sync set, the checksum
-/// of the object as written in Git.
-pub fn mark(object: &mut Value, sync_set: &str, checksum: &str) {
+/// of the object as written in Git. `marks` is the sync set's name, or the
+/// instance (`<state namespace>/<sync set>`, see [`owner`]), which is then
+/// recorded too.
+pub fn mark(object: &mut Value, marks: &str, checksum: &str) {
+    let (owner, sync_set) = match marks.split_once('/') {
+        Some((_, set)) => (Some(marks), set),
+        None => (None, marks),
+    };
     let Some(root) = object.as_object_mut() else {
         return;
     };
@@ -169,6 +186,29 @@ pub fn mark(object: &mut Value, sync_set: &str, checksum: &str) {
     );
     annotations.insert(SYNC_SET_ANNOTATION.into(), sync_set.into());
     annotations.insert(CHECKSUM_ANNOTATION.into(), checksum.into());
+    if let Some(owner) = owner {
+        annotations.insert(OWNER_ANNOTATION.into(), owner.into());
+    }
+}
+
+/// The instance recorded on a live object, if an instance recorded one.
+pub fn live_owner(live: &Value) -> Option<&str> {
+    live["metadata"]["annotations"][OWNER_ANNOTATION].as_str()
+}
+
+/// Why an object may not be applied: another instance owns it and Git does
+/// not ask to adopt it. Objects marked before owners were recorded have
+/// none, and are taken as before.
+pub fn owner_conflict(theirs: Option<&str>, ours: &str, desired: &Json) -> Option<String> {
+    let theirs = theirs.filter(|t| *t != ours)?;
+    let adopt =
+        desired.value()["metadata"]["annotations"][ADOPT_ANNOTATION].as_str() == Some("true");
+    (!adopt).then(|| {
+        format!(
+            "owned by another tidegate instance ({theirs}; this one is {ours}), so neither applied nor pruned; \
+             to move it here, annotate it {ADOPT_ANNOTATION}: \"true\" in Git"
+        )
+    })
 }
 
 /// The map inside `value`, replacing a non-map (e.g. `labels: null`) with an empty one.
@@ -498,12 +538,13 @@ pub fn prune_plan(input: PruneInput<'_>) -> PrunePlan {
 /// what lives in the namespace (or what the CRD defines); objects owned by
 /// another object and what Kubernetes creates in every namespace count as
 /// their owner's.
-pub fn holders<'a>(live: &'a [Value], sync_set: &str) -> Vec<&'a Value> {
+pub fn holders<'a>(live: &'a [Value], sync_set: &str, owner: &str) -> Vec<&'a Value> {
     live.iter()
         .filter(|o| {
             let meta = &o["metadata"];
             let ours = meta["labels"][MANAGED_BY_LABEL].as_str() == Some(MANAGED_BY_VALUE)
-                && meta["annotations"][SYNC_SET_ANNOTATION].as_str() == Some(sync_set);
+                && meta["annotations"][SYNC_SET_ANNOTATION].as_str() == Some(sync_set)
+                && live_owner(o).is_none_or(|o| o == owner);
             let owned = meta["ownerReferences"]
                 .as_array()
                 .is_some_and(|refs| !refs.is_empty());
@@ -520,13 +561,16 @@ pub fn holders<'a>(live: &'a [Value], sync_set: &str) -> Vec<&'a Value> {
 
 /// Why a live object must not be pruned even though Git no longer has it:
 /// `None` if it may be deleted.
-pub fn prune_refusal(live: &Value, sync_set: &str) -> Option<&'static str> {
+pub fn prune_refusal(live: &Value, sync_set: &str, owner: &str) -> Option<&'static str> {
     let meta = &live["metadata"];
     if meta["labels"][MANAGED_BY_LABEL].as_str() != Some(MANAGED_BY_VALUE) {
         return Some("it no longer carries the label app.kubernetes.io/managed-by=tidegate");
     }
     if meta["annotations"][SYNC_SET_ANNOTATION].as_str() != Some(sync_set) {
         return Some("it belongs to another sync set");
+    }
+    if live_owner(live).is_some_and(|o| o != owner) {
+        return Some("it belongs to another tidegate instance (see its tidegate.dev/owner)");
     }
     if meta["annotations"][PRUNE_ANNOTATION].as_str() == Some("disabled") {
         return Some("it is annotated tidegate.dev/prune: disabled");
@@ -662,13 +706,44 @@ mod tests {
     }
 
     #[test]
+    fn an_instance_owns_what_it_marks_and_nothing_another_marked() {
+        let mut object = json!({"metadata": {"name": "c"}});
+        mark(&mut object, &owner("team-a", "tidegate"), "abc");
+        let annotations = &object["metadata"]["annotations"];
+        assert_eq!(annotations[SYNC_SET_ANNOTATION], "tidegate");
+        assert_eq!(annotations[OWNER_ANNOTATION], "team-a/tidegate");
+        assert_eq!(object["metadata"]["labels"][SYNC_SET_LABEL], "tidegate");
+        let ours = "team-a/tidegate";
+        assert_eq!(prune_refusal(&object, "tidegate", ours), None);
+        let why = prune_refusal(&object, "tidegate", "team-b/tidegate").unwrap();
+        assert!(why.contains("another tidegate instance"), "{why}");
+        let desired = Json::new(&json!({"metadata": {"name": "c"}}));
+        assert_eq!(owner_conflict(Some(ours), ours, &desired), None);
+        assert_eq!(
+            owner_conflict(None, ours, &desired),
+            None,
+            "marked before owners"
+        );
+        let why = owner_conflict(Some("team-b/tidegate"), ours, &desired).unwrap();
+        assert!(
+            why.contains("team-b/tidegate; this one is team-a/tidegate"),
+            "{why}"
+        );
+        let adopt = Json::new(&json!({"metadata": {"annotations": {ADOPT_ANNOTATION: "true"}}}));
+        assert_eq!(owner_conflict(Some("team-b/tidegate"), ours, &adopt), None);
+        let live = [object];
+        assert!(holders(&live, "tidegate", ours).is_empty());
+        assert_eq!(holders(&live, "tidegate", "team-b/tidegate").len(), 1);
+    }
+
+    #[test]
     fn the_sync_set_label_is_set_only_when_the_name_is_a_label_value() {
         assert_eq!(
             selector("prod"),
             "app.kubernetes.io/managed-by=tidegate,tidegate.dev/sync-set=prod"
         );
         let long = "a".repeat(64);
-        for name in [long.as_str(), "-prod", "prod.", "a/b", ""] {
+        for name in [long.as_str(), "-prod", "prod.", "a:b", ""] {
             assert_eq!(
                 selector(name),
                 "app.kubernetes.io/managed-by=tidegate",
@@ -948,21 +1023,21 @@ mod tests {
             automatic,
             root_ca,
         ];
-        let found: Vec<&Value> = holders(&live, "s");
+        let found: Vec<&Value> = holders(&live, "s", "ns/s");
         assert_eq!(found, [&other_set, &by_hand]);
     }
 
     #[test]
     fn prune_needs_our_marks() {
         let ours = json!({"metadata": {"labels": {MANAGED_BY_LABEL: "tidegate"}, "annotations": {SYNC_SET_ANNOTATION: "s"}}});
-        assert_eq!(prune_refusal(&ours, "s"), None);
-        assert!(prune_refusal(&ours, "other").is_some());
-        assert!(prune_refusal(&json!({"metadata": {}}), "s").is_some());
+        assert_eq!(prune_refusal(&ours, "s", "ns/s"), None);
+        assert!(prune_refusal(&ours, "other", "ns/other").is_some());
+        assert!(prune_refusal(&json!({"metadata": {}}), "s", "ns/s").is_some());
         let mut disabled = ours.clone();
         disabled["metadata"]["annotations"][PRUNE_ANNOTATION] = "disabled".into();
-        assert!(prune_refusal(&disabled, "s").is_some());
+        assert!(prune_refusal(&disabled, "s", "ns/s").is_some());
         let mut ignored = ours;
         ignored["metadata"]["annotations"]["fluxcd.io/ignore"] = "true".into();
-        assert!(prune_refusal(&ignored, "s").is_some());
+        assert!(prune_refusal(&ignored, "s", "ns/s").is_some());
     }
 }

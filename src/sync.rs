@@ -55,6 +55,8 @@ pub struct Settings {
     pub gc: GarbageCollection,
     /// Prune even when Git renders no objects at all.
     pub allow_empty: bool,
+    /// `--adopt`: take over objects another tidegate instance owns.
+    pub adopt: bool,
     pub state: StateRef,
     /// How to run helm for HelmRelease objects; `None` where no release is
     /// reconciled (`diff`).
@@ -233,7 +235,7 @@ async fn place(
             continue;
         }
         let checksum = m.checksum.clone();
-        let object = plan::place(m, marked_for, &id, &settings.sync_set);
+        let object = plan::place(m, marked_for, &id, &settings.state.owner());
         let stage = Stage::of(&id, resolved.namespaced());
         placed.push((
             Desired {
@@ -254,6 +256,7 @@ async fn place(
 async fn from_watches(
     live: &std::sync::Arc<Live>,
     placed: Vec<(Desired, Resolved)>,
+    owner: Option<&str>,
     plan: &mut Plan,
 ) -> Vec<(Desired, Resolved)> {
     let mut by_resource: BTreeMap<(String, String, String), Vec<(Desired, Resolved)>> =
@@ -286,7 +289,13 @@ async fn from_watches(
             continue;
         };
         for ((desired, resolved), entry) in group.into_iter().zip(entries) {
+            let conflict = entry.as_ref().zip(owner).and_then(|(e, ours)| {
+                plan::owner_conflict(e.owner.as_deref(), ours, &desired.object)
+            });
             let change = match &entry {
+                _ if conflict.is_some() => Change::Invalid {
+                    reason: conflict.expect("just checked"),
+                },
                 Some(e) if e.ignored => Change::Ignored,
                 Some(e)
                     if e.in_sync == Some(true) && live.expects(&desired.id, &desired.checksum) =>
@@ -320,20 +329,23 @@ async fn from_watches(
 async fn observe(
     cluster: &Cluster,
     placed: Vec<(Desired, Resolved)>,
-    sync_set: &str,
+    settings: &Settings,
     plan: &mut Plan,
 ) {
     let first = plan.items.len();
+    // With --adopt, objects of other instances are taken over.
+    let owner = (!settings.adopt).then(|| settings.state.owner());
+    let owner = owner.as_deref();
     let placed = match cluster.live() {
-        Some(live) => from_watches(live, placed, plan).await,
+        Some(live) => from_watches(live, placed, owner, plan).await,
         None => placed,
     };
-    read_live(cluster, placed, sync_set, plan).await;
+    read_live(cluster, placed, &settings.state.sync_set, owner, plan).await;
     if let Some(live) = cluster.live() {
         live.expect(
             plan.items[first..]
                 .iter()
-                .filter(|i| i.change != Change::Ignored)
+                .filter(|i| !matches!(i.change, Change::Ignored | Change::Invalid { .. }))
                 .map(|i| {
                     (
                         &i.resolved,
@@ -350,6 +362,7 @@ async fn read_live(
     cluster: &Cluster,
     placed: Vec<(Desired, Resolved)>,
     sync_set: &str,
+    owner: Option<&str>,
     plan: &mut Plan,
 ) {
     if placed.is_empty() {
@@ -461,8 +474,16 @@ async fn read_live(
         let live_object = live.remove(&desired.id);
         let known_absent = missing.contains(&desired.id);
         // None: a read error, reported above.
-        let Some(change) = plan::classify(&desired, live_object.as_ref(), known_absent) else {
-            continue;
+        let conflict = live_object
+            .as_ref()
+            .zip(owner)
+            .and_then(|(l, ours)| plan::owner_conflict(plan::live_owner(l), ours, &desired.object));
+        let change = match conflict {
+            Some(reason) => Change::Invalid { reason },
+            None => match plan::classify(&desired, live_object.as_ref(), known_absent) {
+                Some(change) => change,
+                None => continue,
+            },
         };
         plan.items.push(Item {
             desired,
@@ -514,7 +535,7 @@ pub async fn plan(
         &mut plan,
     )
     .await;
-    observe(cluster, placed, &settings.sync_set, &mut plan).await;
+    observe(cluster, placed, settings, &mut plan).await;
     // Whatever Git still has is not pruned, even if it is ignored, failed to
     // place, waits for its CRD, or moved to another API version.
     let in_git: Vec<&ObjectRef> = set
@@ -846,7 +867,7 @@ async fn apply_plan(
                     &mut later,
                 )
                 .await;
-                observe(cluster, placed, &settings.sync_set, &mut later).await;
+                observe(cluster, placed, settings, &mut later).await;
                 for e in later.errors {
                     on(Progress::Failed(&e));
                     report.errors.push(e);
@@ -895,6 +916,16 @@ async fn prune(
     }
     let writes_before = cluster.writes();
     for id in candidates {
+        // The inventory is only as trustworthy as whoever may edit the
+        // state: the allow-list binds deletes as it binds applies.
+        if let Some(why) = plan::namespace_refusal(id, &settings.allow_namespaces) {
+            keep.push(id.clone());
+            let warning = format!("{id}: not pruned: {why}");
+            tracing::warn!("{warning}");
+            on(Progress::Warning(&warning));
+            report.warnings.push(warning);
+            continue;
+        }
         let resolved = match cluster.resolve(id).await {
             Ok(r) => r,
             Err(e) => {
@@ -919,14 +950,15 @@ async fn prune(
                 continue;
             }
         };
-        if let Some(why) = plan::prune_refusal(&live, &settings.sync_set) {
+        let owner = settings.state.owner();
+        if let Some(why) = plan::prune_refusal(&live, &settings.sync_set, &owner) {
             tracing::info!(object = %id, "not pruned: {why}");
             continue;
         }
         let forced =
             live["metadata"]["annotations"][plan::PRUNE_ANNOTATION].as_str() == Some("force");
         if !forced {
-            match cluster.holders(id, &settings.sync_set).await {
+            match cluster.holders(id, &settings.sync_set, &owner).await {
                 Ok(held) if held.is_empty() => {}
                 Ok(held) => {
                     keep.push(id.clone());

@@ -50,6 +50,9 @@ pub struct SyncArgs {
     /// Prune even when the repository renders no objects at all (otherwise such a sync fails and deletes nothing)
     #[arg(long, env = "TIDEGATE_SYNC_GARBAGE_COLLECTION_ALLOW_EMPTY")]
     pub sync_garbage_collection_allow_empty: bool,
+    /// Take over objects another tidegate instance owns (as if each were annotated tidegate.dev/adopt: "true" in Git)
+    #[arg(long, env = "TIDEGATE_ADOPT")]
+    pub adopt: bool,
     /// The helm binary (Helm 3) that renders, installs and upgrades HelmRelease charts
     #[arg(long, env = "TIDEGATE_HELM_BINARY", default_value = "helm")]
     pub helm_binary: PathBuf,
@@ -135,8 +138,10 @@ impl SyncArgs {
     }
 
     pub fn settings(&self, namespace: String) -> Settings {
+        let mut render = self.render_options();
+        render.sync_set = Some(crate::plan::owner(&namespace, &self.sync_set_name));
         Settings {
-            render: self.render_options(),
+            render,
             default_namespace: self.k8s_default_namespace.clone(),
             allow_namespaces: self.k8s_allow_namespace.clone(),
             sync_set: self.sync_set_name.clone(),
@@ -149,6 +154,7 @@ impl SyncArgs {
                 GarbageCollection::Off
             },
             allow_empty: self.sync_garbage_collection_allow_empty,
+            adopt: self.adopt,
             state: StateRef {
                 namespace,
                 sync_set: self.sync_set_name.clone(),

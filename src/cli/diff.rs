@@ -64,15 +64,15 @@ struct Output {
 
 pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode> {
     super::init_logging("warn");
-    let set = render::render(&args.path, &args.sync.render_options());
-    for w in &set.warnings {
-        eprintln!("warning: {w}");
-    }
     let client = connection
         .client()
         .await
         .context("cannot connect to the cluster")?;
     let settings = args.sync.settings(connection.namespace(&client));
+    let set = render::render(&args.path, &settings.render);
+    for w in &set.warnings {
+        eprintln!("warning: {w}");
+    }
     let cluster = Cluster::new(client);
     let inventory = cluster
         .read_inventory(&settings.state)

@@ -51,6 +51,8 @@ pub struct Entry {
     pub changed_by: Option<String>,
     /// HelmReleases are kept whole: their status is tidegate's record.
     pub whole: Option<Value>,
+    /// The instance that marked it (`tidegate.dev/owner`).
+    pub owner: Option<String>,
 }
 
 impl Entry {
@@ -216,6 +218,7 @@ impl Live {
             health: health::of(&resource.group, &resource.kind, object),
             changed_by: other_manager(object),
             whole,
+            owner: crate::plan::live_owner(object).map(str::to_string),
         }
     }
 

@@ -330,6 +330,7 @@ impl Cluster {
         &self,
         id: &ObjectRef,
         sync_set: &str,
+        owner: &str,
     ) -> Result<Vec<String>, kube::Error> {
         let live = match (id.group.as_str(), id.kind.as_str()) {
             ("", "Namespace") => self.namespace_contents(&id.name).await?,
@@ -338,7 +339,7 @@ impl Cluster {
             }
             _ => return Ok(Vec::new()),
         };
-        Ok(crate::plan::holders(&live, sync_set)
+        Ok(crate::plan::holders(&live, sync_set, owner)
             .into_iter()
             .map(|o| {
                 let meta = &o["metadata"];

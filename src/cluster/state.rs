@@ -76,6 +76,11 @@ pub struct StateRef {
 }
 
 impl StateRef {
+    /// This instance, as its objects record it (`tidegate.dev/owner`).
+    pub fn owner(&self) -> String {
+        crate::plan::owner(&self.namespace, &self.sync_set)
+    }
+
     pub fn name(&self) -> String {
         format!("{}-state", self.sync_set)
     }

@@ -61,7 +61,12 @@ pub struct Origin {
 
 impl std::fmt::Display for Origin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} (document {})", self.file.display(), self.index)
+        write!(
+            f,
+            "{} (document {})",
+            crate::object::shown(&self.file),
+            self.index
+        )
     }
 }
 
@@ -69,7 +74,7 @@ impl std::fmt::Display for Origin {
 pub enum ParseError {
     /// The reason never quotes the document: a Secret with a typo must not
     /// put its values in a log line or a status record.
-    #[error("{file}: document {index} (line {line}, column {column}) is not valid YAML: {reason}")]
+    #[error("{file_shown}: document {index} (line {line}, column {column}) is not valid YAML: {reason}", file_shown = crate::object::shown(.file))]
     Yaml {
         file: PathBuf,
         index: usize,
@@ -78,15 +83,14 @@ pub enum ParseError {
         reason: String,
     },
     #[error(
-        "{file}: document {index} (line {line}) looks like a Kubernetes object but has no {field}"
-    )]
+        "{file_shown}: document {index} (line {line}) looks like a Kubernetes object but has no {field}", file_shown = crate::object::shown(.file))]
     MissingField {
         file: PathBuf,
         index: usize,
         line: usize,
         field: &'static str,
     },
-    #[error("{file}: document {index} (line {line}): {object}: {reason}")]
+    #[error("{file_shown}: document {index} (line {line}): {object}: {reason}", file_shown = crate::object::shown(.file))]
     BadName {
         file: PathBuf,
         index: usize,
@@ -95,13 +99,11 @@ pub enum ParseError {
         reason: String,
     },
     #[error(
-        "{file}: more than {limit} documents (raise --max-documents-per-file if this is intended)"
-    )]
+        "{file_shown}: more than {limit} documents (raise --max-documents-per-file if this is intended)", file_shown = crate::object::shown(.file))]
     TooManyDocuments { file: PathBuf, limit: usize },
     #[error(
-        "{file}: document {index} (line {line}) expands to more than the {limit} bytes allowed per file \
-         (YAML aliases or sheer size; raise --max-expanded-bytes if this is intended)"
-    )]
+        "{file_shown}: document {index} (line {line}) expands to more than the {limit} bytes allowed per file \
+         (YAML aliases or sheer size; raise --max-expanded-bytes if this is intended)", file_shown = crate::object::shown(.file))]
     TooExpanded {
         file: PathBuf,
         index: usize,
@@ -109,8 +111,7 @@ pub enum ParseError {
         limit: usize,
     },
     #[error(
-        "{file}: document {index} (line {line}) is larger than the 3 MiB the Kubernetes API accepts for one object"
-    )]
+        "{file_shown}: document {index} (line {line}) is larger than the 3 MiB the Kubernetes API accepts for one object", file_shown = crate::object::shown(.file))]
     TooLargeObject {
         file: PathBuf,
         index: usize,

@@ -98,24 +98,24 @@ pub fn is_prune_protected(object: &serde_json::Value) -> bool {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("path {path} does not exist in the repository")]
+    #[error("path {path_shown} does not exist in the repository", path_shown = crate::object::shown(.path))]
     MissingPath { path: PathBuf },
-    #[error("cannot read {path}")]
+    #[error("cannot read {path_shown}", path_shown = crate::object::shown(.path))]
     Read {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: symlink {reason}; not read")]
+    #[error("{path_shown}: symlink {reason}; not read", path_shown = crate::object::shown(.path))]
     Symlink { path: PathBuf, reason: String },
-    #[error("{path}: more than {limit} {what} ({flag})")]
+    #[error("{path_shown}: more than {limit} {what} ({flag})", path_shown = crate::object::shown(.path))]
     TooLarge {
         path: PathBuf,
         what: &'static str,
         limit: u64,
         flag: &'static str,
     },
-    #[error("{path}: not UTF-8 text (invalid byte at offset {offset})")]
+    #[error("{path_shown}: not UTF-8 text (invalid byte at offset {offset})", path_shown = crate::object::shown(.path))]
     NotUtf8 { path: PathBuf, offset: usize },
     #[error(transparent)]
     Parse(#[from] ParseError),

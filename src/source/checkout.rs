@@ -63,20 +63,7 @@ impl Skipped {
     }
 }
 
-/// A path as printed: escaped, so a name holding a newline or a control
-/// character cannot forge a line of a log or of `tidegate status`.
-pub fn shown(path: &Path) -> String {
-    String::from_utf8_lossy(path.as_os_str().as_bytes())
-        .chars()
-        .flat_map(|c| {
-            if c.is_control() {
-                c.escape_default().collect::<Vec<_>>()
-            } else {
-                vec![c]
-            }
-        })
-        .collect()
-}
+pub use crate::object::shown;
 
 /// Checks every entry of `tree`, recursively: a name that is empty, `.`,
 /// `..`, `.git` (in any case), holds a `/` or a NUL, or appears twice in one
@@ -534,14 +521,5 @@ mod tests {
         fresh(&repo, commit(&repo, id, None), &dir);
         assert!(dir.join("a.yaml").exists());
         assert!(!dir.join("vendor/lib").exists());
-    }
-
-    #[test]
-    fn shown_paths_cannot_forge_a_line() {
-        assert_eq!(
-            shown(Path::new("a\nresult: succeeded.yaml")),
-            "a\\nresult: succeeded.yaml"
-        );
-        assert_eq!(shown(Path::new("ok/ü.yaml")), "ok/ü.yaml");
     }
 }

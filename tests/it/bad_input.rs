@@ -1113,3 +1113,136 @@ async fn chart_and_values_from_the_daemons_own_machine_are_refused() {
         "neither the sync nor validate may connect to a loopback address"
     );
 }
+
+/// Issue 19, item 4: two instances with one sync-set name, their state in
+/// different namespaces, syncing the same object. The second neither
+/// overwrites nor (even with an inventory edited to list it) prunes the
+/// first's object, and says whose it is; with tidegate.dev/adopt in Git it
+/// takes it over.
+#[tokio::test]
+async fn two_instances_cannot_take_over_or_prune_each_other() {
+    let ns = unique("bad-owners");
+    let namespaces = Api::<Namespace>::all(client().await);
+    let (state_a, state_b) = (format!("{ns}-a"), format!("{ns}-b"));
+    for name in [&state_a, &state_b] {
+        namespaces
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": name}})).unwrap(),
+            )
+            .await
+            .unwrap();
+    }
+    let a = GitRepo::new();
+    a.write(
+        "ns.yaml",
+        &format!("{}---\n{}", ns_yaml(&ns), cm_yaml(&ns, "shared", "from-a")),
+    );
+    a.push("instance a");
+    let out = a.sync_once(&[GC, "--namespace", &state_a]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut b = GitRepo::new();
+    b.sync_set = a.sync_set.clone();
+    b.write("shared.yaml", &cm_yaml(&ns, "shared", "from-b"))
+        .write("own.yaml", &cm_yaml(&ns, "b-own", "1"));
+    b.push("instance b");
+    let out = b.sync_once(&[GC, "--namespace", &state_b]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let owner_a = format!("{state_a}/{}", a.sync_set);
+    let owner_b = format!("{state_b}/{}", a.sync_set);
+    assert!(
+        err.contains(&format!(
+            "v1 ConfigMap {ns}/shared: owned by another tidegate instance ({owner_a}; this one is {owner_b})"
+        )),
+        "{err}"
+    );
+    let shared = configmap(&ns, "shared").await.unwrap();
+    assert_eq!(shared.data.unwrap()["value"], "from-a", "not taken over");
+    assert!(configmap(&ns, "b-own").await.is_some(), "the rest applied");
+    // An inventory edited to list a's objects prunes none of them.
+    let states: Api<ConfigMap> = Api::namespaced(client().await, &state_b);
+    let state_name = format!("{}-state", b.sync_set);
+    let state = states.get(&state_name).await.unwrap();
+    let mut inventory: serde_json::Value =
+        serde_json::from_str(&state.data.unwrap()["inventory"]).unwrap();
+    inventory["v1"]["ConfigMap"][ns.as_str()] = json!(["b-own", "shared"]);
+    inventory["v1"]["Namespace"] = json!({"": [ns]});
+    states
+        .patch(
+            &state_name,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"data": {"inventory": inventory.to_string()}})),
+        )
+        .await
+        .unwrap();
+    std::fs::remove_file(b.work.join("shared.yaml")).unwrap();
+    b.push("b lets go");
+    let out = b.sync_once(&[GC, "--namespace", &state_b]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        configmap(&ns, "shared").await.is_some(),
+        "a's object is not pruned by b"
+    );
+    assert!(
+        namespaces.get_opt(&ns).await.unwrap().is_some(),
+        "nor a's Namespace"
+    );
+    // Adopted: b takes it over and records itself.
+    b.write(
+        "shared.yaml",
+        &cm_yaml(&ns, "shared", "from-b").replace(
+            "metadata:\n",
+            "metadata:\n  annotations: {tidegate.dev/adopt: \"true\"}\n",
+        ),
+    );
+    b.push("b adopts shared");
+    let out = b.sync_once(&[GC, "--namespace", &state_b]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let shared = configmap(&ns, "shared").await.unwrap();
+    assert_eq!(
+        shared.metadata.annotations.unwrap()["tidegate.dev/owner"],
+        owner_b
+    );
+    assert_eq!(shared.data.unwrap()["value"], "from-b");
+}
+
+/// Issue 19, item 15: a file name holding a newline is printed escaped, so
+/// it cannot forge a line of the log or of `tidegate status`.
+#[tokio::test]
+async fn file_name_with_a_newline_cannot_forge_a_line() {
+    let case = Case::new("bad-newline");
+    let out = case.sync_broken(
+        |work| {
+            std::fs::write(
+                work.join("evil\nsynced revision 0000: 0 failed.yaml"),
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x\n",
+            )
+            .unwrap()
+        },
+        &[],
+    );
+    case.assert_isolated(
+        &out,
+        &[
+            "0 failed.yaml: document 0",
+            "evil\\nsynced revision 0000: 0 failed.yaml",
+        ],
+    )
+    .await;
+    assert!(
+        !stderr(&out)
+            .lines()
+            .any(|l| l.starts_with("synced revision 0000")),
+        "{}",
+        stderr(&out)
+    );
+    let status = tidegate(&["status", "--sync-set-name", &case.repo.sync_set]);
+    assert!(
+        !stdout(&status)
+            .lines()
+            .any(|l| l.starts_with("synced revision 0000")),
+        "{}",
+        stdout(&status)
+    );
+}

@@ -35,7 +35,8 @@ async fn the_example_repository_syncs_and_its_backup_runs() {
     crd_installed().await;
     let repo = example_repo();
     let helm = helm_binary();
-    let out = repo.sync_once(&["--helm-binary", &helm]);
+    // The in-cluster test's instances sync the same objects.
+    let out = repo.sync_once(&["--helm-binary", &helm, "--adopt"]);
     let text = format!("{}{}", stdout(&out), stderr(&out));
     assert!(out.status.success(), "{text}");
     for expected in [

@@ -711,3 +711,99 @@ async fn git_cache_stays_small_over_200_commits() {
         "cache {cache} bytes, repository {own} bytes"
     );
 }
+
+/// Issue 19, item 5: anyone who may request a sync may edit the state
+/// ConfigMap; an inventory edited to list a kube-system object and a
+/// ClusterRole, both carrying the instance's marks, must not make an
+/// instance held to --k8s-allow-namespace delete either.
+#[tokio::test]
+async fn edited_inventory_cannot_prune_outside_the_allow_list() {
+    let ns = unique("fault-allow");
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(client().await)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let repo = GitRepo::new();
+    repo.write("a.yaml", &cm_yaml(&ns, "a", "1"));
+    repo.write("b.yaml", &cm_yaml(&ns, "b", "1"));
+    repo.push("two");
+    let allow = ["--k8s-allow-namespace", ns.as_str(), GC];
+    let out = repo.sync_once(&allow);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let victim = unique("victim");
+    let marks = json!({
+        "labels": {"app.kubernetes.io/managed-by": "tidegate"},
+        "annotations": {"tidegate.dev/sync-set": repo.sync_set}
+    });
+    let mut cm = json!({"metadata": marks.clone()});
+    cm["metadata"]["name"] = victim.clone().into();
+    Api::<ConfigMap>::namespaced(client().await, "kube-system")
+        .create(&PostParams::default(), &serde_json::from_value(cm).unwrap())
+        .await
+        .unwrap();
+    let roles = dynamic_api(
+        "rbac.authorization.k8s.io/v1",
+        "ClusterRole",
+        "clusterroles",
+        None,
+    )
+    .await;
+    let mut role = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": marks, "rules": []});
+    role["metadata"]["name"] = victim.clone().into();
+    roles
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(role).unwrap(),
+        )
+        .await
+        .unwrap();
+    let state_name = format!("{}-state", repo.sync_set);
+    let states: Api<ConfigMap> = Api::namespaced(client().await, "default");
+    let state = states.get(&state_name).await.unwrap();
+    let mut inventory: serde_json::Value =
+        serde_json::from_str(&state.data.unwrap()["inventory"]).unwrap();
+    inventory["v1"]["ConfigMap"]["kube-system"] = json!([victim]);
+    inventory["rbac.authorization.k8s.io/v1"] = json!({"ClusterRole": {"": [victim]}});
+    let patch = json!({"data": {"inventory": inventory.to_string()}});
+    states
+        .patch(&state_name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    std::fs::remove_file(repo.work.join("b.yaml")).unwrap();
+    repo.push("drop b");
+    let out = repo.sync_once(&allow);
+    let err = stderr(&out);
+    assert!(
+        stdout(&out).contains(&format!("pruned v1 ConfigMap {ns}/b")),
+        "what is allowed is still pruned: {}",
+        stdout(&out)
+    );
+    assert!(
+        err.contains(&format!(
+            "v1 ConfigMap kube-system/{victim}: not pruned: namespace kube-system is not allowed"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "ClusterRole {victim}: not pruned: it is cluster-scoped"
+        )),
+        "{err}"
+    );
+    assert!(
+        Api::<ConfigMap>::namespaced(client().await, "kube-system")
+            .get_opt(&victim)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(roles.get_opt(&victim).await.unwrap().is_some());
+    Api::<ConfigMap>::namespaced(client().await, "kube-system")
+        .delete(&victim, &Default::default())
+        .await
+        .unwrap();
+    roles.delete(&victim, &Default::default()).await.unwrap();
+}

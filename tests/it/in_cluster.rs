@@ -173,7 +173,8 @@ async fn as_the_deployment_runs_it_with_its_service_account() {
     let repo = crate::examples::example_repo();
     let ns = unique("tidegate-incluster");
     kubectl_apply(&install(&ns, &repo.url()));
-    let out = run_as_deployment(&ns, &[]).await;
+    // The example repository is synced by other tests' instances too.
+    let out = run_as_deployment(&ns, &["--adopt"]).await;
     let text = format!("{}{}", stdout(&out), stderr(&out));
     assert!(out.status.success(), "{text}");
     assert!(
@@ -208,7 +209,7 @@ async fn as_the_deployment_runs_it_with_its_service_account() {
         &format!("name: {ns2}-namespaced"),
     );
     kubectl_apply(&rbac);
-    let out = run_as_deployment(&ns2, &["--k8s-allow-namespace=shop"]).await;
+    let out = run_as_deployment(&ns2, &["--k8s-allow-namespace=shop", "--adopt"]).await;
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(

@@ -258,6 +258,8 @@ impl Bench {
             .arg("--git-cache-dir")
             .arg(repo.join("daemon-cache"))
             .args(["--sync-set-name", sync_set])
+            // Rounds sync the same objects under other sync-set names.
+            .arg("--adopt")
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--git-poll-interval", "1h", "--sync-interval", "1h"])
             .args(extra)
@@ -364,6 +366,7 @@ impl Bench {
                 .arg("--git-cache-dir")
                 .arg(&cache)
                 .args(["--sync-set-name", sync_set])
+                .arg("--adopt")
                 .args(extra)
                 .env("KUBECONFIG", &self.kubeconfig),
         )
