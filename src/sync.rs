@@ -1252,16 +1252,11 @@ async fn sync_revision(
         ms = phase.elapsed().as_millis() as u64,
         "rendered"
     );
-    let inventory = match cluster.read_inventory(&settings.state).await {
-        Ok(i) => i,
-        Err(e) => {
-            let report = SyncReport {
-                revision: Some(snapshot.revision.clone()),
-                message: Some(crate::error_chain(&e)),
-                ..SyncReport::default()
-            };
-            return (report, None);
-        }
+    // An unreadable inventory blocks the prune, not the apply: with none,
+    // nothing is a prune candidate, and the record is left as it is.
+    let (inventory, unreadable) = match cluster.read_inventory(&settings.state).await {
+        Ok(i) => (i, None),
+        Err(e) => (Inventory::new(), Some(crate::error_chain(&e))),
     };
     let charts = settings.helm.as_ref().map(|h| helm::chart::Sources {
         url: h.git.as_ref().map(|g| g.url.clone()).unwrap_or_default(),
@@ -1294,6 +1289,18 @@ async fn sync_revision(
     }
     report.revision = Some(snapshot.revision);
     report.proxy = set.proxy.clone();
+    if let Some(why) = unreadable {
+        let message = format!(
+            "{why}; everything was applied, nothing was pruned, and the inventory is kept as it is. \
+             To reset it, delete the keys inventory and inventory-shards of ConfigMap {}/{}: \
+             the next sync records what it applies (what Git dropped meanwhile is then left in place)",
+            settings.state.namespace,
+            settings.state.name()
+        );
+        tracing::error!("{message}");
+        report.message = Some(message);
+        return (report, None);
+    }
     // Fights over a field are the sync's warnings until they stop.
     for c in cluster.live().map(|l| l.conflicts()).unwrap_or_default() {
         report.warnings.push(format!(

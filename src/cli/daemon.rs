@@ -59,6 +59,9 @@ pub struct SyncArgs {
     /// A directory of Helm plugins helm may run (default: none; helm runs with plugins off)
     #[arg(long, env = "TIDEGATE_HELM_PLUGINS")]
     pub helm_plugins: Option<PathBuf>,
+    /// Most bytes of manifests one chart may render (helm's output and the post-renderer's input)
+    #[arg(long, env = "TIDEGATE_MAX_RELEASE_BYTES", default_value_t = crate::helm::binary::MAX_RELEASE_BYTES)]
+    pub max_release_bytes: u64,
     /// Let a HelmRelease's chart.git name a repository on the daemon's own disk (file:// or a path)
     #[arg(long, env = "TIDEGATE_ALLOW_LOCAL_CHART_REPOSITORIES")]
     pub allow_local_chart_repositories: bool,
@@ -128,6 +131,7 @@ impl SyncArgs {
                 proxy: None,
                 post_renderer: std::env::current_exe().ok(),
                 plugins: self.helm_plugins.clone(),
+                max_output: self.max_release_bytes,
             },
             cache: dir.join("charts"),
             git: None,

@@ -38,10 +38,10 @@ pub struct Args {
     /// (repeatable); with --allow-namespace, only these may be installed
     #[arg(long)]
     namespaced_kind: Vec<String>,
+    /// Most bytes of rendered manifests read (--max-release-bytes)
+    #[arg(long, default_value_t = crate::helm::binary::MAX_RELEASE_BYTES)]
+    max_bytes: u64,
 }
-
-/// Most bytes of rendered manifests read.
-const MAX_INPUT: u64 = 256 * 1024 * 1024;
 
 pub fn run(args: Args) -> ExitCode {
     let Some((key, value)) = args.label.split_once('=') else {
@@ -49,8 +49,18 @@ pub fn run(args: Args) -> ExitCode {
         return ExitCode::from(EXIT_ERROR);
     };
     let mut text = String::new();
-    if let Err(e) = std::io::stdin().take(MAX_INPUT).read_to_string(&mut text) {
+    if let Err(e) = std::io::stdin()
+        .take(args.max_bytes.saturating_add(1))
+        .read_to_string(&mut text)
+    {
         eprintln!("error: cannot read the rendered manifests: {e}");
+        return ExitCode::from(EXIT_ERROR);
+    }
+    if text.len() as u64 > args.max_bytes {
+        eprintln!(
+            "error: the chart renders more than {} bytes of manifests (--max-release-bytes); refused before anything is installed",
+            args.max_bytes
+        );
         return ExitCode::from(EXIT_ERROR);
     }
     let limits = ParseLimits {

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use super::EXIT_FAILED;
 use super::daemon::LimitArgs;
+use crate::object::ObjectRef;
 use crate::{helm, render};
 
 #[derive(Debug, clap::Args)]
@@ -84,6 +85,7 @@ fn check_releases(args: &Args, set: &render::DesiredSet) -> Vec<String> {
     let settings = helm::Settings {
         helm: helm::Helm {
             plugins: None,
+            max_output: helm::binary::MAX_RELEASE_BYTES,
             binary: args.helm_binary.clone(),
             kubeconfig: None,
             context: None,
@@ -111,9 +113,28 @@ fn check_releases(args: &Args, set: &render::DesiredSet) -> Vec<String> {
         .build()
         .expect("a runtime");
     let mut errors = Vec::new();
-    for m in releases {
-        let mut id = m.id.clone();
-        id.namespace.get_or_insert_with(|| "default".into());
+    let placed: Vec<(ObjectRef, Option<helm::release::ReleaseSpec>)> = releases
+        .iter()
+        .map(|m| {
+            let mut id = m.id.clone();
+            id.namespace.get_or_insert_with(|| "default".into());
+            let spec = helm::release::parse(&id, &m.object.value()).ok();
+            (id, spec)
+        })
+        .collect();
+    let duplicates = helm::release::duplicates(placed.iter().filter_map(|(id, spec)| {
+        let spec = spec.as_ref()?;
+        Some((
+            id,
+            (spec.target_namespace.as_str(), spec.release_name.as_str()),
+        ))
+    }));
+    for (m, (id, _)) in releases.iter().zip(&placed) {
+        if let Some(why) = duplicates.get(id) {
+            errors.push(format!("{}: {id}: {why}", m.origin()));
+            continue;
+        }
+        let id = id.clone();
         let result = runtime.block_on(helm::preview(
             None,
             &settings,

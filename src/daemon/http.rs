@@ -29,6 +29,14 @@ pub const MAX_CONNECTIONS: usize = 64;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest a connection stays open, however it is used.
 pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time for a client to send a webhook's body once its headers came.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections kept for the probes when every other slot is taken: they
+/// are served `/healthz` and `/readyz` only, and briefly.
+pub const PROBE_CONNECTIONS: usize = 8;
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Refused connections are logged at most once per this long.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 pub struct Shared {
     pub triggers: Arc<Triggers>,
@@ -47,12 +55,18 @@ pub struct Shared {
     /// For TokenReview and SubjectAccessReview of API callers.
     pub client: kube::Client,
     pub state: crate::cluster::state::StateRef,
+    /// Webhook deliveries seen, and when the last fetch was asked for.
+    pub deliveries: Mutex<webhook::Deliveries>,
 }
 
 /// Serves `router` on `listener` with a connection limit and timeouts.
 pub fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+    let probes = probe_router(shared.clone());
     let router = router(shared);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let probe_slots = Arc::new(tokio::sync::Semaphore::new(PROBE_CONNECTIONS));
+    let mut refused = 0u64;
+    let mut logged: Option<std::time::Instant> = None;
     tokio::spawn(async move {
         loop {
             let (stream, _) = match listener.accept().await {
@@ -63,22 +77,50 @@ pub fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
                     continue;
                 }
             };
-            let Ok(slot) = slots.clone().try_acquire_owned() else {
-                tracing::warn!("HTTP connection refused: {MAX_CONNECTIONS} already open");
-                drop(stream);
-                continue;
+            let (slot, router, header, whole) = match slots.clone().try_acquire_owned() {
+                Ok(slot) => (slot, router.clone(), HEADER_TIMEOUT, CONNECTION_TIMEOUT),
+                // Every slot taken (slow clients, a flood): the probes still
+                // get an answer, on a few short-lived slots of their own.
+                Err(_) => match probe_slots.clone().try_acquire_owned() {
+                    Ok(slot) => (slot, probes.clone(), PROBE_TIMEOUT, PROBE_TIMEOUT),
+                    Err(_) => {
+                        refused += 1;
+                        if logged.is_none_or(|at| at.elapsed() >= REFUSAL_LOG_EVERY) {
+                            tracing::warn!(
+                                "HTTP connections refused: {MAX_CONNECTIONS} already open ({refused} refused so far)"
+                            );
+                            logged = Some(std::time::Instant::now());
+                        }
+                        drop(stream);
+                        continue;
+                    }
+                },
             };
-            let service = hyper_util::service::TowerToHyperService::new(router.clone());
+            let service = hyper_util::service::TowerToHyperService::new(router);
             tokio::spawn(async move {
                 let connection = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(HEADER_TIMEOUT)
+                    .header_read_timeout(header)
                     .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-                let _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await;
+                let _ = tokio::time::timeout(whole, connection).await;
                 drop(slot);
             });
         }
     });
+}
+
+/// What the probes' reserved connections serve.
+fn probe_router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .fallback(|| async {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy: only /healthz and /readyz are served now\n",
+            )
+        })
+        .with_state(shared)
 }
 
 pub fn router(shared: Arc<Shared>) -> Router {
@@ -175,11 +217,27 @@ async fn hook(
     State(shared): State<Arc<Shared>>,
     Path(provider): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> (StatusCode, String) {
     let Some(provider) = Provider::from_path(&provider) else {
         return (StatusCode::NOT_FOUND, "unknown webhook provider\n".into());
     };
+    let body: Bytes =
+        match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await {
+            Ok(Ok(body)) => body,
+            Ok(Err(_)) => {
+                return (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("webhook bodies are limited to {MAX_BODY} bytes\n"),
+                );
+            }
+            Err(_) => {
+                return (
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the body did not arrive in time\n".into(),
+                );
+            }
+        };
     let Some(secret) = &shared.webhook_secret else {
         return (
             StatusCode::UNAUTHORIZED,
@@ -203,9 +261,38 @@ async fn hook(
         Verdict::Ping => (StatusCode::OK, "pong\n".into()),
         Verdict::Ignored(why) => (StatusCode::OK, format!("ignored: {why}\n")),
         Verdict::Sync => {
-            tracing::info!(?provider, "webhook: push to our branch, fetching");
-            shared.triggers.fetch_now();
-            (StatusCode::ACCEPTED, "fetching\n".into())
+            let id = header(webhook::delivery_header(provider));
+            let now = std::time::Instant::now();
+            let admitted = shared
+                .deliveries
+                .lock()
+                .expect("deliveries")
+                .admit(id.as_deref(), now);
+            match admitted {
+                webhook::Admit::Seen => (
+                    StatusCode::OK,
+                    "ignored: this delivery was seen before\n".into(),
+                ),
+                webhook::Admit::Queued => (StatusCode::ACCEPTED, "fetch already queued\n".into()),
+                webhook::Admit::Later(after) => {
+                    let shared = shared.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(after).await;
+                        shared
+                            .deliveries
+                            .lock()
+                            .expect("deliveries")
+                            .fired(std::time::Instant::now());
+                        shared.triggers.fetch_now();
+                    });
+                    (StatusCode::ACCEPTED, "fetch queued\n".into())
+                }
+                webhook::Admit::Now => {
+                    tracing::info!(?provider, "webhook: push to our branch, fetching");
+                    shared.triggers.fetch_now();
+                    (StatusCode::ACCEPTED, "fetching\n".into())
+                }
+            }
         }
     }
 }

@@ -181,6 +181,7 @@ pub async fn run(
             branch: config.source.branch.clone(),
             client: client.clone(),
             state: config.settings.state.clone(),
+            deliveries: Default::default(),
         });
         if let Some(addr) = config.listen {
             let listener = tokio::net::TcpListener::bind(addr)

@@ -191,8 +191,118 @@ pub fn verify(
     }
 }
 
+/// The header naming a delivery, per provider (retries keep it).
+pub fn delivery_header(provider: Provider) -> &'static str {
+    match provider {
+        Provider::GitHub => "x-github-delivery",
+        Provider::Gitea => "x-gitea-delivery",
+        Provider::GitLab => "x-gitlab-event-uuid",
+        Provider::BitbucketServer => "x-request-id",
+        Provider::Generic => "x-delivery-id",
+    }
+}
+
+/// Most delivery IDs remembered.
+const REMEMBERED: usize = 1024;
+/// Least time between two fetches webhooks ask for.
+pub const MIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// What to do with an authentic push webhook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    /// Fetch now.
+    Now,
+    /// A fetch was asked for less than [`MIN_INTERVAL`] ago: fetch once
+    /// after this long (the deliveries in between share it).
+    Later(std::time::Duration),
+    /// One is already due after the interval.
+    Queued,
+    /// This delivery was seen before (a replay or a redelivery).
+    Seen,
+}
+
+/// Verified deliveries: replays ignored, a flood turned into at most one
+/// fetch per [`MIN_INTERVAL`]. Pure: the caller gives the time.
+#[derive(Debug, Default)]
+pub struct Deliveries {
+    seen: std::collections::HashSet<String>,
+    order: std::collections::VecDeque<String>,
+    last: Option<std::time::Instant>,
+    queued: bool,
+}
+
+impl Deliveries {
+    pub fn admit(&mut self, id: Option<&str>, now: std::time::Instant) -> Admit {
+        if let Some(id) = id.filter(|id| !id.is_empty()) {
+            if self.seen.contains(id) {
+                return Admit::Seen;
+            }
+            if self.order.len() == REMEMBERED
+                && let Some(old) = self.order.pop_front()
+            {
+                self.seen.remove(&old);
+            }
+            self.seen.insert(id.to_string());
+            self.order.push_back(id.to_string());
+        }
+        match self.last {
+            Some(last) if now.duration_since(last) < MIN_INTERVAL => {
+                if self.queued {
+                    Admit::Queued
+                } else {
+                    self.queued = true;
+                    Admit::Later(MIN_INTERVAL - now.duration_since(last))
+                }
+            }
+            _ => {
+                self.last = Some(now);
+                Admit::Now
+            }
+        }
+    }
+
+    /// The fetch put off by [`Admit::Later`] is asked for now.
+    pub fn fired(&mut self, now: std::time::Instant) {
+        self.queued = false;
+        self.last = Some(now);
+    }
+}
+
 #[cfg(test)]
 mod tests {
+
+    /// Issue 19, item 13: replays are ignored, a flood is one fetch per
+    /// interval, and a push after a quiet interval fetches at once.
+    #[test]
+    fn deliveries_are_deduplicated_and_paced() {
+        let start = std::time::Instant::now();
+        let at = |ms: u64| start + std::time::Duration::from_millis(ms);
+        let mut d = Deliveries::default();
+        assert_eq!(d.admit(Some("a"), at(0)), Admit::Now);
+        assert_eq!(d.admit(Some("a"), at(10)), Admit::Seen);
+        assert_eq!(
+            d.admit(Some("b"), at(50)),
+            Admit::Later(std::time::Duration::from_millis(150))
+        );
+        assert_eq!(d.admit(Some("c"), at(60)), Admit::Queued);
+        assert_eq!(d.admit(None, at(70)), Admit::Queued);
+        d.fired(at(200));
+        assert_eq!(
+            d.admit(Some("d"), at(300)),
+            Admit::Later(std::time::Duration::from_millis(100))
+        );
+        d.fired(at(400));
+        assert_eq!(d.admit(Some("e"), at(700)), Admit::Now);
+        for i in 0..REMEMBERED {
+            d.admit(Some(&format!("x{i}")), at(10_000 + i as u64 * 2000));
+        }
+        assert_ne!(
+            d.admit(Some("a"), at(100_000_000)),
+            Admit::Seen,
+            "old IDs are forgotten"
+        );
+    }
+
     use super::*;
 
     const SECRET: &[u8] = b"s3cret";

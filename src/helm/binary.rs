@@ -24,6 +24,10 @@ pub enum Error {
     },
     #[error("helm {command} failed: {message}")]
     Failed { command: String, message: String },
+    #[error(
+        "helm {command} printed more than {limit} bytes and was stopped: the chart renders too much (raise --max-release-bytes if this is intended)"
+    )]
+    TooLarge { command: String, limit: u64 },
     #[error("helm {command} did not finish within {seconds}s and was stopped")]
     TimedOut { command: String, seconds: u64 },
     #[error("cannot prepare helm's working files in {dir}")]
@@ -50,7 +54,14 @@ pub struct Helm {
     pub post_renderer: Option<PathBuf>,
     /// `--helm-plugins`: the only plugins helm may run; `None`: plugins off.
     pub plugins: Option<PathBuf>,
+    /// `--max-release-bytes`: most bytes of manifests a chart may render
+    /// (and helm may print); past it the command is stopped and fails.
+    pub max_output: u64,
 }
+
+/// `--max-release-bytes`' default: a chart's manifests are rarely past a
+/// few MiB, and helm holds several copies of them.
+pub const MAX_RELEASE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// The label on every object of a release tidegate installed or upgraded:
 /// the release's name.
@@ -172,15 +183,49 @@ impl Helm {
         };
         let command = args[..words.min(args.len())].join(" ");
         tracing::debug!(%command, "running helm");
-        let child = self
+        let mut child = self
             .command(args)
             .spawn()
             .map_err(|source| Error::Missing {
                 binary: self.binary.display().to_string(),
                 source,
             })?;
-        let output = match tokio::time::timeout(deadline, child.wait_with_output()).await {
-            Ok(Ok(output)) => output,
+        // Read at most the limit (and a byte more, to tell): a chart that
+        // renders hundreds of MiB must not take the daemon's memory with it.
+        let limit = self.max_output;
+        let (mut out, mut err) = (child.stdout.take(), child.stderr.take());
+        let read = async {
+            use tokio::io::AsyncReadExt as _;
+            let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+            let stdout_read = async {
+                match out.as_mut() {
+                    Some(o) => o.take(limit + 1).read_to_end(&mut stdout).await.map(drop),
+                    None => Ok(()),
+                }
+            };
+            let stderr_read = async {
+                match err.as_mut() {
+                    Some(e) => e.take(1024 * 1024).read_to_end(&mut stderr).await.map(drop),
+                    None => Ok(()),
+                }
+            };
+            let (a, b) = tokio::join!(stdout_read, stderr_read);
+            a.and(b)?;
+            if stdout.len() as u64 > limit {
+                return Ok(None);
+            }
+            let status = child.wait().await?;
+            Ok::<_, std::io::Error>(Some(std::process::Output {
+                status,
+                stdout,
+                stderr,
+            }))
+        };
+        let output = match tokio::time::timeout(deadline, read).await {
+            Ok(Ok(Some(output))) => output,
+            Ok(Ok(None)) => {
+                return Err(Error::TooLarge { command, limit });
+            }
             Ok(Err(source)) => {
                 return Err(self.missing(source));
             }
@@ -220,6 +265,7 @@ impl Helm {
         let mut args = vec!["--post-renderer".to_string(), binary.display().to_string()];
         let mut post = vec![
             "post-render".to_string(),
+            format!("--max-bytes={}", self.max_output),
             "--label".into(),
             format!("{RELEASE_LABEL}={release}"),
         ];

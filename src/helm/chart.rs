@@ -215,6 +215,7 @@ fn fetch_other(url: &str, git_ref: &str, sources: &Sources) -> Result<(PathBuf, 
     if !remote::same_server(url, &git.url) {
         git.access.deploy_key = None;
         git.access.https = None;
+        git.access.withheld = true;
     }
     git.url = url.to_string();
     git.branch = git_ref.to_string();

@@ -189,6 +189,22 @@ async fn decide_all(ctx: &Context<'_>, items: &[Item], mut observed: Observed) -
         .buffered(DECIDE_CONCURRENCY)
         .collect()
         .await;
+    let duplicates = release::duplicates(prepared.iter().flatten().map(|(spec, _)| {
+        (
+            &spec.id,
+            (spec.target_namespace.as_str(), spec.release_name.as_str()),
+        )
+    }));
+    let prepared: Vec<Result<(ReleaseSpec, Wanted), Refusal>> = prepared
+        .into_iter()
+        .map(|p| match p {
+            Ok((spec, _)) if duplicates.contains_key(&spec.id) => {
+                let why = duplicates[&spec.id].clone();
+                Err(Box::new((Some(spec), fail("Duplicate", why))))
+            }
+            other => other,
+        })
+        .collect();
     let keys: Vec<(String, String)> = prepared
         .iter()
         .flatten()

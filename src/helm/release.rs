@@ -299,6 +299,37 @@ fn values_from(spec: &Value, namespace: &str) -> Result<Vec<ValuesSource>, SpecE
     Ok(sources)
 }
 
+/// HelmReleases that ask for a Helm release another one asks for too (same
+/// release name in the same namespace): each with why it is refused, naming
+/// the others. Neither may run: each sync would make a new revision.
+pub fn duplicates<'a>(
+    releases: impl IntoIterator<Item = (&'a ObjectRef, (&'a str, &'a str))>,
+) -> std::collections::HashMap<ObjectRef, String> {
+    let mut by_release: std::collections::BTreeMap<(&str, &str), Vec<&ObjectRef>> =
+        Default::default();
+    for (id, key) in releases {
+        by_release.entry(key).or_default().push(id);
+    }
+    let mut refused = std::collections::HashMap::new();
+    for ((namespace, name), ids) in by_release.into_iter().filter(|(_, ids)| ids.len() > 1) {
+        for id in &ids {
+            let others: Vec<String> = ids
+                .iter()
+                .filter(|o| o != &id)
+                .map(|o| o.to_string())
+                .collect();
+            refused.insert(
+                (*id).clone(),
+                format!(
+                    "Helm release {namespace}/{name} is also asked for by {}; give one another spec.releaseName",
+                    others.join(", ")
+                ),
+            );
+        }
+    }
+    refused
+}
+
 /// Reads a placed HelmRelease (its namespace filled in).
 pub fn parse(id: &ObjectRef, object: &Value) -> Result<ReleaseSpec, SpecError> {
     let spec = &object["spec"];
@@ -370,6 +401,32 @@ pub fn merge_values(base: &mut Value, over: &Value) {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn two_helm_releases_of_one_release_are_both_refused() {
+        let a = ObjectRef::new("helm.fluxcd.io/v1", "HelmRelease", Some("team"), "a");
+        let b = ObjectRef::new("helm.fluxcd.io/v1", "HelmRelease", Some("other"), "b");
+        let c = ObjectRef::new("helm.fluxcd.io/v1", "HelmRelease", Some("team"), "c");
+        let refused = duplicates([
+            (&a, ("team", "web")),
+            (&b, ("team", "web")),
+            (&c, ("team", "api")),
+        ]);
+        assert_eq!(refused.len(), 2);
+        assert!(
+            refused[&a]
+                .contains("team/web is also asked for by helm.fluxcd.io/v1 HelmRelease other/b"),
+            "{}",
+            refused[&a]
+        );
+        assert!(
+            refused[&b].contains("HelmRelease team/a"),
+            "{}",
+            refused[&b]
+        );
+        assert!(!refused.contains_key(&c));
+    }
+
     use super::*;
     use serde_json::json;
 

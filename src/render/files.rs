@@ -34,16 +34,33 @@ pub fn find(root: &Path, rel: &Path, found: &mut Found) {
         });
         return;
     };
+    if rel.components().any(|c| {
+        !matches!(
+            c,
+            std::path::Component::Normal(_) | std::path::Component::CurDir
+        )
+    }) {
+        found.errors.push(Error::OutsidePath {
+            path: rel.to_path_buf(),
+        });
+        return;
+    }
     let mut visited = HashSet::new();
-    if let Err(e) = walk(&real_root, rel, found, &mut visited, true) {
+    if let Err(e) = walk(&real_root, rel, None, found, &mut visited, true) {
         found.errors.push(e);
     }
 }
 
+/// Most directory levels below a path walked: deeper is an error naming it.
+pub const MAX_DEPTH: usize = 100;
+
 /// Walks one path; an error is this path's, and ends only its walk.
+/// `parent` is the real path of its directory when known, so that an entry
+/// that is no link is placed without resolving the whole path again.
 fn walk(
     root: &Path,
     rel: &Path,
+    parent: Option<(&Path, usize)>,
     found: &mut Found,
     visited: &mut HashSet<PathBuf>,
     named: bool,
@@ -53,7 +70,23 @@ fn walk(
         path: rel.to_path_buf(),
         source,
     };
-    let real = abs.canonicalize().map_err(|source| {
+    let depth = parent.map_or(0, |(_, d)| d + 1);
+    if depth > MAX_DEPTH {
+        return Err(Error::TooDeep {
+            path: rel.to_path_buf(),
+            limit: MAX_DEPTH,
+        });
+    }
+    let known = parent.and_then(|(real_parent, _)| {
+        let name = rel.file_name()?;
+        let meta = std::fs::symlink_metadata(&abs).ok()?;
+        (!meta.file_type().is_symlink()).then(|| real_parent.join(name))
+    });
+    let real = match known {
+        Some(real) => Ok(real),
+        None => abs.canonicalize(),
+    }
+    .map_err(|source| {
         let is_link = std::fs::symlink_metadata(&abs).is_ok_and(|m| m.file_type().is_symlink());
         if is_link {
             Error::Symlink {
@@ -105,7 +138,8 @@ fn walk(
         if name.to_string_lossy().starts_with('.') {
             continue;
         }
-        if let Err(e) = walk(root, &rel.join(&name), found, visited, false) {
+        let child = rel.join(&name);
+        if let Err(e) = walk(root, &child, Some((&real, depth)), found, visited, false) {
             found.errors.push(e);
         }
     }

@@ -185,6 +185,19 @@ fn documents(text: &str) -> Vec<Document<'_>> {
     docs
 }
 
+/// The documents that hold something: the empty ones a leading `---`, a
+/// trailing one or `...` then `---` make do not count toward the limit.
+fn counted(docs: &[Document<'_>]) -> usize {
+    docs.iter().filter(|d| !is_blank(d.text)).count()
+}
+
+/// Whitespace and comments only.
+fn is_blank(text: &str) -> bool {
+    text.lines()
+        .map(str::trim)
+        .all(|l| l.is_empty() || l.starts_with('#'))
+}
+
 /// Returns the Kubernetes objects in one file, expanding `v1 List` and the
 /// `…List` kinds of built-in groups, and the problems of the documents that
 /// could not be used (the other documents are still returned).
@@ -196,7 +209,7 @@ pub fn parse_file(file: &Path, text: &str, limits: &ParseLimits) -> (Vec<Parsed>
     let mut manifests = Vec::new();
     let mut errors = Vec::new();
     let docs = documents(text);
-    if docs.len() > limits.max_documents {
+    if counted(&docs) > limits.max_documents {
         errors.push(ParseError::TooManyDocuments {
             file: file.to_path_buf(),
             limit: limits.max_documents,
@@ -263,7 +276,7 @@ pub fn parse_file(file: &Path, text: &str, limits: &ParseLimits) -> (Vec<Parsed>
 /// the document and line and never quotes the text: values may be secret.
 pub fn parse_documents(text: &str, limits: &ParseLimits) -> Result<Vec<Value>, String> {
     let docs = documents(text);
-    if docs.len() > limits.max_documents {
+    if counted(&docs) > limits.max_documents {
         return Err(format!("more than {} YAML documents", limits.max_documents));
     }
     let mut values = Vec::new();
@@ -480,6 +493,42 @@ fn collect(
 
 #[cfg(test)]
 mod tests {
+
+    /// Issue 19, item 16: the limit counts documents, not separators.
+    #[test]
+    fn exactly_the_document_limit_is_accepted_however_separated() {
+        let limits = ParseLimits::default();
+        let doc = |i: usize| format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: c{i}}}\n");
+        let docs = |n: usize| (0..n).map(doc).collect::<Vec<_>>();
+        let file = Path::new("many.yaml");
+        for (how, text) in [
+            ("separated", docs(1000).join("---\n")),
+            (
+                "each opened",
+                docs(1000).iter().map(|d| format!("---\n{d}")).collect(),
+            ),
+            ("ended then opened", docs(1000).join("...\n---\n")),
+            (
+                "a trailing marker",
+                format!("{}---\n", docs(1000).join("---\n")),
+            ),
+        ] {
+            let (objects, errors) = parse_file(file, &text, &limits);
+            assert!(errors.is_empty(), "{how}: {errors:?}");
+            assert_eq!(objects.len(), 1000, "{how}");
+            assert_eq!(
+                parse_documents(&text, &limits).unwrap().len(),
+                1000,
+                "{how}"
+            );
+        }
+        let (_, errors) = parse_file(file, &docs(1001).join("---\n"), &limits);
+        assert!(
+            matches!(errors[..], [ParseError::TooManyDocuments { .. }]),
+            "{errors:?}"
+        );
+    }
+
     use super::*;
 
     fn parse(text: &str) -> Result<Vec<Parsed>, ParseError> {

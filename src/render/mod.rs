@@ -100,6 +100,10 @@ pub fn is_prune_protected(object: &serde_json::Value) -> bool {
 pub enum Error {
     #[error("path {path_shown} does not exist in the repository", path_shown = crate::object::shown(.path))]
     MissingPath { path: PathBuf },
+    #[error("{path_shown}: outside the repository; --git-path names a directory inside it", path_shown = crate::object::shown(.path))]
+    OutsidePath { path: PathBuf },
+    #[error("{path_shown}: more than {limit} directory levels deep; not read", path_shown = crate::object::shown(.path))]
+    TooDeep { path: PathBuf, limit: usize },
     #[error("cannot read {path_shown}", path_shown = crate::object::shown(.path))]
     Read {
         path: PathBuf,
@@ -456,6 +460,36 @@ mod tests {
         std::fs::write(path, text).unwrap();
     }
 
+    /// Issue 19, items 11 and 14: a deep tree is walked in time linear in
+    /// its depth and refused past the limit, naming the path; a --git-path
+    /// out of the repository says so.
+    #[test]
+    fn depth_is_bounded_and_paths_stay_inside() {
+        let dir = tempfile::tempdir().unwrap();
+        let deep: PathBuf = (0..files::MAX_DEPTH + 5).map(|_| "d").collect();
+        write(
+            dir.path(),
+            &deep.join("cm.yaml").to_string_lossy(),
+            &cm("deep"),
+        );
+        write(dir.path(), "top.yaml", &cm("top"));
+        let set = render(dir.path(), &Options::default());
+        let text = Errors(&set.errors).to_string();
+        assert!(text.contains("directory levels deep"), "{text}");
+        assert_eq!(set.manifests.len(), 1, "the rest is rendered");
+        for outside in ["../..", "/etc"] {
+            let options = Options {
+                paths: vec![PathBuf::from(outside)],
+                ..Options::default()
+            };
+            let text = Errors(&render(dir.path(), &options).errors).to_string();
+            assert!(
+                text.contains(&format!("{outside}: outside the repository")),
+                "{text}"
+            );
+        }
+    }
+
     /// Renders and insists on a clean render.
     fn clean(root: &Path, options: &Options) -> DesiredSet {
         let set = render(root, options);
@@ -780,7 +814,10 @@ mod tests {
             b"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: caf\xe9}\n",
         )
         .unwrap();
-        write(dir.path(), "many.yaml", &"---\n".repeat(20));
+        let many: String = (0..20)
+            .map(|i| format!("---\n{}", cm(&format!("m{i}"))))
+            .collect();
+        write(dir.path(), "many.yaml", &many);
         let mut options = Options::default();
         options.limits.max_file_bytes = 4096;
         options.limits.parse.max_documents = 10;

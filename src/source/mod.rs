@@ -82,6 +82,10 @@ pub enum Error {
         "authentication to {url} failed: check the user name and password or token in the HTTPS credentials Secret"
     )]
     HttpsAuth { url: String },
+    #[error(
+        "{url} asks for credentials: tidegate offers the deploy key and the HTTPS credentials only to the synced repository's own server, so a repository on another server must be readable without them"
+    )]
+    Withheld { url: String },
     #[error("{url}: {message}")]
     HostKey { url: String, message: String },
     #[error(
@@ -134,6 +138,8 @@ pub struct Access {
     pub repo_proxy: Option<crate::render::proxy::ProxySettings>,
     /// Send credentials over plain `http://` (`--git-allow-insecure-http`).
     pub allow_insecure_http: bool,
+    /// The synced repository's credentials were kept from this server.
+    pub withheld: bool,
 }
 
 /// Where to fetch from.
@@ -396,7 +402,11 @@ impl GitSource {
         let auth_failed = source.code() == git2::ErrorCode::Auth
             || message.contains("authentication")
             || message.contains("credentials refused")
+            || message.contains("no credentials")
             || message.contains("permission denied");
+        if (auth_failed || message.contains("no deploy key")) && self.access.withheld {
+            return Error::Withheld { url };
+        }
         if auth_failed || message.contains("no deploy key") {
             return match (scheme, &self.access.deploy_key) {
                 (Scheme::Ssh, Some(key)) => Error::PermissionDenied {

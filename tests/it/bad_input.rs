@@ -208,7 +208,11 @@ async fn file_of_100_mib() {
 #[tokio::test]
 async fn too_many_documents() {
     let case = Case::new("bad-docs");
-    let out = case.sync_victim("---\n".repeat(1001).as_bytes(), &[]);
+    // 1,001 documents, each opened by a marker.
+    let docs: String = (0..1001)
+        .map(|i| format!("---\n{}", cm_yaml(&case.ns, &format!("many-{i}"), "1")))
+        .collect();
+    let out = case.sync_victim(docs.as_bytes(), &[]);
     case.assert_isolated(&out, &["victim.yaml: more than 1000 documents"])
         .await;
 }
@@ -1244,5 +1248,162 @@ async fn file_name_with_a_newline_cannot_forge_a_line() {
             .any(|l| l.starts_with("synced revision 0000")),
         "{}",
         stdout(&status)
+    );
+}
+
+/// Issue 19, item 12: two HelmReleases asking for one Helm release would
+/// make a new revision each sync; both are refused, naming each other, by
+/// the sync and by `validate`.
+#[tokio::test]
+async fn two_helm_releases_of_one_release_are_a_duplicate() {
+    use crate::helm_releases::{
+        copy_chart, crd_installed, helm_binary, helm_release, write_release,
+    };
+    crd_installed().await;
+    let ns = unique("bad-dup-release");
+    let repo = GitRepo::new();
+    copy_chart(&repo);
+    repo.write("namespaces/ns.yaml", &ns_yaml(&ns));
+    for name in ["one", "two"] {
+        write_release(
+            &repo,
+            &format!("releases/{name}.yaml"),
+            &helm_release(&ns, name, "  releaseName: shared\n"),
+        );
+    }
+    repo.push("two releases of one name");
+    let helm = helm_binary();
+    let out = repo.sync_once(&["--helm-binary", &helm]);
+    let text = format!("{}\n{}", stdout(&out), stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    for (refused, other) in [("one", "two"), ("two", "one")] {
+        let _ = refused;
+        let expected = format!(
+            "Helm release {ns}/shared is also asked for by helm.fluxcd.io/v1 HelmRelease {ns}/{other}"
+        );
+        assert!(text.contains(&expected), "{expected:?} not in:\n{text}");
+    }
+    assert!(
+        !text.contains("installed release"),
+        "neither is installed:\n{text}"
+    );
+    let out = tidegate(&[
+        "validate",
+        repo.work.to_str().unwrap(),
+        "--helm-binary",
+        &helm,
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let text = format!("{}\n{}", stdout(&out), stderr(&out));
+    assert!(
+        text.contains("releases/one.yaml (document 0)") && text.contains("is also asked for by"),
+        "{text}"
+    );
+}
+
+/// Issue 19, item 9: a chart that renders past --max-release-bytes fails
+/// its release, naming the limit, before helm installs anything; the rest
+/// of the repository syncs.
+#[tokio::test]
+async fn chart_that_renders_too_much_is_refused() {
+    use crate::helm_releases::{
+        copy_chart, crd_installed, helm_binary, helm_release, write_release,
+    };
+    crd_installed().await;
+    let ns = unique("bad-big-chart");
+    let repo = GitRepo::new();
+    copy_chart(&repo);
+    repo.write(
+        "charts/web/templates/big.yaml",
+        "{{- if .Values.big }}\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: {{ .Release.Name }}-big}\ndata:\n{{- range $i := until 5000 }}\n  k{{ $i }}: \"{{ repeat 40 \"x\" }}\"\n{{- end }}\n{{- end }}\n",
+    );
+    repo.write(
+        "namespaces/ns.yaml",
+        &format!("{}---\n{}", ns_yaml(&ns), cm_yaml(&ns, "plain", "1")),
+    );
+    write_release(
+        &repo,
+        "releases/big.yaml",
+        &helm_release(&ns, "big", "  values: {big: true}\n"),
+    );
+    repo.push("a chart rendering 250 KB");
+    let helm = helm_binary();
+    let out = repo.sync_once(&["--helm-binary", &helm, "--max-release-bytes", "100000"]);
+    let text = format!("{}\n{}", stdout(&out), stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(
+            "the chart renders more than 100000 bytes of manifests (--max-release-bytes)"
+        ),
+        "{text}"
+    );
+    assert!(configmap(&ns, "plain").await.is_some(), "the rest syncs");
+    assert!(configmap(&ns, &format!("{ns}-big-big")).await.is_none());
+    let records = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client().await, &ns)
+        .list(&ListParams::default().labels("owner=helm"))
+        .await
+        .unwrap();
+    assert!(records.items.is_empty(), "helm recorded no release");
+}
+
+/// Issue 19, item 3: a HelmRelease whose chart.git names another server
+/// does not receive the synced repository's HTTPS credentials (the server
+/// would accept them); the fetch is anonymous and its refusal names the
+/// server.
+#[tokio::test]
+async fn credentials_go_only_to_the_synced_repositorys_server() {
+    use crate::helm_releases::{copy_chart, crd_installed, helm_binary, helm_release};
+    use crate::servers::GitHttps;
+    crd_installed().await;
+    let ns = unique("bad-creds-host");
+    let charts = GitRepo::new();
+    copy_chart(&charts);
+    charts.push("charts on another server");
+    let elsewhere = GitHttps::start(charts.bare.parent().unwrap(), "reader:letmein");
+    let repo = GitRepo::new();
+    repo.write("ns.yaml", &ns_yaml(&ns)).write(
+        "releases/web.yaml",
+        &helm_release(&ns, "web", "").replace("REPO_URL", &elsewhere.url("repo.git")),
+    );
+    repo.push("a release of a chart on another server");
+    let synced = GitHttps::start(repo.bare.parent().unwrap(), "reader:letmein");
+    let cas = tempfile::NamedTempFile::new().unwrap();
+    let both = format!(
+        "{}{}",
+        std::fs::read_to_string(&synced.ca_file).unwrap(),
+        std::fs::read_to_string(&elsewhere.ca_file).unwrap()
+    );
+    std::fs::write(cas.path(), both).unwrap();
+    let secret = unique("creds-host");
+    create_secret(
+        &secret,
+        json!({"username": "reader", "password": "letmein"}),
+    )
+    .await;
+    let helm = helm_binary();
+    let out = repo.sync_once_from(
+        &synced.url("repo.git"),
+        &[
+            "--git-https-secret",
+            &secret,
+            "--git-ca-file",
+            cas.path().to_str().unwrap(),
+            "--helm-binary",
+            &helm,
+        ],
+        &[],
+    );
+    let text = format!("{}\n{}", stdout(&out), stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!(
+            "{} asks for credentials: tidegate offers the deploy key and the HTTPS credentials only to the synced repository's own server",
+            elsewhere.url("repo.git")
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("created v1 Namespace {ns}")),
+        "the synced repository itself is read with its credentials:\n{text}"
     );
 }

@@ -807,3 +807,133 @@ async fn edited_inventory_cannot_prune_outside_the_allow_list() {
         .unwrap();
     roles.delete(&victim, &Default::default()).await.unwrap();
 }
+
+/// Issue 19, item 17: an inventory that cannot be read (garbage, or a
+/// missing shard) blocks the prune, not the apply; the record is kept as
+/// it is and the failure says how to reset it.
+#[tokio::test]
+async fn unreadable_inventory_blocks_the_prune_not_the_apply() {
+    let (ns, repo) = synced("fault-inventory", &["a", "b"]);
+    let state_name = format!("{}-state", repo.sync_set);
+    let states: Api<ConfigMap> = Api::namespaced(client().await, "default");
+    let patch = json!({"data": {"inventory": "{not json"}});
+    states
+        .patch(&state_name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    std::fs::remove_file(repo.work.join("b.yaml")).unwrap();
+    repo.write("c.yaml", &cm_yaml(&ns, "c", "1"));
+    repo.push("drop b, add c");
+    let out = repo.sync_once(&[GC]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        stdout(&out).contains(&format!("created v1 ConfigMap {ns}/c")),
+        "applied regardless: {}",
+        stdout(&out)
+    );
+    assert!(
+        err.contains("nothing was pruned, and the inventory is kept as it is"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "delete the keys inventory and inventory-shards of ConfigMap default/{state_name}"
+        )),
+        "{err}"
+    );
+    assert!(configmap(&ns, "b").await.is_some(), "nothing pruned");
+    let state = states.get(&state_name).await.unwrap();
+    assert_eq!(
+        state.data.unwrap()["inventory"],
+        "{not json",
+        "the record is kept"
+    );
+}
+
+/// Issue 19, items 10 and 13: clients that send a webhook's headers and
+/// never its body hold every connection slot, yet the probes answer at
+/// once; a signed delivery replayed is ignored, and a flood of fresh ones
+/// is paced to a few fetches.
+#[tokio::test]
+async fn probes_answer_under_slow_bodies_and_replays_are_ignored() {
+    use std::io::Write as _;
+    use tidegate::daemon::webhook::sign;
+    let repo = GitRepo::new();
+    repo.write("a.yaml", &cm_yaml("default", &unique("probes"), "1"));
+    repo.push("one");
+    let secret_name = unique("probe-hook");
+    crate::support::create_secret(&secret_name, json!({"webhook-secret": "s3cret"})).await;
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let _daemon = repo.daemon(
+        &repo.url(),
+        &[
+            "--listen",
+            &listen,
+            "--git-watch",
+            "false",
+            "--webhook-secret-name",
+            &secret_name,
+        ],
+    );
+    wait_http(port, "/readyz", 200);
+    // 64 clients past their headers, sending the body never.
+    let slow: Vec<TcpStream> = (0..64)
+        .filter_map(|_| {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+            s.write_all(
+                b"POST /hooks/github HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\nX-GitHub-Event: push\r\n\r\n{",
+            )
+            .ok()?;
+            Some(s)
+        })
+        .collect();
+    assert_eq!(slow.len(), 64);
+    std::thread::sleep(Duration::from_millis(300));
+    for path in ["/healthz", "/readyz"] {
+        let started = Instant::now();
+        assert_eq!(http(port, "GET", path, &[], b"").0, 200, "{path}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{path}: {:?}",
+            started.elapsed()
+        );
+    }
+    let (code, body) = http(port, "GET", "/metrics", &[], b"");
+    assert_eq!(code, 503, "only the probes are served while busy: {body}");
+    drop(slow);
+    // The slots free up; a signed delivery fetches, its replay does not.
+    let push = br#"{"ref":"refs/heads/main"}"#;
+    let delivery = |id: &str| {
+        vec![
+            ("X-GitHub-Event", "push".to_string()),
+            ("X-GitHub-Delivery", id.to_string()),
+            ("X-Hub-Signature-256", sign(b"s3cret", push)),
+        ]
+    };
+    eventually("the slots free", Duration::from_secs(20), || async {
+        (http(port, "GET", "/metrics", &[], b"").0 == 200).then_some(())
+    })
+    .await;
+    let (code, body) = http(port, "POST", "/hooks/github", &delivery("d-1"), push);
+    assert_eq!(code, 202, "{body}");
+    let (code, body) = http(port, "POST", "/hooks/github", &delivery("d-1"), push);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("seen before"), "{body}");
+    let answers: Vec<String> = (0..20)
+        .map(|i| {
+            http(
+                port,
+                "POST",
+                "/hooks/github",
+                &delivery(&format!("f-{i}")),
+                push,
+            )
+            .1
+        })
+        .collect();
+    let fetching = answers.iter().filter(|a| a.starts_with("fetching")).count();
+    assert!(fetching <= 3, "a flood is paced: {answers:?}");
+    assert!(answers.iter().any(|a| a.contains("queued")), "{answers:?}");
+}
