@@ -560,10 +560,17 @@ pub async fn plan(
 pub fn render_errors(set: &DesiredSet) -> Vec<ObjectError> {
     set.errors
         .iter()
-        .map(|e| ObjectError {
-            object: e.object().unwrap_or_default(),
-            origin: None,
-            reason: crate::error_chain(e),
+        .map(|e| match e.split() {
+            Some((origin, reason)) => ObjectError {
+                object: e.object().unwrap_or_default(),
+                origin: Some(origin),
+                reason,
+            },
+            None => ObjectError {
+                object: e.object().unwrap_or_default(),
+                origin: None,
+                reason: crate::error_chain(e),
+            },
         })
         .collect()
 }
@@ -646,6 +653,24 @@ impl SyncReport {
         } else {
             Outcome::Succeeded
         }
+    }
+
+    /// Whether trying the same revision again soon could go otherwise:
+    /// not when the only failures are releases waiting for a change in Git.
+    pub fn retry_helps(&self) -> bool {
+        let waiting: HashSet<&str> = self
+            .releases
+            .iter()
+            .filter(|r| r.action == ReleaseAction::Failed && r.waits_for_git)
+            .map(|r| r.object.as_str())
+            .collect();
+        self.outcome() == Outcome::Failed
+            && (self.message.is_some()
+                || self.record_failed.is_some()
+                || self
+                    .errors
+                    .iter()
+                    .any(|e| !waiting.contains(e.object.as_str())))
     }
 
     pub fn status(&self, started: String) -> SyncStatus {
@@ -1010,6 +1035,7 @@ async fn prune(
                         revision: None,
                         status: None,
                         message: None,
+                        waits_for_git: false,
                     };
                     tracing::info!(object = %id, "{status}");
                     on(Progress::Release(&status));
@@ -1146,11 +1172,14 @@ async fn reconcile_releases(
             let e = ObjectError {
                 object: status.object.clone(),
                 origin: None,
-                reason: format!(
-                    "release {}: {}",
-                    status.release,
-                    status.message.clone().unwrap_or_default()
-                ),
+                // A spec that cannot be read names no release.
+                reason: match (
+                    status.release.as_str(),
+                    status.message.clone().unwrap_or_default(),
+                ) {
+                    ("", message) => message,
+                    (release, message) => format!("release {release}: {message}"),
+                },
             };
             on(Progress::Failed(&e));
             report.errors.push(e);

@@ -113,6 +113,7 @@ impl SyncArgs {
             upgrade_removed_apis: self.upgrade_removed_apis,
             limits: self.limits.limits(),
             sync_set: Some(self.sync_set_name.clone()),
+            secret_key: None,
         }
     }
 
@@ -193,6 +194,9 @@ pub struct Args {
     /// Address of the HTTP API, health, metrics and webhooks ("off" for none)
     #[arg(long, env = "TIDEGATE_LISTEN", default_value = "0.0.0.0:3030")]
     listen: String,
+    /// A second address serving only the webhooks (POST /hooks/…), for the Service a Git host reaches ("off" for none)
+    #[arg(long, env = "TIDEGATE_WEBHOOK_LISTEN", default_value = "off")]
+    webhook_listen: String,
     /// Secret (in the daemon's namespace) whose key `webhook-secret` signs webhooks
     #[arg(long, env = "TIDEGATE_WEBHOOK_SECRET_NAME")]
     webhook_secret_name: Option<String>,
@@ -298,6 +302,12 @@ pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode>
         .context("cannot connect to the cluster")?;
     let namespace = connection.namespace(&client);
     args.git.configure_libgit2()?;
+    let webhook_listen = match args.webhook_listen.as_str() {
+        "off" => None,
+        text => Some(text.parse::<SocketAddr>().with_context(|| {
+            format!("--webhook-listen {text}: not an address like 0.0.0.0:3031")
+        })?),
+    };
     let listen = match args.listen.as_str() {
         "off" => None,
         text => Some(
@@ -326,6 +336,7 @@ pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode>
         sync_interval: args.sync_interval,
         settings,
         listen,
+        webhook_listen,
         webhook_secret_name: args.webhook_secret_name.clone(),
         git_watch: args.git_watch,
         once: args.once,
@@ -333,6 +344,15 @@ pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode>
         self_heal: args.self_heal,
     };
     let cluster = Cluster::new(client);
+    let mut config = config;
+    // Made once per instance; without it (the state cannot be written)
+    // Secrets' checksums are plain, as before.
+    match cluster.checksum_key(&config.settings.state, true).await {
+        Ok(key) => config.settings.render.secret_key = key.map(std::sync::Arc::new),
+        Err(e) => {
+            tracing::warn!("cannot keep a key for Secrets' checksums in the state ConfigMap: {e}")
+        }
+    }
     let report = if args.once {
         daemon::run(config, cluster, &mut print_progress).await?
     } else {

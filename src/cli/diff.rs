@@ -68,7 +68,14 @@ pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode>
         .client()
         .await
         .context("cannot connect to the cluster")?;
-    let settings = args.sync.settings(connection.namespace(&client));
+    let mut settings = args.sync.settings(connection.namespace(&client));
+    // The daemon's key, so Secrets' checksums compare; diff never makes one.
+    if let Ok(key) = Cluster::new(client.clone())
+        .checksum_key(&settings.state, false)
+        .await
+    {
+        settings.render.secret_key = key.map(std::sync::Arc::new);
+    }
     let set = render::render(&args.path, &settings.render);
     for w in &set.warnings {
         eprintln!("warning: {w}");

@@ -43,6 +43,7 @@ pub fn run(args: Args) -> ExitCode {
         upgrade_removed_apis: args.upgrade_removed_apis,
         limits: args.limits.limits(),
         sync_set: None,
+        secret_key: None,
     };
     let set = render::render(&args.path, &options);
     for w in &set.warnings {

@@ -39,6 +39,9 @@ pub fn split_shards(text: &str, size: usize) -> Vec<&str> {
     pieces
 }
 const STATUS_KEY: &str = "status";
+/// The instance's key for Secrets' checksums (base64), written once by a
+/// field manager of its own so that the record never removes it.
+const CHECKSUM_KEY: &str = "checksum-key";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -377,6 +380,41 @@ impl Cluster {
 
     /// Records a sync's status, and its inventory when it has one (a sync that
     /// failed before rendering leaves the inventory as it was).
+    /// The instance's key for Secrets' checksums, kept in its state
+    /// ConfigMap; made (32 random bytes) when missing and `create`.
+    pub async fn checksum_key(
+        &self,
+        state: &StateRef,
+        create: bool,
+    ) -> Result<Option<Vec<u8>>, kube::Error> {
+        use base64::Engine as _;
+        let api = Api::<ConfigMap>::namespaced(self.client.clone(), &state.namespace);
+        let stored = api
+            .get_opt(&state.name())
+            .await?
+            .and_then(|m| m.data?.remove(CHECKSUM_KEY))
+            .and_then(|k| base64::engine::general_purpose::STANDARD.decode(k).ok())
+            .filter(|k| k.len() >= 16);
+        if stored.is_some() || !create {
+            return Ok(stored);
+        }
+        let mut key = vec![0u8; 32];
+        ssh_key::rand_core::RngCore::fill_bytes(&mut ssh_key::rand_core::OsRng, &mut key);
+        let map = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": state.name(), "namespace": state.namespace},
+            "data": {CHECKSUM_KEY: base64::engine::general_purpose::STANDARD.encode(&key)},
+        });
+        api.patch(
+            &state.name(),
+            &PatchParams::apply("tidegate-checksum-key"),
+            &Patch::Apply(&map),
+        )
+        .await?;
+        Ok(Some(key))
+    }
+
     pub async fn record(
         &self,
         state: &StateRef,

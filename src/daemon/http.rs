@@ -60,9 +60,8 @@ pub struct Shared {
 }
 
 /// Serves `router` on `listener` with a connection limit and timeouts.
-pub fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
-    let probes = probe_router(shared.clone());
-    let router = router(shared);
+pub fn serve(listener: tokio::net::TcpListener, router: Router, shared: Arc<Shared>) {
+    let probes = probe_router(shared);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let probe_slots = Arc::new(tokio::sync::Semaphore::new(PROBE_CONNECTIONS));
     let mut refused = 0u64;
@@ -120,6 +119,15 @@ fn probe_router(shared: Arc<Shared>) -> Router {
                 "busy: only /healthz and /readyz are served now\n",
             )
         })
+        .with_state(shared)
+}
+
+/// The webhooks alone: what a Git host may reach, nothing of the API,
+/// the metrics or the readiness reasons.
+pub fn hooks_router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/hooks/{provider}", post(hook))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(shared)
 }
 

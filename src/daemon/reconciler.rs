@@ -32,6 +32,8 @@ pub struct Config {
     pub settings: Settings,
     /// Where the HTTP API listens; `None` for no HTTP server.
     pub listen: Option<SocketAddr>,
+    /// Where only the webhooks are served (for the Service a Git host reaches).
+    pub webhook_listen: Option<SocketAddr>,
     pub webhook_secret_name: Option<String>,
     /// Watch a local repository's refs.
     pub git_watch: bool,
@@ -187,8 +189,15 @@ pub async fn run(
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|source| Error::Listen { addr, source })?;
-            http::serve(listener, state.clone());
+            http::serve(listener, http::router(state.clone()), state.clone());
             tracing::info!(%addr, "HTTP API listening");
+        }
+        if let Some(addr) = config.webhook_listen {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::Listen { addr, source })?;
+            http::serve(listener, http::hooks_router(state.clone()), state.clone());
+            tracing::info!(%addr, "webhooks listening");
         }
         watch_requests(client.clone(), &config, triggers.clone());
         if let Some(live) = &live {
@@ -350,7 +359,9 @@ pub async fn run(
             if config.once {
                 return Ok(Some(report));
             }
-            if report.outcome() == Outcome::Failed {
+            // A release waiting for Git fails every sync until Git changes:
+            // no reason to hold back pushes and self-heal.
+            if report.retry_helps() {
                 failures += 1;
                 wait = backoff.next().unwrap_or(config.poll_interval);
                 not_before = Some(Instant::now() + wait);
@@ -364,7 +375,7 @@ pub async fn run(
                 failures = 0;
                 backoff = failure_backoff(config.poll_interval);
                 not_before = None;
-                if let Some(shared) = &shared {
+                if let (Some(shared), Outcome::Succeeded) = (&shared, report.outcome()) {
                     shared.ready.store(true, Ordering::SeqCst);
                 }
                 last = revision.map(|r| (r, Instant::now()));

@@ -79,6 +79,8 @@ pub struct UpgradeArgs<'a> {
     pub force: bool,
     pub skip_crds: bool,
     pub max_history: u64,
+    pub disable_openapi_validation: bool,
+    pub reset_values: bool,
     pub labels: &'a [(String, String)],
     /// Proxy settings for the post-renderer to inject into workloads.
     pub proxy: Option<&'a crate::render::proxy::ProxySettings>,
@@ -347,6 +349,9 @@ impl Helm {
             (a.wait, "--wait"),
             (a.force, "--force"),
             (a.skip_crds, "--skip-crds"),
+            (a.disable_openapi_validation, "--disable-openapi-validation"),
+            (a.reset_values, "--reset-values"),
+            (!a.reset_values, "--reuse-values"),
         ]));
         self.run(&args, a.timeout + GRACE).await.map(drop)
     }

@@ -107,7 +107,8 @@ pub fn decide(history: &[Record], desired: &Digests, retry: Retry) -> Operation 
         && last_try.status == "failed"
     {
         let failures = same.iter().filter(|r| r.status == "failed").count() as u64;
-        if !retry.enabled || failures > retry.max {
+        // maxRetries 0: no limit, as helm-operator read it.
+        if !retry.enabled || (retry.max != 0 && failures > retry.max) {
             return Operation::Blocked(format!(
                 "the upgrade to this chart and these values failed at revision {}; \
                  tidegate tries again when the chart or values change{}",
@@ -272,6 +273,15 @@ mod tests {
             rec(5, "deployed", Some(&good)),
         ];
         assert!(matches!(decide(&twice, &bad, retry), Operation::Blocked(_)));
+        // maxRetries 0: retried without limit, as helm-operator did.
+        let unlimited = Retry {
+            enabled: true,
+            max: 0,
+        };
+        assert!(matches!(
+            decide(&twice, &bad, unlimited),
+            Operation::Upgrade(m) if m.contains("retrying")
+        ));
     }
 
     #[test]

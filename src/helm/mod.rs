@@ -96,6 +96,11 @@ pub struct ReleaseStatus {
     pub status: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Failed in a way only a change in Git can mend (the same chart and
+    /// values failed before, or Git's spec is refused): trying again
+    /// sooner helps nothing, so it is no reason to back off.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub waits_for_git: bool,
 }
 
 /// `installed release demo/demo-web revision 1 (helm.fluxcd.io/v1 HelmRelease demo/web)`.
@@ -130,12 +135,23 @@ pub struct Item {
 struct Failure {
     phase: &'static str,
     message: String,
+    /// Only a change in Git can mend it.
+    waits_for_git: bool,
 }
 
 fn fail(phase: &'static str, message: impl Into<String>) -> Failure {
     Failure {
         phase,
         message: message.into(),
+        waits_for_git: false,
+    }
+}
+
+/// A failure the same Git will always give.
+fn refuse(phase: &'static str, message: impl Into<String>) -> Failure {
+    Failure {
+        waits_for_git: true,
+        ..fail(phase, message)
     }
 }
 
@@ -177,9 +193,9 @@ async fn decide_all(ctx: &Context<'_>, items: &[Item], mut observed: Observed) -
     let prepared: Vec<Result<(ReleaseSpec, Wanted), Refusal>> =
         stream::iter(items.iter().map(|item| async move {
             let spec = release::parse(&item.id, &item.object)
-                .map_err(|e| Box::new((None, fail("Invalid", e.to_string()))))?;
+                .map_err(|e| Box::new((None, refuse("Invalid", e.to_string()))))?;
             if let Some(why) = allowed::spec_refusal(&spec, &ctx.settings.allow_namespaces) {
-                return Err(Box::new((Some(spec), fail("NotAllowed", why))));
+                return Err(Box::new((Some(spec), refuse("NotAllowed", why))));
             }
             match wanted(Some(ctx.cluster), ctx.sources, &spec).await {
                 Ok(w) => Ok((spec, w)),
@@ -200,7 +216,7 @@ async fn decide_all(ctx: &Context<'_>, items: &[Item], mut observed: Observed) -
         .map(|p| match p {
             Ok((spec, _)) if duplicates.contains_key(&spec.id) => {
                 let why = duplicates[&spec.id].clone();
-                Err(Box::new((Some(spec), fail("Duplicate", why))))
+                Err(Box::new((Some(spec), refuse("Duplicate", why))))
             }
             other => other,
         })
@@ -349,6 +365,7 @@ async fn finish(ctx: &Context<'_>, item: &Item, decided: Decided) -> ReleaseStat
         revision: None,
         status: None,
         message: None,
+        waits_for_git: false,
     };
     let (spec, outcome, chart_revision, history) = match decided {
         Err(refusal) => {
@@ -369,6 +386,7 @@ async fn finish(ctx: &Context<'_>, item: &Item, decided: Decided) -> ReleaseStat
     };
     let Some(spec) = spec else {
         status.message = outcome.as_ref().err().map(|f| f.message.clone());
+        status.waits_for_git = outcome.as_ref().is_err_and(|f| f.waits_for_git);
         write_status(ctx, item, None, None, &outcome, None).await;
         return status;
     };
@@ -392,7 +410,10 @@ async fn finish(ctx: &Context<'_>, item: &Item, decided: Decided) -> ReleaseStat
             status.action = o.action;
             status.message = o.message.clone();
         }
-        Err(f) => status.message = Some(f.message.clone()),
+        Err(f) => {
+            status.message = Some(f.message.clone());
+            status.waits_for_git = f.waits_for_git;
+        }
     }
     write_status(
         ctx,
@@ -737,7 +758,22 @@ async fn run(
                         ..outcome
                     })
             }
-            Operation::Blocked(why) => return (Err(fail("DeployFailed", why)), Some(history)),
+            Operation::Blocked(why) => {
+                // Helm's reason stays in the status until the release works.
+                let said = history
+                    .records
+                    .iter()
+                    .rev()
+                    .find(|r| r.status == "failed")
+                    .and_then(|r| history.content(r.version).ok())
+                    .map(|c| c.description.chars().take(2000).collect::<String>())
+                    .filter(|d| !d.is_empty());
+                let why = match said {
+                    Some(said) => format!("{why}; helm said: {said}"),
+                    None => why,
+                };
+                return (Err(refuse("DeployFailed", why)), Some(history));
+            }
             Operation::CheckLive | Operation::CompareAdopted => unreachable!("resolved by needed"),
         };
         return (result, None);
@@ -1093,6 +1129,8 @@ async fn install_or_upgrade(
             force: spec.force_upgrade,
             skip_crds: spec.skip_crds,
             max_history: spec.max_history,
+            disable_openapi_validation: spec.disable_openapi_validation,
+            reset_values: spec.reset_values,
             labels: &labels,
             proxy: ctx.sources.proxy_settings.as_ref(),
             allowed: (!ctx.settings.allow_namespaces.is_empty()).then_some(binary::Allowed {
@@ -1158,7 +1196,7 @@ async fn check_chart(
     chart: &std::path::Path,
     values_file: &std::path::Path,
 ) -> Result<Vec<String>, Failure> {
-    let refused = |why: String| fail("NotAllowed", why);
+    let refused = |why: String| refuse("NotAllowed", why);
     let manifest = ctx
         .settings
         .helm

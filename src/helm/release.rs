@@ -127,6 +127,11 @@ pub struct ReleaseSpec {
     pub force_upgrade: bool,
     pub skip_crds: bool,
     pub max_history: u64,
+    /// `disableOpenAPIValidation`: helm does not validate the rendered
+    /// objects against the cluster's OpenAPI schema.
+    pub disable_openapi_validation: bool,
+    /// `resetValues` (default true): `--reset-values`; false: `--reuse-values`.
+    pub reset_values: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -143,6 +148,10 @@ pub enum SpecError {
         "spec.chart.path {path:?} must stay inside the repository (a relative path without ..)"
     )]
     ChartPath { path: String },
+    #[error(
+        "spec.valuesFrom[{index}].chartFileRef.path {path:?} must stay inside the chart (a relative path without ..)"
+    )]
+    ChartFilePath { index: usize, path: String },
     #[error("spec.values must be a mapping")]
     Values,
     #[error(
@@ -243,10 +252,23 @@ fn chart(spec: &Value) -> Result<ChartSource, SpecError> {
 }
 
 fn values_from(spec: &Value, namespace: &str) -> Result<Vec<ValuesSource>, SpecError> {
+    // helm-operator's deprecated valueFileSecrets come first: key
+    // values.yaml of each Secret, in the HelmRelease's namespace.
+    let mut sources: Vec<ValuesSource> = spec["valueFileSecrets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| text(&s["name"]))
+        .map(|name| ValuesSource::Secret {
+            name,
+            namespace: namespace.to_string(),
+            key: "values.yaml".into(),
+            optional: false,
+        })
+        .collect();
     let Some(entries) = spec["valuesFrom"].as_array() else {
-        return Ok(Vec::new());
+        return Ok(sources);
     };
-    let mut sources = Vec::new();
     for (index, entry) in entries.iter().enumerate() {
         let missing = |what, field| SpecError::ValuesFromField { index, what, field };
         let optional = |r: &Value| r["optional"].as_bool().unwrap_or(false);
@@ -279,7 +301,7 @@ fn values_from(spec: &Value, namespace: &str) -> Result<Vec<ValuesSource>, SpecE
             let r = &entry["chartFileRef"];
             let path = text(&r["path"]).ok_or(missing("chartFileRef", "path"))?;
             if !inside(&path) {
-                return Err(SpecError::ChartPath { path });
+                return Err(SpecError::ChartFilePath { index, path });
             }
             ValuesSource::ChartFile {
                 path,
@@ -376,6 +398,8 @@ pub fn parse(id: &ObjectRef, object: &Value) -> Result<ReleaseSpec, SpecError> {
         force_upgrade: spec["forceUpgrade"].as_bool().unwrap_or(false),
         skip_crds: spec["skipCRDs"].as_bool().unwrap_or(false),
         max_history: spec["maxHistory"].as_u64().unwrap_or(DEFAULT_MAX_HISTORY),
+        disable_openapi_validation: spec["disableOpenAPIValidation"].as_bool().unwrap_or(false),
+        reset_values: spec["resetValues"].as_bool().unwrap_or(true),
     })
 }
 
@@ -401,6 +425,55 @@ pub fn merge_values(base: &mut Value, over: &Value) {
 
 #[cfg(test)]
 mod tests {
+
+    /// Issue 19: helm-operator's fields, with helm-operator's meaning.
+    #[test]
+    fn helm_operator_fields_mean_what_they_meant() {
+        let id = ObjectRef::new("helm.fluxcd.io/v1", "HelmRelease", Some("team"), "r");
+        let object = serde_json::json!({"spec": {
+            "chart": {"git": "https://example.com/r.git", "path": "charts/r"},
+            "valueFileSecrets": [{"name": "old-style"}],
+            "valuesFrom": [{"configMapKeyRef": {"name": "cm"}}],
+            "disableOpenAPIValidation": true,
+            "resetValues": false,
+            "test": {"enable": true}
+        }});
+        let spec = parse(&id, &object).unwrap();
+        assert_eq!(
+            spec.values_from[0],
+            ValuesSource::Secret {
+                name: "old-style".into(),
+                namespace: "team".into(),
+                key: "values.yaml".into(),
+                optional: false
+            },
+            "valueFileSecrets come first"
+        );
+        assert!(matches!(
+            spec.values_from[1],
+            ValuesSource::ConfigMap { .. }
+        ));
+        assert!(spec.disable_openapi_validation);
+        assert!(!spec.reset_values);
+        let plain = serde_json::json!({"spec": {"chart": {"git": "g", "path": "p"}}});
+        assert!(parse(&id, &plain).unwrap().reset_values, "reset by default");
+    }
+
+    /// Issue 19, item 14: the field that is wrong is the one named.
+    #[test]
+    fn a_values_file_out_of_the_chart_names_chart_file_ref() {
+        let id = ObjectRef::new("helm.fluxcd.io/v1", "HelmRelease", Some("team"), "r");
+        let object = serde_json::json!({"spec": {
+            "chart": {"git": "https://example.com/r.git", "path": "charts/r"},
+            "valuesFrom": [{"chartFileRef": {"path": "../../secrets.yaml"}}]
+        }});
+        let err = parse(&id, &object).unwrap_err().to_string();
+        assert!(
+            err.starts_with("spec.valuesFrom[0].chartFileRef.path"),
+            "{err}"
+        );
+        assert!(!err.contains("spec.chart.path"), "{err}");
+    }
 
     #[test]
     fn two_helm_releases_of_one_release_are_both_refused() {

@@ -35,6 +35,9 @@ pub struct Content {
     pub chart_name: String,
     pub chart_version: String,
     pub app_version: String,
+    /// Helm's own account of the revision (its failure reason, for one
+    /// that failed).
+    pub description: String,
 }
 
 /// Every revision of a release, oldest first, and the Secrets holding them.
@@ -91,6 +94,7 @@ impl History {
             chart_name: text(&metadata["name"]),
             chart_version: text(&metadata["version"]),
             app_version: text(&metadata["appVersion"]),
+            description: text(&release["info"]["description"]),
         })
     }
 }

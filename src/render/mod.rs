@@ -73,6 +73,9 @@ pub struct Options {
     /// Marks the objects for this sync set (see `plan::mark`) as they are
     /// rendered, so that every sync of the set shares them.
     pub sync_set: Option<String>,
+    /// The instance's key for Secrets' checksums: an HMAC, so that the
+    /// `tidegate.dev/checksum` a diff prints is no oracle for their data.
+    pub secret_key: Option<std::sync::Arc<Vec<u8>>>,
 }
 
 /// Annotations that make tidegate leave an object alone, in Git or live.
@@ -123,7 +126,7 @@ pub enum Error {
     NotUtf8 { path: PathBuf, offset: usize },
     #[error(transparent)]
     Parse(#[from] ParseError),
-    #[error("{origin}: {id}: {api_version} {kind} was removed from Kubernetes; {advice}")]
+    #[error("{origin}: {id}: {api_version} was removed from Kubernetes; {advice}")]
     RemovedApi {
         origin: Origin,
         id: Box<ObjectRef>,
@@ -145,6 +148,36 @@ pub enum Error {
 
 impl Error {
     /// The object the problem concerns, where it is known.
+    /// For an error about one object: where it is written and the reason
+    /// alone, so a report names the file, the document and the object once.
+    pub fn split(&self) -> Option<(String, String)> {
+        match self {
+            Error::RemovedApi {
+                origin,
+                api_version,
+                advice,
+                ..
+            } => Some((
+                origin.to_string(),
+                format!("{api_version} was removed from Kubernetes; {advice}"),
+            )),
+            Error::Parse(ParseError::BadName {
+                file,
+                index,
+                line,
+                reason,
+                ..
+            }) => Some((
+                format!(
+                    "{}: document {index} (line {line})",
+                    crate::object::shown(file)
+                ),
+                reason.clone(),
+            )),
+            _ => None,
+        }
+    }
+
     pub fn object(&self) -> Option<String> {
         match self {
             Error::RemovedApi { id, .. } | Error::Duplicate { id, .. } => Some(id.to_string()),
@@ -171,6 +204,25 @@ impl fmt::Display for Errors<'_> {
 /// The sha256 of an object's canonical JSON form (keys sorted), in hex.
 pub fn checksum(object: &serde_json::Value) -> String {
     sha256_hex(&serde_json::to_vec(&Sorted(object)).expect("JSON values serialize"))
+}
+
+/// The checksum of an object as Git has it: for a Secret, with a key, an
+/// HMAC-SHA256 that nobody without the key can test a guessed value with.
+pub fn object_checksum(id: &ObjectRef, object: &serde_json::Value, key: Option<&[u8]>) -> String {
+    let secret = id.group.is_empty() && id.kind == "Secret";
+    match key.filter(|_| secret) {
+        Some(key) => {
+            use hmac::{Hmac, KeyInit, Mac};
+            let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).expect("HMAC takes any key");
+            mac.update(&serde_json::to_vec(&Sorted(object)).expect("JSON values serialize"));
+            mac.finalize()
+                .into_bytes()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        }
+        None => checksum(object),
+    }
 }
 
 /// A value serialized with the keys of every map sorted: objects keep the
@@ -294,7 +346,11 @@ fn finish(mut d: manifest::Parsed, options: &Options) -> Finished {
         Ok(warning) => warning,
         Err(e) => return Finished::Failed(e),
     };
-    let checksum = checksum(&d.object);
+    let checksum = object_checksum(
+        &d.id,
+        &d.object,
+        options.secret_key.as_deref().map(Vec::as_slice),
+    );
     if let Some(sync_set) = &options.sync_set {
         crate::plan::mark(&mut d.object, sync_set, &checksum);
     }
@@ -519,6 +575,24 @@ mod tests {
         assert_eq!(checksum(&a).len(), 64);
     }
 
+    /// Issue 19: a Secret's checksum is keyed, so a diff printed in a CI log
+    /// is no offline oracle for its values; other objects' are plain.
+    #[test]
+    fn secret_checksums_are_keyed() {
+        let secret = serde_json::json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "s"}, "stringData": {"password": "hunter2"}});
+        let id = ObjectRef::new("v1", "Secret", None, "s");
+        let plain = checksum(&secret);
+        let keyed = object_checksum(&id, &secret, Some(b"instance key"));
+        assert_ne!(keyed, plain, "not the sha256 anyone can compute");
+        assert_eq!(keyed.len(), 64);
+        assert_eq!(keyed, object_checksum(&id, &secret, Some(b"instance key")));
+        assert_ne!(keyed, object_checksum(&id, &secret, Some(b"another key")));
+        assert_eq!(object_checksum(&id, &secret, None), plain);
+        let cm = ObjectRef::new("v1", "ConfigMap", None, "s");
+        assert_eq!(object_checksum(&cm, &secret, Some(b"instance key")), plain);
+    }
+
     #[test]
     fn objects_are_marked_for_the_sync_set_as_rendered_and_summed_as_written() {
         let dir = tempfile::tempdir().unwrap();
@@ -652,7 +726,7 @@ mod tests {
         assert!(msg.contains("cron.yaml (document 0)"), "{msg}");
         assert!(
             msg.contains(
-                "batch/v1beta1 CronJob was removed from Kubernetes; use apiVersion batch/v1"
+                "batch/v1beta1 CronJob demo/nightly: batch/v1beta1 was removed from Kubernetes; use apiVersion batch/v1"
             ),
             "{msg}"
         );

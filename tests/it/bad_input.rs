@@ -147,10 +147,21 @@ async fn removed_api_version() {
         &out,
         &[
             "victim.yaml (document 0)",
-            "extensions/v1beta1 Deployment was removed from Kubernetes; use apiVersion apps/v1",
+            &format!(
+                "victim.yaml (document 0): extensions/v1beta1 Deployment {}/old: extensions/v1beta1 was removed from Kubernetes; use apiVersion apps/v1",
+                case.ns
+            ),
         ],
     )
     .await;
+    // Issue 19, item 14: the file, the document and the object, once.
+    let line = stderr(&out)
+        .lines()
+        .find(|l| l.contains("was removed"))
+        .unwrap()
+        .to_string();
+    assert_eq!(line.matches("victim.yaml").count(), 1, "{line}");
+    assert_eq!(line.matches("Deployment").count(), 1, "{line}");
 }
 
 #[tokio::test]
@@ -426,7 +437,14 @@ async fn name_that_would_change_the_request_path() {
         case.ns
     );
     let out = case.sync_victim(text.as_bytes(), &[]);
-    case.assert_isolated(&out, &["victim.yaml: document 0 (line 1): v1 ConfigMap web/status: its name may not contain / or %"])
+    // The record keeps the origin, the object and the reason apart.
+    case.assert_isolated(
+        &out,
+        &[
+            "its name may not contain / or %",
+            "victim.yaml: document 0 (line 1): v1 ConfigMap web/status: its name may not contain / or %",
+        ],
+    )
         .await;
 }
 

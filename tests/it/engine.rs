@@ -268,7 +268,7 @@ spec:
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out)
-            .contains("batch/v1beta1 CronJob was removed from Kubernetes; use apiVersion batch/v1"),
+            .contains(&format!("batch/v1beta1 CronJob {ns}/nightly: batch/v1beta1 was removed from Kubernetes; use apiVersion batch/v1")),
         "{}",
         stderr(&out)
     );
@@ -445,6 +445,16 @@ async fn diff_exit_codes_and_masked_secrets() {
         "{}",
         stdout(&out)
     );
+    // Issue 19: a Secret's checksum is keyed by the instance (the diff just
+    // read the same key), not the sha256 anyone can test a guess against.
+    let live = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client().await, &ns)
+        .get("creds")
+        .await
+        .unwrap();
+    let annotated = live.metadata.annotations.unwrap()["tidegate.dev/checksum"].clone();
+    let written: serde_json::Value = serde_saphyr::from_str(&secret("hunter2-original")).unwrap();
+    assert_eq!(annotated.len(), 64);
+    assert_ne!(annotated, tidegate::render::checksum(&written), "keyed");
 
     repo.write("secret.yaml", &secret("hunter2-changed"))
         .write("cm.yaml", &cm_yaml(&ns, "settings", "2"));

@@ -866,11 +866,15 @@ async fn probes_answer_under_slow_bodies_and_replays_are_ignored() {
     crate::support::create_secret(&secret_name, json!({"webhook-secret": "s3cret"})).await;
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
+    let hooks_port = free_port();
+    let hooks_listen = format!("127.0.0.1:{hooks_port}");
     let _daemon = repo.daemon(
         &repo.url(),
         &[
             "--listen",
             &listen,
+            "--webhook-listen",
+            &hooks_listen,
             "--git-watch",
             "false",
             "--webhook-secret-name",
@@ -936,4 +940,82 @@ async fn probes_answer_under_slow_bodies_and_replays_are_ignored() {
     let fetching = answers.iter().filter(|a| a.starts_with("fetching")).count();
     assert!(fetching <= 3, "a flood is paced: {answers:?}");
     assert!(answers.iter().any(|a| a.contains("queued")), "{answers:?}");
+    // The webhook listener (what the webhook Service exposes) serves the
+    // webhooks and nothing else.
+    for path in ["/metrics", "/readyz", "/api/v1/identity"] {
+        assert_eq!(http(hooks_port, "GET", path, &[], b"").0, 404, "{path}");
+    }
+    let (code, body) = http(hooks_port, "POST", "/hooks/github", &delivery("h-1"), push);
+    assert!(matches!(code, 200 | 202), "{code} {body}");
+}
+
+/// Issue 19, item 8: a release that fails until Git changes (here one
+/// refused by the allow-list) fails every sync, but is no reason to back
+/// off: pushes of other objects are applied at once, every time.
+#[tokio::test]
+async fn a_release_waiting_for_git_does_not_stall_the_daemon() {
+    use crate::helm_releases::{
+        copy_chart, crd_installed, helm_binary, helm_release, write_release,
+    };
+    crd_installed().await;
+    let ns = unique("fault-stall");
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(client().await)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let repo = GitRepo::new();
+    copy_chart(&repo);
+    write_release(
+        &repo,
+        "releases/web.yaml",
+        &helm_release(&ns, "web", "  targetNamespace: kube-system\n"),
+    );
+    repo.write("value.yaml", &cm_yaml(&ns, "value", "0"));
+    repo.push("a refused release");
+    let helm = helm_binary();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let _daemon = repo.daemon(
+        &repo.url(),
+        &[
+            "--helm-binary",
+            &helm,
+            "--k8s-allow-namespace",
+            &ns,
+            "--listen",
+            &listen,
+            "--git-poll-interval",
+            "1h",
+            "--sync-interval",
+            "1h",
+        ],
+    );
+    let value = |v: &'static str| {
+        let ns = ns.clone();
+        async move {
+            let cm = configmap(&ns, "value").await?;
+            (cm.data?.get("value").map(String::as_str) == Some(v)).then_some(())
+        }
+    };
+    eventually("the first sync", Duration::from_secs(60), || value("0")).await;
+    for v in ["1", "2", "3"] {
+        repo.write("value.yaml", &cm_yaml(&ns, "value", v));
+        repo.push(v);
+        // The watch on the local repository fetches at once; a backoff
+        // after the failed syncs would hold this for 5 s and more.
+        eventually(
+            &format!("value {v} without a backoff"),
+            Duration::from_secs(4),
+            || value(v),
+        )
+        .await;
+    }
+    let status = status_json(&repo.sync_set);
+    assert_eq!(
+        status["result"], "failed",
+        "the release still fails: {status}"
+    );
 }

@@ -428,6 +428,19 @@ async fn chart_from_the_repository_through_its_whole_lifecycle() {
         "{}",
         stderr(&out)
     );
+    // Helm's own reason is still given (issue 19, item 14).
+    assert!(
+        stderr(&out).contains("helm said: Upgrade"),
+        "{}",
+        stderr(&out)
+    );
+    let status = release_status(&ns, "web").await;
+    assert!(
+        condition(&status, "Released")["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("helm said:")),
+        "{status}"
+    );
     assert_eq!(history(&ns, &release).len(), 6, "no new revision");
 
     // Removed from Git (garbage collection on): uninstalled.
