@@ -559,6 +559,15 @@ pub fn holders<'a>(live: &'a [Value], sync_set: &str, owner: &str) -> Vec<&'a Va
         .collect()
 }
 
+/// Whether a live object carries this instance's marks (or, applied by an
+/// earlier tidegate, this sync set's without an owner).
+pub fn is_marked_for(live: &Value, sync_set: &str, owner: &str) -> bool {
+    let meta = &live["metadata"];
+    meta["labels"][MANAGED_BY_LABEL].as_str() == Some(MANAGED_BY_VALUE)
+        && meta["annotations"][SYNC_SET_ANNOTATION].as_str() == Some(sync_set)
+        && live_owner(live).is_none_or(|o| o == owner)
+}
+
 /// Why a live object must not be pruned even though Git no longer has it:
 /// `None` if it may be deleted.
 pub fn prune_refusal(live: &Value, sync_set: &str, owner: &str) -> Option<&'static str> {

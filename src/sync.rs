@@ -1194,6 +1194,46 @@ async fn reconcile_releases(
     );
 }
 
+/// What a rebuilt inventory means: the objects it found that Git no longer
+/// has, which the next sync prunes (this one only says so).
+fn rebuilt_warning(set: &DesiredSet, inventory: &Inventory, settings: &Settings) -> String {
+    let in_git: Vec<&ObjectRef> = set
+        .manifests
+        .iter()
+        .map(|m| &m.id)
+        .chain(&set.ignored)
+        .collect();
+    let gone = plan::prune_plan(plan::PruneInput {
+        inventory,
+        in_git: &in_git,
+        default_namespace: &settings.default_namespace,
+        clean_render: set.is_clean(),
+        allow_empty: settings.allow_empty,
+    })
+    .prune;
+    let shown: Vec<String> = gone.iter().take(20).map(ObjectRef::to_string).collect();
+    let more = gone.len().saturating_sub(shown.len());
+    let then = match settings.gc {
+        GarbageCollection::Off => "are left alone: garbage collection is off",
+        _ => "are pruned by the next sync unless Git has them again",
+    };
+    format!(
+        "the inventory was rebuilt from the sync set's label: {} objects; {} of them Git no longer has, and they {then}{}{}",
+        inventory.len(),
+        gone.len(),
+        if shown.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", shown.join(", "))
+        },
+        if more > 0 {
+            format!(", and {more} more")
+        } else {
+            String::new()
+        }
+    )
+}
+
 /// Fetches a Git source (off the async threads: libgit2 blocks).
 pub async fn fetch(source: &GitSource) -> Result<Snapshot, crate::source::Error> {
     let phase = std::time::Instant::now();
@@ -1282,10 +1322,41 @@ async fn sync_revision(
         "rendered"
     );
     // An unreadable inventory blocks the prune, not the apply: with none,
-    // nothing is a prune candidate, and the record is left as it is.
-    let (inventory, unreadable) = match cluster.read_inventory(&settings.state).await {
-        Ok(i) => (i, None),
-        Err(e) => (Inventory::new(), Some(crate::error_chain(&e))),
+    // nothing is a prune candidate, and the record is left as it is. Asked
+    // to, it is rebuilt from the sync set's label, this sync a dry run.
+    let (inventory, unreadable, rebuilt) = match cluster.read_inventory(&settings.state).await {
+        Ok(i) => (i, None, false),
+        Err(crate::cluster::state::Error::Rebuild { .. }) => {
+            let owner = settings.state.owner();
+            match cluster
+                .marked(&settings.sync_set, &owner, &settings.allow_namespaces)
+                .await
+            {
+                Ok(found) => (found, None, true),
+                Err(e) => (
+                    Inventory::new(),
+                    Some(format!(
+                        "the inventory cannot be rebuilt from the sync set's label: {}",
+                        crate::error_chain(&e)
+                    )),
+                    false,
+                ),
+            }
+        }
+        Err(e) => (Inventory::new(), Some(crate::error_chain(&e)), false),
+    };
+    let dry_run;
+    let settings = if rebuilt {
+        dry_run = Settings {
+            gc: match settings.gc {
+                GarbageCollection::Off => GarbageCollection::Off,
+                _ => GarbageCollection::Dry,
+            },
+            ..settings.clone()
+        };
+        &dry_run
+    } else {
+        settings
     };
     let charts = settings.helm.as_ref().map(|h| helm::chart::Sources {
         url: h.git.as_ref().map(|g| g.url.clone()).unwrap_or_default(),
@@ -1318,11 +1389,17 @@ async fn sync_revision(
     }
     report.revision = Some(snapshot.revision);
     report.proxy = set.proxy.clone();
+    if rebuilt {
+        let warning = rebuilt_warning(&set, &inventory, settings);
+        tracing::warn!("{warning}");
+        on(Progress::Warning(&warning));
+        report.warnings.push(warning);
+    }
     if let Some(why) = unreadable {
         let message = format!(
             "{why}; everything was applied, nothing was pruned, and the inventory is kept as it is. \
-             To reset it, delete the keys inventory and inventory-shards of ConfigMap {}/{}: \
-             the next sync records what it applies (what Git dropped meanwhile is then left in place)",
+             To rebuild it from the objects that carry this sync set's label, set the key inventory of \
+             ConfigMap {}/{} to rebuild: the next sync lists what it would prune and the one after prunes it",
             settings.state.namespace,
             settings.state.name()
         );

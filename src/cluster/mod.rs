@@ -176,6 +176,9 @@ pub struct Cluster {
     last_event: Mutex<Option<(String, String, String, i32)>>,
     /// The generation of inventory shards last read or written, if any.
     shard_generation: Mutex<Option<String>>,
+    /// The inventory was asked to be rebuilt: the next record of shards
+    /// also clears the inline request.
+    rebuilding: std::sync::atomic::AtomicBool,
     /// With leader election: writes only while this daemon holds the Lease.
     fence: Option<std::sync::Arc<crate::daemon::lease::Fence>>,
     /// In a running daemon: the live state from watches.
@@ -191,6 +194,7 @@ impl Cluster {
             writes: AtomicUsize::new(0),
             last_event: Mutex::new(None),
             shard_generation: Mutex::new(None),
+            rebuilding: Default::default(),
             fence: None,
             live: None,
         }
@@ -439,6 +443,59 @@ impl Cluster {
         self.api(resolved, id.namespace.as_deref())
             .get_opt(&id.name)
             .await
+    }
+
+    /// Every object in the cluster marked for this sync set and instance,
+    /// found by its label in every listable resource (within the allowed
+    /// namespaces, when there is a list): what the inventory is rebuilt
+    /// from. A resource that cannot be listed is an error, so a rebuild
+    /// never believes in less than there is.
+    pub async fn marked(
+        &self,
+        sync_set: &str,
+        owner: &str,
+        allow_namespaces: &[String],
+    ) -> Result<crate::plan::Inventory, kube::Error> {
+        let discovery = kube::discovery::Discovery::new(self.client.clone())
+            .run()
+            .await?;
+        let selector = crate::plan::selector(sync_set);
+        let mut found = crate::plan::Inventory::new();
+        for group in discovery.groups() {
+            // The preferred version only: the same objects are served under each.
+            for (resource, capabilities) in group.recommended_resources() {
+                if !capabilities.supports_operation(kube::discovery::verbs::LIST) {
+                    continue;
+                }
+                let namespaced = capabilities.scope == Scope::Namespaced;
+                let apis: Vec<Api<DynamicObject>> = match (namespaced, allow_namespaces.is_empty())
+                {
+                    (_, true) => vec![Api::all_with(self.client.clone(), &resource)],
+                    (true, false) => allow_namespaces
+                        .iter()
+                        .map(|ns| Api::namespaced_with(self.client.clone(), ns, &resource))
+                        .collect(),
+                    (false, false) => continue,
+                };
+                for api in apis {
+                    let list = api.list(&ListParams::default().labels(&selector)).await?;
+                    for object in list.items {
+                        let value = serde_json::to_value(&object).expect("objects serialize");
+                        if !crate::plan::is_marked_for(&value, sync_set, owner) {
+                            continue;
+                        }
+                        let name = object.metadata.name.clone().unwrap_or_default();
+                        found.insert(ObjectRef::new(
+                            &resource.api_version,
+                            &resource.kind,
+                            object.metadata.namespace.as_deref().filter(|_| namespaced),
+                            &name,
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(found)
     }
 
     /// Resolves a kind through discovery, once per kind.

@@ -18,6 +18,8 @@ use crate::plan::Inventory;
 const INVENTORY_KEY: &str = "inventory";
 /// `<generation>/<count>` when the inventory is kept in shard ConfigMaps.
 const SHARDS_KEY: &str = "inventory-shards";
+/// The `inventory` value that asks the next sync to rebuild it.
+pub const REBUILD: &str = "rebuild";
 /// Label on shard ConfigMaps naming the state ConfigMap they belong to.
 const SHARD_LABEL: &str = "tidegate.dev/inventory-of";
 /// Inventory text kept in the state ConfigMap itself; larger inventories go
@@ -59,9 +61,9 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
-    #[error(
-        "the sync state {namespace}/{name} holds an unreadable {key}; delete that key to start afresh"
-    )]
+    #[error("the sync state {namespace}/{name} asks for its inventory to be rebuilt")]
+    Rebuild { namespace: String, name: String },
+    #[error("the sync state {namespace}/{name} holds an unreadable {key}")]
     Corrupt {
         namespace: String,
         name: String,
@@ -276,6 +278,15 @@ impl Cluster {
         let Some(map) = self.state_map(state).await? else {
             return Ok(Inventory::new());
         };
+        let asked = map.data.as_ref().and_then(|d| d.get(INVENTORY_KEY));
+        if asked.is_some_and(|v| v.trim() == REBUILD) {
+            self.rebuilding
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            return Err(Error::Rebuild {
+                namespace: state.namespace.clone(),
+                name: state.name(),
+            });
+        }
         let shards = map.data.as_ref().and_then(|d| d.get(SHARDS_KEY)).cloned();
         let Some(shards) = shards else {
             return Ok(
@@ -458,6 +469,21 @@ impl Cluster {
             api.patch(&state.name(), &apply, &Patch::Apply(&map))
                 .await
                 .map_err(write_err)?;
+            let asked = self
+                .rebuilding
+                .swap(false, std::sync::atomic::Ordering::SeqCst);
+            if generation.is_some() && asked {
+                // An inline inventory another writer left (a `rebuild`
+                // request written by hand) would shadow the shards.
+                let clear = serde_json::json!({"data": {INVENTORY_KEY: null}});
+                api.patch(
+                    &state.name(),
+                    &PatchParams::default(),
+                    &Patch::Merge(&clear),
+                )
+                .await
+                .map_err(write_err)?;
+            }
         } else {
             // Without an inventory, update the status alone: an apply that
             // leaves the inventory out would remove it.

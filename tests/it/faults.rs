@@ -838,7 +838,7 @@ async fn unreadable_inventory_blocks_the_prune_not_the_apply() {
     );
     assert!(
         err.contains(&format!(
-            "delete the keys inventory and inventory-shards of ConfigMap default/{state_name}"
+            "set the key inventory of ConfigMap default/{state_name} to rebuild"
         )),
         "{err}"
     );
@@ -849,6 +849,32 @@ async fn unreadable_inventory_blocks_the_prune_not_the_apply() {
         "{not json",
         "the record is kept"
     );
+    // The documented reset: rebuilt from the sync set's label, a dry run
+    // first that names what the next sync prunes.
+    let patch = json!({"data": {"inventory": "rebuild"}});
+    states
+        .patch(&state_name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let out = repo.sync_once(&[GC]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("the inventory was rebuilt from the sync set's label")
+            && err.contains(&format!(
+                "are pruned by the next sync unless Git has them again: v1 ConfigMap {ns}/b"
+            )),
+        "{err}"
+    );
+    assert!(configmap(&ns, "b").await.is_some(), "a dry run first");
+    let out = repo.sync_once(&[GC]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(&format!("pruned v1 ConfigMap {ns}/b")),
+        "{}",
+        stdout(&out)
+    );
+    assert!(configmap(&ns, "a").await.is_some() && configmap(&ns, "c").await.is_some());
 }
 
 /// Issue 19, items 10 and 13: clients that send a webhook's headers and
