@@ -536,24 +536,29 @@ pub async fn plan(
     )
     .await;
     observe(cluster, placed, settings, &mut plan).await;
-    // Whatever Git still has is not pruned, even if it is ignored, failed to
-    // place, waits for its CRD, or moved to another API version.
+    let decided = prune_decision(set, inventory, settings);
+    plan.prune = decided.prune;
+    plan.prune_blocked = decided.blocked;
+    plan
+}
+
+/// What the inventory lets a sync of this desired set prune. Whatever Git
+/// still has is not pruned, even if it is ignored, failed to place, waits
+/// for its CRD, or moved to another API version.
+fn prune_decision(set: &DesiredSet, inventory: &Inventory, settings: &Settings) -> plan::PrunePlan {
     let in_git: Vec<&ObjectRef> = set
         .manifests
         .iter()
         .map(|m| &m.id)
         .chain(&set.ignored)
         .collect();
-    let decided = plan::prune_plan(plan::PruneInput {
+    plan::prune_plan(plan::PruneInput {
         inventory,
         in_git: &in_git,
         default_namespace: &settings.default_namespace,
         clean_render: set.is_clean(),
         allow_empty: settings.allow_empty,
-    });
-    plan.prune = decided.prune;
-    plan.prune_blocked = decided.blocked;
-    plan
+    })
 }
 
 /// Render errors as the per-object errors a sync reports.
@@ -1197,20 +1202,7 @@ async fn reconcile_releases(
 /// What a rebuilt inventory means: the objects it found that Git no longer
 /// has, which the next sync prunes (this one only says so).
 fn rebuilt_warning(set: &DesiredSet, inventory: &Inventory, settings: &Settings) -> String {
-    let in_git: Vec<&ObjectRef> = set
-        .manifests
-        .iter()
-        .map(|m| &m.id)
-        .chain(&set.ignored)
-        .collect();
-    let gone = plan::prune_plan(plan::PruneInput {
-        inventory,
-        in_git: &in_git,
-        default_namespace: &settings.default_namespace,
-        clean_render: set.is_clean(),
-        allow_empty: settings.allow_empty,
-    })
-    .prune;
+    let gone = prune_decision(set, inventory, settings).prune;
     let shown: Vec<String> = gone.iter().take(20).map(ObjectRef::to_string).collect();
     let more = gone.len().saturating_sub(shown.len());
     let then = match settings.gc {

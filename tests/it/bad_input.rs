@@ -988,13 +988,7 @@ async fn allow_list_binds_helm_releases() {
     };
     crd_installed().await;
     let ns = unique("bad-tenant");
-    Api::<Namespace>::all(client().await)
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
-        )
-        .await
-        .unwrap();
+    crate::support::create_namespace(&ns).await;
     let repo = GitRepo::new();
     copy_chart(&repo);
     repo.write(
@@ -1147,13 +1141,7 @@ async fn two_instances_cannot_take_over_or_prune_each_other() {
     let namespaces = Api::<Namespace>::all(client().await);
     let (state_a, state_b) = (format!("{ns}-a"), format!("{ns}-b"));
     for name in [&state_a, &state_b] {
-        namespaces
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(json!({"metadata": {"name": name}})).unwrap(),
-            )
-            .await
-            .unwrap();
+        crate::support::create_namespace(name).await;
     }
     let a = GitRepo::new();
     a.write(

@@ -719,13 +719,7 @@ async fn git_cache_stays_small_over_200_commits() {
 #[tokio::test]
 async fn edited_inventory_cannot_prune_outside_the_allow_list() {
     let ns = unique("fault-allow");
-    Api::<k8s_openapi::api::core::v1::Namespace>::all(client().await)
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
-        )
-        .await
-        .unwrap();
+    crate::support::create_namespace(&ns).await;
     let repo = GitRepo::new();
     repo.write("a.yaml", &cm_yaml(&ns, "a", "1"));
     repo.write("b.yaml", &cm_yaml(&ns, "b", "1"));
@@ -985,13 +979,7 @@ async fn a_release_waiting_for_git_does_not_stall_the_daemon() {
     };
     crd_installed().await;
     let ns = unique("fault-stall");
-    Api::<k8s_openapi::api::core::v1::Namespace>::all(client().await)
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
-        )
-        .await
-        .unwrap();
+    crate::support::create_namespace(&ns).await;
     let repo = GitRepo::new();
     copy_chart(&repo);
     write_release(

@@ -503,6 +503,17 @@ pub fn cm_yaml(ns: &str, name: &str, value: &str) -> String {
     )
 }
 
+/// Creates a Namespace through the API (for instances that may not).
+pub async fn create_namespace(name: &str) {
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client().await);
+    let namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}}))
+        .expect("a Namespace");
+    namespaces
+        .create(&PostParams::default(), &namespace)
+        .await
+        .expect("create the namespace");
+}
+
 pub fn ns_yaml(ns: &str) -> String {
     format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n")
 }
