@@ -1171,21 +1171,11 @@ async fn two_instances_cannot_take_over_or_prune_each_other() {
     assert_eq!(shared.data.unwrap()["value"], "from-a", "not taken over");
     assert!(configmap(&ns, "b-own").await.is_some(), "the rest applied");
     // An inventory edited to list a's objects prunes none of them.
-    let states: Api<ConfigMap> = Api::namespaced(client().await, &state_b);
-    let state_name = format!("{}-state", b.sync_set);
-    let state = states.get(&state_name).await.unwrap();
-    let mut inventory: serde_json::Value =
-        serde_json::from_str(&state.data.unwrap()["inventory"]).unwrap();
-    inventory["v1"]["ConfigMap"][ns.as_str()] = json!(["b-own", "shared"]);
-    inventory["v1"]["Namespace"] = json!({"": [ns]});
-    states
-        .patch(
-            &state_name,
-            &PatchParams::default(),
-            &Patch::Merge(&json!({"data": {"inventory": inventory.to_string()}})),
-        )
-        .await
-        .unwrap();
+    crate::support::edit_inventory(&state_b, &b.sync_set, |inventory| {
+        inventory["v1"]["ConfigMap"][ns.as_str()] = json!(["b-own", "shared"]);
+        inventory["v1"]["Namespace"] = json!({"": [ns]});
+    })
+    .await;
     std::fs::remove_file(b.work.join("shared.yaml")).unwrap();
     b.push("b lets go");
     let out = b.sync_once(&[GC, "--namespace", &state_b]);

@@ -328,17 +328,12 @@ async fn aggregated_api_answering_503_keeps_its_inventory_entries() {
     });
     // The inventory also lists a Widget of the aggregated group (as if it had
     // been applied while that API worked).
+    crate::support::edit_inventory("default", &repo.sync_set, |inventory| {
+        inventory[format!("{group}/v1")] = json!({"Widget": {ns.clone(): ["w"]}});
+    })
+    .await;
     let state_name = format!("{}-state", repo.sync_set);
     let states: Api<ConfigMap> = Api::namespaced(client().await, "default");
-    let state = states.get(&state_name).await.unwrap();
-    let mut inventory: serde_json::Value =
-        serde_json::from_str(&state.data.unwrap()["inventory"]).unwrap();
-    inventory[format!("{group}/v1")] = json!({"Widget": {ns.clone(): ["w"]}});
-    let patch = json!({"data": {"inventory": inventory.to_string()}});
-    states
-        .patch(&state_name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .unwrap();
     let services = dynamic_api(
         "apiregistration.k8s.io/v1",
         "APIService",
@@ -754,18 +749,11 @@ async fn edited_inventory_cannot_prune_outside_the_allow_list() {
         )
         .await
         .unwrap();
-    let state_name = format!("{}-state", repo.sync_set);
-    let states: Api<ConfigMap> = Api::namespaced(client().await, "default");
-    let state = states.get(&state_name).await.unwrap();
-    let mut inventory: serde_json::Value =
-        serde_json::from_str(&state.data.unwrap()["inventory"]).unwrap();
-    inventory["v1"]["ConfigMap"]["kube-system"] = json!([victim]);
-    inventory["rbac.authorization.k8s.io/v1"] = json!({"ClusterRole": {"": [victim]}});
-    let patch = json!({"data": {"inventory": inventory.to_string()}});
-    states
-        .patch(&state_name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .unwrap();
+    crate::support::edit_inventory("default", &repo.sync_set, |inventory| {
+        inventory["v1"]["ConfigMap"]["kube-system"] = json!([victim]);
+        inventory["rbac.authorization.k8s.io/v1"] = json!({"ClusterRole": {"": [victim]}});
+    })
+    .await;
     std::fs::remove_file(repo.work.join("b.yaml")).unwrap();
     repo.push("drop b");
     let out = repo.sync_once(&allow);

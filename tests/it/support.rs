@@ -503,6 +503,30 @@ pub fn cm_yaml(ns: &str, name: &str, value: &str) -> String {
     )
 }
 
+/// Edits the inventory recorded for `sync_set` in `namespace`, as anyone
+/// allowed to update the state ConfigMap could.
+pub async fn edit_inventory(
+    namespace: &str,
+    sync_set: &str,
+    edit: impl FnOnce(&mut serde_json::Value),
+) {
+    let states: Api<ConfigMap> = Api::namespaced(client().await, namespace);
+    let name = format!("{sync_set}-state");
+    let state = states.get(&name).await.expect("the state ConfigMap");
+    let mut inventory: serde_json::Value =
+        serde_json::from_str(&state.data.expect("state data")["inventory"]).expect("an inventory");
+    edit(&mut inventory);
+    let patch = serde_json::json!({"data": {"inventory": inventory.to_string()}});
+    states
+        .patch(
+            &name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .expect("edit the inventory");
+}
+
 /// Creates a Namespace through the API (for instances that may not).
 pub async fn create_namespace(name: &str) {
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client().await);
