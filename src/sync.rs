@@ -1030,6 +1030,16 @@ async fn prune(
         }
         if helm::is_release(id)
             && let Some(helm) = &settings.helm
+            && helm.background.as_ref().is_some_and(|b| b.is_running(id))
+        {
+            keep.push(id.clone());
+            let warning = format!("{id}: not pruned while helm is still at work on its release");
+            on(Progress::Warning(&warning));
+            report.warnings.push(warning);
+            continue;
+        }
+        if helm::is_release(id)
+            && let Some(helm) = &settings.helm
         {
             match helm::uninstall(cluster, helm, id, &live).await {
                 Ok(Some(release)) => {

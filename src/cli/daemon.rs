@@ -139,6 +139,7 @@ impl SyncArgs {
             allow_namespaces: self.k8s_allow_namespace.clone(),
             allow_local_charts: self.allow_local_chart_repositories,
             values_url_allow: self.values_url_allow.clone(),
+            background: None,
         }
     }
 

@@ -99,6 +99,7 @@ fn check_releases(args: &Args, set: &render::DesiredSet) -> Vec<String> {
         allow_namespaces: Vec::new(),
         allow_local_charts: true,
         values_url_allow: args.values_url_allow.clone(),
+        background: None,
     };
     let mut sources =
         helm::chart::Sources::checkout(&args.path, args.git_url.as_deref(), settings.cache.clone());

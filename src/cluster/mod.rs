@@ -213,6 +213,16 @@ impl Cluster {
         self
     }
 
+    /// A handle for work that outlives a sync (a helm operation left to run):
+    /// the same client, Lease fence and watches, a discovery cache and write
+    /// count of its own.
+    pub fn detached(&self) -> Cluster {
+        let mut cluster = Cluster::new(self.client.clone());
+        cluster.fence = self.fence.clone();
+        cluster.live = self.live.clone();
+        cluster
+    }
+
     pub fn live(&self) -> Option<&std::sync::Arc<live::Live>> {
         self.live.as_ref()
     }

@@ -128,6 +128,15 @@ pub async fn run(
     let client = cluster.client.clone();
     let namespace = config.settings.state.namespace.clone();
     let triggers = Arc::new(Triggers::default());
+    let mut config = config;
+    // A running daemon leaves a long helm operation to run on its own; its
+    // end brings a sync of the same revision, which records it.
+    if let (false, Some(helm)) = (config.once, &mut config.settings.helm) {
+        let after = triggers.clone();
+        helm.background = Some(Arc::new(crate::helm::Background::new(move || {
+            after.heal_now()
+        })));
+    }
     let leadership = Arc::new(tokio::sync::Notify::new());
     let fence = config.leader_elect.then(|| {
         let fence = Arc::new(lease::Fence::default());

@@ -52,6 +52,42 @@ pub struct Settings {
     /// `--values-url-allow`: hosts and networks values may be fetched
     /// from though they are not public.
     pub values_url_allow: Vec<String>,
+    /// In a running daemon: helm operations that may outlive their sync.
+    pub background: Option<std::sync::Arc<Background>>,
+}
+
+/// How long a sync waits for a helm operation before it leaves it to run on
+/// its own: a hook that never completes must not hold back the plain
+/// objects, pushes and self-heal for its whole timeout.
+pub const OPERATION_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Helm operations that run past the sync that started them, by HelmRelease.
+/// When one ends, `done` asks for a sync, which records how it ended.
+pub struct Background {
+    running: std::sync::Mutex<std::collections::HashSet<ObjectRef>>,
+    done: Box<dyn Fn() + Send + Sync>,
+}
+
+impl std::fmt::Debug for Background {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Background")
+            .field("running", &self.running.lock().expect("running").len())
+            .finish()
+    }
+}
+
+impl Background {
+    pub fn new(done: impl Fn() + Send + Sync + 'static) -> Background {
+        Background {
+            running: Default::default(),
+            done: Box::new(done),
+        }
+    }
+
+    /// Whether helm is still at work on this HelmRelease's release.
+    pub fn is_running(&self, id: &ObjectRef) -> bool {
+        self.running.lock().expect("running").contains(id)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,6 +100,8 @@ pub enum ReleaseAction {
     Reinstalled,
     Uninstalled,
     Failed,
+    /// helm is still at work on it, past the sync that started it.
+    Running,
 }
 
 impl std::fmt::Display for ReleaseAction {
@@ -76,6 +114,7 @@ impl std::fmt::Display for ReleaseAction {
             ReleaseAction::Reinstalled => "reinstalled",
             ReleaseAction::Uninstalled => "uninstalled",
             ReleaseAction::Failed => "failed",
+            ReleaseAction::Running => "still running for",
         })
     }
 }
@@ -174,17 +213,99 @@ pub async fn reconcile_all(
     observed: Observed,
 ) -> Vec<ReleaseStatus> {
     let phase = std::time::Instant::now();
-    let decided = decide_all(ctx, items, observed).await;
+    // A release helm is still at work on is neither decided nor touched:
+    // its operation's end brings the next sync.
+    let (running, items): (Vec<&Item>, Vec<&Item>) = items.iter().partition(|i| {
+        ctx.settings
+            .background
+            .as_ref()
+            .is_some_and(|b| b.is_running(&i.id))
+    });
+    let items: Vec<Item> = items.into_iter().cloned().collect();
+    let decided = decide_all(ctx, &items, observed).await;
     tracing::debug!(ms = phase.elapsed().as_millis() as u64, "releases decided");
-    stream::iter(
+    let mut statuses: Vec<ReleaseStatus> = stream::iter(
         items
             .iter()
             .zip(decided)
-            .map(|(item, decided)| finish(ctx, item, decided)),
+            .map(|(item, decided)| finish_or_leave(ctx, item, decided)),
     )
     .buffered(CONCURRENCY)
     .collect()
-    .await
+    .await;
+    statuses.extend(running.into_iter().map(still_running));
+    statuses
+}
+
+/// The status of a release helm is still at work on.
+fn still_running(item: &Item) -> ReleaseStatus {
+    ReleaseStatus {
+        object: item.id.to_string(),
+        release: String::new(),
+        action: ReleaseAction::Running,
+        revision: None,
+        status: None,
+        message: Some(format!(
+            "helm is still at work on it (longer than {}s); the sync after it ends records how",
+            OPERATION_WAIT.as_secs()
+        )),
+        waits_for_git: false,
+    }
+}
+
+/// Finishes a decided release: in a running daemon, an operation that
+/// takes longer than [`OPERATION_WAIT`] goes on without this sync.
+async fn finish_or_leave(ctx: &Context<'_>, item: &Item, decided: Decided) -> ReleaseStatus {
+    let background = match (&ctx.settings.background, &decided) {
+        (Some(b), Ok(d)) if d.operation.is_some() => b.clone(),
+        _ => return finish(ctx, item, decided).await,
+    };
+    let (cluster, settings, sources, owned) = (
+        ctx.cluster.detached(),
+        ctx.settings.clone(),
+        ctx.sources.clone(),
+        item.clone(),
+    );
+    background
+        .running
+        .lock()
+        .expect("running")
+        .insert(item.id.clone());
+    let left = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let left_by_sync = left.clone();
+    let task = tokio::spawn(async move {
+        let ctx = Context {
+            cluster: &cluster,
+            settings: &settings,
+            sources: &sources,
+        };
+        let status = finish(&ctx, &owned, decided).await;
+        background
+            .running
+            .lock()
+            .expect("running")
+            .remove(&owned.id);
+        if left.load(std::sync::atomic::Ordering::SeqCst) {
+            tracing::info!(object = %owned.id, "{status}");
+            (background.done)();
+        }
+        status
+    });
+    let mut task = task;
+    match tokio::time::timeout(OPERATION_WAIT, &mut task).await {
+        Ok(Ok(status)) => status,
+        Ok(Err(e)) => {
+            let mut status = still_running(item);
+            status.action = ReleaseAction::Failed;
+            status.message = Some(format!("the helm operation ended abnormally: {e}"));
+            status
+        }
+        Err(_) => {
+            left_by_sync.store(true, std::sync::atomic::Ordering::SeqCst);
+            tracing::info!(object = %item.id, "helm takes longer than {}s; the sync goes on without it", OPERATION_WAIT.as_secs());
+            still_running(item)
+        }
+    }
 }
 
 /// Parses each release, locates its chart and merges its values (many at
@@ -589,7 +710,8 @@ fn deployed_objects(
 /// the objects tidegate's post-renderer labelled, then single reads for
 /// the rest (releases made before, or by helm-operator).
 async fn live_objects(cluster: &Cluster, refs: &[ObjectRef]) -> HashMap<ObjectRef, Option<Value>> {
-    let mut by_resource: BTreeMap<String, (Resolved, Vec<&ObjectRef>)> = BTreeMap::new();
+    // Owned refs: the futures below may run on a task of their own.
+    let mut by_resource: BTreeMap<String, (Resolved, Vec<ObjectRef>)> = BTreeMap::new();
     for id in refs {
         // Kinds that cannot be resolved give no verdict.
         if let Ok(resolved) = cluster.resolve(id).await {
@@ -601,7 +723,7 @@ async fn live_objects(cluster: &Cluster, refs: &[ObjectRef]) -> HashMap<ObjectRe
                 .entry(key)
                 .or_insert_with(|| (resolved, Vec::new()))
                 .1
-                .push(id);
+                .push(id.clone());
         }
     }
     let lists: Vec<_> = stream::iter(by_resource.into_values().map(|(resolved, ids)| async move {
@@ -644,7 +766,7 @@ async fn live_objects(cluster: &Cluster, refs: &[ObjectRef]) -> HashMap<ObjectRe
                 Ok(o) => Some(o.and_then(|o| serde_json::to_value(o).ok())),
                 Err(_) => None,
             };
-            (id.clone(), found)
+            (id, found)
         },
     ))
     .buffer_unordered(16)

@@ -1059,64 +1059,93 @@ async fn allow_list_binds_helm_releases() {
     );
 }
 
-/// Issue 19, items 6 and 18: a HelmRelease may not fetch its chart from
-/// another repository on the daemon's disk, nor values from loopback or
-/// cloud-metadata addresses; and `validate` makes no request for values.
-#[tokio::test]
-async fn chart_and_values_from_the_daemons_own_machine_are_refused() {
+/// A repository holding the example chart, a namespace and the releases
+/// given (name, extra spec); synced once with helm. Returns its output.
+async fn sync_releases(
+    ns: &str,
+    releases: &[(&str, String, Option<String>)],
+) -> (GitRepo, String, i32) {
     use crate::helm_releases::{
         copy_chart, crd_installed, helm_binary, helm_release, write_release,
     };
     crd_installed().await;
-    let ns = unique("bad-local");
-    let other = GitRepo::new();
-    copy_chart(&other);
-    other.push("charts elsewhere on disk");
     let repo = GitRepo::new();
     copy_chart(&repo);
-    repo.write("namespaces/ns.yaml", &ns_yaml(&ns));
-    repo.write(
-        "releases/local.yaml",
-        &helm_release(&ns, "local", "").replace("REPO_URL", &other.url()),
-    );
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let port = listener.local_addr().unwrap().port();
-    write_release(
-        &repo,
-        "releases/urls.yaml",
-        &helm_release(
-            &ns,
-            "urls",
-            &format!(
-                "  valuesFrom:\n  - externalSourceRef: {{url: \"http://127.0.0.1:{port}/values.yaml\"}}\n"
-            ),
-        ),
-    );
-    write_release(
-        &repo,
-        "releases/metadata.yaml",
-        &helm_release(
-            &ns,
-            "metadata",
-            "  valuesFrom:\n  - externalSourceRef: {url: \"http://169.254.169.254/latest/user-data\"}\n",
-        ),
-    );
-    repo.push("releases reaching for the daemon's machine");
+    repo.write("namespaces/ns.yaml", &ns_yaml(ns));
+    for (name, spec, chart_url) in releases {
+        let text = helm_release(ns, name, spec);
+        match chart_url {
+            Some(url) => {
+                repo.write(
+                    &format!("releases/{name}.yaml"),
+                    &text.replace("REPO_URL", url),
+                );
+            }
+            None => write_release(&repo, &format!("releases/{name}.yaml"), &text),
+        }
+    }
+    repo.push("releases");
     let helm = helm_binary();
     let out = repo.sync_once(&["--helm-binary", &helm]);
     let text = format!("{}\n{}", stdout(&out), stderr(&out));
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    (repo, text, out.status.code().unwrap_or(-1))
+}
+
+/// Issue 19, item 18: a HelmRelease may not fetch its chart from another
+/// repository on the daemon's disk (without --allow-local-chart-repositories).
+#[tokio::test]
+async fn chart_from_another_repository_on_the_daemons_disk_is_refused() {
+    let ns = unique("bad-local-chart");
+    let other = GitRepo::new();
+    crate::helm_releases::copy_chart(&other);
+    other.push("charts elsewhere on disk");
+    let (_, text, code) = sync_releases(&ns, &[("local", String::new(), Some(other.url()))]).await;
+    assert_eq!(code, 1, "{text}");
+    let refusal = format!(
+        "chart.git {} is a repository on the daemon's disk; name a remote URL (or pass --allow-local-chart-repositories)",
+        other.url()
+    );
+    assert!(text.contains(&refusal), "{text}");
+    assert!(
+        text.contains(&format!("created v1 Namespace {ns}")),
+        "the rest syncs: {text}"
+    );
+}
+
+/// Issue 19, item 6: values may not be fetched from loopback or
+/// cloud-metadata addresses, and `validate` makes no request for values.
+#[tokio::test]
+async fn values_from_loopback_or_cloud_metadata_are_refused() {
+    let ns = unique("bad-values-url");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let url = |u: &str| format!("  valuesFrom:\n  - externalSourceRef: {{url: \"{u}\"}}\n");
+    let (repo, text, code) = sync_releases(
+        &ns,
+        &[
+            (
+                "urls",
+                url(&format!("http://127.0.0.1:{port}/values.yaml")),
+                None,
+            ),
+            (
+                "metadata",
+                url("http://169.254.169.254/latest/user-data"),
+                None,
+            ),
+        ],
+    )
+    .await;
+    assert_eq!(code, 1, "{text}");
     for refusal in [
-        format!(
-            "chart.git {} is a repository on the daemon's disk",
-            other.url()
-        ),
-        "127.0.0.1 resolves to 127.0.0.1, a loopback, link-local or private address".to_string(),
-        "169.254.169.254 resolves to 169.254.169.254".to_string(),
+        "127.0.0.1 resolves to 127.0.0.1, a loopback, link-local or private address",
+        "169.254.169.254 resolves to 169.254.169.254",
+        "list the host or its network in --values-url-allow",
     ] {
-        assert!(text.contains(&refusal), "{refusal:?} not in:\n{text}");
+        assert!(text.contains(refusal), "{refusal:?} not in:\n{text}");
     }
+    let helm = crate::helm_releases::helm_binary();
     let out = tidegate(&[
         "validate",
         repo.work.to_str().unwrap(),
@@ -1128,6 +1157,29 @@ async fn chart_and_values_from_the_daemons_own_machine_are_refused() {
         matches!(listener.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
         "neither the sync nor validate may connect to a loopback address"
     );
+}
+
+/// Issue 19, item 11: 150 nested directories are walked in time linear
+/// in their depth and refused past 100 levels, naming the path; the rest
+/// of the repository syncs.
+#[tokio::test]
+async fn deeply_nested_directories_are_refused_by_name() {
+    let case = Case::new("bad-deep-dirs");
+    let deep: String = (0..150).map(|_| "d/").collect();
+    let out = case.sync_broken(
+        |work| {
+            let dir = work.join(&deep);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(
+                dir.join("cm.yaml"),
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: deep}\n",
+            )
+            .unwrap();
+        },
+        &[],
+    );
+    case.assert_isolated(&out, &["more than 100 directory levels deep; not read"])
+        .await;
 }
 
 /// Issue 19, item 4: two instances with one sync-set name, their state in

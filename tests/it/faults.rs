@@ -859,24 +859,20 @@ async fn unreadable_inventory_blocks_the_prune_not_the_apply() {
     assert!(configmap(&ns, "a").await.is_some() && configmap(&ns, "c").await.is_some());
 }
 
-/// Issue 19, items 10 and 13: clients that send a webhook's headers and
-/// never its body hold every connection slot, yet the probes answer at
-/// once; a signed delivery replayed is ignored, and a flood of fresh ones
-/// is paced to a few fetches.
-#[tokio::test]
-async fn probes_answer_under_slow_bodies_and_replays_are_ignored() {
-    use std::io::Write as _;
-    use tidegate::daemon::webhook::sign;
+/// A daemon with a webhook secret on two listeners, the API's and the
+/// webhooks' alone; their ports.
+async fn webhook_daemon(prefix: &str) -> (crate::support::Daemon, GitRepo, u16, u16) {
     let repo = GitRepo::new();
-    repo.write("a.yaml", &cm_yaml("default", &unique("probes"), "1"));
+    repo.write("a.yaml", &cm_yaml("default", &unique(prefix), "1"));
     repo.push("one");
-    let secret_name = unique("probe-hook");
+    let secret_name = unique(prefix);
     crate::support::create_secret(&secret_name, json!({"webhook-secret": "s3cret"})).await;
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let hooks_port = free_port();
-    let hooks_listen = format!("127.0.0.1:{hooks_port}");
-    let _daemon = repo.daemon(
+    let (port, hooks_port) = (free_port(), free_port());
+    let (listen, hooks_listen) = (
+        format!("127.0.0.1:{port}"),
+        format!("127.0.0.1:{hooks_port}"),
+    );
+    let daemon = repo.daemon(
         &repo.url(),
         &[
             "--listen",
@@ -890,7 +886,31 @@ async fn probes_answer_under_slow_bodies_and_replays_are_ignored() {
         ],
     );
     wait_http(port, "/readyz", 200);
-    // 64 clients past their headers, sending the body never.
+    (daemon, repo, port, hooks_port)
+}
+
+/// A signed GitHub push delivery with this ID.
+fn delivery(id: &str, body: &[u8]) -> Vec<(&'static str, String)> {
+    vec![
+        ("X-GitHub-Event", "push".to_string()),
+        ("X-GitHub-Delivery", id.to_string()),
+        (
+            "X-Hub-Signature-256",
+            tidegate::daemon::webhook::sign(b"s3cret", body),
+        ),
+    ]
+}
+
+const PUSH: &[u8] = br#"{"ref":"refs/heads/main"}"#;
+
+/// Issue 19, item 10: clients that send a webhook's headers and never its
+/// body hold every connection slot, yet the probes answer at once; the
+/// webhook listener (what the webhook Service exposes) serves the webhooks
+/// and nothing else.
+#[tokio::test]
+async fn probes_answer_while_slow_bodies_hold_every_slot() {
+    use std::io::Write as _;
+    let (_daemon, _repo, port, hooks_port) = webhook_daemon("probes").await;
     let slow: Vec<TcpStream> = (0..64)
         .filter_map(|_| {
             let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
@@ -902,6 +922,8 @@ async fn probes_answer_under_slow_bodies_and_replays_are_ignored() {
         })
         .collect();
     assert_eq!(slow.len(), 64);
+    // Give the server time to take all 64 (a wait for it to be busy, not
+    // for something to happen).
     std::thread::sleep(Duration::from_millis(300));
     for path in ["/healthz", "/readyz"] {
         let started = Instant::now();
@@ -915,22 +937,27 @@ async fn probes_answer_under_slow_bodies_and_replays_are_ignored() {
     let (code, body) = http(port, "GET", "/metrics", &[], b"");
     assert_eq!(code, 503, "only the probes are served while busy: {body}");
     drop(slow);
-    // The slots free up; a signed delivery fetches, its replay does not.
-    let push = br#"{"ref":"refs/heads/main"}"#;
-    let delivery = |id: &str| {
-        vec![
-            ("X-GitHub-Event", "push".to_string()),
-            ("X-GitHub-Delivery", id.to_string()),
-            ("X-Hub-Signature-256", sign(b"s3cret", push)),
-        ]
-    };
-    eventually("the slots free", Duration::from_secs(20), || async {
-        (http(port, "GET", "/metrics", &[], b"").0 == 200).then_some(())
-    })
-    .await;
-    let (code, body) = http(port, "POST", "/hooks/github", &delivery("d-1"), push);
+    for path in ["/metrics", "/readyz", "/api/v1/identity"] {
+        assert_eq!(http(hooks_port, "GET", path, &[], b"").0, 404, "{path}");
+    }
+    let (code, body) = http(
+        hooks_port,
+        "POST",
+        "/hooks/github",
+        &delivery("h-1", PUSH),
+        PUSH,
+    );
     assert_eq!(code, 202, "{body}");
-    let (code, body) = http(port, "POST", "/hooks/github", &delivery("d-1"), push);
+}
+
+/// Issue 19, item 13: a signed delivery replayed is ignored, and a flood
+/// of fresh ones is paced to a few fetches.
+#[tokio::test]
+async fn replayed_and_flooded_webhooks_are_bounded() {
+    let (_daemon, _repo, port, _) = webhook_daemon("replays").await;
+    let (code, body) = http(port, "POST", "/hooks/github", &delivery("d-1", PUSH), PUSH);
+    assert_eq!(code, 202, "{body}");
+    let (code, body) = http(port, "POST", "/hooks/github", &delivery("d-1", PUSH), PUSH);
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("seen before"), "{body}");
     let answers: Vec<String> = (0..20)
@@ -939,8 +966,8 @@ async fn probes_answer_under_slow_bodies_and_replays_are_ignored() {
                 port,
                 "POST",
                 "/hooks/github",
-                &delivery(&format!("f-{i}")),
-                push,
+                &delivery(&format!("f-{i}"), PUSH),
+                PUSH,
             )
             .1
         })
@@ -948,13 +975,6 @@ async fn probes_answer_under_slow_bodies_and_replays_are_ignored() {
     let fetching = answers.iter().filter(|a| a.starts_with("fetching")).count();
     assert!(fetching <= 3, "a flood is paced: {answers:?}");
     assert!(answers.iter().any(|a| a.contains("queued")), "{answers:?}");
-    // The webhook listener (what the webhook Service exposes) serves the
-    // webhooks and nothing else.
-    for path in ["/metrics", "/readyz", "/api/v1/identity"] {
-        assert_eq!(http(hooks_port, "GET", path, &[], b"").0, 404, "{path}");
-    }
-    let (code, body) = http(hooks_port, "POST", "/hooks/github", &delivery("h-1"), push);
-    assert!(matches!(code, 200 | 202), "{code} {body}");
 }
 
 /// Issue 19, item 8: a release that fails until Git changes (here one
@@ -1019,5 +1039,91 @@ async fn a_release_waiting_for_git_does_not_stall_the_daemon() {
     assert_eq!(
         status["result"], "failed",
         "the release still fails: {status}"
+    );
+}
+
+/// Issue 19, item 8: a helm operation that runs for its whole timeout (a
+/// post-install hook whose Job can never be scheduled) does not hold back
+/// the running daemon: the sync leaves it to run, pushes of other objects
+/// are applied at once, and the release is reported as still running.
+#[tokio::test]
+async fn a_hanging_helm_hook_does_not_hold_back_other_objects() {
+    use crate::helm_releases::{
+        copy_chart, crd_installed, helm_binary, helm_release, write_release,
+    };
+    crd_installed().await;
+    let ns = unique("fault-hang");
+    let repo = GitRepo::new();
+    copy_chart(&repo);
+    repo.write(
+        "charts/web/templates/hang.yaml",
+        "{{- if .Values.hang }}\napiVersion: batch/v1\nkind: Job\nmetadata:\n  name: {{ .Release.Name }}-hang\n  annotations:\n    \"helm.sh/hook\": post-install,post-upgrade\nspec:\n  backoffLimit: 0\n  template:\n    spec:\n      restartPolicy: Never\n      nodeSelector: {nowhere: \"true\"}\n      containers: [{name: hang, image: busybox, command: [\"true\"]}]\n{{- end }}\n",
+    );
+    repo.write(
+        "ns.yaml",
+        &format!("{}---\n{}", ns_yaml(&ns), cm_yaml(&ns, "value", "0")),
+    );
+    write_release(
+        &repo,
+        "releases/web.yaml",
+        &helm_release(
+            &ns,
+            "web",
+            "  timeout: 600\n  values: {hang: true, hook: {enabled: false}}\n",
+        ),
+    );
+    repo.push("a release whose hook never completes");
+    let helm = helm_binary();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let _daemon = repo.daemon(
+        &repo.url(),
+        &[
+            "--helm-binary",
+            &helm,
+            "--listen",
+            &listen,
+            "--git-poll-interval",
+            "1h",
+            "--sync-interval",
+            "1h",
+        ],
+    );
+    let value = |v: &'static str| {
+        let ns = ns.clone();
+        async move {
+            let cm = configmap(&ns, "value").await?;
+            (cm.data?.get("value").map(String::as_str) == Some(v)).then_some(())
+        }
+    };
+    eventually("the first sync", Duration::from_secs(60), || value("0")).await;
+    // The first sync waits a while for helm, then goes on without it.
+    let state = format!("{}-state", repo.sync_set);
+    eventually("the first sync recorded", Duration::from_secs(60), || {
+        let state = state.clone();
+        async move {
+            let data = configmap("default", &state).await?.data?;
+            data.contains_key("status").then_some(())
+        }
+    })
+    .await;
+    for v in ["1", "2"] {
+        repo.write(
+            "ns.yaml",
+            &format!("{}---\n{}", ns_yaml(&ns), cm_yaml(&ns, "value", v)),
+        );
+        repo.push(v);
+        eventually(
+            &format!("value {v} while helm hangs"),
+            Duration::from_secs(8),
+            || value(v),
+        )
+        .await;
+    }
+    let status = status_json(&repo.sync_set);
+    let releases = status["releases"].to_string();
+    assert!(
+        releases.contains("running"),
+        "the release is still running: {status}"
     );
 }
