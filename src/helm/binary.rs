@@ -312,6 +312,31 @@ impl Helm {
 
     /// `helm upgrade --install`: installs when absent, upgrades otherwise.
     pub async fn upgrade(&self, a: &UpgradeArgs<'_>) -> Result<(), Error> {
+        let args = self.upgrade_args(a);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.run(&args, a.timeout + GRACE).await.map(drop)
+    }
+
+    /// What `upgrade` would install, rendered by helm against the cluster
+    /// (`--dry-run=server`: `lookup` and the cluster's capabilities as at
+    /// install): the release as JSON, hooks included.
+    pub async fn upgrade_dry_run(&self, a: &UpgradeArgs<'_>) -> Result<String, Error> {
+        let unchecked = UpgradeArgs {
+            allowed: None,
+            wait: false,
+            ..a.clone()
+        };
+        let mut args = self.upgrade_args(&unchecked);
+        args.extend([
+            "--dry-run=server".to_string(),
+            "--output".into(),
+            "json".into(),
+        ]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.run(&args, GRACE * 2).await
+    }
+
+    fn upgrade_args(&self, a: &UpgradeArgs<'_>) -> Vec<String> {
         let timeout = secs(a.timeout);
         let history = a.max_history.to_string();
         let labels = a
@@ -353,7 +378,7 @@ impl Helm {
             (a.reset_values, "--reset-values"),
             (!a.reset_values, "--reuse-values"),
         ]));
-        self.run(&args, a.timeout + GRACE).await.map(drop)
+        args.into_iter().map(str::to_string).collect()
     }
 
     pub async fn rollback(&self, a: &RollbackArgs<'_>) -> Result<(), Error> {

@@ -1227,10 +1227,6 @@ async fn install_or_upgrade(
         &work.0,
     )
     .await?;
-    let namespaced_kinds = match ctx.settings.allow_namespaces.is_empty() {
-        true => Vec::new(),
-        false => check_chart(ctx, spec, &chart, &values_file).await?,
-    };
     let labels = digests.labels();
     let verb = if deployed.is_some() {
         "upgrading"
@@ -1238,29 +1234,33 @@ async fn install_or_upgrade(
         "installing"
     };
     tracing::info!(release = %spec.release_name, namespace = %spec.target_namespace, "{verb}: {why}");
-    let result = ctx
-        .settings
-        .helm
-        .upgrade(&binary::UpgradeArgs {
-            release: &spec.release_name,
-            namespace: &spec.target_namespace,
-            chart: &chart,
-            values_file: &values_file,
-            timeout: spec.timeout,
-            wait: spec.wait,
-            force: spec.force_upgrade,
-            skip_crds: spec.skip_crds,
-            max_history: spec.max_history,
-            disable_openapi_validation: spec.disable_openapi_validation,
-            reset_values: spec.reset_values,
-            labels: &labels,
-            proxy: ctx.sources.proxy_settings.as_ref(),
-            allowed: (!ctx.settings.allow_namespaces.is_empty()).then_some(binary::Allowed {
-                namespaces: &ctx.settings.allow_namespaces,
-                kinds: &namespaced_kinds,
-            }),
-        })
-        .await;
+    let mut args = binary::UpgradeArgs {
+        release: &spec.release_name,
+        namespace: &spec.target_namespace,
+        chart: &chart,
+        values_file: &values_file,
+        timeout: spec.timeout,
+        wait: spec.wait,
+        force: spec.force_upgrade,
+        skip_crds: spec.skip_crds,
+        max_history: spec.max_history,
+        disable_openapi_validation: spec.disable_openapi_validation,
+        reset_values: spec.reset_values,
+        labels: &labels,
+        proxy: ctx.sources.proxy_settings.as_ref(),
+        allowed: None,
+    };
+    let namespaced_kinds = match ctx.settings.allow_namespaces.is_empty() {
+        true => Vec::new(),
+        false => check_chart(ctx, spec, &args).await?,
+    };
+    if !ctx.settings.allow_namespaces.is_empty() {
+        args.allowed = Some(binary::Allowed {
+            namespaces: &ctx.settings.allow_namespaces,
+            kinds: &namespaced_kinds,
+        });
+    }
+    let result = ctx.settings.helm.upgrade(&args).await;
     drop(work);
     match result {
         Ok(()) => {
@@ -1315,29 +1315,53 @@ async fn install_or_upgrade(
 async fn check_chart(
     ctx: &Context<'_>,
     spec: &ReleaseSpec,
-    chart: &std::path::Path,
-    values_file: &std::path::Path,
+    args: &binary::UpgradeArgs<'_>,
 ) -> Result<Vec<String>, Failure> {
     let refused = |why: String| refuse("NotAllowed", why);
-    let manifest = ctx
-        .settings
-        .helm
+    let render_failed = |e: binary::Error| fail("DeployFailed", e.to_string());
+    // Offline, CRDs and hooks included; then as the install would render
+    // it against the cluster (`lookup`, capabilities), hooks included.
+    let helm = &ctx.settings.helm;
+    let offline = helm
         .template(
             &spec.release_name,
             &spec.target_namespace,
-            chart,
-            values_file,
+            args.chart,
+            args.values_file,
             spec.skip_crds,
             None,
         )
         .await
-        .map_err(|e| fail("DeployFailed", e.to_string()))?;
-    let docs = parse_documents(&manifest, &ParseLimits::default()).map_err(|e| {
+        .map_err(render_failed)?;
+    let release: Value = serde_json::from_str(
+        &helm.upgrade_dry_run(args).await.map_err(render_failed)?,
+    )
+    .map_err(|e| {
         fail(
             "DeployFailed",
-            format!("the chart renders YAML that cannot be read: {e}"),
+            format!("helm's dry run printed no release: {e}"),
         )
     })?;
+    let mut texts = vec![
+        offline,
+        release["manifest"].as_str().unwrap_or_default().to_string(),
+    ];
+    texts.extend(
+        release["hooks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|h| h["manifest"].as_str().map(str::to_string)),
+    );
+    let mut docs = Vec::new();
+    for text in &texts {
+        docs.extend(parse_documents(text, &ParseLimits::default()).map_err(|e| {
+            fail(
+                "DeployFailed",
+                format!("the chart renders YAML that cannot be read: {e}"),
+            )
+        })?);
+    }
     let mut rendered = Vec::new();
     for doc in docs.iter().filter(|d| !d.is_null()) {
         let Some(mut id) = allowed::rendered_ref(doc) else {

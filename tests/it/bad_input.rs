@@ -995,8 +995,15 @@ async fn allow_list_binds_helm_releases() {
         "charts/web/templates/escalate.yaml",
         "{{- if .Values.escalate }}\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata:\n  name: {{ .Release.Name }}-admin\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: cluster-admin}\nsubjects: [{kind: ServiceAccount, name: default, namespace: {{ .Release.Namespace }}}]\n{{- end }}\n",
     );
+    // A hook rendered only against the cluster (lookup finds nothing
+    // offline): only a render as the install does it shows it.
+    repo.write(
+        "charts/web/templates/hook.yaml",
+        "{{- if and .Values.viaLookup (lookup \"v1\" \"Namespace\" \"\" \"kube-system\") }}\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata:\n  name: {{ .Release.Name }}-hook-admin\n  annotations: {\"helm.sh/hook\": post-install}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: cluster-admin}\nsubjects: [{kind: ServiceAccount, name: default, namespace: {{ .Release.Namespace }}}]\n{{- end }}\n",
+    );
     for (name, spec) in [
         ("ok", ""),
+        ("lookup", "  values: {viaLookup: true}\n"),
         ("elsewhere", "  targetNamespace: kube-system\n"),
         (
             "secret",
@@ -1010,7 +1017,7 @@ async fn allow_list_binds_helm_releases() {
             &helm_release(&ns, name, spec),
         );
     }
-    repo.push("four releases");
+    repo.push("five releases");
     let helm = helm_binary();
     let out = repo.sync_once(&["--helm-binary", &helm, "--k8s-allow-namespace", &ns]);
     let text = format!("{}\n{}", stdout(&out), stderr(&out));
@@ -1021,6 +1028,9 @@ async fn allow_list_binds_helm_releases() {
             .to_string(),
         format!(
             "the chart renders rbac.authorization.k8s.io/v1 ClusterRoleBinding {ns}-escalate-admin: it is cluster-scoped"
+        ),
+        format!(
+            "the chart renders rbac.authorization.k8s.io/v1 ClusterRoleBinding {ns}-lookup-hook-admin: it is cluster-scoped"
         ),
     ] {
         assert!(text.contains(&refusal), "{refusal:?} not in:\n{text}");
@@ -1036,13 +1046,10 @@ async fn allow_list_binds_helm_releases() {
         None,
     )
     .await;
-    assert!(
-        bindings
-            .get_opt(&format!("{ns}-escalate-admin"))
-            .await
-            .unwrap()
-            .is_none()
-    );
+    for name in ["escalate-admin", "lookup-hook-admin"] {
+        let binding = bindings.get_opt(&format!("{ns}-{name}")).await.unwrap();
+        assert!(binding.is_none(), "{name}");
+    }
     let helm_records =
         Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client().await, "kube-system")
             .list(&ListParams::default().labels("owner=helm"))
