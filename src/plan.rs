@@ -386,6 +386,21 @@ pub fn object_diff(id: &ObjectRef, live: Option<&Value>, after: &Value) -> Optio
     )
 }
 
+/// Why a Secret may not come from Git: Helm's own release records (type
+/// `helm.sh/release.v1`, or labelled `owner: helm`) would let a push forge
+/// a release's history, which helm then upgrades, rolls back or uninstalls
+/// with tidegate's credentials.
+pub fn helm_record_refusal(id: &ObjectRef, object: &Value) -> Option<&'static str> {
+    let secret = id.group.is_empty() && id.kind == "Secret";
+    let record = object["type"]
+        .as_str()
+        .is_some_and(|t| t.starts_with("helm.sh/release"))
+        || object["metadata"]["labels"]["owner"].as_str() == Some("helm");
+    (secret && record).then_some(
+        "a Helm release record (type helm.sh/release.v1 or label owner=helm) may not come from Git: only helm writes them",
+    )
+}
+
 /// Why an object may not be applied under `--k8s-allow-namespace`, if it
 /// may not. An empty list allows every namespace and cluster-scoped objects.
 pub fn namespace_refusal(id: &ObjectRef, allowed: &[String]) -> Option<String> {
@@ -712,6 +727,18 @@ mod tests {
             "abc"
         );
         assert_eq!(placed["metadata"]["labels"][SYNC_SET_LABEL], "prod");
+    }
+
+    #[test]
+    fn helm_release_records_never_come_from_git() {
+        let secret = id("Secret", Some("team"), "sh.helm.release.v1.web.v9");
+        let forged = json!({"type": "helm.sh/release.v1", "data": {"release": "x"}});
+        assert!(helm_record_refusal(&secret, &forged).is_some());
+        let labelled = json!({"metadata": {"labels": {"owner": "helm"}}});
+        assert!(helm_record_refusal(&secret, &labelled).is_some());
+        assert!(helm_record_refusal(&secret, &json!({"type": "Opaque"})).is_none());
+        let cm = id("ConfigMap", Some("team"), "c");
+        assert!(helm_record_refusal(&cm, &forged).is_none());
     }
 
     #[test]

@@ -234,6 +234,16 @@ async fn place(
                 .push(object_error(&id, Some(m.origin().to_string()), reason));
             continue;
         }
+        if id.kind == "Secret"
+            && let Some(reason) = plan::helm_record_refusal(&id, &m.object.value())
+        {
+            plan.errors.push(object_error(
+                &id,
+                Some(m.origin().to_string()),
+                reason.to_string(),
+            ));
+            continue;
+        }
         let checksum = m.checksum.clone();
         let object = plan::place(m, marked_for, &id, &settings.state.owner());
         let stage = Stage::of(&id, resolved.namespaced());
@@ -303,8 +313,9 @@ async fn from_watches(
                     Change::Unchanged
                 }
                 Some(_) => Change::Update,
-                // Applied before and gone now.
-                None if live.is_expected(&desired.id) => Change::Create,
+                // Applied before and gone now; unless it only left this
+                // instance's watch (another took it over): read it.
+                None if live.is_expected(&desired.id) && owner.is_none() => Change::Create,
                 // Perhaps there without tidegate's label: read it.
                 None => {
                     rest.push((desired, resolved));
@@ -937,6 +948,7 @@ async fn prune(
     cluster: &Cluster,
     candidates: &[ObjectRef],
     settings: &Settings,
+    claimed: &[(String, String)],
     report: &mut SyncReport,
     on: OnProgress<'_>,
 ) -> Vec<ObjectRef> {
@@ -1041,7 +1053,7 @@ async fn prune(
         if helm::is_release(id)
             && let Some(helm) = &settings.helm
         {
-            match helm::uninstall(cluster, helm, id, &live).await {
+            match helm::uninstall(cluster, helm, id, &live, claimed).await {
                 Ok(Some(release)) => {
                     let status = ReleaseStatus {
                         object: id.to_string(),
@@ -1136,7 +1148,7 @@ pub async fn apply_set(
         reconcile_releases(cluster, helm, charts, &plan, observed, &mut report, on).await;
     }
     if !report.interrupted {
-        next.extend(prune(cluster, &candidates, settings, &mut report, on).await);
+        next.extend(prune(cluster, &candidates, settings, &releases, &mut report, on).await);
     } else {
         next.extend(candidates);
     }

@@ -70,11 +70,15 @@ pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode>
         .context("cannot connect to the cluster")?;
     let mut settings = args.sync.settings(connection.namespace(&client));
     // The daemon's key, so Secrets' checksums compare; diff never makes one.
-    if let Ok(key) = Cluster::new(client.clone())
+    match Cluster::new(client.clone())
         .checksum_key(&settings.state, false)
         .await
     {
-        settings.render.secret_key = key.map(std::sync::Arc::new);
+        Ok(Some(key)) => settings.render.secret_key = Some(std::sync::Arc::new(key)),
+        Ok(None) => {}
+        Err(e) => eprintln!(
+            "warning: cannot read the daemon's key for Secrets' checksums ({e}); Secrets may show a changed tidegate.dev/checksum"
+        ),
     }
     let set = render::render(&args.path, &settings.render);
     for w in &set.warnings {

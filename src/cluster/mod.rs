@@ -488,10 +488,20 @@ impl Cluster {
                     (false, false) => continue,
                 };
                 for api in apis {
-                    let list = api.list(&ListParams::default().labels(&selector)).await?;
+                    let list = match api.list(&ListParams::default().labels(&selector)).await {
+                        Ok(list) => list,
+                        // What this instance may not list it cannot have
+                        // applied: fewer candidates, never more.
+                        Err(kube::Error::Api(e)) if e.code == 403 => continue,
+                        Err(e) => return Err(e),
+                    };
                     for object in list.items {
                         let value = serde_json::to_value(&object).expect("objects serialize");
-                        if !crate::plan::is_marked_for(&value, sync_set, owner) {
+                        // Only what this instance recorded itself: an object
+                        // without an owner may be another instance's.
+                        if !crate::plan::is_marked_for(&value, sync_set, owner)
+                            || crate::plan::live_owner(&value) != Some(owner)
+                        {
                             continue;
                         }
                         let name = object.metadata.name.clone().unwrap_or_default();

@@ -400,12 +400,16 @@ impl Cluster {
     ) -> Result<Option<Vec<u8>>, kube::Error> {
         use base64::Engine as _;
         let api = Api::<ConfigMap>::namespaced(self.client.clone(), &state.namespace);
-        let stored = api
-            .get_opt(&state.name())
-            .await?
-            .and_then(|m| m.data?.remove(CHECKSUM_KEY))
-            .and_then(|k| base64::engine::general_purpose::STANDARD.decode(k).ok())
-            .filter(|k| k.len() >= 16);
+        let read = || async {
+            Ok::<_, kube::Error>(
+                api.get_opt(&state.name())
+                    .await?
+                    .and_then(|m| m.data?.remove(CHECKSUM_KEY))
+                    .and_then(|k| base64::engine::general_purpose::STANDARD.decode(k).ok())
+                    .filter(|k| k.len() >= 16),
+            )
+        };
+        let stored = read().await?;
         if stored.is_some() || !create {
             return Ok(stored);
         }
@@ -423,7 +427,9 @@ impl Cluster {
             &Patch::Apply(&map),
         )
         .await?;
-        Ok(Some(key))
+        // Replicas starting together: whichever key was written last is
+        // the one every replica reads from now on.
+        Ok(read().await?.or(Some(key)))
     }
 
     pub async fn record(

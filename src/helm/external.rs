@@ -76,13 +76,32 @@ pub fn is_public(addr: IpAddr) -> bool {
                 || (a == 100 && (64..128).contains(&b))
                 // 192.0.0.0/24, 198.18.0.0/15: protocol assignments, benchmarking.
                 || (a == 192 && b == 0 && v4.octets()[2] == 0)
-                || (a == 198 && (18..20).contains(&b)))
+                || (a == 198 && (18..20).contains(&b))
+                // 240.0.0.0/4: reserved.
+                || a >= 240)
         }
         IpAddr::V6(v6) => {
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return is_public(IpAddr::V4(v4));
             }
-            let first = v6.segments()[0];
+            let s = v6.segments();
+            let embedded = |hi: u16, lo: u16| {
+                IpAddr::V4(std::net::Ipv4Addr::new(
+                    (hi >> 8) as u8,
+                    hi as u8,
+                    (lo >> 8) as u8,
+                    lo as u8,
+                ))
+            };
+            // NAT64 (64:ff9b::/96), 6to4 (2002::/16) and IPv4-compatible
+            // (::a.b.c.d) addresses reach the IPv4 address inside.
+            if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] || s[..6] == [0; 6] && s[6] != 0 {
+                return is_public(embedded(s[6], s[7]));
+            }
+            if s[0] == 0x2002 {
+                return is_public(embedded(s[1], s[2]));
+            }
+            let first = s[0];
             !(v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
@@ -134,6 +153,13 @@ pub fn fetch(url: &str, proxy: Option<&str>, access: &Access) -> Result<Option<S
         ),
         None => ureq::Proxy::try_from_env(),
     };
+    // Through a proxy the request goes where the proxy is: it is held to
+    // the same rule (a proxy inside the network must be listed).
+    if let Some(p) = &proxy {
+        access
+            .resolve(p.host(), p.port())
+            .map_err(|why| format!("through the proxy: {why}"))?;
+    }
     let direct = proxy.is_none();
     let tls = TlsConfig::builder()
         .provider(TlsProvider::NativeTls)
@@ -191,6 +217,10 @@ mod tests {
             "fd00::1",
             "fe80::1",
             "::ffff:127.0.0.1",
+            "64:ff9b::a9fe:a9fe",
+            "2002:a9fe:a9fe::1",
+            "::127.0.0.1",
+            "240.0.0.1",
         ] {
             assert!(!is_public(private.parse().unwrap()), "{private}");
         }
@@ -223,5 +253,16 @@ mod tests {
         assert!(why.contains("127.0.0.1 resolves to 127.0.0.1"), "{why}");
         let why = fetch("file:///etc/passwd", None, &Access::default()).unwrap_err();
         assert!(why.contains("only http and https"), "{why}");
+        // A proxy inside the network is where the request would go.
+        let why = fetch(
+            "http://93.184.216.34/values.yaml",
+            Some("http://10.0.0.1:3128"),
+            &Access::default(),
+        )
+        .unwrap_err();
+        assert!(
+            why.starts_with("through the proxy: 10.0.0.1 resolves to 10.0.0.1"),
+            "{why}"
+        );
     }
 }

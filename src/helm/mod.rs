@@ -64,9 +64,32 @@ pub const OPERATION_WAIT: std::time::Duration = std::time::Duration::from_secs(1
 /// Helm operations that run past the sync that started them, by HelmRelease.
 /// When one ends, `done` asks for a sync, which records how it ended.
 pub struct Background {
-    running: std::sync::Mutex<std::collections::HashSet<ObjectRef>>,
+    /// HelmRelease → the Helm release (namespace, name) helm is at work on.
+    running: std::sync::Mutex<HashMap<ObjectRef, (String, String)>>,
     done: Box<dyn Fn() + Send + Sync>,
 }
+
+/// Ends a background operation's entry however its task ends (a panic
+/// included), so no release stays "running" for ever.
+struct Running {
+    background: std::sync::Arc<Background>,
+    id: ObjectRef,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.background
+            .running
+            .lock()
+            .expect("running")
+            .remove(&self.id);
+    }
+}
+
+/// Where a background operation and the sync that started it stand.
+const WAITED: u8 = 0;
+const LEFT: u8 = 1;
+const ENDED: u8 = 2;
 
 impl std::fmt::Debug for Background {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -86,7 +109,16 @@ impl Background {
 
     /// Whether helm is still at work on this HelmRelease's release.
     pub fn is_running(&self, id: &ObjectRef) -> bool {
-        self.running.lock().expect("running").contains(id)
+        self.running.lock().expect("running").contains_key(id)
+    }
+
+    /// Whether helm is at work on this Helm release, for any HelmRelease.
+    fn is_running_release(&self, key: &(String, String)) -> bool {
+        self.running
+            .lock()
+            .expect("running")
+            .values()
+            .any(|k| k == key)
     }
 }
 
@@ -216,10 +248,12 @@ pub async fn reconcile_all(
     // A release helm is still at work on is neither decided nor touched:
     // its operation's end brings the next sync.
     let (running, items): (Vec<&Item>, Vec<&Item>) = items.iter().partition(|i| {
-        ctx.settings
-            .background
-            .as_ref()
-            .is_some_and(|b| b.is_running(&i.id))
+        ctx.settings.background.as_ref().is_some_and(|b| {
+            b.is_running(&i.id)
+                || release::parse(&i.id, &i.object).is_ok_and(|spec| {
+                    b.is_running_release(&(spec.target_namespace, spec.release_name))
+                })
+        })
     });
     let items: Vec<Item> = items.into_iter().cloned().collect();
     let decided = decide_all(ctx, &items, observed).await;
@@ -256,8 +290,12 @@ fn still_running(item: &Item) -> ReleaseStatus {
 /// Finishes a decided release: in a running daemon, an operation that
 /// takes longer than [`OPERATION_WAIT`] goes on without this sync.
 async fn finish_or_leave(ctx: &Context<'_>, item: &Item, decided: Decided) -> ReleaseStatus {
-    let background = match (&ctx.settings.background, &decided) {
-        (Some(b), Ok(d)) if d.operation.is_some() => b.clone(),
+    use std::sync::atomic::{AtomicU8, Ordering};
+    let (background, key) = match (&ctx.settings.background, &decided) {
+        (Some(b), Ok(d)) if d.operation.is_some() => (
+            b.clone(),
+            (d.spec.target_namespace.clone(), d.spec.release_name.clone()),
+        ),
         _ => return finish(ctx, item, decided).await,
     };
     let (cluster, settings, sources, owned) = (
@@ -270,39 +308,45 @@ async fn finish_or_leave(ctx: &Context<'_>, item: &Item, decided: Decided) -> Re
         .running
         .lock()
         .expect("running")
-        .insert(item.id.clone());
-    let left = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let left_by_sync = left.clone();
-    let task = tokio::spawn(async move {
+        .insert(item.id.clone(), key);
+    let running = Running {
+        background: background.clone(),
+        id: item.id.clone(),
+    };
+    let stage = std::sync::Arc::new(AtomicU8::new(WAITED));
+    let task_stage = stage.clone();
+    let mut task = tokio::spawn(async move {
         let ctx = Context {
             cluster: &cluster,
             settings: &settings,
             sources: &sources,
         };
         let status = finish(&ctx, &owned, decided).await;
-        background
-            .running
-            .lock()
-            .expect("running")
-            .remove(&owned.id);
-        if left.load(std::sync::atomic::Ordering::SeqCst) {
+        drop(running);
+        // The sync that started it went on: this end brings another.
+        if task_stage.swap(ENDED, Ordering::SeqCst) == LEFT {
             tracing::info!(object = %owned.id, "{status}");
             (background.done)();
         }
         status
     });
-    let mut task = task;
+    let ended = |e: tokio::task::JoinError| {
+        let mut status = still_running(item);
+        status.action = ReleaseAction::Failed;
+        status.message = Some(format!("the helm operation ended abnormally: {e}"));
+        status
+    };
     match tokio::time::timeout(OPERATION_WAIT, &mut task).await {
         Ok(Ok(status)) => status,
-        Ok(Err(e)) => {
-            let mut status = still_running(item);
-            status.action = ReleaseAction::Failed;
-            status.message = Some(format!("the helm operation ended abnormally: {e}"));
-            status
-        }
+        Ok(Err(e)) => ended(e),
+        // It ended just as the wait did: its status is this sync's.
+        Err(_) if stage.swap(LEFT, Ordering::SeqCst) == ENDED => task.await.unwrap_or_else(ended),
         Err(_) => {
-            left_by_sync.store(true, std::sync::atomic::Ordering::SeqCst);
-            tracing::info!(object = %item.id, "helm takes longer than {}s; the sync goes on without it", OPERATION_WAIT.as_secs());
+            tracing::info!(
+                object = %item.id,
+                "helm takes longer than {}s; the sync goes on without it",
+                OPERATION_WAIT.as_secs()
+            );
             still_running(item)
         }
     }
@@ -1319,6 +1363,13 @@ async fn check_chart(
 ) -> Result<Vec<String>, Failure> {
     let refused = |why: String| refuse("NotAllowed", why);
     let render_failed = |e: binary::Error| fail("DeployFailed", e.to_string());
+    // The post-renderer is the allow-list's last check at install.
+    if ctx.settings.helm.post_renderer.is_none() {
+        return Err(fail(
+            "DeployFailed",
+            "under --k8s-allow-namespace helm needs tidegate as its post-renderer, and tidegate cannot name its own binary",
+        ));
+    }
     // Offline, CRDs and hooks included; then as the install would render
     // it against the cluster (`lookup`, capabilities), hooks included.
     let helm = &ctx.settings.helm;
@@ -1418,8 +1469,18 @@ pub async fn uninstall(
     settings: &Settings,
     id: &ObjectRef,
     live: &Value,
+    claimed: &[(String, String)],
 ) -> Result<Option<String>, String> {
     let spec = release::parse(id, live).map_err(|e| e.to_string())?;
+    // What the live HelmRelease names is bound by the allow-list too, and a
+    // release another HelmRelease in Git asks for is not this one's to end.
+    if let Some(why) = allowed::spec_refusal(&spec, &settings.allow_namespaces) {
+        return Err(why);
+    }
+    let key = (spec.target_namespace.clone(), spec.release_name.clone());
+    if claimed.contains(&key) {
+        return Ok(None);
+    }
     let history = storage::history(&cluster.client, &spec.target_namespace, &spec.release_name)
         .await
         .map_err(|e| format!("cannot read the release's Helm history: {e}"))?;

@@ -155,6 +155,9 @@ pub struct GitSource {
 impl GitSource {
     /// Fetches the branch and checks out its head commit.
     pub fn fetch(&self) -> Result<Snapshot, Error> {
+        // One writer per cache at a time: two checkouts updating one
+        // directory at once could each undo what the other verified.
+        let _lock = self.lock()?;
         let repo = self.open_cache()?;
         let oid = self.fetch_branch(&repo)?;
         let revision = oid.to_string();
@@ -209,8 +212,9 @@ impl GitSource {
             });
             match moved.map(|()| checkout::write(repo, dir, Some(from), oid)) {
                 Ok(Ok(())) => return Ok(skipped),
-                Ok(Err(e @ checkout::Error::Refused { .. })) => return Err(e.into()),
-                Ok(Err(e)) => tracing::debug!("checking out in full: {}", crate::error_chain(&e)),
+                // The tree passed its checks: what refused the update is
+                // on disk, and a fresh checkout starts without it.
+                Ok(Err(e)) => tracing::warn!("checking out in full: {}", crate::error_chain(&e)),
                 Err(e) => tracing::debug!("checking out in full: {e}"),
             }
         }
@@ -221,6 +225,28 @@ impl GitSource {
         })?;
         checkout::write(repo, dir, None, oid)?;
         Ok(skipped)
+    }
+
+    /// An exclusive lock on the cache (`flock`), held while it is written.
+    fn lock(&self) -> Result<std::fs::File, Error> {
+        use std::os::fd::AsRawFd as _;
+        let cache = |source| Error::Cache {
+            dir: self.cache_dir.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&self.cache_dir).map_err(cache)?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.cache_dir.join(".lock"))
+            .map_err(cache)?;
+        // SAFETY: flock on a descriptor this function owns; released when
+        // the file is closed.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(cache(std::io::Error::last_os_error()));
+        }
+        Ok(file)
     }
 
     fn open_cache(&self) -> Result<Repository, Error> {

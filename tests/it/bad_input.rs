@@ -1046,6 +1046,23 @@ async fn allow_list_binds_helm_releases() {
         None,
     )
     .await;
+    // Removed from Git: the release it names is not uninstalled either.
+    std::fs::remove_file(repo.work.join("releases/elsewhere.yaml")).unwrap();
+    repo.push("elsewhere removed");
+    let out = repo.sync_once(&[
+        "--helm-binary",
+        &helm,
+        "--k8s-allow-namespace",
+        &ns,
+        "--sync-garbage-collection",
+    ]);
+    let text = format!("{}\n{}", stdout(&out), stderr(&out));
+    assert!(
+        text.contains(&format!(
+            "helm.fluxcd.io/v1 HelmRelease {ns}/elsewhere: not pruned: its Helm release cannot be uninstalled: spec.targetNamespace kube-system is not allowed"
+        )),
+        "{text}"
+    );
     for name in ["escalate-admin", "lookup-hook-admin"] {
         let binding = bindings.get_opt(&format!("{ns}-{name}")).await.unwrap();
         assert!(binding.is_none(), "{name}");
@@ -1460,5 +1477,36 @@ async fn credentials_go_only_to_the_synced_repositorys_server() {
     assert!(
         text.contains(&format!("created v1 Namespace {ns}")),
         "the synced repository itself is read with its credentials:\n{text}"
+    );
+}
+
+/// Issue 19: a push may not forge a Helm release's history (a Secret of
+/// type helm.sh/release.v1), which helm would then upgrade, roll back or
+/// uninstall with tidegate's credentials.
+#[tokio::test]
+async fn helm_release_records_from_git_are_refused() {
+    let case = Case::new("bad-helm-record");
+    let forged = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: sh.helm.release.v1.cilium.v9\n  namespace: {}\n  labels: {{owner: helm, name: cilium, status: deployed, version: \"9\"}}\ntype: helm.sh/release.v1\ndata: {{release: e30=}}\n",
+        case.ns
+    );
+    let out = case.sync_victim(forged.as_bytes(), &[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("a Helm release record (type helm.sh/release.v1 or label owner=helm) may not come from Git"),
+        "{err}"
+    );
+    let secrets = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client().await, &case.ns);
+    assert!(
+        secrets
+            .get_opt("sh.helm.release.v1.cilium.v9")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        configmap(&case.ns, "later").await.is_some(),
+        "the rest is applied"
     );
 }
