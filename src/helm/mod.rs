@@ -675,7 +675,7 @@ async fn decide_many(
     mut live: HashMap<ObjectRef, Option<Value>>,
 ) -> Vec<(Option<Operation>, storage::History)> {
     let mut operations = Vec::new();
-    let mut checks: Vec<(usize, Vec<(ObjectRef, Value)>)> = Vec::new();
+    let mut checks: Vec<(usize, Vec<(ObjectRef, crate::object::Json)>)> = Vec::new();
     for (i, (spec, wanted, history)) in releases.iter().enumerate() {
         let retry = Retry {
             enabled: spec.rollback.retry,
@@ -722,19 +722,19 @@ async fn decide_many(
 fn deployed_objects(
     history: &storage::History,
     namespace: &str,
-) -> Result<Vec<(ObjectRef, Value)>, String> {
+) -> Result<Vec<(ObjectRef, crate::object::Json)>, String> {
     let Some(deployed) = history.deployed() else {
         return Ok(Vec::new());
     };
     let content = history
         .content(deployed.version)
         .map_err(|e| format!("its deployed record cannot be read ({e})"))?;
-    let objects = parse_documents(&content.manifest, &ParseLimits::default())
-        .map_err(|e| format!("its deployed manifest cannot be read ({e})"))?;
-    Ok(objects
-        .into_iter()
-        .filter_map(|object| {
-            let id = ObjectRef::new(
+    // Each object is kept as its compact text as it is parsed: the release
+    // is never held parsed whole beside its manifest.
+    let mut objects = Vec::new();
+    crate::render::manifest::each_document(&content.manifest, &ParseLimits::default(), |object| {
+        let id = (|| {
+            Some(ObjectRef::new(
                 object["apiVersion"].as_str()?,
                 object["kind"].as_str()?,
                 Some(
@@ -743,10 +743,14 @@ fn deployed_objects(
                         .unwrap_or(namespace),
                 ),
                 object["metadata"]["name"].as_str()?,
-            );
-            Some((id, object))
-        })
-        .collect())
+            ))
+        })();
+        if let Some(id) = id {
+            objects.push((id, crate::object::Json::new(&object)));
+        }
+    })
+    .map_err(|e| format!("its deployed manifest cannot be read ({e})"))?;
+    Ok(objects)
 }
 
 /// The live objects of these refs: `None` for one that is gone; absent
@@ -826,12 +830,12 @@ async fn live_objects(cluster: &Cluster, refs: &[ObjectRef]) -> HashMap<ObjectRe
 
 /// The first of a release's objects that is gone or differs live.
 fn drift_of(
-    objects: &[(ObjectRef, Value)],
+    objects: &[(ObjectRef, crate::object::Json)],
     live: &HashMap<ObjectRef, Option<Value>>,
 ) -> Option<String> {
     objects.iter().find_map(|(id, object)| match live.get(id)? {
         None => Some(format!("{id} was deleted")),
-        Some(l) => drift::first_difference(object, l)
+        Some(l) => drift::first_difference(&object.value(), l)
             .map(|field| format!("{id} was changed in the cluster ({field})")),
     })
 }

@@ -275,11 +275,22 @@ pub fn parse_file(file: &Path, text: &str, limits: &ParseLimits) -> (Vec<Parsed>
 /// into its non-empty documents, within the same limits. The error names
 /// the document and line and never quotes the text: values may be secret.
 pub fn parse_documents(text: &str, limits: &ParseLimits) -> Result<Vec<Value>, String> {
+    let mut values = Vec::new();
+    each_document(text, limits, |value| values.push(value))?;
+    Ok(values)
+}
+
+/// [`parse_documents`], handing each document to `each` as it is parsed,
+/// so that a caller keeping less than the parsed value holds less.
+pub fn each_document(
+    text: &str,
+    limits: &ParseLimits,
+    mut each: impl FnMut(Value),
+) -> Result<(), String> {
     let docs = documents(text);
     if counted(&docs) > limits.max_documents {
         return Err(format!("more than {} YAML documents", limits.max_documents));
     }
-    let mut values = Vec::new();
     let mut remaining = limits.max_expanded_bytes;
     for (index, doc) in docs.into_iter().enumerate() {
         if doc.text.trim().is_empty() {
@@ -310,10 +321,10 @@ pub fn parse_documents(text: &str, limits: &ParseLimits) -> Result<Vec<Value>, S
             .checked_sub(expanded_size(&value))
             .ok_or_else(too_large)?;
         if !value.is_null() {
-            values.push(value);
+            each(value);
         }
     }
-    Ok(values)
+    Ok(())
 }
 
 /// Parser options for one document of `len` bytes with `remaining` bytes of
