@@ -202,8 +202,10 @@ pub fn delivery_header(provider: Provider) -> &'static str {
     }
 }
 
-/// Most delivery IDs remembered.
+/// Most delivery IDs remembered, and the longest one remembered (the
+/// providers' are UUIDs): at most 256 KiB however the header is padded.
 const REMEMBERED: usize = 1024;
+const MAX_ID_BYTES: usize = 256;
 /// Least time between two fetches webhooks ask for.
 pub const MIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
 
@@ -233,7 +235,7 @@ pub struct Deliveries {
 
 impl Deliveries {
     pub fn admit(&mut self, id: Option<&str>, now: std::time::Instant) -> Admit {
-        if let Some(id) = id.filter(|id| !id.is_empty()) {
+        if let Some(id) = id.filter(|id| !id.is_empty() && id.len() <= MAX_ID_BYTES) {
             if self.seen.contains(id) {
                 return Admit::Seen;
             }
@@ -301,6 +303,11 @@ mod tests {
             Admit::Seen,
             "old IDs are forgotten"
         );
+        // An ID longer than any provider's is not kept: the memory stays bounded.
+        let long = "x".repeat(MAX_ID_BYTES + 1);
+        d.admit(Some(&long), at(200_000_000));
+        assert_ne!(d.admit(Some(&long), at(300_000_000)), Admit::Seen);
+        assert!(d.seen.iter().all(|id| id.len() <= MAX_ID_BYTES));
     }
 
     use super::*;

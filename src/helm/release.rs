@@ -204,11 +204,15 @@ fn valid_release_name(name: &str) -> bool {
             .is_some_and(|c| c.is_ascii_alphanumeric())
 }
 
+/// Longest a helm operation may be given (`timeout`, `rollback.timeout`):
+/// Git chooses it, and an operation holds its release until it ends.
+pub const MAX_TIMEOUT_SECS: u64 = 3600;
+
 fn seconds(value: &Value) -> Option<Duration> {
     value
         .as_u64()
         .or_else(|| value.as_str()?.parse().ok())
-        .map(Duration::from_secs)
+        .map(|s| Duration::from_secs(s.min(MAX_TIMEOUT_SECS)))
 }
 
 fn text(value: &Value) -> Option<String> {
@@ -425,6 +429,24 @@ pub fn merge_values(base: &mut Value, over: &Value) {
 
 #[cfg(test)]
 mod tests {
+
+    /// Issue 19: a timeout from Git is bounded, so no operation holds its
+    /// release (and the daemon's helm process) for longer than an hour.
+    #[test]
+    fn timeouts_from_git_are_bounded() {
+        let id = ObjectRef::new("helm.fluxcd.io/v1", "HelmRelease", Some("team"), "r");
+        let object = serde_json::json!({"spec": {
+            "chart": {"git": "g", "path": "p"},
+            "timeout": 315_360_000u64,
+            "rollback": {"timeout": "99999999"}
+        }});
+        let spec = parse(&id, &object).unwrap();
+        assert_eq!(spec.timeout, Duration::from_secs(MAX_TIMEOUT_SECS));
+        assert_eq!(
+            spec.rollback.timeout,
+            Some(Duration::from_secs(MAX_TIMEOUT_SECS))
+        );
+    }
 
     /// Issue 19: helm-operator's fields, with helm-operator's meaning.
     #[test]
