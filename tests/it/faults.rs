@@ -977,14 +977,37 @@ async fn replayed_and_flooded_webhooks_are_bounded() {
     assert!(answers.iter().any(|a| a.contains("queued")), "{answers:?}");
 }
 
+/// A running daemon with helm on `repo`, polling and re-applying only
+/// hourly (what syncs is what the test pushes), plus `extra`.
+fn helm_daemon(repo: &GitRepo, extra: &[&str]) -> crate::support::Daemon {
+    let helm = crate::helm_releases::helm_binary();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut args = vec![
+        "--helm-binary",
+        &helm,
+        "--listen",
+        &listen,
+        "--git-poll-interval",
+        "1h",
+        "--sync-interval",
+        "1h",
+    ];
+    args.extend_from_slice(extra);
+    repo.daemon(&repo.url(), &args)
+}
+
+/// `Some` once ConfigMap `value` in `ns` holds `wanted`.
+async fn value_is(ns: String, wanted: &str) -> Option<()> {
+    let cm = configmap(&ns, "value").await?;
+    (cm.data?.get("value").map(String::as_str) == Some(wanted)).then_some(())
+}
+
 /// Issue 19, item 8: a release that fails until Git changes (here one
 /// refused by the allow-list) fails every sync, but is no reason to back
 /// off: pushes of other objects are applied at once, every time.
 #[tokio::test]
 async fn a_release_waiting_for_git_does_not_stall_the_daemon() {
-    use crate::helm_releases::{
-        copy_chart, crd_installed, helm_binary, helm_release, write_release,
-    };
+    use crate::helm_releases::{copy_chart, crd_installed, helm_release, write_release};
     crd_installed().await;
     let ns = unique("fault-stall");
     crate::support::create_namespace(&ns).await;
@@ -997,31 +1020,8 @@ async fn a_release_waiting_for_git_does_not_stall_the_daemon() {
     );
     repo.write("value.yaml", &cm_yaml(&ns, "value", "0"));
     repo.push("a refused release");
-    let helm = helm_binary();
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let _daemon = repo.daemon(
-        &repo.url(),
-        &[
-            "--helm-binary",
-            &helm,
-            "--k8s-allow-namespace",
-            &ns,
-            "--listen",
-            &listen,
-            "--git-poll-interval",
-            "1h",
-            "--sync-interval",
-            "1h",
-        ],
-    );
-    let value = |v: &'static str| {
-        let ns = ns.clone();
-        async move {
-            let cm = configmap(&ns, "value").await?;
-            (cm.data?.get("value").map(String::as_str) == Some(v)).then_some(())
-        }
-    };
+    let _daemon = helm_daemon(&repo, &["--k8s-allow-namespace", &ns]);
+    let value = |v: &'static str| value_is(ns.clone(), v);
     eventually("the first sync", Duration::from_secs(60), || value("0")).await;
     for v in ["1", "2", "3"] {
         repo.write("value.yaml", &cm_yaml(&ns, "value", v));
@@ -1048,9 +1048,7 @@ async fn a_release_waiting_for_git_does_not_stall_the_daemon() {
 /// are applied at once, and the release is reported as still running.
 #[tokio::test]
 async fn a_hanging_helm_hook_does_not_hold_back_other_objects() {
-    use crate::helm_releases::{
-        copy_chart, crd_installed, helm_binary, helm_release, write_release,
-    };
+    use crate::helm_releases::{copy_chart, crd_installed, helm_release, write_release};
     crd_installed().await;
     let ns = unique("fault-hang");
     let repo = GitRepo::new();
@@ -1073,29 +1071,8 @@ async fn a_hanging_helm_hook_does_not_hold_back_other_objects() {
         ),
     );
     repo.push("a release whose hook never completes");
-    let helm = helm_binary();
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let _daemon = repo.daemon(
-        &repo.url(),
-        &[
-            "--helm-binary",
-            &helm,
-            "--listen",
-            &listen,
-            "--git-poll-interval",
-            "1h",
-            "--sync-interval",
-            "1h",
-        ],
-    );
-    let value = |v: &'static str| {
-        let ns = ns.clone();
-        async move {
-            let cm = configmap(&ns, "value").await?;
-            (cm.data?.get("value").map(String::as_str) == Some(v)).then_some(())
-        }
-    };
+    let _daemon = helm_daemon(&repo, &[]);
+    let value = |v: &'static str| value_is(ns.clone(), v);
     eventually("the first sync", Duration::from_secs(60), || value("0")).await;
     // The first sync waits a while for helm, then goes on without it.
     let state = format!("{}-state", repo.sync_set);
