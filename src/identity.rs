@@ -11,7 +11,7 @@ use kube::Api;
 use kube::api::{PostParams, Resource};
 use ssh_key::{Algorithm, HashAlg, LineEnding, PrivateKey};
 
-use crate::cluster::state::own_metadata;
+use crate::model::marks::own_metadata;
 
 const PRIVATE_KEY: &str = "identity";
 const PUBLIC_KEY: &str = "identity.pub";

@@ -1,33 +1,29 @@
 //! tidegate keeps a Kubernetes cluster equal to a Git repository.
 //!
-//! The data flow, one module per stage: [`source`] (Git → snapshot),
-//! [`render`] (snapshot → desired set), [`cluster`] (the API edge: discovery
-//! and server-side apply), [`helm`] (HelmRelease objects → helm releases), [`sync`] (one sync from fetch to report), [`cli`].
+//! The modules in data-flow order; each uses only those listed before it.
 
-pub mod cli;
-pub mod cluster;
-pub mod daemon;
+/// The shared vocabulary: object refs, marks, inventory, records, checksums.
+pub mod model;
+
+/// Whether a live object is ready (rollouts, jobs, conditions).
 pub mod health;
-pub mod helm;
+/// The deploy key: an SSH key pair kept in a Secret.
 pub mod identity;
-pub mod object;
-pub mod plan;
+/// Git snapshot → desired set: files, documents, objects, checksums.
 pub mod render;
-pub mod source;
-pub mod sync;
 
-/// An error and its causes on one line: `outer: inner: root`.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let next = s.to_string();
-        // Some errors repeat their source's text; print it once.
-        if !text.ends_with(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        source = s.source();
-    }
-    text
-}
+/// Desired set + live state → what a sync would do, and diffs. Pure.
+pub mod plan;
+/// Git → snapshot: fetch, verify, check out a revision.
+pub mod source;
+
+/// The command line.
+pub mod cli;
+/// The API edge: discovery, watches, server-side apply, the state record.
+pub mod cluster;
+/// The running daemon: triggers, the reconcile loop, HTTP, leader election.
+pub mod daemon;
+/// HelmRelease objects → helm releases.
+pub mod helm;
+/// One sync, from fetch to record.
+pub mod sync;

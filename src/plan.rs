@@ -4,33 +4,15 @@
 //! Also the comparison and diff helpers: normalizing objects (no server-owned
 //! fields), masking Secret values, unified diffs.
 
-use std::collections::BTreeSet;
-
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-use crate::object::{Json, ObjectRef};
+use crate::model::marks::{
+    ADOPT_ANNOTATION, FORCE_ANNOTATION, MANAGED_BY_LABEL, MANAGED_BY_VALUE, PRUNE_ANNOTATION,
+    SYNC_SET_ANNOTATION, is_prune_protected, live_owner, mark,
+};
+use crate::model::{Inventory, Json, ObjectRef};
 use crate::render::{Manifest, Origin};
-
-/// Ownership marks on every object tidegate applies.
-pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
-pub const MANAGED_BY_VALUE: &str = "tidegate";
-pub const SYNC_SET_ANNOTATION: &str = "tidegate.dev/sync-set";
-/// The sync set again, as a label: lists and watches select a set's own
-/// objects by it. The annotation stays what ownership is decided by.
-pub const SYNC_SET_LABEL: &str = "tidegate.dev/sync-set";
-pub const CHECKSUM_ANNOTATION: &str = "tidegate.dev/checksum";
-/// The instance that applied an object: `<state namespace>/<sync set>`.
-/// Two instances with one sync-set name (in different namespaces) neither
-/// take over nor prune each other's objects.
-pub const OWNER_ANNOTATION: &str = "tidegate.dev/owner";
-/// In Git, `"true"`: this instance may take the object over from another.
-pub const ADOPT_ANNOTATION: &str = "tidegate.dev/adopt";
-/// `"true"`: delete and recreate the object when a change cannot be applied in place.
-pub const FORCE_ANNOTATION: &str = "tidegate.dev/force";
-/// `disabled`: never prune the object; `force`: prune a Namespace or CRD
-/// even while objects tidegate does not manage still live in it.
-pub const PRUNE_ANNOTATION: &str = "tidegate.dev/prune";
 
 /// A desired object placed in the cluster: namespace resolved, marks added.
 #[derive(Debug, Clone)]
@@ -127,75 +109,6 @@ pub fn place(m: &Manifest, marked_for: Option<&str>, id: &ObjectRef, sync_set: &
     Json::new(&object)
 }
 
-/// The sync set's name as a label value, if it is a valid one (at most 63
-/// letters, digits, `-`, `_`, `.`, starting and ending alphanumeric); a
-/// longer name is recorded in the annotation only.
-fn set_label(sync_set: &str) -> Option<&str> {
-    let bytes = sync_set.as_bytes();
-    let valid = !bytes.is_empty()
-        && bytes.len() <= 63
-        && bytes[0].is_ascii_alphanumeric()
-        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    valid.then_some(sync_set)
-}
-
-/// The label selector of the objects a sync set manages.
-pub fn selector(sync_set: &str) -> String {
-    match set_label(sync_set) {
-        Some(set) => format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE},{SYNC_SET_LABEL}={set}"),
-        None => format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"),
-    }
-}
-
-/// The instance an object is marked for, as `mark` writes it.
-pub fn owner(state_namespace: &str, sync_set: &str) -> String {
-    format!("{state_namespace}/{sync_set}")
-}
-
-/// Adds the ownership marks: tidegate's label, the sync set, the checksum
-/// of the object as written in Git. `marks` is the sync set's name, or the
-/// instance (`<state namespace>/<sync set>`, see [`owner`]), which is then
-/// recorded too.
-pub fn mark(object: &mut Value, marks: &str, checksum: &str) {
-    let (owner, sync_set) = match marks.split_once('/') {
-        Some((_, set)) => (Some(marks), set),
-        None => (None, marks),
-    };
-    let Some(root) = object.as_object_mut() else {
-        return;
-    };
-    let meta = as_map(
-        root.entry("metadata")
-            .or_insert_with(|| Value::Object(Map::new())),
-    );
-    let labels = as_map(
-        meta.entry("labels")
-            .or_insert_with(|| Value::Object(Map::new())),
-    );
-    labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY_VALUE.into());
-    match set_label(sync_set) {
-        Some(set) => labels.insert(SYNC_SET_LABEL.into(), set.into()),
-        None => labels.remove(SYNC_SET_LABEL),
-    };
-    let annotations = as_map(
-        meta.entry("annotations")
-            .or_insert_with(|| Value::Object(Map::new())),
-    );
-    annotations.insert(SYNC_SET_ANNOTATION.into(), sync_set.into());
-    annotations.insert(CHECKSUM_ANNOTATION.into(), checksum.into());
-    if let Some(owner) = owner {
-        annotations.insert(OWNER_ANNOTATION.into(), owner.into());
-    }
-}
-
-/// The instance recorded on a live object, if an instance recorded one.
-pub fn live_owner(live: &Value) -> Option<&str> {
-    live["metadata"]["annotations"][OWNER_ANNOTATION].as_str()
-}
-
 /// Why an object may not be applied: another instance owns it and Git does
 /// not ask to adopt it. Objects marked before owners were recorded have
 /// none, and are taken as before.
@@ -209,14 +122,6 @@ pub fn owner_conflict(theirs: Option<&str>, ours: &str, desired: &Json) -> Optio
              to move it here, annotate it {ADOPT_ANNOTATION}: \"true\" in Git"
         )
     })
-}
-
-/// The map inside `value`, replacing a non-map (e.g. `labels: null`) with an empty one.
-fn as_map(value: &mut Value) -> &mut Map<String, Value> {
-    if !value.is_object() {
-        *value = Value::Object(Map::new());
-    }
-    value.as_object_mut().expect("just made an object")
 }
 
 /// True when every field of `desired` is in `live` with the same value:
@@ -428,7 +333,7 @@ pub fn classify(desired: &Desired, live: Option<&Value>, known_absent: bool) -> 
     Some(match live {
         None if known_absent => Change::Create,
         None => return None,
-        Some(l) if crate::render::is_ignored(l) => Change::Ignored,
+        Some(l) if crate::model::marks::is_ignored(l) => Change::Ignored,
         Some(l) if is_unchanged(&desired.id, &desired.object.value(), l) => Change::Unchanged,
         Some(_) => Change::Update,
     })
@@ -447,9 +352,6 @@ pub enum Change {
         reason: String,
     },
 }
-
-/// The inventory: what the last successful sync applied, by object ref.
-pub type Inventory = BTreeSet<ObjectRef>;
 
 /// What the prune decision needs to know about one sync. Plain data, so
 /// every guard is tested without a cluster.
@@ -574,15 +476,6 @@ pub fn holders<'a>(live: &'a [Value], sync_set: &str, owner: &str) -> Vec<&'a Va
         .collect()
 }
 
-/// Whether a live object carries this instance's marks (or, applied by an
-/// earlier tidegate, this sync set's without an owner).
-pub fn is_marked_for(live: &Value, sync_set: &str, owner: &str) -> bool {
-    let meta = &live["metadata"];
-    meta["labels"][MANAGED_BY_LABEL].as_str() == Some(MANAGED_BY_VALUE)
-        && meta["annotations"][SYNC_SET_ANNOTATION].as_str() == Some(sync_set)
-        && live_owner(live).is_none_or(|o| o == owner)
-}
-
 /// Why a live object must not be pruned even though Git no longer has it:
 /// `None` if it may be deleted.
 pub fn prune_refusal(live: &Value, sync_set: &str, owner: &str) -> Option<&'static str> {
@@ -599,7 +492,7 @@ pub fn prune_refusal(live: &Value, sync_set: &str, owner: &str) -> Option<&'stat
     if meta["annotations"][PRUNE_ANNOTATION].as_str() == Some("disabled") {
         return Some("it is annotated tidegate.dev/prune: disabled");
     }
-    if crate::render::is_prune_protected(live) {
+    if is_prune_protected(live) {
         return Some("it is annotated to be ignored (or sync_only)");
     }
     None
@@ -607,6 +500,7 @@ pub fn prune_refusal(live: &Value, sync_set: &str, owner: &str) -> Option<&'stat
 
 #[cfg(test)]
 mod tests {
+    use crate::model::marks::*;
     use serde_json::json;
 
     use super::*;
@@ -773,27 +667,6 @@ mod tests {
     }
 
     #[test]
-    fn the_sync_set_label_is_set_only_when_the_name_is_a_label_value() {
-        assert_eq!(
-            selector("prod"),
-            "app.kubernetes.io/managed-by=tidegate,tidegate.dev/sync-set=prod"
-        );
-        let long = "a".repeat(64);
-        for name in [long.as_str(), "-prod", "prod.", "a:b", ""] {
-            assert_eq!(
-                selector(name),
-                "app.kubernetes.io/managed-by=tidegate",
-                "{name}"
-            );
-            let mut object = json!({"metadata": {"name": "c"}});
-            mark(&mut object, name, "abc");
-            assert!(object["metadata"]["labels"].get(SYNC_SET_LABEL).is_none());
-            assert_eq!(object["metadata"]["annotations"][SYNC_SET_ANNOTATION], name);
-        }
-        assert_eq!(set_label("team-a_1.prod"), Some("team-a_1.prod"));
-    }
-
-    #[test]
     fn an_object_marked_when_rendered_is_shared_unless_its_namespace_changes() {
         let mut object = json!({"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": "c", "namespace": "ns"}});
@@ -895,7 +768,7 @@ mod tests {
     fn mk_desired(id: ObjectRef, object: Value) -> Desired {
         Desired {
             stage: Stage::of(&id, id.namespace.is_some()),
-            checksum: crate::render::checksum(&object),
+            checksum: crate::model::checksum::checksum(&object),
             origin: Origin {
                 file: "f.yaml".into(),
                 index: 0,

@@ -9,9 +9,10 @@ use std::time::Duration;
 use anyhow::Context;
 
 use super::{EXIT_FAILED, init_logging};
-use crate::cluster::state::{Outcome, StateRef};
+use crate::cluster::state::StateRef;
 use crate::cluster::{Cluster, Connection};
 use crate::daemon::{self, access::AccessConfig};
+use crate::model::record::Outcome;
 use crate::render;
 use crate::source::GitSource;
 use crate::sync::{GarbageCollection, Progress, Settings, SyncReport};
@@ -145,7 +146,7 @@ impl SyncArgs {
 
     pub fn settings(&self, namespace: String) -> Settings {
         let mut render = self.render_options();
-        render.sync_set = Some(crate::plan::owner(&namespace, &self.sync_set_name));
+        render.sync_set = Some(crate::model::marks::owner(&namespace, &self.sync_set_name));
         Settings {
             render,
             default_namespace: self.k8s_default_namespace.clone(),
@@ -291,7 +292,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 fn default_cache_dir(url: &str, branch: &str) -> PathBuf {
-    let key = render::checksum(&serde_json::json!([url, branch]));
+    let key = crate::model::checksum::checksum(&serde_json::json!([url, branch]));
     std::env::temp_dir().join(format!("tidegate-git-{}", &key[..12]))
 }
 

@@ -11,7 +11,6 @@ use serde::Serialize;
 
 use super::daemon::SyncArgs;
 use super::{EXIT_ERROR, EXIT_FAILED, Format};
-use crate::cluster::apply::reason;
 use crate::cluster::{Cluster, Connection};
 use crate::plan::{self, Change, Seen};
 use crate::render;
@@ -89,7 +88,10 @@ pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode>
         .read_inventory(&settings.state)
         .await
         .unwrap_or_else(|e| {
-            eprintln!("warning: {}; pruning not shown", crate::error_chain(&e));
+            eprintln!(
+                "warning: {}; pruning not shown",
+                crate::model::error_chain(&e)
+            );
             Default::default()
         });
     let plan = sync::plan(&cluster, &set, &settings, &inventory).await;
@@ -142,7 +144,7 @@ pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode>
                             plan::object_diff(&d.id, None, &d.object.value()),
                         )
                     }
-                    Err(e) => (Change::Invalid { reason: reason(&e) }, None),
+                    Err(e) => (Change::Invalid { reason: e.reason() }, None),
                 }
             }
             other => (other.clone(), None),
@@ -264,7 +266,7 @@ async fn release_entries(
         ) else {
             continue;
         };
-        let mut id = crate::object::ObjectRef::new(api_version, kind, None, name);
+        let mut id = crate::model::ObjectRef::new(api_version, kind, None, name);
         let resolved = match cluster.resolve(&id).await {
             Ok(r) => r,
             Err(_) => {
@@ -299,7 +301,7 @@ async fn release_entries(
                 entries.push(Entry {
                     object: id.to_string(),
                     origin: Some(origin.clone()),
-                    change: Change::Invalid { reason: reason(&e) },
+                    change: Change::Invalid { reason: e.reason() },
                     diff: None,
                 });
                 continue;

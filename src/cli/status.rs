@@ -7,9 +7,10 @@ use anyhow::Context;
 use super::{EXIT_ERROR, EXIT_FAILED, Format};
 use std::collections::BTreeMap;
 
-use crate::cluster::state::{Outcome, StateRef, SyncStatus};
+use crate::cluster::state::StateRef;
 use crate::cluster::{Cluster, Connection};
 use crate::health::Status;
+use crate::model::record::{Outcome, SyncStatus};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

@@ -12,10 +12,11 @@ use tokio::time::Instant;
 use super::daemon::parse_duration;
 use super::{EXIT_ERROR, EXIT_FAILED};
 use crate::cluster::live::Live;
-use crate::cluster::state::{Outcome, StateRef};
+use crate::cluster::state::StateRef;
 use crate::cluster::{Cluster, Connection};
 use crate::daemon::requests::{self, PROGRESS_PREFIX, REVISION_PREFIX};
 use crate::health::Status;
+use crate::model::record::Outcome;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -136,7 +137,7 @@ pub async fn follow_inventory(
             }
             Err(e) => eprintln!(
                 "warning: {id}: health not followed: {}",
-                crate::error_chain(&e)
+                crate::model::error_chain(&e)
             ),
         }
     }

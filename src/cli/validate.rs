@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use super::EXIT_FAILED;
 use super::daemon::LimitArgs;
-use crate::object::ObjectRef;
+use crate::model::ObjectRef;
 use crate::{helm, render};
 
 #[derive(Debug, clap::Args)]

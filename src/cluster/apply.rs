@@ -5,17 +5,21 @@ use std::time::Duration;
 
 use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams, PropagationPolicy};
 
+use super::fence::WriteError;
 use super::{Cluster, FIELD_MANAGER, Resolved};
-use crate::object::ObjectRef;
+use crate::model::ObjectRef;
+
+/// How long a recreate waits for the old object to be gone.
+const RECREATE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// True for the API server's refusal of a change to an immutable field. The
 /// wording differs by kind: "field is immutable" (Deployment selector, Job
 /// template), "may not change once set" (Service clusterIP), "updates to
 /// statefulset spec for fields other than … are forbidden", "pod updates
 /// may not change fields other than …".
-pub fn is_immutable_error(e: &kube::Error) -> bool {
-    match e {
-        kube::Error::Api(status) => {
+pub fn is_immutable_error(e: &WriteError) -> bool {
+    match e.api() {
+        Some(kube::Error::Api(status)) => {
             let m = &status.message;
             status.code == 422
                 && (m.contains("immutable")
@@ -31,8 +35,28 @@ pub fn is_immutable_error(e: &kube::Error) -> bool {
 pub fn reason(e: &kube::Error) -> String {
     match e {
         kube::Error::Api(status) => status.message.clone(),
-        other => crate::error_chain(other),
+        other => crate::model::error_chain(other),
     }
+}
+
+impl WriteError {
+    /// The API server's own words, or why nothing was sent.
+    pub fn reason(&self) -> String {
+        match self {
+            WriteError::Api(e) => reason(e),
+            WriteError::NotLeader(e) => e.to_string(),
+        }
+    }
+}
+
+/// What a delete request found.
+enum Deletion {
+    Absent,
+    Deleted,
+    /// Still there (finalizers, foreground deletion of dependents).
+    Deleting {
+        uid: String,
+    },
 }
 
 impl Cluster {
@@ -44,7 +68,7 @@ impl Cluster {
         object: &(impl serde::Serialize + std::fmt::Debug + Sync),
         force: bool,
         dry_run: bool,
-    ) -> Result<DynamicObject, kube::Error> {
+    ) -> Result<DynamicObject, WriteError> {
         let api = self.api(resolved, id.namespace.as_deref());
         let mut params = PatchParams::apply(FIELD_MANAGER);
         params.force = force;
@@ -53,13 +77,15 @@ impl Cluster {
             self.fenced()?;
             self.count_write();
         }
-        api.patch(&id.name, &params, &Patch::Apply(object)).await
+        Ok(api.patch(&id.name, &params, &Patch::Apply(object)).await?)
     }
 
     /// Deletes an object (dependents in the background); `Ok(false)` if it was gone.
-    pub async fn delete(&self, resolved: &Resolved, id: &ObjectRef) -> Result<bool, kube::Error> {
-        self.delete_with(resolved, id, PropagationPolicy::Background)
-            .await
+    pub async fn delete(&self, resolved: &Resolved, id: &ObjectRef) -> Result<bool, WriteError> {
+        let deletion = self
+            .delete_with(resolved, id, PropagationPolicy::Background)
+            .await?;
+        Ok(!matches!(deletion, Deletion::Absent))
     }
 
     async fn delete_with(
@@ -67,7 +93,7 @@ impl Cluster {
         resolved: &Resolved,
         id: &ObjectRef,
         propagation: PropagationPolicy,
-    ) -> Result<bool, kube::Error> {
+    ) -> Result<Deletion, WriteError> {
         let api = self.api(resolved, id.namespace.as_deref());
         let params = DeleteParams {
             propagation_policy: Some(propagation),
@@ -76,9 +102,13 @@ impl Cluster {
         self.fenced()?;
         self.count_write();
         match api.delete(&id.name, &params).await {
-            Ok(_) => Ok(true),
-            Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
-            Err(e) => Err(e),
+            // The object while it is still being deleted, or a Status once gone.
+            Ok(answer) => Ok(match answer.left().and_then(|o| o.metadata.uid) {
+                Some(uid) => Deletion::Deleting { uid },
+                None => Deletion::Deleted,
+            }),
+            Err(kube::Error::Api(status)) if status.code == 404 => Ok(Deletion::Absent),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -89,13 +119,16 @@ impl Cluster {
         id: &ObjectRef,
         object: &(impl serde::Serialize + std::fmt::Debug + Sync),
         force: bool,
-    ) -> Result<DynamicObject, kube::Error> {
-        self.delete_with(resolved, id, PropagationPolicy::Foreground)
+    ) -> Result<DynamicObject, WriteError> {
+        use kube::runtime::wait::{await_condition, conditions};
+        let deletion = self
+            .delete_with(resolved, id, PropagationPolicy::Foreground)
             .await?;
-        let api = self.api(resolved, id.namespace.as_deref());
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-        while api.get_opt(&id.name).await?.is_some() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        if let Deletion::Deleting { uid } = deletion {
+            let api = self.api(resolved, id.namespace.as_deref());
+            let gone = await_condition(api, &id.name, conditions::is_deleted(&uid));
+            // Past the timeout the apply tells what still holds it.
+            let _ = tokio::time::timeout(RECREATE_TIMEOUT, gone).await;
         }
         self.apply(resolved, id, object, force, false).await
     }

@@ -21,7 +21,7 @@ use serde_json::Value;
 
 use super::{FIELD_MANAGER, Resolved};
 use crate::health::{self, Health, Status};
-use crate::object::{Json, ObjectRef};
+use crate::model::{Json, ObjectRef};
 
 /// More reverts of one object than this within [`FIGHT_WINDOW`] is a fight
 /// with another controller: self-heal pauses for that object.
@@ -165,7 +165,7 @@ impl Live {
     ) -> Arc<Self> {
         Arc::new(Live {
             client,
-            selector: crate::plan::selector(sync_set),
+            selector: crate::model::marks::selector(sync_set),
             namespaces,
             state: Mutex::default(),
             on_drift,
@@ -200,7 +200,7 @@ impl Live {
             .get(id)
             .and_then(|e| e.object.as_ref())
             .map(Json::value);
-        let whole = crate::helm::release::is_helm_release_kind(&resource.group, &resource.kind)
+        let whole = crate::model::marks::is_helm_release_kind(&resource.group, &resource.kind)
             .then(|| {
                 let mut whole = object.clone();
                 if let Some(meta) = whole["metadata"].as_object_mut() {
@@ -214,11 +214,11 @@ impl Live {
                 .unwrap_or_default()
                 .to_string(),
             in_sync: expected.map(|e| crate::plan::is_unchanged(id, &e, object)),
-            ignored: crate::render::is_ignored(object),
+            ignored: crate::model::marks::is_ignored(object),
             health: health::of(&resource.group, &resource.kind, object),
             changed_by: other_manager(object),
             whole,
-            owner: crate::plan::live_owner(object).map(str::to_string),
+            owner: crate::model::marks::live_owner(object).map(str::to_string),
         }
     }
 
@@ -537,7 +537,7 @@ impl Live {
     }
 
     /// Stops expecting what is no longer managed.
-    pub fn keep_only(&self, managed: &crate::plan::Inventory) {
+    pub fn keep_only(&self, managed: &crate::model::Inventory) {
         let mut state = self.state.lock().expect("live state");
         state.expected.retain(|id, _| managed.contains(id));
         state.heals.retain(|id, _| managed.contains(id));

@@ -2,6 +2,7 @@
 //! cache (kind → resource and scope) and server-side apply out.
 
 pub mod apply;
+pub mod fence;
 pub mod live;
 pub mod state;
 
@@ -17,7 +18,8 @@ use kube::core::GroupVersionKind;
 use kube::discovery::{ApiResource, Scope};
 use serde_json::Value;
 
-use crate::object::ObjectRef;
+use crate::model::ObjectRef;
+use fence::NotLeader;
 
 pub const FIELD_MANAGER: &str = "tidegate";
 
@@ -180,7 +182,7 @@ pub struct Cluster {
     /// also clears the inline request.
     rebuilding: std::sync::atomic::AtomicBool,
     /// With leader election: writes only while this daemon holds the Lease.
-    fence: Option<std::sync::Arc<crate::daemon::lease::Fence>>,
+    fence: Option<std::sync::Arc<fence::Fence>>,
     /// In a running daemon: the live state from watches.
     live: Option<std::sync::Arc<live::Live>>,
 }
@@ -201,7 +203,7 @@ impl Cluster {
     }
 
     /// Writes from now on only while `fence` holds.
-    pub fn with_fence(mut self, fence: std::sync::Arc<crate::daemon::lease::Fence>) -> Self {
+    pub fn with_fence(mut self, fence: std::sync::Arc<fence::Fence>) -> Self {
         self.fence = Some(fence);
         self
     }
@@ -229,11 +231,9 @@ impl Cluster {
 
     /// An error instead of a write when this daemon no longer surely holds
     /// the Lease: another may be the leader now.
-    pub fn fenced(&self) -> Result<(), kube::Error> {
+    pub fn fenced(&self) -> Result<(), NotLeader> {
         match &self.fence {
-            Some(fence) if !fence.holds() => Err(kube::Error::Service(
-                "not written: this daemon no longer holds the leader Lease".into(),
-            )),
+            Some(fence) if !fence.holds() => Err(NotLeader),
             _ => Ok(()),
         }
     }
@@ -258,7 +258,7 @@ impl Cluster {
         namespaces: &[String],
         sync_set: &str,
     ) -> Result<Vec<Value>, kube::Error> {
-        let selector = crate::plan::selector(sync_set);
+        let selector = crate::model::marks::selector(sync_set);
         match self.list_json(&resolved.resource, None, &selector).await {
             Err(kube::Error::Api(status)) if status.code == 403 && resolved.namespaced() => {
                 let mut items = Vec::new();
@@ -316,8 +316,7 @@ impl Cluster {
             {
                 if let Some(object) = item.as_object_mut() {
                     // A HelmRelease's status is tidegate's own record of it.
-                    if !crate::helm::release::is_helm_release_kind(&resource.group, &resource.kind)
-                    {
+                    if !crate::model::marks::is_helm_release_kind(&resource.group, &resource.kind) {
                         object.remove("status");
                     }
                     object.insert("apiVersion".into(), resource.api_version.clone().into());
@@ -465,12 +464,12 @@ impl Cluster {
         sync_set: &str,
         owner: &str,
         allow_namespaces: &[String],
-    ) -> Result<crate::plan::Inventory, kube::Error> {
+    ) -> Result<crate::model::Inventory, kube::Error> {
         let discovery = kube::discovery::Discovery::new(self.client.clone())
             .run()
             .await?;
-        let selector = crate::plan::selector(sync_set);
-        let mut found = crate::plan::Inventory::new();
+        let selector = crate::model::marks::selector(sync_set);
+        let mut found = crate::model::Inventory::new();
         for group in discovery.groups() {
             // The preferred version only: the same objects are served under each.
             for (resource, capabilities) in group.recommended_resources() {
@@ -499,8 +498,8 @@ impl Cluster {
                         let value = serde_json::to_value(&object).expect("objects serialize");
                         // Only what this instance recorded itself: an object
                         // without an owner may be another instance's.
-                        if !crate::plan::is_marked_for(&value, sync_set, owner)
-                            || crate::plan::live_owner(&value) != Some(owner)
+                        if !crate::model::marks::is_marked_for(&value, sync_set, owner)
+                            || crate::model::marks::live_owner(&value) != Some(owner)
                         {
                             continue;
                         }
@@ -546,7 +545,7 @@ impl Cluster {
                     kube::Error::Api(status) => {
                         format!("the API server answered {} {}", status.code, status.message)
                     }
-                    other => crate::error_chain(&other),
+                    other => crate::model::error_chain(&other),
                 };
                 Error::Discovery {
                     api_version,

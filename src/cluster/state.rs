@@ -9,11 +9,13 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::Cluster;
-use crate::object::ObjectRef;
-use crate::plan::Inventory;
+use super::fence::WriteError;
+use crate::model::inventory::{self, Inventory, split_shards};
+use crate::model::marks::own_metadata;
+use crate::model::record::{Outcome, SyncStatus};
 
 const INVENTORY_KEY: &str = "inventory";
 /// `<generation>/<count>` when the inventory is kept in shard ConfigMaps.
@@ -26,20 +28,6 @@ const SHARD_LABEL: &str = "tidegate.dev/inventory-of";
 /// to shards of this size, so any repository fits the 1 MiB object limit.
 pub const SHARD_BYTES: usize = 512 * 1024;
 
-/// Splits text into pieces of at most `size` bytes, at character boundaries.
-pub fn split_shards(text: &str, size: usize) -> Vec<&str> {
-    let mut pieces = Vec::new();
-    let mut rest = text;
-    while !rest.is_empty() {
-        let mut end = rest.len().min(size);
-        while !rest.is_char_boundary(end) {
-            end -= 1;
-        }
-        pieces.push(&rest[..end]);
-        rest = &rest[end..];
-    }
-    pieces
-}
 const STATUS_KEY: &str = "status";
 /// The instance's key for Secrets' checksums (base64), written once by a
 /// field manager of its own so that the record never removes it.
@@ -59,7 +47,7 @@ pub enum Error {
         namespace: String,
         name: String,
         #[source]
-        source: kube::Error,
+        source: WriteError,
     },
     #[error("the sync state {namespace}/{name} asks for its inventory to be rebuilt")]
     Rebuild { namespace: String, name: String },
@@ -83,7 +71,7 @@ pub struct StateRef {
 impl StateRef {
     /// This instance, as its objects record it (`tidegate.dev/owner`).
     pub fn owner(&self) -> String {
-        crate::plan::owner(&self.namespace, &self.sync_set)
+        crate::model::marks::owner(&self.namespace, &self.sync_set)
     }
 
     pub fn name(&self) -> String {
@@ -91,153 +79,8 @@ impl StateRef {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Outcome {
-    Succeeded,
-    Failed,
-    Interrupted,
-}
-
-impl Outcome {
-    /// The word users read: `succeeded`, `failed`, `interrupted`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Succeeded => "succeeded",
-            Outcome::Failed => "failed",
-            Outcome::Interrupted => "interrupted",
-        }
-    }
-}
-
-impl std::fmt::Display for Outcome {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// One object that could not be applied or pruned.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ObjectError {
-    /// Empty when the problem is a file's, before any object was read.
-    pub object: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub origin: Option<String>,
-    pub reason: String,
-}
-
-/// `file (document n): object: reason`, as the CLI prints failures.
-impl std::fmt::Display for ObjectError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if let Some(origin) = &self.origin {
-            write!(f, "{origin}: ")?;
-        }
-        if !self.object.is_empty() {
-            write!(f, "{}: ", self.object)?;
-        }
-        f.write_str(&self.reason)
-    }
-}
-
-/// The record of one sync.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SyncStatus {
-    #[serde(default)]
-    pub revision: Option<String>,
-    pub started: String,
-    pub finished: String,
-    pub result: Outcome,
-    /// Why the whole sync failed (fetch or render), if it did.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-    /// Objects per action: created, configured, unchanged, recreated, pruned, failed, ignored.
-    pub counts: BTreeMap<String, usize>,
-    /// The first errors in full (at most [`crate::sync::MAX_RECORDED_ERRORS`]).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub errors: Vec<ObjectError>,
-    /// All errors, including those not recorded in full.
-    #[serde(default)]
-    pub errors_total: usize,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub warnings: Vec<String>,
-    /// Write requests sent for managed objects (applies, deletes).
-    #[serde(default)]
-    pub writes: usize,
-    /// `tidegate sync` requests this sync answered.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub requests: Vec<String>,
-    /// What the sync did with each Helm release.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub releases: Vec<crate::helm::ReleaseStatus>,
-}
-
-impl SyncStatus {
-    /// The counts that are not zero: `3 created, 1 pruned`.
-    pub fn summary(&self) -> String {
-        let counts: Vec<String> = self
-            .counts
-            .iter()
-            .filter(|(_, n)| **n > 0)
-            .map(|(k, n)| format!("{n} {k}"))
-            .collect();
-        counts.join(", ")
-    }
-}
-
-/// Metadata for the objects tidegate keeps for itself (state, deploy key).
-pub fn own_metadata(name: String, namespace: String) -> ObjectMeta {
-    ObjectMeta {
-        name: Some(name),
-        namespace: Some(namespace),
-        labels: Some(
-            [(
-                "app.kubernetes.io/part-of".to_string(),
-                "tidegate".to_string(),
-            )]
-            .into(),
-        ),
-        ..ObjectMeta::default()
-    }
-}
-
 pub fn now() -> String {
     Timestamp::now().to_string()
-}
-
-/// Inventory as stored: `apiVersion` → `Kind` → `namespace` ("" when
-/// cluster-scoped) → names. Grouped, so 10,000 objects stay far below the
-/// ConfigMap size limit.
-type StoredInventory = BTreeMap<String, BTreeMap<String, BTreeMap<String, Vec<String>>>>;
-
-pub fn encode_inventory(inventory: &Inventory) -> String {
-    let mut stored: StoredInventory = BTreeMap::new();
-    for id in inventory {
-        stored
-            .entry(id.api_version())
-            .or_default()
-            .entry(id.kind.clone())
-            .or_default()
-            .entry(id.namespace.clone().unwrap_or_default())
-            .or_default()
-            .push(id.name.clone());
-    }
-    serde_json::to_string(&stored).expect("inventory serializes")
-}
-
-pub fn decode_inventory(text: &str) -> Result<Inventory, serde_json::Error> {
-    let stored: StoredInventory = serde_json::from_str(text)?;
-    let mut inventory = Inventory::new();
-    for (api_version, kinds) in stored {
-        for (kind, namespaces) in kinds {
-            for (ns, names) in namespaces {
-                let ns = (!ns.is_empty()).then_some(ns.as_str());
-                for name in names {
-                    inventory.insert(ObjectRef::new(&api_version, &kind, ns, &name));
-                }
-            }
-        }
-    }
-    Ok(inventory)
 }
 
 fn shard_name(state: &StateRef, generation: &str, index: usize) -> String {
@@ -290,7 +133,7 @@ impl Cluster {
         let shards = map.data.as_ref().and_then(|d| d.get(SHARDS_KEY)).cloned();
         let Some(shards) = shards else {
             return Ok(
-                Self::decode(state, &map, INVENTORY_KEY, decode_inventory)?.unwrap_or_default()
+                Self::decode(state, &map, INVENTORY_KEY, inventory::decode)?.unwrap_or_default()
             );
         };
         let corrupt = |source| Error::Corrupt {
@@ -322,13 +165,13 @@ impl Cluster {
             text.push_str(&piece);
         }
         *self.shard_generation.lock().expect("shards") = Some(generation);
-        decode_inventory(&text).map_err(corrupt)
+        inventory::decode(&text).map_err(corrupt)
     }
 
     /// Writes the inventory's shards when it is too large to keep inline;
     /// returns the `inventory-shards` value naming them.
     async fn write_shards(&self, state: &StateRef, text: &str) -> Result<String, kube::Error> {
-        let generation = crate::render::sha256_hex(text.as_bytes())[..12].to_string();
+        let generation = crate::model::checksum::sha256_hex(text.as_bytes())[..12].to_string();
         let api = Api::<ConfigMap>::namespaced(self.client.clone(), &state.namespace);
         let pieces = split_shards(text, SHARD_BYTES);
         for (i, piece) in pieces.iter().enumerate() {
@@ -438,24 +281,24 @@ impl Cluster {
         status: &SyncStatus,
         inventory: Option<&Inventory>,
     ) -> Result<(), Error> {
-        self.fenced().map_err(|source| Error::Write {
+        self.fenced().map_err(|e| Error::Write {
             namespace: state.namespace.clone(),
             name: state.name(),
-            source,
+            source: e.into(),
         })?;
         let mut data = BTreeMap::new();
         data.insert(
             STATUS_KEY.to_string(),
             serde_json::to_string(status).expect("status serializes"),
         );
-        let write_err = |source| Error::Write {
+        let write_err = |source: kube::Error| Error::Write {
             namespace: state.namespace.clone(),
             name: state.name(),
-            source,
+            source: source.into(),
         };
         let mut generation = None;
         if let Some(inventory) = inventory {
-            let text = encode_inventory(inventory);
+            let text = inventory::encode(inventory);
             if text.len() <= SHARD_BYTES {
                 data.insert(INVENTORY_KEY.to_string(), text);
             } else {
@@ -524,7 +367,13 @@ impl Cluster {
             }
             *self.shard_generation.lock().expect("shards") = generation;
         }
-        self.emit_event(state, status).await.map_err(write_err)
+        self.emit_event(state, status)
+            .await
+            .map_err(|source| Error::Write {
+                namespace: state.namespace.clone(),
+                name: state.name(),
+                source,
+            })
     }
 
     /// An Event on the state ConfigMap for one sync: Normal when it
@@ -533,7 +382,7 @@ impl Cluster {
         &self,
         state: &StateRef,
         status: &SyncStatus,
-    ) -> Result<(), kube::Error> {
+    ) -> Result<(), WriteError> {
         self.fenced()?;
         let (kind, reason) = match status.result {
             Outcome::Succeeded => ("Normal", "SyncSucceeded"),
@@ -603,33 +452,5 @@ impl Cluster {
             .name
             .map(|name| (name, reason.to_string(), message, 1));
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn inventory_round_trips() {
-        let inventory: Inventory = [
-            ObjectRef::new("v1", "Namespace", None, "shop"),
-            ObjectRef::new("v1", "ConfigMap", Some("shop"), "a"),
-            ObjectRef::new("v1", "ConfigMap", Some("shop"), "b"),
-            ObjectRef::new("apps/v1", "Deployment", Some("shop"), "web"),
-        ]
-        .into();
-        let text = encode_inventory(&inventory);
-        assert_eq!(decode_inventory(&text).unwrap(), inventory);
-        assert!(text.contains(r#""ConfigMap":{"shop":["a","b"]}"#), "{text}");
-    }
-
-    #[test]
-    fn shards_split_at_character_boundaries() {
-        let text = "aé".repeat(10);
-        let pieces = split_shards(&text, 4);
-        assert!(pieces.iter().all(|p| p.len() <= 4 && !p.is_empty()));
-        assert_eq!(pieces.concat(), text);
-        assert!(split_shards("", 4).is_empty());
     }
 }

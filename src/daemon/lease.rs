@@ -5,7 +5,6 @@
 //! that the Lease was renewed recently enough that nobody else can hold it
 //! (a paused leader that lost it writes nothing when it resumes).
 
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
@@ -14,35 +13,14 @@ use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::api::{ObjectMeta, PostParams};
 
+use crate::cluster::fence::Fence;
+
 /// How long a Lease holds without renewal.
 pub const DURATION: Duration = Duration::from_secs(10);
 /// How often the holder renews it, and a standby tries it.
 pub const RENEW: Duration = Duration::from_secs(2);
 /// Writes stop this long before the Lease could expire, for clock rates.
 const MARGIN: Duration = Duration::from_secs(2);
-
-/// Whether this process may write: until when its Lease surely holds.
-#[derive(Debug, Default)]
-pub struct Fence {
-    valid_until: Mutex<Option<Instant>>,
-}
-
-impl Fence {
-    pub fn holds(&self) -> bool {
-        self.valid_until
-            .lock()
-            .expect("fence")
-            .is_some_and(|until| Instant::now() < until)
-    }
-
-    fn renewed(&self, at: Instant) {
-        *self.valid_until.lock().expect("fence") = Some(at + DURATION - MARGIN);
-    }
-
-    fn lost(&self) {
-        *self.valid_until.lock().expect("fence") = None;
-    }
-}
 
 /// The Lease of one sync set and who this daemon is.
 pub struct Elector {
@@ -74,7 +52,7 @@ impl Elector {
             };
             return match self.api.create(&PostParams::default(), &lease).await {
                 Ok(_) => {
-                    fence.renewed(asked);
+                    fence.renewed(asked, DURATION - MARGIN);
                     Ok(true)
                 }
                 Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
@@ -105,7 +83,7 @@ impl Elector {
             .await
         {
             Ok(_) => {
-                fence.renewed(asked);
+                fence.renewed(asked, DURATION - MARGIN);
                 Ok(true)
             }
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),

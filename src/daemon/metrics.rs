@@ -11,9 +11,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::cluster::state::{Outcome, SyncStatus};
 use crate::health::{Health, Status};
-use crate::object::ObjectRef;
+use crate::model::ObjectRef;
+use crate::model::record::{Outcome, SyncStatus};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {

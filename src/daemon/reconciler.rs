@@ -16,8 +16,9 @@ use super::http::{self, Shared};
 use super::metrics::Metrics;
 use super::{Triggers, lease, requests, watch};
 use crate::cluster::Cluster;
+use crate::cluster::fence::Fence;
 use crate::cluster::live::Live;
-use crate::cluster::state::Outcome;
+use crate::model::record::Outcome;
 use crate::source::GitSource;
 use crate::sync::{self, OnProgress, Settings, SyncReport};
 
@@ -139,7 +140,7 @@ pub async fn run(
     }
     let leadership = Arc::new(tokio::sync::Notify::new());
     let fence = config.leader_elect.then(|| {
-        let fence = Arc::new(lease::Fence::default());
+        let fence = Arc::new(Fence::default());
         let elector = lease::Elector {
             api: kube::Api::namespaced(client.clone(), &namespace),
             name: format!("{}-leader", config.settings.state.sync_set),
@@ -157,7 +158,7 @@ pub async fn run(
         let healer = triggers.clone();
         let on_drift: Option<crate::cluster::live::OnDrift> = config
             .self_heal
-            .then(|| Box::new(move |_: &crate::object::ObjectRef| healer.heal_now()) as _);
+            .then(|| Box::new(move |_: &crate::model::ObjectRef| healer.heal_now()) as _);
         Live::new(
             client.clone(),
             &config.settings.sync_set,
@@ -232,7 +233,7 @@ pub async fn run(
     // The repository's proxy settings, once a sync has read them: for the
     // next fetches and charts, unless --git-proxy or the environment say
     // otherwise.
-    let mut repo_proxy: Option<crate::render::proxy::ProxySettings> = None;
+    let mut repo_proxy: Option<crate::model::proxy::ProxySettings> = None;
     let mut last_fetch: Option<Instant> = None;
     let mut last_snapshot: Option<crate::source::Snapshot> = None;
     let mut failures = 0u32;
@@ -313,7 +314,7 @@ pub async fn run(
             let mut settings = config.settings.clone();
             if let Some(helm) = &mut settings.helm {
                 helm.git = Some(source.clone());
-                if helm.helm.proxy.is_none() && !crate::render::proxy::in_environment() {
+                if helm.helm.proxy.is_none() && !crate::model::proxy::in_environment() {
                     helm.helm.proxy = repo_proxy.as_ref().and_then(|p| p.https_proxy.clone());
                 }
             }
@@ -424,7 +425,7 @@ async fn fetch_source(
     client: &kube::Client,
     namespace: &str,
     source: &mut GitSource,
-    repo_proxy: &Option<crate::render::proxy::ProxySettings>,
+    repo_proxy: &Option<crate::model::proxy::ProxySettings>,
     metrics: &Metrics,
     shared: Option<&Arc<Shared>>,
 ) -> Result<crate::source::Snapshot, crate::source::Error> {
@@ -438,7 +439,7 @@ async fn fetch_source(
             metrics.fetched();
             sync::fetch(source).await
         }
-        Err(e) => Err(crate::source::Error::Access(crate::error_chain(&e))),
+        Err(e) => Err(crate::source::Error::Access(crate::model::error_chain(&e))),
     }
 }
 
@@ -465,7 +466,7 @@ fn report_progress(
     config: &Config,
     ids: Vec<String>,
     done: Arc<std::sync::atomic::AtomicUsize>,
-    fence: Option<Arc<lease::Fence>>,
+    fence: Option<Arc<Fence>>,
 ) -> tokio::task::JoinHandle<()> {
     let state = config.settings.state.clone();
     tokio::spawn(async move {

@@ -10,7 +10,7 @@
 use serde_json::Value;
 
 use super::release::{ReleaseSpec, ValuesSource};
-use crate::object::ObjectRef;
+use crate::model::ObjectRef;
 use crate::plan::namespace_refusal;
 
 /// Why the release may not run under the allow-list, naming the field.

@@ -83,7 +83,7 @@ pub struct UpgradeArgs<'a> {
     pub reset_values: bool,
     pub labels: &'a [(String, String)],
     /// Proxy settings for the post-renderer to inject into workloads.
-    pub proxy: Option<&'a crate::render::proxy::ProxySettings>,
+    pub proxy: Option<&'a crate::model::proxy::ProxySettings>,
     /// Under the allow-list: what the post-renderer lets helm install.
     pub allowed: Option<Allowed<'a>>,
 }
@@ -258,7 +258,7 @@ impl Helm {
     fn post_render_args(
         &self,
         release: &str,
-        proxy: Option<&crate::render::proxy::ProxySettings>,
+        proxy: Option<&crate::model::proxy::ProxySettings>,
         allowed: Option<(Allowed<'_>, &str)>,
     ) -> Vec<String> {
         let Some(binary) = &self.post_renderer else {
@@ -435,7 +435,7 @@ impl Helm {
         chart: &Path,
         values_file: &Path,
         skip_crds: bool,
-        proxy: Option<&crate::render::proxy::ProxySettings>,
+        proxy: Option<&crate::model::proxy::ProxySettings>,
     ) -> Result<String, Error> {
         let chart = chart.to_string_lossy();
         let values = values_file.to_string_lossy();
@@ -499,7 +499,7 @@ impl Helm {
         };
         let alias = format!(
             "tidegate-{}",
-            &crate::render::sha256_hex(repository.as_bytes())[..12]
+            &crate::model::checksum::sha256_hex(repository.as_bytes())[..12]
         );
         let mut add = self.command(&[
             "repo",

@@ -10,7 +10,8 @@ use serde_json::Value;
 
 use super::binary::Helm;
 use super::release::ChartSource;
-use crate::render::{ParseLimits, sha256_hex};
+use crate::model::checksum::sha256_hex;
+use crate::render::ParseLimits;
 use crate::source::{GitSource, remote};
 
 /// Most bytes a chart directory may hold (all files together).
@@ -65,7 +66,7 @@ pub struct Sources {
     /// proxy variables apply.
     pub proxy: Option<String>,
     /// The repository's proxy settings, for the releases' workloads.
-    pub proxy_settings: Option<crate::render::proxy::ProxySettings>,
+    pub proxy_settings: Option<crate::model::proxy::ProxySettings>,
     /// Digests of chart directories read in this sync: releases of the same
     /// chart hash it once.
     pub digests: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<PathBuf, String>>>,

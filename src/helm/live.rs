@@ -12,7 +12,7 @@ pub(super) async fn decide_many(
     mut live: HashMap<ObjectRef, Option<Value>>,
 ) -> Vec<(Option<Operation>, storage::History)> {
     let mut operations = Vec::new();
-    let mut checks: Vec<(usize, Vec<(ObjectRef, crate::object::Json)>)> = Vec::new();
+    let mut checks: Vec<(usize, Vec<(ObjectRef, crate::model::Json)>)> = Vec::new();
     for (i, (spec, wanted, history)) in releases.iter().enumerate() {
         let retry = Retry {
             enabled: spec.rollback.retry,
@@ -59,7 +59,7 @@ pub(super) async fn decide_many(
 pub(super) fn deployed_objects(
     history: &storage::History,
     namespace: &str,
-) -> Result<Vec<(ObjectRef, crate::object::Json)>, String> {
+) -> Result<Vec<(ObjectRef, crate::model::Json)>, String> {
     let Some(deployed) = history.deployed() else {
         return Ok(Vec::new());
     };
@@ -83,7 +83,7 @@ pub(super) fn deployed_objects(
             ))
         })();
         if let Some(id) = id {
-            objects.push((id, crate::object::Json::new(&object)));
+            objects.push((id, crate::model::Json::new(&object)));
         }
     })
     .map_err(|e| format!("its deployed manifest cannot be read ({e})"))?;
@@ -170,7 +170,7 @@ pub(super) async fn live_objects(
 
 /// The first of a release's objects that is gone or differs live.
 pub(super) fn drift_of(
-    objects: &[(ObjectRef, crate::object::Json)],
+    objects: &[(ObjectRef, crate::model::Json)],
     live: &HashMap<ObjectRef, Option<Value>>,
 ) -> Option<String> {
     objects.iter().find_map(|(id, object)| match live.get(id)? {

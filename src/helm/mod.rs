@@ -29,11 +29,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::cluster::{Cluster, Resolved};
-use crate::object::ObjectRef;
+use crate::model::ObjectRef;
+use crate::model::record::{ReleaseAction, ReleaseStatus};
 use crate::render::{ParseLimits, manifest::parse_documents};
 use background::*;
 pub use background::{Background, OPERATION_WAIT};
@@ -66,73 +66,6 @@ pub struct Settings {
     pub values_url_allow: Vec<String>,
     /// In a running daemon: helm operations that may outlive their sync.
     pub background: Option<std::sync::Arc<Background>>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ReleaseAction {
-    Installed,
-    Upgraded,
-    Unchanged,
-    RolledBack,
-    Reinstalled,
-    Uninstalled,
-    Failed,
-    /// helm is still at work on it, past the sync that started it.
-    Running,
-}
-
-impl std::fmt::Display for ReleaseAction {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            ReleaseAction::Installed => "installed",
-            ReleaseAction::Upgraded => "upgraded",
-            ReleaseAction::Unchanged => "unchanged",
-            ReleaseAction::RolledBack => "rolled back",
-            ReleaseAction::Reinstalled => "reinstalled",
-            ReleaseAction::Uninstalled => "uninstalled",
-            ReleaseAction::Failed => "failed",
-            ReleaseAction::Running => "still running for",
-        })
-    }
-}
-
-/// What a sync did with one release, as recorded and printed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReleaseStatus {
-    /// The HelmRelease object.
-    pub object: String,
-    /// `namespace/name` of the Helm release.
-    pub release: String,
-    pub action: ReleaseAction,
-    /// Helm's revision after the sync, if the release exists.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub revision: Option<u32>,
-    /// Helm's status of that revision (`deployed`, `failed`, …).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-    /// Failed in a way only a change in Git can mend (the same chart and
-    /// values failed before, or Git's spec is refused): trying again
-    /// sooner helps nothing, so it is no reason to back off.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub waits_for_git: bool,
-}
-
-/// `installed release demo/demo-web revision 1 (helm.fluxcd.io/v1 HelmRelease demo/web)`.
-impl std::fmt::Display for ReleaseStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} release {}", self.action, self.release)?;
-        if let Some(r) = self.revision {
-            write!(f, " revision {r}")?;
-        }
-        write!(f, " ({})", self.object)?;
-        if let Some(m) = &self.message {
-            write!(f, ": {m}")?;
-        }
-        Ok(())
-    }
 }
 
 /// One HelmRelease to reconcile, as applied, and as the plan found it live.
@@ -362,7 +295,7 @@ pub async fn observe(cluster: &Cluster, releases: &[(String, String)]) -> Observ
 
 /// The digest of merged values: sha256 of their canonical JSON, cut to 32.
 pub fn values_digest(values: &Value) -> String {
-    crate::render::checksum(values)[..32].to_string()
+    crate::model::checksum::checksum(values)[..32].to_string()
 }
 
 struct Outcome {

@@ -121,7 +121,7 @@ pub(super) async fn prepare(
     };
     let chart = chart::prepare(located, &settings.helm, &settings.cache, work, credentials)
         .await
-        .map_err(|e| fail("ChartFetchFailed", crate::error_chain(&e)))?;
+        .map_err(|e| fail("ChartFetchFailed", crate::model::error_chain(&e)))?;
     let values_file = work.join("values.json");
     std::fs::write(
         &values_file,

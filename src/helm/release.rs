@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::object::ObjectRef;
+use crate::model::ObjectRef;
 
 pub const GROUP: &str = "helm.fluxcd.io";
 pub const KIND: &str = "HelmRelease";

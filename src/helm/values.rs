@@ -15,7 +15,7 @@ pub(super) async fn wanted(
         tokio::task::spawn_blocking(move || chart::locate(&source, &sources))
             .await
             .expect("chart task")
-            .map_err(|e| fail("ChartFetchFailed", crate::error_chain(&e)))?
+            .map_err(|e| fail("ChartFetchFailed", crate::model::error_chain(&e)))?
     };
     let chart_dir = match &located.kind {
         chart::Kind::Dir(d) => Some(d.clone()),

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::object::{Json, ObjectRef};
+use crate::model::{Json, ObjectRef};
 
 /// One object as parsed from Git.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,7 +64,7 @@ impl std::fmt::Display for Origin {
         write!(
             f,
             "{} (document {})",
-            crate::object::shown(&self.file),
+            crate::model::shown(&self.file),
             self.index
         )
     }
@@ -74,7 +74,7 @@ impl std::fmt::Display for Origin {
 pub enum ParseError {
     /// The reason never quotes the document: a Secret with a typo must not
     /// put its values in a log line or a status record.
-    #[error("{file_shown}: document {index} (line {line}, column {column}) is not valid YAML: {reason}", file_shown = crate::object::shown(.file))]
+    #[error("{file_shown}: document {index} (line {line}, column {column}) is not valid YAML: {reason}", file_shown = crate::model::shown(.file))]
     Yaml {
         file: PathBuf,
         index: usize,
@@ -83,14 +83,14 @@ pub enum ParseError {
         reason: String,
     },
     #[error(
-        "{file_shown}: document {index} (line {line}) looks like a Kubernetes object but has no {field}", file_shown = crate::object::shown(.file))]
+        "{file_shown}: document {index} (line {line}) looks like a Kubernetes object but has no {field}", file_shown = crate::model::shown(.file))]
     MissingField {
         file: PathBuf,
         index: usize,
         line: usize,
         field: &'static str,
     },
-    #[error("{file_shown}: document {index} (line {line}): {object}: {reason}", file_shown = crate::object::shown(.file))]
+    #[error("{file_shown}: document {index} (line {line}): {object}: {reason}", file_shown = crate::model::shown(.file))]
     BadName {
         file: PathBuf,
         index: usize,
@@ -99,11 +99,11 @@ pub enum ParseError {
         reason: String,
     },
     #[error(
-        "{file_shown}: more than {limit} documents (raise --max-documents-per-file if this is intended)", file_shown = crate::object::shown(.file))]
+        "{file_shown}: more than {limit} documents (raise --max-documents-per-file if this is intended)", file_shown = crate::model::shown(.file))]
     TooManyDocuments { file: PathBuf, limit: usize },
     #[error(
         "{file_shown}: document {index} (line {line}) expands to more than the {limit} bytes allowed per file \
-         (YAML aliases or sheer size; raise --max-expanded-bytes if this is intended)", file_shown = crate::object::shown(.file))]
+         (YAML aliases or sheer size; raise --max-expanded-bytes if this is intended)", file_shown = crate::model::shown(.file))]
     TooExpanded {
         file: PathBuf,
         index: usize,
@@ -111,7 +111,7 @@ pub enum ParseError {
         limit: usize,
     },
     #[error(
-        "{file_shown}: document {index} (line {line}) is larger than the 3 MiB the Kubernetes API accepts for one object", file_shown = crate::object::shown(.file))]
+        "{file_shown}: document {index} (line {line}) is larger than the 3 MiB the Kubernetes API accepts for one object", file_shown = crate::model::shown(.file))]
     TooLargeObject {
         file: PathBuf,
         index: usize,

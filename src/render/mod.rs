@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 
 pub use manifest::{Manifest, Origin, ParseError, ParseLimits};
 
-use crate::object::{Json, ObjectRef};
+use crate::model::checksum::{checksum, object_checksum};
+use crate::model::marks::is_ignored;
+use crate::model::{Json, ObjectRef};
 
 /// The objects rendered from one revision, in file order, and what could not
 /// be rendered. Everything in `manifests` is usable even when `errors` is not
@@ -78,51 +80,30 @@ pub struct Options {
     pub secret_key: Option<std::sync::Arc<Vec<u8>>>,
 }
 
-/// Annotations that make tidegate leave an object alone, in Git or live.
-pub const IGNORE_ANNOTATIONS: [&str; 2] = ["fluxcd.io/ignore", "tidegate.dev/ignore"];
-
-fn ignore_value(object: &serde_json::Value) -> Option<&str> {
-    IGNORE_ANNOTATIONS
-        .iter()
-        .find_map(|key| object["metadata"]["annotations"][key].as_str())
-}
-
-/// Flux v1's `"true"`: neither applied nor pruned.
-pub fn is_ignored(object: &serde_json::Value) -> bool {
-    IGNORE_ANNOTATIONS
-        .iter()
-        .any(|key| object["metadata"]["annotations"][key].as_str() == Some("true"))
-}
-
-/// `"true"` or Flux v1's `sync_only` (applied, never pruned): not to be pruned.
-pub fn is_prune_protected(object: &serde_json::Value) -> bool {
-    is_ignored(object) || ignore_value(object) == Some("sync_only")
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("path {path_shown} does not exist in the repository", path_shown = crate::object::shown(.path))]
+    #[error("path {path_shown} does not exist in the repository", path_shown = crate::model::shown(.path))]
     MissingPath { path: PathBuf },
-    #[error("{path_shown}: outside the repository; --git-path names a directory inside it", path_shown = crate::object::shown(.path))]
+    #[error("{path_shown}: outside the repository; --git-path names a directory inside it", path_shown = crate::model::shown(.path))]
     OutsidePath { path: PathBuf },
-    #[error("{path_shown}: more than {limit} directory levels deep; not read", path_shown = crate::object::shown(.path))]
+    #[error("{path_shown}: more than {limit} directory levels deep; not read", path_shown = crate::model::shown(.path))]
     TooDeep { path: PathBuf, limit: usize },
-    #[error("cannot read {path_shown}", path_shown = crate::object::shown(.path))]
+    #[error("cannot read {path_shown}", path_shown = crate::model::shown(.path))]
     Read {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("{path_shown}: symlink {reason}; not read", path_shown = crate::object::shown(.path))]
+    #[error("{path_shown}: symlink {reason}; not read", path_shown = crate::model::shown(.path))]
     Symlink { path: PathBuf, reason: String },
-    #[error("{path_shown}: more than {limit} {what} ({flag})", path_shown = crate::object::shown(.path))]
+    #[error("{path_shown}: more than {limit} {what} ({flag})", path_shown = crate::model::shown(.path))]
     TooLarge {
         path: PathBuf,
         what: &'static str,
         limit: u64,
         flag: &'static str,
     },
-    #[error("{path_shown}: not UTF-8 text (invalid byte at offset {offset})", path_shown = crate::object::shown(.path))]
+    #[error("{path_shown}: not UTF-8 text (invalid byte at offset {offset})", path_shown = crate::model::shown(.path))]
     NotUtf8 { path: PathBuf, offset: usize },
     #[error(transparent)]
     Parse(#[from] ParseError),
@@ -170,7 +151,7 @@ impl Error {
             }) => Some((
                 format!(
                     "{}: document {index} (line {line})",
-                    crate::object::shown(file)
+                    crate::model::shown(file)
                 ),
                 reason.clone(),
             )),
@@ -195,72 +176,10 @@ impl fmt::Display for Errors<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} problem(s) in the manifests", self.0.len())?;
         for e in self.0 {
-            write!(f, "\n  - {}", crate::error_chain(e))?;
+            write!(f, "\n  - {}", crate::model::error_chain(e))?;
         }
         Ok(())
     }
-}
-
-/// The sha256 of an object's canonical JSON form (keys sorted), in hex.
-pub fn checksum(object: &serde_json::Value) -> String {
-    sha256_hex(&serde_json::to_vec(&Sorted(object)).expect("JSON values serialize"))
-}
-
-/// The checksum of an object as Git has it: for a Secret, with a key, an
-/// HMAC-SHA256 that nobody without the key can test a guessed value with.
-pub fn object_checksum(id: &ObjectRef, object: &serde_json::Value, key: Option<&[u8]>) -> String {
-    let secret = id.group.is_empty() && id.kind == "Secret";
-    match key.filter(|_| secret) {
-        Some(key) => {
-            use hmac::{Hmac, KeyInit, Mac};
-            let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).expect("HMAC takes any key");
-            mac.update(&serde_json::to_vec(&Sorted(object)).expect("JSON values serialize"));
-            mac.finalize()
-                .into_bytes()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect()
-        }
-        None => checksum(object),
-    }
-}
-
-/// A value serialized with the keys of every map sorted: objects keep the
-/// order they were written in, and a checksum must not depend on it.
-struct Sorted<'a>(&'a serde_json::Value);
-
-impl serde::Serialize for Sorted<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::{SerializeMap, SerializeSeq};
-        match self.0 {
-            serde_json::Value::Object(map) => {
-                let mut entries: Vec<_> = map.iter().collect();
-                entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-                let mut out = serializer.serialize_map(Some(entries.len()))?;
-                for (key, value) in entries {
-                    out.serialize_entry(key, &Sorted(value))?;
-                }
-                out.end()
-            }
-            serde_json::Value::Array(items) => {
-                let mut out = serializer.serialize_seq(Some(items.len()))?;
-                for item in items {
-                    out.serialize_element(&Sorted(item))?;
-                }
-                out.end()
-            }
-            scalar => scalar.serialize(serializer),
-        }
-    }
-}
-
-/// The sha256 of some bytes, in hex.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// Renders the desired set from `root`: every usable object, and an error
@@ -352,7 +271,7 @@ fn finish(mut d: manifest::Parsed, options: &Options) -> Finished {
         options.secret_key.as_deref().map(Vec::as_slice),
     );
     if let Some(sync_set) = &options.sync_set {
-        crate::plan::mark(&mut d.object, sync_set, &checksum);
+        crate::model::marks::mark(&mut d.object, sync_set, &checksum);
     }
     Finished::Manifest(
         Manifest {
@@ -394,7 +313,7 @@ fn inject_proxy(set: &mut DesiredSet) {
             tracing::debug!(object = %m.id, "proxy settings injected");
             m.checksum = checksum(&object);
             if let Some(sync_set) = &set.marked_for {
-                crate::plan::mark(&mut object, sync_set, &m.checksum);
+                crate::model::marks::mark(&mut object, sync_set, &m.checksum);
             }
             m.object = Json::new(&object);
         }
@@ -509,6 +428,7 @@ fn reject_duplicates(manifests: Vec<Manifest>, errors: &mut Vec<Error>) -> Vec<M
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::marks::is_prune_protected;
 
     fn write(root: &Path, rel: &str, text: &str) {
         let path = root.join(rel);
@@ -615,8 +535,14 @@ mod tests {
             assert_eq!(u.checksum, m.checksum, "{}: the marks are not summed", m.id);
             let object = m.object.value();
             let annotations = &object["metadata"]["annotations"];
-            assert_eq!(annotations[crate::plan::SYNC_SET_ANNOTATION], "prod");
-            assert_eq!(annotations[crate::plan::CHECKSUM_ANNOTATION], m.checksum);
+            assert_eq!(
+                annotations[crate::model::marks::SYNC_SET_ANNOTATION],
+                "prod"
+            );
+            assert_eq!(
+                annotations[crate::model::marks::CHECKSUM_ANNOTATION],
+                m.checksum
+            );
             assert!(u.object.value()["metadata"].get("annotations").is_none());
         }
 
@@ -640,7 +566,7 @@ mod tests {
         assert_ne!(before.checksum, after.checksum);
         let object = after.object.value();
         assert_eq!(
-            object["metadata"]["annotations"][crate::plan::CHECKSUM_ANNOTATION],
+            object["metadata"]["annotations"][crate::model::marks::CHECKSUM_ANNOTATION],
             after.checksum
         );
         let env = object["spec"]["template"]["spec"]["containers"][0]["env"].to_string();

@@ -63,7 +63,7 @@ impl Skipped {
     }
 }
 
-pub use crate::object::shown;
+pub use crate::model::shown;
 
 /// Checks every entry of `tree`, recursively: a name that is empty, `.`,
 /// `..`, `.git` (in any case), holds a `/` or a NUL, or appears twice in one

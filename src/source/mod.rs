@@ -135,7 +135,7 @@ pub struct Access {
     pub proxy: Option<String>,
     /// The repository's own proxy settings, used when neither `--git-proxy`
     /// nor a proxy variable says otherwise.
-    pub repo_proxy: Option<crate::render::proxy::ProxySettings>,
+    pub repo_proxy: Option<crate::model::proxy::ProxySettings>,
     /// Send credentials over plain `http://` (`--git-allow-insecure-http`).
     pub allow_insecure_http: bool,
     /// The synced repository's credentials were kept from this server.
@@ -214,7 +214,9 @@ impl GitSource {
                 Ok(Ok(())) => return Ok(skipped),
                 // The tree passed its checks: what refused the update is
                 // on disk, and a fresh checkout starts without it.
-                Ok(Err(e)) => tracing::warn!("checking out in full: {}", crate::error_chain(&e)),
+                Ok(Err(e)) => {
+                    tracing::warn!("checking out in full: {}", crate::model::error_chain(&e))
+                }
                 Err(e) => tracing::debug!("checking out in full: {e}"),
             }
         }
@@ -355,7 +357,7 @@ impl GitSource {
             .access
             .repo_proxy
             .as_ref()
-            .filter(|_| !crate::render::proxy::in_environment());
+            .filter(|_| !crate::model::proxy::in_environment());
         if let Some(url) =
             remote::proxy_for(
                 &remote_info,

@@ -47,13 +47,13 @@ pub(super) async fn apply_item(
                 .recreate(&item.resolved, &d.id, &d.object, settings.force_conflicts)
                 .await
                 .map(|_| Action::Recreated)
-                .map_err(|e| fail(format!("recreate failed: {}", reason(&e))))
+                .map_err(|e| fail(format!("recreate failed: {}", e.reason())))
         }
         Err(e) if is_immutable_error(&e) => Err(fail(format!(
             "{}; to delete and recreate the object, annotate it tidegate.dev/force: \"true\"",
-            reason(&e)
+            e.reason()
         ))),
-        Err(e) => Err(fail(reason(&e))),
+        Err(e) => Err(fail(e.reason())),
     }
 }
 

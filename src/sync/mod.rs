@@ -15,11 +15,15 @@ use serde_json::Value;
 
 use crate::cluster::apply::{is_immutable_error, reason};
 use crate::cluster::live::Live;
-use crate::cluster::state::{ObjectError, Outcome, StateRef, SyncStatus, now};
+use crate::cluster::state::{StateRef, now};
 use crate::cluster::{Cluster, Resolved};
-use crate::helm::{self, ReleaseAction, ReleaseStatus};
-use crate::object::ObjectRef;
-use crate::plan::{self, Change, Desired, Inventory, Seen, Stage};
+use crate::helm;
+use crate::model::Inventory;
+use crate::model::ObjectRef;
+use crate::model::record::{
+    MAX_RECORDED_ERRORS, ObjectError, Outcome, ReleaseAction, ReleaseStatus, SyncStatus,
+};
+use crate::plan::{self, Change, Desired, Seen, Stage};
 use crate::render::{self, DesiredSet, Manifest};
 use crate::source::{GitSource, Snapshot};
 
@@ -33,8 +37,6 @@ use observe::*;
 use prune::*;
 pub use report::SyncReport;
 
-/// Errors (and warnings) recorded in full in the status; the rest are counted.
-pub const MAX_RECORDED_ERRORS: usize = 100;
 const MAX_MESSAGE_CHARS: usize = 4000;
 
 /// Objects applied at once within a stage.
@@ -223,7 +225,7 @@ async fn place(
                     plan.errors.push(object_error(
                         &m.id,
                         Some(m.origin().to_string()),
-                        crate::error_chain(&e),
+                        crate::model::error_chain(&e),
                     ));
                 }
                 continue;
@@ -309,7 +311,7 @@ pub fn render_errors(set: &DesiredSet) -> Vec<ObjectError> {
             None => ObjectError {
                 object: e.object().unwrap_or_default(),
                 origin: None,
-                reason: crate::error_chain(e),
+                reason: crate::model::error_chain(e),
             },
         })
         .collect()
@@ -472,7 +474,7 @@ pub async fn run(
         .await
     {
         // The record never lies: a sync whose record is lost failed.
-        let why = crate::error_chain(&e);
+        let why = crate::model::error_chain(&e);
         tracing::error!("{why}");
         report.record_failed = Some(why.clone());
         status.result = Outcome::Failed;
@@ -497,7 +499,7 @@ async fn sync_snapshot(
         Ok(s) => s,
         Err(e) => {
             let report = SyncReport {
-                message: Some(crate::error_chain(&e)),
+                message: Some(crate::model::error_chain(&e)),
                 ..SyncReport::default()
             };
             return (report, None);
@@ -544,13 +546,13 @@ async fn sync_revision(
                     Inventory::new(),
                     Some(format!(
                         "the inventory cannot be rebuilt from the sync set's label: {}",
-                        crate::error_chain(&e)
+                        crate::model::error_chain(&e)
                     )),
                     false,
                 ),
             }
         }
-        Err(e) => (Inventory::new(), Some(crate::error_chain(&e)), false),
+        Err(e) => (Inventory::new(), Some(crate::model::error_chain(&e)), false),
     };
     let dry_run;
     let settings = if rebuilt {

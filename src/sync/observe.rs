@@ -228,10 +228,9 @@ pub(super) async fn read_live(
         let live_object = live.remove(&desired.id);
         let known_absent = missing.contains(&desired.id);
         // None: a read error, reported above.
-        let conflict = live_object
-            .as_ref()
-            .zip(owner)
-            .and_then(|(l, ours)| plan::owner_conflict(plan::live_owner(l), ours, &desired.object));
+        let conflict = live_object.as_ref().zip(owner).and_then(|(l, ours)| {
+            plan::owner_conflict(crate::model::marks::live_owner(l), ours, &desired.object)
+        });
         let change = match conflict {
             Some(reason) => Change::Invalid { reason },
             None => match plan::classify(&desired, live_object.as_ref(), known_absent) {

@@ -38,7 +38,7 @@ pub(super) async fn prune(
                 keep.push(id.clone());
                 let reason = format!(
                     "not pruned, kept for the next sync: {}",
-                    crate::error_chain(&e)
+                    crate::model::error_chain(&e)
                 );
                 failed(report, on, object_error(id, None, reason));
                 continue;
@@ -59,8 +59,9 @@ pub(super) async fn prune(
             tracing::info!(object = %id, "not pruned: {why}");
             continue;
         }
-        let forced =
-            live["metadata"]["annotations"][plan::PRUNE_ANNOTATION].as_str() == Some("force");
+        let forced = live["metadata"]["annotations"][crate::model::marks::PRUNE_ANNOTATION]
+            .as_str()
+            == Some("force");
         if !forced {
             match cluster.holders(id, &settings.sync_set, &owner).await {
                 Ok(held) if held.is_empty() => {}
@@ -148,7 +149,7 @@ pub(super) async fn prune(
             }
             Err(e) => {
                 keep.push(id.clone());
-                let reason = format!("prune failed, retried next sync: {}", reason(&e));
+                let reason = format!("prune failed, retried next sync: {}", e.reason());
                 failed(report, on, object_error(id, None, reason));
             }
         }

@@ -454,7 +454,11 @@ async fn diff_exit_codes_and_masked_secrets() {
     let annotated = live.metadata.annotations.unwrap()["tidegate.dev/checksum"].clone();
     let written: serde_json::Value = serde_saphyr::from_str(&secret("hunter2-original")).unwrap();
     assert_eq!(annotated.len(), 64);
-    assert_ne!(annotated, tidegate::render::checksum(&written), "keyed");
+    assert_ne!(
+        annotated,
+        tidegate::model::checksum::checksum(&written),
+        "keyed"
+    );
 
     repo.write("secret.yaml", &secret("hunter2-changed"))
         .write("cm.yaml", &cm_yaml(&ns, "settings", "2"));

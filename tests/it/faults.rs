@@ -569,8 +569,9 @@ async fn flood_of_webhooks_and_slow_clients() {
 #[tokio::test]
 async fn the_record_fits_10000_objects_and_5000_errors() {
     use tidegate::cluster::Cluster;
-    use tidegate::cluster::state::{ObjectError, StateRef};
-    use tidegate::object::ObjectRef;
+    use tidegate::cluster::state::StateRef;
+    use tidegate::model::ObjectRef;
+    use tidegate::model::record::ObjectError;
     use tidegate::sync::SyncReport;
 
     let cluster = Cluster::new(client().await);
@@ -579,7 +580,7 @@ async fn the_record_fits_10000_objects_and_5000_errors() {
         sync_set: unique("record"),
     };
     // Names as long as Kubernetes allows: about 2.5 MB of inventory.
-    let inventory: tidegate::plan::Inventory = (0..10_000)
+    let inventory: tidegate::model::Inventory = (0..10_000)
         .map(|i| {
             let name = format!("{i:05}-{}", "n".repeat(240));
             ObjectRef::new("v1", "ConfigMap", Some(&format!("ns-{}", i % 10)), &name)
@@ -624,7 +625,7 @@ async fn the_record_fits_10000_objects_and_5000_errors() {
         .unwrap();
     assert!(shards.items.len() >= 5, "{} shards", shards.items.len());
     // A small inventory goes back inline, and the shards go.
-    let small: tidegate::plan::Inventory = inventory.iter().take(3).cloned().collect();
+    let small: tidegate::model::Inventory = inventory.iter().take(3).cloned().collect();
     reader.record(&state, &status, Some(&small)).await.unwrap();
     assert_eq!(
         Cluster::new(client().await)
