@@ -498,6 +498,35 @@ pub fn prune_refusal(live: &Value, sync_set: &str, owner: &str) -> Option<&'stat
     None
 }
 
+/// What a sync does with one live object the inventory has and Git no
+/// longer does, once it has read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PruneStep {
+    /// Not this instance's to delete: left alone, and out of the inventory.
+    Leave(&'static str),
+    /// `--sync-garbage-collection-dry`: reported, and kept in the inventory.
+    WouldPrune {
+        check_holders: bool,
+    },
+    Delete {
+        check_holders: bool,
+    },
+}
+
+/// The prune decision for one object: refused (see [`prune_refusal`]), or
+/// deleted (or, in a dry run, reported) after asking what still depends on
+/// it, unless it is annotated `tidegate.dev/prune: force`.
+pub fn prune_step(live: &Value, sync_set: &str, owner: &str, dry_run: bool) -> PruneStep {
+    if let Some(why) = prune_refusal(live, sync_set, owner) {
+        return PruneStep::Leave(why);
+    }
+    let check_holders = live["metadata"]["annotations"][PRUNE_ANNOTATION].as_str() != Some("force");
+    match dry_run {
+        true => PruneStep::WouldPrune { check_holders },
+        false => PruneStep::Delete { check_holders },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::model::marks::*;
@@ -516,6 +545,64 @@ mod tests {
             ns,
             name,
         )
+    }
+
+    #[test]
+    fn a_prune_leaves_what_is_not_ours_and_asks_about_holders_unless_forced() {
+        let live = |annotations: Value| {
+            let mut object =
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}});
+            mark(&mut object, "team/prod", "abc");
+            for (k, v) in annotations.as_object().unwrap() {
+                object["metadata"]["annotations"][k] = v.clone();
+            }
+            object
+        };
+        assert_eq!(
+            prune_step(&live(json!({})), "prod", "team/prod", false),
+            PruneStep::Delete {
+                check_holders: true
+            }
+        );
+        assert_eq!(
+            prune_step(
+                &live(json!({PRUNE_ANNOTATION: "force"})),
+                "prod",
+                "team/prod",
+                false
+            ),
+            PruneStep::Delete {
+                check_holders: false
+            }
+        );
+        assert_eq!(
+            prune_step(&live(json!({})), "prod", "team/prod", true),
+            PruneStep::WouldPrune {
+                check_holders: true
+            }
+        );
+        assert_eq!(
+            prune_step(
+                &live(json!({PRUNE_ANNOTATION: "disabled"})),
+                "prod",
+                "team/prod",
+                false
+            ),
+            PruneStep::Leave("it is annotated tidegate.dev/prune: disabled")
+        );
+        assert!(matches!(
+            prune_step(&live(json!({})), "prod", "other/prod", false),
+            PruneStep::Leave(why) if why.contains("another tidegate instance")
+        ));
+        assert!(matches!(
+            prune_step(
+                &live(json!({"fluxcd.io/ignore": "sync_only"})),
+                "prod",
+                "team/prod",
+                true
+            ),
+            PruneStep::Leave(_)
+        ));
     }
 
     #[test]

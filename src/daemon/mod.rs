@@ -35,8 +35,8 @@ pub struct Triggers {
     pub heal: AtomicBool,
     /// `tidegate sync` requests to answer with the next sync.
     pub requests: Mutex<BTreeSet<String>>,
-    /// SIGTERM or SIGINT received.
-    pub stop: AtomicBool,
+    /// Cancelled on SIGTERM or SIGINT.
+    pub stop: tokio_util::sync::CancellationToken,
 }
 
 impl Triggers {

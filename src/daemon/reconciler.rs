@@ -72,7 +72,7 @@ fn failure_backoff(cap: Duration) -> impl Iterator<Item = Duration> {
         .map(move |wait| wait.min(cap))
 }
 
-/// Sets `stop` on SIGTERM or SIGINT and wakes the loop.
+/// Cancels `stop` on SIGTERM or SIGINT.
 fn watch_signals(triggers: Arc<Triggers>) {
     tokio::spawn(async move {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -82,8 +82,7 @@ fn watch_signals(triggers: Arc<Triggers>) {
             _ = tokio::signal::ctrl_c() => {}
         }
         tracing::info!("stopping: finishing the objects in flight");
-        triggers.stop.store(true, Ordering::SeqCst);
-        triggers.wake.notify_one();
+        triggers.stop.cancel();
     });
 }
 
@@ -126,10 +125,64 @@ pub async fn run(
     cluster: Cluster,
     on: OnProgress<'_>,
 ) -> Result<Option<SyncReport>, Error> {
+    let mut daemon = start(config, cluster).await?;
+    if daemon.config.once {
+        return Ok(daemon.turn(on).await.report);
+    }
+    while !daemon.triggers.stop.is_cancelled() {
+        if daemon.stand_by().await {
+            continue;
+        }
+        let turn = daemon.turn(on).await;
+        daemon.wait(turn.wait).await;
+    }
+    tracing::info!("stopped");
+    Ok(None)
+}
+
+/// A daemon wired up: its cluster handle, triggers and edges, and what one
+/// turn leaves for the next.
+struct Daemon {
+    config: Config,
+    cluster: Cluster,
+    triggers: Arc<Triggers>,
+    fence: Option<Arc<Fence>>,
+    /// Told when this daemon becomes or stops being the leader.
+    leadership: Arc<tokio::sync::Notify>,
+    metrics: Arc<Metrics>,
+    /// What the HTTP endpoints read; `None` with `--once`.
+    shared: Option<Arc<Shared>>,
+    _watcher: Option<notify::RecommendedWatcher>,
+    /// The source as last fetched, with its access.
+    source: GitSource,
+    /// The repository's proxy settings, once a sync has read them: for the
+    /// next fetches and charts, unless --git-proxy or the environment say
+    /// otherwise.
+    repo_proxy: Option<crate::model::proxy::ProxySettings>,
+    last_fetch: Option<Instant>,
+    last_snapshot: Option<crate::source::Snapshot>,
+    /// The revision last synced without a failure worth retrying, and when.
+    last: Option<(String, Instant)>,
+    failures: u32,
+    backoff: Box<dyn Iterator<Item = Duration> + Send>,
+    /// While backing off, triggers wait until this instant.
+    not_before: Option<Instant>,
+}
+
+/// What one turn leaves for the wait.
+struct Turn {
+    /// The sync's report, if the turn synced.
+    report: Option<SyncReport>,
+    /// How long to wait for a trigger before the next turn.
+    wait: Duration,
+}
+
+/// Wires the daemon: the Lease, the watches, the HTTP endpoints, the
+/// request and signal watches. With `--once`, only what one sync needs.
+async fn start(mut config: Config, cluster: Cluster) -> Result<Daemon, Error> {
     let client = cluster.client.clone();
     let namespace = config.settings.state.namespace.clone();
     let triggers = Arc::new(Triggers::default());
-    let mut config = config;
     // A running daemon leaves a long helm operation to run on its own; its
     // end brings a sync of the same revision, which records it.
     if let (false, Some(helm)) = (config.once, &mut config.settings.helm) {
@@ -172,49 +225,10 @@ pub async fn run(
     };
     watch_signals(triggers.clone());
     let metrics = Arc::new(Metrics::default());
-    let mut shared = None;
-    if !config.once {
-        let webhook_secret = match &config.webhook_secret_name {
-            Some(name) => Some(
-                access::webhook_secret(&client, &namespace, name)
-                    .await
-                    .map_err(Error::WebhookSecret)?,
-            ),
-            None => None,
-        };
-        let state = Arc::new(Shared {
-            triggers: triggers.clone(),
-            metrics: metrics.clone(),
-            ready: AtomicBool::new(false),
-            standby: AtomicBool::new(false),
-            not_ready: Mutex::new(None),
-            identity: Mutex::new(None),
-            webhook_secret,
-            branch: config.source.branch.clone(),
-            client: client.clone(),
-            state: config.settings.state.clone(),
-            deliveries: Default::default(),
-        });
-        if let Some(addr) = config.listen {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|source| Error::Listen { addr, source })?;
-            http::serve(listener, http::router(state.clone()), state.clone());
-            tracing::info!(%addr, "HTTP API listening");
-        }
-        if let Some(addr) = config.webhook_listen {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|source| Error::Listen { addr, source })?;
-            http::serve(listener, http::hooks_router(state.clone()), state.clone());
-            tracing::info!(%addr, "webhooks listening");
-        }
-        watch_requests(client.clone(), &config, triggers.clone());
-        if let Some(live) = &live {
-            follow_health(live.clone(), metrics.clone());
-        }
-        shared = Some(state);
-    }
+    let shared = match config.once {
+        true => None,
+        false => Some(serve(&config, &client, &triggers, &metrics, live.as_ref()).await?),
+    };
     let _watcher =
         match watch::refs_dir(&config.source.url).filter(|_| config.git_watch && !config.once) {
             Some(dir) => match watch::start(&dir, triggers.clone()) {
@@ -226,45 +240,115 @@ pub async fn run(
             },
             None => None,
         };
-
-    let mut source = config.source.clone();
+    let source = config.source.clone();
     tracing::info!(url = %source.shown_url(), branch = %source.branch, "starting");
-    let mut last: Option<(String, Instant)> = None;
-    // The repository's proxy settings, once a sync has read them: for the
-    // next fetches and charts, unless --git-proxy or the environment say
-    // otherwise.
-    let mut repo_proxy: Option<crate::model::proxy::ProxySettings> = None;
-    let mut last_fetch: Option<Instant> = None;
-    let mut last_snapshot: Option<crate::source::Snapshot> = None;
-    let mut failures = 0u32;
-    let mut backoff = failure_backoff(config.poll_interval);
-    // While backing off, triggers wait until this instant.
-    let mut not_before: Option<Instant> = None;
-    while !triggers.stop.load(Ordering::SeqCst) {
-        if let Some(fence) = &fence
-            && !fence.holds()
-        {
-            // A standby: healthy, and silent until the Lease is its own.
-            if let Some(shared) = &shared {
-                shared.standby.store(true, Ordering::SeqCst);
-            }
+    let backoff = Box::new(failure_backoff(config.poll_interval));
+    Ok(Daemon {
+        config,
+        cluster,
+        triggers,
+        fence,
+        leadership,
+        metrics,
+        shared,
+        _watcher,
+        source,
+        repo_proxy: None,
+        last_fetch: None,
+        last_snapshot: None,
+        last: None,
+        failures: 0,
+        backoff,
+        not_before: None,
+    })
+}
+
+/// The running daemon's edges: the HTTP API and webhooks, the watch for
+/// `tidegate sync` requests, the health metrics.
+async fn serve(
+    config: &Config,
+    client: &kube::Client,
+    triggers: &Arc<Triggers>,
+    metrics: &Arc<Metrics>,
+    live: Option<&Arc<Live>>,
+) -> Result<Arc<Shared>, Error> {
+    let namespace = &config.settings.state.namespace;
+    let webhook_secret = match &config.webhook_secret_name {
+        Some(name) => Some(
+            access::webhook_secret(client, namespace, name)
+                .await
+                .map_err(Error::WebhookSecret)?,
+        ),
+        None => None,
+    };
+    let state = Arc::new(Shared {
+        triggers: triggers.clone(),
+        metrics: metrics.clone(),
+        ready: AtomicBool::new(false),
+        standby: AtomicBool::new(false),
+        not_ready: Mutex::new(None),
+        identity: Mutex::new(None),
+        webhook_secret,
+        branch: config.source.branch.clone(),
+        client: client.clone(),
+        state: config.settings.state.clone(),
+        deliveries: Default::default(),
+    });
+    for (addr, router, what) in [
+        (config.listen, http::router(state.clone()), "HTTP API"),
+        (
+            config.webhook_listen,
+            http::hooks_router(state.clone()),
+            "webhooks",
+        ),
+    ] {
+        let Some(addr) = addr else { continue };
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Listen { addr, source })?;
+        http::serve(listener, router, state.clone());
+        tracing::info!(%addr, "{what} listening");
+    }
+    watch_requests(client.clone(), config, triggers.clone());
+    if let Some(live) = live {
+        follow_health(live.clone(), metrics.clone());
+    }
+    Ok(state)
+}
+
+impl Daemon {
+    /// A standby (leader election on, the Lease another's) waits, healthy
+    /// and silent, until the Lease may be its own; true if it waited.
+    async fn stand_by(&self) -> bool {
+        let standby = self.fence.as_ref().is_some_and(|fence| !fence.holds());
+        if let Some(shared) = &self.shared {
+            shared.standby.store(standby, Ordering::SeqCst);
+        }
+        if standby {
             tokio::select! {
-                _ = leadership.notified() => {}
+                _ = self.leadership.notified() => {}
                 _ = tokio::time::sleep(lease::RENEW) => {}
+                _ = self.triggers.stop.cancelled() => {}
             }
-            continue;
         }
-        if let Some(shared) = &shared {
-            shared.standby.store(false, Ordering::SeqCst);
-        }
+        standby
+    }
+
+    /// One turn: fetch (unless drift alone is to be answered), sync if
+    /// something is due, record; returns the report and how long to wait.
+    async fn turn(&mut self, on: OnProgress<'_>) -> Turn {
+        let triggers = self.triggers.clone();
         let forced = triggers.force.swap(false, Ordering::SeqCst);
         let fetch_asked = triggers.fetch.swap(false, Ordering::SeqCst);
         let healing = triggers.heal.swap(false, Ordering::SeqCst);
-        let poll_due = last_fetch.is_none_or(|t: Instant| t.elapsed() >= config.poll_interval);
+        let poll_due = self
+            .last_fetch
+            .is_none_or(|t: Instant| t.elapsed() >= self.config.poll_interval);
         // Drift alone is answered from the revision last synced, unfetched.
-        let unfetched = last_snapshot
+        let unfetched = self
+            .last_snapshot
             .clone()
-            .filter(|_| healing && !forced && !fetch_asked && !poll_due && !config.once);
+            .filter(|_| healing && !forced && !fetch_asked && !poll_due && !self.config.once);
         let taken: Vec<String> = triggers
             .requests
             .lock()
@@ -275,160 +359,195 @@ pub async fn run(
         let snapshot = match unfetched {
             Some(snapshot) => Ok(snapshot),
             None => {
-                last_fetch = Some(Instant::now());
-                fetch_source(
-                    &config,
-                    &client,
-                    &namespace,
-                    &mut source,
-                    &repo_proxy,
-                    &metrics,
-                    shared.as_ref(),
-                )
-                .await
+                self.last_fetch = Some(Instant::now());
+                self.fetch().await
             }
         };
         if let Ok(s) = &snapshot {
-            last_snapshot = Some(s.clone());
+            self.last_snapshot = Some(s.clone());
         }
-        let due = config.once
+        let due = self.config.once
             || forced
             || healing
-            || match (&snapshot, &last) {
+            || match (&snapshot, &self.last) {
                 (Ok(s), Some((revision, at))) => {
-                    *revision != s.revision || at.elapsed() >= config.sync_interval
+                    *revision != s.revision || at.elapsed() >= self.config.sync_interval
                 }
                 _ => true,
             };
-        let mut wait = config.poll_interval;
+        let mut turn = Turn {
+            report: None,
+            wait: self.config.poll_interval,
+        };
         if due {
             let revision = snapshot.as_ref().ok().map(|s| s.revision.clone());
-            if let (Some(rev), false) = (&revision, taken.is_empty())
-                && let Err(e) =
-                    requests::acknowledge(&client, &config.settings.state, &taken, rev).await
-            {
-                tracing::warn!("cannot acknowledge sync requests: {e}");
+            let report = self.sync(snapshot, &taken, on).await;
+            turn.wait = self.after_sync(&report, revision);
+            turn.report = Some(report);
+        }
+        if let Some((_, at)) = &self.last {
+            turn.wait = turn
+                .wait
+                .min(self.config.sync_interval.saturating_sub(at.elapsed()));
+        }
+        turn
+    }
+
+    /// Fills in the Git access, then fetches.
+    async fn fetch(&mut self) -> Result<crate::source::Snapshot, crate::source::Error> {
+        fetch_source(
+            &self.config,
+            &self.cluster.client,
+            &mut self.source,
+            &self.repo_proxy,
+            &self.metrics,
+            self.shared.as_ref(),
+        )
+        .await
+    }
+
+    /// Syncs a fetched snapshot (or its failure), answering the `tidegate
+    /// sync` requests `taken`, and records it.
+    async fn sync(
+        &mut self,
+        snapshot: Result<crate::source::Snapshot, crate::source::Error>,
+        taken: &[String],
+        on: OnProgress<'_>,
+    ) -> SyncReport {
+        let client = &self.cluster.client;
+        let state = &self.config.settings.state;
+        let revision = snapshot.as_ref().ok().map(|s| s.revision.clone());
+        if let (Some(rev), false) = (&revision, taken.is_empty())
+            && let Err(e) = requests::acknowledge(client, state, taken, rev).await
+        {
+            tracing::warn!("cannot acknowledge sync requests: {e}");
+        }
+        let started = Instant::now();
+        // Charts in other repositories are fetched with this access.
+        let mut settings = self.config.settings.clone();
+        if let Some(helm) = &mut settings.helm {
+            helm.git = Some(self.source.clone());
+            if helm.helm.proxy.is_none() && !crate::model::proxy::in_environment() {
+                helm.helm.proxy = self.repo_proxy.as_ref().and_then(|p| p.https_proxy.clone());
             }
-            let started = Instant::now();
-            // Charts in other repositories are fetched with this access.
-            let mut settings = config.settings.clone();
-            if let Some(helm) = &mut settings.helm {
-                helm.git = Some(source.clone());
-                if helm.helm.proxy.is_none() && !crate::model::proxy::in_environment() {
-                    helm.helm.proxy = repo_proxy.as_ref().and_then(|p| p.https_proxy.clone());
-                }
-            }
-            // Whoever waits in `tidegate sync` sees the objects done so far.
-            let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-            let reporter = (!taken.is_empty()).then(|| {
-                report_progress(
-                    client.clone(),
-                    &config,
-                    taken.clone(),
-                    done.clone(),
-                    fence.clone(),
-                )
-            });
-            let counter = done.clone();
-            let mut counting = |p: sync::Progress<'_>| {
-                if matches!(p, sync::Progress::Object(..)) {
-                    counter.fetch_add(1, Ordering::Relaxed);
-                }
-                on(p)
-            };
-            let (report, status) = sync::run(
-                &cluster,
-                snapshot,
-                &settings,
-                taken.clone(),
-                &triggers.stop,
-                &mut counting,
+        }
+        // Whoever waits in `tidegate sync` sees the objects done so far.
+        let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let reporter = (!taken.is_empty()).then(|| {
+            report_progress(
+                client.clone(),
+                &self.config,
+                taken.to_vec(),
+                done.clone(),
+                self.fence.clone(),
             )
-            .await;
-            if let Some(reporter) = reporter {
-                reporter.abort();
+        });
+        let counter = done.clone();
+        let mut counting = |p: sync::Progress<'_>| {
+            if matches!(p, sync::Progress::Object(..)) {
+                counter.fetch_add(1, Ordering::Relaxed);
             }
-            metrics.observe(&status, started.elapsed().as_secs_f64());
-            if !taken.is_empty() {
-                let _ = requests::clear(&client, &config.settings.state, &taken).await;
-                let mut known = triggers.requests.lock().expect("requests");
-                for id in &taken {
-                    known.remove(id);
-                }
-            }
-            log_summary(&report);
-            if report.proxy.is_some() || report.outcome() == Outcome::Succeeded {
-                repo_proxy = report.proxy.clone().filter(|p| !p.is_empty());
-            }
-            if let Some(shared) = &shared {
-                *shared.not_ready.lock().expect("readiness") = report
-                    .record_failed
-                    .as_ref()
-                    .map(|why| format!("the last sync could not be recorded: {why}"));
-            }
-            if config.once {
-                return Ok(Some(report));
-            }
-            // A release waiting for Git fails every sync until Git changes:
-            // no reason to hold back pushes and self-heal.
-            if report.retry_helps() {
-                failures += 1;
-                wait = backoff.next().unwrap_or(config.poll_interval);
-                not_before = Some(Instant::now() + wait);
-                tracing::info!(
-                    seconds = wait.as_secs_f64(),
-                    failures,
-                    "backing off before the next try"
-                );
-                last = None;
-            } else {
-                failures = 0;
-                backoff = failure_backoff(config.poll_interval);
-                not_before = None;
-                if let (Some(shared), Outcome::Succeeded) = (&shared, report.outcome()) {
-                    shared.ready.store(true, Ordering::SeqCst);
-                }
-                last = revision.map(|r| (r, Instant::now()));
+            on(p)
+        };
+        let (report, status) = sync::run(
+            &self.cluster,
+            snapshot,
+            &settings,
+            taken.to_vec(),
+            &self.triggers.stop,
+            &mut counting,
+        )
+        .await;
+        if let Some(reporter) = reporter {
+            reporter.abort();
+        }
+        self.metrics
+            .observe(&status, started.elapsed().as_secs_f64());
+        if !taken.is_empty() {
+            let _ = requests::clear(client, state, taken).await;
+            let mut known = self.triggers.requests.lock().expect("requests");
+            for id in taken {
+                known.remove(id);
             }
         }
-        if let Some((_, at)) = &last {
-            wait = wait.min(config.sync_interval.saturating_sub(at.elapsed()));
+        log_summary(&report);
+        report
+    }
+
+    /// Takes in what a sync found (the repository's proxy settings, whether
+    /// it may be retried); returns how long to wait before the next turn.
+    fn after_sync(&mut self, report: &SyncReport, revision: Option<String>) -> Duration {
+        if report.proxy.is_some() || report.outcome() == Outcome::Succeeded {
+            self.repo_proxy = report.proxy.clone().filter(|p| !p.is_empty());
         }
-        let backing_off = not_before.is_some_and(|t| t > Instant::now());
+        if let Some(shared) = &self.shared {
+            *shared.not_ready.lock().expect("readiness") = report
+                .record_failed
+                .as_ref()
+                .map(|why| format!("the last sync could not be recorded: {why}"));
+        }
+        // A release waiting for Git fails every sync until Git changes:
+        // no reason to hold back pushes and self-heal.
+        if report.retry_helps() {
+            self.failures += 1;
+            let wait = self.backoff.next().unwrap_or(self.config.poll_interval);
+            self.not_before = Some(Instant::now() + wait);
+            tracing::info!(
+                seconds = wait.as_secs_f64(),
+                failures = self.failures,
+                "backing off before the next try"
+            );
+            self.last = None;
+            return wait;
+        }
+        self.failures = 0;
+        self.backoff = Box::new(failure_backoff(self.config.poll_interval));
+        self.not_before = None;
+        if let (Some(shared), Outcome::Succeeded) = (&self.shared, report.outcome()) {
+            shared.ready.store(true, Ordering::SeqCst);
+        }
+        self.last = revision.map(|r| (r, Instant::now()));
+        self.config.poll_interval
+    }
+
+    /// Waits up to `wait` for a trigger; while backing off, a trigger waits
+    /// until the backoff is over.
+    async fn wait(&self, wait: Duration) {
+        let triggers = &self.triggers;
+        let backing_off = self.not_before.is_some_and(|t| t > Instant::now());
         if !backing_off && triggers.force.load(Ordering::SeqCst) {
             // This turn answers every trigger so far.
             let _ = tokio::time::timeout(Duration::ZERO, triggers.wake.notified()).await;
-            continue;
+            return;
         }
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
+            _ = triggers.stop.cancelled() => {}
             _ = triggers.wake.notified() => {
                 // The first trigger fetches at once; those that arrive while
                 // it runs leave one wake-up, one follow-up. While backing
                 // off, not before the backoff is over.
-                if let Some(until) = not_before.filter(|t| *t > Instant::now()) {
+                if let Some(until) = self.not_before.filter(|t| *t > Instant::now()) {
                     tokio::select! {
                         _ = tokio::time::sleep_until(until) => {}
-                        _ = wait_for_stop(&triggers) => {}
+                        _ = triggers.stop.cancelled() => {}
                     }
                 }
             }
         }
     }
-    tracing::info!("stopped");
-    Ok(None)
 }
 
 /// Fills in the Git access (the deploy key, shown by `identity`), then fetches.
 async fn fetch_source(
     config: &Config,
     client: &kube::Client,
-    namespace: &str,
     source: &mut GitSource,
     repo_proxy: &Option<crate::model::proxy::ProxySettings>,
     metrics: &Metrics,
     shared: Option<&Arc<Shared>>,
 ) -> Result<crate::source::Snapshot, crate::source::Error> {
+    let namespace = &config.settings.state.namespace;
     match config.access.access(client, namespace, &source.url).await {
         Ok(access) => {
             if let (Some(key), Some(shared)) = (&access.deploy_key, shared) {
@@ -439,7 +558,7 @@ async fn fetch_source(
             metrics.fetched();
             sync::fetch(source).await
         }
-        Err(e) => Err(crate::source::Error::Access(crate::model::error_chain(&e))),
+        Err(e) => Err(crate::source::Error::Access(Box::new(e))),
     }
 }
 
@@ -491,13 +610,6 @@ fn lease_identity() -> String {
         .or_else(|_| std::env::var("HOSTNAME"))
         .unwrap_or_else(|_| "tidegate".into());
     format!("{host}-{}", std::process::id())
-}
-
-/// Returns once SIGTERM has set `stop` (polled: the wake-up is shared).
-async fn wait_for_stop(triggers: &Triggers) {
-    while !triggers.stop.load(Ordering::SeqCst) {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 fn log_summary(report: &SyncReport) {

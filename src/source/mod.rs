@@ -96,8 +96,8 @@ pub enum Error {
         #[source]
         source: git2::Error,
     },
-    #[error("cannot prepare Git access: {0}")]
-    Access(String),
+    #[error("cannot prepare Git access")]
+    Access(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("cannot fetch branch {branch} from {url}")]
     Fetch {
         url: String,

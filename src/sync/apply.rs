@@ -61,12 +61,12 @@ pub(super) async fn apply_stage(
     cluster: &Cluster,
     items: &[Item],
     settings: &Settings,
-    stop: &AtomicBool,
+    stop: &CancellationToken,
     report: &mut SyncReport,
     on: OnProgress<'_>,
 ) {
     let writes_before = cluster.writes();
-    let mut results = stream::iter(items.iter().filter(|_| !stop.load(Ordering::SeqCst)).map(
+    let mut results = stream::iter(items.iter().filter(|_| !stop.is_cancelled()).map(
         |item| async move {
             let result = match item.change {
                 Change::Unchanged => Ok(Action::Unchanged),
@@ -113,7 +113,7 @@ pub(super) async fn apply_plan(
     cluster: &Cluster,
     mut plan: Plan,
     settings: &Settings,
-    stop: &AtomicBool,
+    stop: &CancellationToken,
     report: &mut SyncReport,
     on: OnProgress<'_>,
 ) -> Plan {
@@ -127,13 +127,13 @@ pub(super) async fn apply_plan(
     }
     let mut done: Vec<Item> = Vec::new();
     while let Some((stage, items)) = stages.pop_first() {
-        if stop.load(Ordering::SeqCst) {
+        if stop.is_cancelled() {
             report.interrupted = true;
             done.extend(items);
             continue;
         }
         apply_stage(cluster, &items, settings, stop, report, on).await;
-        if stop.load(Ordering::SeqCst) {
+        if stop.is_cancelled() {
             report.interrupted = true;
         }
         if stage == Stage::CustomResourceDefinitions {

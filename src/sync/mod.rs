@@ -6,8 +6,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 use futures::{StreamExt, stream};
 use serde::Serialize;
@@ -325,7 +326,7 @@ pub async fn apply_set(
     settings: &Settings,
     inventory: &Inventory,
     charts: Option<&helm::chart::Sources>,
-    stop: &AtomicBool,
+    stop: &CancellationToken,
     on: OnProgress<'_>,
 ) -> (SyncReport, Inventory) {
     let mut report = SyncReport::default();
@@ -461,7 +462,7 @@ pub async fn run(
     snapshot: Result<Snapshot, crate::source::Error>,
     settings: &Settings,
     requests: Vec<String>,
-    stop: &AtomicBool,
+    stop: &CancellationToken,
     on: OnProgress<'_>,
 ) -> (SyncReport, SyncStatus) {
     let started = now();
@@ -492,7 +493,7 @@ async fn sync_snapshot(
     cluster: &Cluster,
     snapshot: Result<Snapshot, crate::source::Error>,
     settings: &Settings,
-    stop: &AtomicBool,
+    stop: &CancellationToken,
     on: OnProgress<'_>,
 ) -> (SyncReport, Option<Inventory>) {
     let snapshot = match snapshot {
@@ -517,7 +518,7 @@ async fn sync_revision(
     cluster: &Cluster,
     snapshot: Snapshot,
     settings: &Settings,
-    stop: &AtomicBool,
+    stop: &CancellationToken,
     on: OnProgress<'_>,
 ) -> (SyncReport, Option<Inventory>) {
     let phase = std::time::Instant::now();
