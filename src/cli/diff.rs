@@ -7,14 +7,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use serde::Serialize;
 
 use super::daemon::SyncArgs;
 use super::{EXIT_ERROR, EXIT_FAILED, Format};
 use crate::cluster::{Cluster, Connection};
-use crate::plan::{self, Change, Seen};
+use crate::plan::Change;
 use crate::render;
-use crate::sync::{self, GarbageCollection};
+use crate::sync::preview::{Charts, Preview, preview};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -28,37 +27,6 @@ pub struct Args {
     sync: SyncArgs,
     #[arg(short, long, value_enum, default_value = "text")]
     output: Format,
-}
-
-/// One object's entry in the printed plan.
-#[derive(Debug, Serialize)]
-struct Entry {
-    object: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    origin: Option<String>,
-    #[serde(flatten)]
-    change: Change,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    diff: Option<String>,
-}
-
-#[derive(Debug, Default, Serialize)]
-struct Summary {
-    create: usize,
-    update: usize,
-    unchanged: usize,
-    ignored: usize,
-    prune: usize,
-    invalid: usize,
-}
-
-#[derive(Debug, Serialize)]
-struct Output {
-    objects: Vec<Entry>,
-    prune: Vec<String>,
-    /// False when garbage collection is off: the objects in `prune` would stay.
-    prune_enabled: bool,
-    summary: Summary,
 }
 
 pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode> {
@@ -94,70 +62,11 @@ pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode>
             );
             Default::default()
         });
-    let plan = sync::plan(&cluster, &set, &settings, &inventory).await;
-
-    // Namespaces this plan creates: objects in them cannot be dry-run yet.
-    let new_namespaces: Vec<&str> = plan
-        .items
-        .iter()
-        .filter(|i| {
-            i.change == Change::Create
-                && i.desired.id.group.is_empty()
-                && i.desired.id.kind == "Namespace"
-        })
-        .map(|i| i.desired.id.name.as_str())
-        .collect();
-    let mut objects = Vec::new();
-    for item in &plan.items {
-        let d = &item.desired;
-        let (change, diff) = match &item.change {
-            Change::Create | Change::Update => {
-                match cluster
-                    .apply(
-                        &item.resolved,
-                        &d.id,
-                        &d.object,
-                        settings.force_conflicts,
-                        true,
-                    )
-                    .await
-                {
-                    Ok(after) => {
-                        let after = serde_json::to_value(&after).expect("objects serialize");
-                        match plan::object_diff(
-                            &d.id,
-                            item.live.as_ref().and_then(Seen::object),
-                            &after,
-                        ) {
-                            None => (Change::Unchanged, None),
-                            Some(diff) => (item.change.clone(), Some(diff)),
-                        }
-                    }
-                    Err(_)
-                        if d.id
-                            .namespace
-                            .as_deref()
-                            .is_some_and(|ns| new_namespaces.contains(&ns)) =>
-                    {
-                        (
-                            Change::Create,
-                            plan::object_diff(&d.id, None, &d.object.value()),
-                        )
-                    }
-                    Err(e) => (Change::Invalid { reason: e.reason() }, None),
-                }
-            }
-            other => (other.clone(), None),
-        };
-        objects.push(Entry {
-            object: d.id.to_string(),
-            origin: Some(d.origin.to_string()),
-            change,
-            diff,
-        });
-    }
-    let scratch = std::env::temp_dir().join(format!("tidegate-diff-{}", std::process::id()));
-    let helm = args.sync.helm_settings(&connection, &scratch);
+    let scratch = tempfile::Builder::new()
+        .prefix("tidegate-diff-")
+        .tempdir()
+        .context("cannot make a scratch directory")?;
+    let helm = args.sync.helm_settings(&connection, scratch.path());
     let mut sources = crate::helm::chart::Sources::checkout(
         &args.path,
         args.git_url.as_deref(),
@@ -166,53 +75,11 @@ pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode>
     sources.proxy_settings = set.proxy.clone().filter(|p| !p.is_empty());
     sources.values.allow = helm.values_url_allow.clone();
     sources.allow_local = helm.allow_local_charts;
-    for item in &plan.items {
-        if !crate::helm::is_release(&item.desired.id) || item.change == Change::Ignored {
-            continue;
-        }
-        objects.extend(
-            release_entries(&cluster, &helm, &sources, item, settings.force_conflicts).await,
-        );
-    }
-    let _ = std::fs::remove_dir_all(&scratch);
-    for m in &plan.deferred {
-        objects.push(Entry {
-            object: m.id.to_string(),
-            origin: Some(m.origin().to_string()),
-            change: Change::Create,
-            diff: Some(String::from(
-                "(its CustomResourceDefinition is created by the same sync; no dry-run possible)\n",
-            )),
-        });
-    }
-    for e in sync::render_errors(&set).iter().chain(&plan.errors) {
-        objects.push(Entry {
-            object: e.object.clone(),
-            origin: e.origin.clone(),
-            change: Change::Invalid {
-                reason: e.reason.clone(),
-            },
-            diff: None,
-        });
-    }
-    let mut summary = Summary::default();
-    for o in &objects {
-        match o.change {
-            Change::Create => summary.create += 1,
-            Change::Update => summary.update += 1,
-            Change::Unchanged => summary.unchanged += 1,
-            Change::Ignored => summary.ignored += 1,
-            Change::Invalid { .. } => summary.invalid += 1,
-        }
-    }
-    let prune: Vec<String> = plan.prune.iter().map(ToString::to_string).collect();
-    summary.prune = prune.len();
-    let output = Output {
-        objects,
-        prune,
-        prune_enabled: settings.gc == GarbageCollection::On,
-        summary,
+    let charts = Charts {
+        settings: &helm,
+        sources: &sources,
     };
+    let output = preview(&cluster, &set, &settings, &inventory, charts).await;
     match args.output {
         Format::Json => println!("{}", serde_json::to_string_pretty(&output)?),
         Format::Yaml => print!("{}", serde_saphyr::to_string(&output)?),
@@ -226,101 +93,6 @@ pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode>
     } else {
         ExitCode::SUCCESS
     })
-}
-
-/// For a release a sync would install or upgrade, one entry per object its
-/// chart renders that would change, diffed by a server-side dry-run
-/// against the live object.
-async fn release_entries(
-    cluster: &Cluster,
-    helm: &crate::helm::Settings,
-    sources: &crate::helm::chart::Sources,
-    item: &sync::Item,
-    force: bool,
-) -> Vec<Entry> {
-    let d = &item.desired;
-    let preview =
-        match crate::helm::preview(Some(cluster), helm, sources, &d.id, &d.object.value()).await {
-            Ok(p) => p,
-            Err(reason) => {
-                return vec![Entry {
-                    object: d.id.to_string(),
-                    origin: Some(d.origin.to_string()),
-                    change: Change::Invalid {
-                        reason: format!("its release cannot be rendered: {reason}"),
-                    },
-                    diff: None,
-                }];
-            }
-        };
-    let Some(why) = &preview.change else {
-        return Vec::new();
-    };
-    let origin = format!("release {} of {}: {why}", preview.release, d.id);
-    let mut entries = Vec::new();
-    for mut object in preview.rendered {
-        let (Some(api_version), Some(kind), Some(name)) = (
-            object["apiVersion"].as_str(),
-            object["kind"].as_str(),
-            object["metadata"]["name"].as_str(),
-        ) else {
-            continue;
-        };
-        let mut id = crate::model::ObjectRef::new(api_version, kind, None, name);
-        let resolved = match cluster.resolve(&id).await {
-            Ok(r) => r,
-            Err(_) => {
-                entries.push(Entry {
-                    object: id.to_string(),
-                    origin: Some(origin.clone()),
-                    change: Change::Create,
-                    diff: plan::object_diff(&id, None, &object),
-                });
-                continue;
-            }
-        };
-        if resolved.namespaced() {
-            let ns = object["metadata"]["namespace"]
-                .as_str()
-                .unwrap_or(&preview.namespace)
-                .to_string();
-            object["metadata"]["namespace"] = ns.clone().into();
-            id.namespace = Some(ns);
-        }
-        let live = cluster
-            .get(&resolved, &id)
-            .await
-            .ok()
-            .flatten()
-            .map(|o| serde_json::to_value(o).expect("objects serialize"));
-        let after = match cluster.apply(&resolved, &id, &object, force, true).await {
-            Ok(after) => serde_json::to_value(&after).expect("objects serialize"),
-            // A namespace the release would create first, or the like.
-            Err(_) if live.is_none() => object.clone(),
-            Err(e) => {
-                entries.push(Entry {
-                    object: id.to_string(),
-                    origin: Some(origin.clone()),
-                    change: Change::Invalid { reason: e.reason() },
-                    diff: None,
-                });
-                continue;
-            }
-        };
-        if let Some(diff) = plan::object_diff(&id, live.as_ref(), &after) {
-            entries.push(Entry {
-                object: id.to_string(),
-                origin: Some(origin.clone()),
-                change: if live.is_some() {
-                    Change::Update
-                } else {
-                    Change::Create
-                },
-                diff: Some(diff),
-            });
-        }
-    }
-    entries
 }
 
 fn paint(line: &str, color: bool) -> String {
@@ -341,7 +113,7 @@ fn paint(line: &str, color: bool) -> String {
     format!("\x1b[{code}m{line}\x1b[0m")
 }
 
-fn print_text(output: &Output, color: bool) {
+fn print_text(output: &Preview, color: bool) {
     for o in &output.objects {
         let origin = o
             .origin

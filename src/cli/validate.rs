@@ -82,34 +82,14 @@ fn check_releases(args: &Args, set: &render::DesiredSet) -> Vec<String> {
     if releases.is_empty() {
         return Vec::new();
     }
-    let scratch = std::env::temp_dir().join(format!("tidegate-validate-{}", std::process::id()));
-    let settings = helm::Settings {
-        helm: helm::Helm {
-            plugins: None,
-            max_output: helm::binary::MAX_RELEASE_BYTES,
-            binary: args.helm_binary.clone(),
-            kubeconfig: None,
-            context: None,
-            home: scratch.join("helm"),
-            proxy: None,
-            post_renderer: std::env::current_exe().ok(),
-        },
-        cache: scratch.join("charts"),
-        git: None,
-        allow_namespaces: Vec::new(),
-        allow_local_charts: true,
-        values_url_allow: args.values_url_allow.clone(),
-        background: None,
+    let scratch = match tempfile::Builder::new()
+        .prefix("tidegate-validate-")
+        .tempdir()
+    {
+        Ok(dir) => dir,
+        Err(e) => return vec![format!("cannot make a scratch directory for helm: {e}")],
     };
-    let mut sources =
-        helm::chart::Sources::checkout(&args.path, args.git_url.as_deref(), settings.cache.clone());
-    sources.proxy_settings = set.proxy.clone().filter(|p| !p.is_empty());
-    // Run by a user on their own checkout: their own disk is theirs to read.
-    sources.allow_local = true;
-    sources.values = helm::external::Access {
-        fetch: args.fetch_values,
-        allow: args.values_url_allow.clone(),
-    };
+    let (settings, sources) = offline_helm(args, set, scratch.path());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -154,6 +134,42 @@ fn check_releases(args: &Args, set: &render::DesiredSet) -> Vec<String> {
             Err(reason) => errors.push(format!("{}: {id}: {reason}", m.origin())),
         }
     }
-    let _ = std::fs::remove_dir_all(&scratch);
     errors
+}
+
+/// helm as `validate` runs it: without a cluster, in `dir`, reading charts
+/// from the checkout and the user's own disk.
+fn offline_helm(
+    args: &Args,
+    set: &render::DesiredSet,
+    dir: &std::path::Path,
+) -> (helm::Settings, helm::chart::Sources) {
+    let settings = helm::Settings {
+        helm: helm::Helm {
+            plugins: None,
+            max_output: helm::binary::MAX_RELEASE_BYTES,
+            binary: args.helm_binary.clone(),
+            kubeconfig: None,
+            context: None,
+            home: dir.join("helm"),
+            proxy: None,
+            post_renderer: std::env::current_exe().ok(),
+        },
+        cache: dir.join("charts"),
+        git: None,
+        allow_namespaces: Vec::new(),
+        allow_local_charts: true,
+        values_url_allow: args.values_url_allow.clone(),
+        background: None,
+    };
+    let mut sources =
+        helm::chart::Sources::checkout(&args.path, args.git_url.as_deref(), settings.cache.clone());
+    sources.proxy_settings = set.proxy.clone().filter(|p| !p.is_empty());
+    // Run by a user on their own checkout: their own disk is theirs to read.
+    sources.allow_local = true;
+    sources.values = helm::external::Access {
+        fetch: args.fetch_values,
+        allow: args.values_url_allow.clone(),
+    };
+    (settings, sources)
 }

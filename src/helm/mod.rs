@@ -470,9 +470,10 @@ pub async fn preview(
         return Ok(preview);
     }
     let work = work_dir(settings, &spec).map_err(|f| f.message)?;
-    let (chart, values_file) = prepare(cluster, settings, &spec, &w.located, &w.values, &work.0)
-        .await
-        .map_err(|f| f.message)?;
+    let (chart, values_file) =
+        prepare(cluster, settings, &spec, &w.located, &w.values, work.path())
+            .await
+            .map_err(|f| f.message)?;
     let manifest = settings
         .helm
         .template(

@@ -1,44 +1,29 @@
 //! The helm operations: install or upgrade (after the allow-list's check
 //! of what the chart renders), rollback and uninstall, each in a private
-//! scratch directory.
+//! work directory.
 
 use super::*;
 
 /// A directory of this operation's own for the values file and any copy of
-/// the chart; only the daemon's user can read it.
-pub(super) fn work_dir(settings: &Settings, spec: &ReleaseSpec) -> Result<scratch::Dir, Failure> {
-    scratch::Dir::new(&settings.cache.join("work"), &spec.release_name).map_err(|e| {
-        fail(
-            "DeployFailed",
-            format!("cannot prepare a work directory: {e}"),
-        )
-    })
-}
-
-/// Private scratch directories, removed when dropped.
-pub(super) mod scratch {
-    use std::os::unix::fs::DirBuilderExt;
-    use std::path::{Path, PathBuf};
-
-    pub struct Dir(pub PathBuf);
-
-    impl Dir {
-        pub fn new(parent: &Path, name: &str) -> std::io::Result<Dir> {
-            std::fs::create_dir_all(parent)?;
-            static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-            let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let dir = parent.join(format!("{name}-{}-{n}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
-            Ok(Dir(dir))
-        }
-    }
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+/// the chart; only the daemon's user can read it, and it is removed when
+/// dropped.
+pub(super) fn work_dir(
+    settings: &Settings,
+    spec: &ReleaseSpec,
+) -> Result<tempfile::TempDir, Failure> {
+    let parent = settings.cache.join("work");
+    std::fs::create_dir_all(&parent)
+        .and_then(|_| {
+            tempfile::Builder::new()
+                .prefix(&format!("{}-", spec.release_name))
+                .tempdir_in(&parent)
+        })
+        .map_err(|e| {
+            fail(
+                "DeployFailed",
+                format!("cannot prepare a work directory: {e}"),
+            )
+        })
 }
 
 /// Credentials for a chart repository from `chartPullSecret`.
@@ -152,7 +137,7 @@ pub(super) async fn install_or_upgrade(
         spec,
         located,
         values,
-        &work.0,
+        work.path(),
     )
     .await?;
     let labels = digests.labels();

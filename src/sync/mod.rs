@@ -30,6 +30,7 @@ use crate::source::{GitSource, Snapshot};
 
 mod apply;
 mod observe;
+pub mod preview;
 mod prune;
 mod report;
 
