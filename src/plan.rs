@@ -325,6 +325,24 @@ pub fn namespace_refusal(id: &ObjectRef, allowed: &[String]) -> Option<String> {
     }
 }
 
+/// The change for one placed object: refused when another instance owns
+/// the live object (and Git does not ask to adopt it), else as
+/// [`classify`] says. `owner` is this instance, when it records one.
+pub fn decide(
+    desired: &Desired,
+    live: Option<&Value>,
+    known_absent: bool,
+    owner: Option<&str>,
+) -> Option<Change> {
+    let conflict = live
+        .zip(owner)
+        .and_then(|(l, ours)| owner_conflict(live_owner(l), ours, &desired.object));
+    match conflict {
+        Some(reason) => Some(Change::Invalid { reason }),
+        None => classify(desired, live, known_absent),
+    }
+}
+
 /// What to do with one placed object given what the cluster holds: `None`
 /// when the live object could not be read (and is not known to be absent).
 /// An object annotated `ignore: "true"` in the cluster is left alone;
@@ -545,6 +563,41 @@ mod tests {
             ns,
             name,
         )
+    }
+
+    #[test]
+    fn another_instances_object_is_refused_unless_git_adopts_it() {
+        let desired = |annotations: Value| {
+            let object = json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "c", "namespace": "ns", "annotations": annotations}});
+            mk_desired(id("ConfigMap", Some("ns"), "c"), object)
+        };
+        let mut theirs = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": "ns"}});
+        mark(&mut theirs, "other/prod", "abc");
+        let plain = desired(json!({}));
+        assert!(matches!(
+            decide(&plain, Some(&theirs), false, Some("team/prod")),
+            Some(Change::Invalid { reason }) if reason.contains("other/prod") && reason.contains("team/prod")
+        ));
+        let adopting = desired(json!({ADOPT_ANNOTATION: "true"}));
+        assert_eq!(
+            decide(&adopting, Some(&theirs), false, Some("team/prod")),
+            Some(Change::Update)
+        );
+        assert_eq!(
+            decide(&plain, Some(&theirs), false, None),
+            Some(Change::Unchanged),
+            "this instance records no owner: the live object is as Git has it"
+        );
+        assert_eq!(
+            decide(&plain, None, true, Some("team/prod")),
+            Some(Change::Create)
+        );
+        assert_eq!(
+            decide(&plain, None, false, Some("team/prod")),
+            None,
+            "unread"
+        );
     }
 
     #[test]

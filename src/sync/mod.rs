@@ -532,30 +532,7 @@ async fn sync_revision(
         ms = phase.elapsed().as_millis() as u64,
         "rendered"
     );
-    // An unreadable inventory blocks the prune, not the apply: with none,
-    // nothing is a prune candidate, and the record is left as it is. Asked
-    // to, it is rebuilt from the sync set's label, this sync a dry run.
-    let (inventory, unreadable, rebuilt) = match cluster.read_inventory(&settings.state).await {
-        Ok(i) => (i, None, false),
-        Err(crate::cluster::state::Error::Rebuild { .. }) => {
-            let owner = settings.state.owner();
-            match cluster
-                .marked(&settings.sync_set, &owner, &settings.allow_namespaces)
-                .await
-            {
-                Ok(found) => (found, None, true),
-                Err(e) => (
-                    Inventory::new(),
-                    Some(format!(
-                        "the inventory cannot be rebuilt from the sync set's label: {}",
-                        crate::model::error_chain(&e)
-                    )),
-                    false,
-                ),
-            }
-        }
-        Err(e) => (Inventory::new(), Some(crate::model::error_chain(&e)), false),
-    };
+    let (inventory, unreadable, rebuilt) = read_inventory(cluster, settings).await;
     let dry_run;
     let settings = if rebuilt {
         dry_run = Settings {
@@ -569,21 +546,10 @@ async fn sync_revision(
     } else {
         settings
     };
-    let charts = settings.helm.as_ref().map(|h| helm::chart::Sources {
-        url: h.git.as_ref().map(|g| g.url.clone()).unwrap_or_default(),
-        revision: snapshot.revision.clone(),
-        tree: snapshot.tree.clone(),
-        git: h.git.clone(),
-        cache: h.cache.clone(),
-        proxy: h.helm.proxy.clone(),
-        proxy_settings: set.proxy.clone().filter(|p| !p.is_empty()),
-        digests: Default::default(),
-        allow_local: h.allow_local_charts,
-        values: helm::external::Access {
-            fetch: true,
-            allow: h.values_url_allow.clone(),
-        },
-    });
+    let charts = settings
+        .helm
+        .as_ref()
+        .map(|h| chart_sources(h, &snapshot, &set));
     let (mut report, next) = apply_set(
         cluster,
         &set,
@@ -618,15 +584,77 @@ async fn sync_revision(
         report.message = Some(message);
         return (report, None);
     }
-    // Fights over a field are the sync's warnings until they stop.
-    for c in cluster.live().map(|l| l.conflicts()).unwrap_or_default() {
-        report.warnings.push(format!(
-            "{}: field manager {} keeps changing it ({} reverts within {}s); self-heal is paused for it, each periodic sync still reverts it",
-            c.object,
-            c.manager,
-            c.reverts,
-            crate::cluster::live::FIGHT_WINDOW.as_secs()
-        ));
-    }
+    report.warnings.extend(field_fights(cluster));
     (report, Some(next))
+}
+
+/// The inventory to prune against, why it cannot be trusted (then nothing
+/// is pruned and the record keeps it as it is), and whether it was rebuilt
+/// from the sync set's label (then this sync is a dry run of its prune).
+async fn read_inventory(
+    cluster: &Cluster,
+    settings: &Settings,
+) -> (Inventory, Option<String>, bool) {
+    match cluster.read_inventory(&settings.state).await {
+        Ok(i) => (i, None, false),
+        Err(crate::cluster::state::Error::Rebuild { .. }) => {
+            let owner = settings.state.owner();
+            match cluster
+                .marked(&settings.sync_set, &owner, &settings.allow_namespaces)
+                .await
+            {
+                Ok(found) => (found, None, true),
+                Err(e) => (
+                    Inventory::new(),
+                    Some(format!(
+                        "the inventory cannot be rebuilt from the sync set's label: {}",
+                        crate::model::error_chain(&e)
+                    )),
+                    false,
+                ),
+            }
+        }
+        Err(e) => (Inventory::new(), Some(crate::model::error_chain(&e)), false),
+    }
+}
+
+/// Where a sync's HelmReleases find their charts: the synced revision, the
+/// repository's proxy settings, the access helm runs with.
+fn chart_sources(
+    h: &helm::Settings,
+    snapshot: &Snapshot,
+    set: &DesiredSet,
+) -> helm::chart::Sources {
+    helm::chart::Sources {
+        url: h.git.as_ref().map(|g| g.url.clone()).unwrap_or_default(),
+        revision: snapshot.revision.clone(),
+        tree: snapshot.tree.clone(),
+        git: h.git.clone(),
+        cache: h.cache.clone(),
+        proxy: h.helm.proxy.clone(),
+        proxy_settings: set.proxy.clone().filter(|p| !p.is_empty()),
+        digests: Default::default(),
+        allow_local: h.allow_local_charts,
+        values: helm::external::Access {
+            fetch: true,
+            allow: h.values_url_allow.clone(),
+        },
+    }
+}
+
+/// Fights over a field are the sync's warnings until they stop.
+fn field_fights(cluster: &Cluster) -> Vec<String> {
+    let conflicts = cluster.live().map(|l| l.conflicts()).unwrap_or_default();
+    conflicts
+        .into_iter()
+        .map(|c| {
+            format!(
+                "{}: field manager {} keeps changing it ({} reverts within {}s); self-heal is paused for it, each periodic sync still reverts it",
+                c.object,
+                c.manager,
+                c.reverts,
+                crate::cluster::live::FIGHT_WINDOW.as_secs()
+            )
+        })
+        .collect()
 }

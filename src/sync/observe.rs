@@ -122,24 +122,55 @@ pub(super) async fn read_live(
     if placed.is_empty() {
         return;
     }
-    let mut by_resource: BTreeMap<(String, String, String), (Resolved, BTreeSet<String>)> =
-        BTreeMap::new();
-    for (d, r) in &placed {
-        let key = (
-            r.resource.group.clone(),
-            r.resource.version.clone(),
-            r.resource.plural.clone(),
-        );
+    let (mut live, unreadable) = list_live(cluster, &placed, sync_set).await;
+    let missing = read_unlisted(cluster, &placed, &mut live, plan).await;
+    for (desired, resolved) in placed {
+        if let Some(reason) = unreadable.get(&resource_key(&resolved)) {
+            tracing::debug!(object = %desired.id, "list failed ({reason}); read singly");
+        }
+        let live_object = live.remove(&desired.id);
+        let known_absent = missing.contains(&desired.id);
+        // None: a read error, reported already.
+        let Some(change) = plan::decide(&desired, live_object.as_ref(), known_absent, owner) else {
+            continue;
+        };
+        plan.items.push(Item {
+            desired,
+            resolved,
+            live: live_object.map(Seen::Object),
+            change,
+        });
+    }
+}
+
+/// A served resource: group, version, plural.
+type ResourceKey = (String, String, String);
+
+fn resource_key(resolved: &Resolved) -> ResourceKey {
+    (
+        resolved.resource.group.clone(),
+        resolved.resource.version.clone(),
+        resolved.resource.plural.clone(),
+    )
+}
+
+/// One list per resource, all at once, of the set's marked objects in the
+/// namespaces Git has for it. Returns what was found, and the resources
+/// that could not be listed (their objects are read one by one).
+async fn list_live(
+    cluster: &Cluster,
+    placed: &[(Desired, Resolved)],
+    sync_set: &str,
+) -> (HashMap<ObjectRef, Value>, HashMap<ResourceKey, String>) {
+    let mut by_resource: BTreeMap<ResourceKey, (Resolved, BTreeSet<String>)> = BTreeMap::new();
+    for (d, r) in placed {
         let entry = by_resource
-            .entry(key)
+            .entry(resource_key(r))
             .or_insert_with(|| (r.clone(), BTreeSet::new()));
         if let Some(ns) = &d.id.namespace {
             entry.1.insert(ns.clone());
         }
     }
-    let mut live: HashMap<ObjectRef, Value> = HashMap::new();
-    let mut unreadable: HashMap<(String, String, String), String> = HashMap::new();
-    // One list per resource, all at once.
     let lists: Vec<_> = stream::iter(by_resource.into_iter().map(
         |(key, (resolved, namespaces))| async move {
             let namespaces: Vec<String> = namespaces.into_iter().collect();
@@ -150,6 +181,8 @@ pub(super) async fn read_live(
     .buffer_unordered(CONCURRENCY)
     .collect()
     .await;
+    let mut live = HashMap::new();
+    let mut unreadable = HashMap::new();
     for (key, resolved, result) in lists {
         match result {
             Ok(items) => {
@@ -168,11 +201,23 @@ pub(super) async fn read_live(
             }
         }
     }
+    (live, unreadable)
+}
+
+/// Reads the placed objects no list found (unmarked, or their resource not
+/// listable) one by one, into `live`; returns those known not to exist. A
+/// read that fails is the plan's error.
+async fn read_unlisted(
+    cluster: &Cluster,
+    placed: &[(Desired, Resolved)],
+    live: &mut HashMap<ObjectRef, Value>,
+    plan: &mut Plan,
+) -> HashSet<ObjectRef> {
     // Nothing can exist yet in a namespace that does not: skip reading those.
-    let absent_namespaces = absent_namespaces(cluster, &placed, &live).await;
+    let absent_namespaces = absent_namespaces(cluster, placed, live).await;
     let mut missing = HashSet::new();
     let mut unlisted: Vec<&(Desired, Resolved)> = Vec::new();
-    for entry in &placed {
+    for entry in placed {
         let id = &entry.0.id;
         if live.contains_key(id) {
             continue;
@@ -216,35 +261,7 @@ pub(super) async fn read_live(
             }
         }
     }
-    for (desired, resolved) in placed {
-        let key = (
-            resolved.resource.group.clone(),
-            resolved.resource.version.clone(),
-            resolved.resource.plural.clone(),
-        );
-        if let Some(reason) = unreadable.get(&key) {
-            tracing::debug!(object = %desired.id, "list failed ({reason}); read singly");
-        }
-        let live_object = live.remove(&desired.id);
-        let known_absent = missing.contains(&desired.id);
-        // None: a read error, reported above.
-        let conflict = live_object.as_ref().zip(owner).and_then(|(l, ours)| {
-            plan::owner_conflict(crate::model::marks::live_owner(l), ours, &desired.object)
-        });
-        let change = match conflict {
-            Some(reason) => Change::Invalid { reason },
-            None => match plan::classify(&desired, live_object.as_ref(), known_absent) {
-                Some(change) => change,
-                None => continue,
-            },
-        };
-        plan.items.push(Item {
-            desired,
-            resolved,
-            live: live_object.map(Seen::Object),
-            change,
-        });
-    }
+    missing
 }
 
 /// The namespaces that objects not yet listed live in and that do not exist.

@@ -64,6 +64,25 @@ fn history(ns: &str, release: &str) -> Vec<(u64, String)> {
         .collect()
 }
 
+/// The helm processes on this machine running `upgrade` of `release`: what
+/// could still finish an operation on it. (A zombie's command line reads
+/// empty: it is not counted.)
+fn helm_upgrades(release: &str) -> usize {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
+        .filter(|cmdline| {
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            args.first().is_some_and(|program| program.ends_with(b"helm"))
+                && args.contains(&b"upgrade".as_slice())
+                && args.contains(&release.as_bytes())
+        })
+        .count()
+}
+
 /// Installs the HelmRelease CRD once per run. On a control plane that lacks
 /// it, first checks that a HelmRelease is then a clear error while the
 /// rest of the repository still syncs.
@@ -802,11 +821,19 @@ async fn a_release_left_pending_by_a_killed_upgrade_is_recovered() {
         }
     })
     .await;
+    // The upgrade's helm is running (its hook takes a minute): the probe
+    // below sees it.
+    assert_eq!(helm_upgrades(&release), 1, "helm runs the upgrade");
     daemon.kill().unwrap();
     daemon.wait().unwrap();
-    // helm died with tidegate: nothing finishes the upgrade.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(history(&ns, &release).last().unwrap().1, "pending-upgrade");
+    // helm died with tidegate: nothing is left to finish the upgrade.
+    eventually("helm gone with tidegate", Duration::from_secs(20), || {
+        let release = release.clone();
+        async move { (helm_upgrades(&release) == 0).then_some(()) }
+    })
+    .await;
+    let pending = history(&ns, &release);
+    assert_eq!(pending.last().unwrap().1, "pending-upgrade");
     // The next sync recovers it, then upgrades to what Git says.
     write_release(
         &repo,
@@ -824,6 +851,11 @@ async fn a_release_left_pending_by_a_killed_upgrade_is_recovered() {
         revisions.last().unwrap(),
         &(4, "deployed".to_string()),
         "{revisions:?}"
+    );
+    assert_eq!(
+        revisions.len(),
+        pending.len() + 2,
+        "the recovery's rollback and the upgrade, and no revision else: {revisions:?}"
     );
     assert!(
         has_event(&ns, "web", "ReleaseRecovered").await,

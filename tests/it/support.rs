@@ -683,3 +683,27 @@ pub fn metric(port: u16, name: &str) -> f64 {
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
         .unwrap_or(0.0)
 }
+
+/// Waits until the daemon's metric `name` (as [`metric`] reads it) is at
+/// least `wanted`; its value then.
+pub async fn metric_reaches(port: u16, name: &str, wanted: f64) -> f64 {
+    eventually(
+        &format!("{name} to reach {wanted}"),
+        Duration::from_secs(30),
+        || async {
+            let value = metric(port, name);
+            (value >= wanted).then_some(value)
+        },
+    )
+    .await
+}
+
+/// The syncs the daemon ran, whatever their result (from its `/metrics`).
+pub fn syncs(port: u16) -> f64 {
+    http(port, "GET", "/metrics", &[], b"")
+        .1
+        .lines()
+        .filter(|l| l.starts_with("tidegate_syncs_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

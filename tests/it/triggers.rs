@@ -6,14 +6,17 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
-use tidegate::daemon::webhook::sign;
+use tidegate::daemon::webhook::{MIN_INTERVAL, sign};
 
 use crate::servers::free_port;
 use crate::support::{
-    Daemon, GitRepo, app_yaml, client, create_secret, eventually, http, metric,
+    Daemon, GitRepo, app_yaml, client, create_secret, eventually, http, metric, metric_reaches,
     service_account_token, settings_value, stderr, stdout, tidegate, tidegate_command, unique,
     wait_http,
 };
+
+const FETCHES: &str = "tidegate_fetches_total";
+const SUCCEEDED: &str = "tidegate_syncs_total{result=\"succeeded\"}";
 
 async fn wait_value(ns: &str, wanted: &str, within: Duration) {
     eventually(&format!("value {wanted}"), within, || async {
@@ -152,6 +155,9 @@ async fn webhooks_trigger_only_authentic_pushes_to_the_branch() {
 
     repo.write("app.yaml", &app_yaml(&ns, "2"));
     repo.push("second");
+    // Counted before the webhooks that must trigger nothing; the valid one
+    // after them is the sentinel.
+    let fetches = metric(port, FETCHES);
     let push = br#"{"ref":"refs/heads/main"}"#;
     let other = br#"{"ref":"refs/heads/feature"}"#;
     let github = |body: &[u8], secret: &[u8]| {
@@ -209,13 +215,15 @@ async fn webhooks_trigger_only_authentic_pushes_to_the_branch() {
         413
     );
     // None of those synced.
-    tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
         settings_value(&ns).await.as_deref(),
         Some("1"),
         "nothing triggered a sync"
     );
 
+    // The sentinel: one authentic push, one fetch and one sync. Had any of
+    // the webhooks above triggered, there would be a fetch more (and the
+    // revision it brought would have left this one's fetch nothing to sync).
     assert_eq!(
         http(
             port,
@@ -228,6 +236,17 @@ async fn webhooks_trigger_only_authentic_pushes_to_the_branch() {
         202
     );
     wait_value(&ns, "2", Duration::from_secs(30)).await;
+    metric_reaches(port, SUCCEEDED, 2.0).await;
+    assert_eq!(
+        metric(port, FETCHES),
+        fetches + 1.0,
+        "only the authentic push fetched"
+    );
+    assert_eq!(
+        metric(port, SUCCEEDED),
+        2.0,
+        "the first sync and the push's"
+    );
 
     // GitLab's shared token.
     repo.write("app.yaml", &app_yaml(&ns, "3"));
@@ -238,11 +257,13 @@ async fn webhooks_trigger_only_authentic_pushes_to_the_branch() {
     ];
     assert_eq!(http(port, "POST", "/hooks/gitlab", &gitlab, push).0, 202);
     wait_value(&ns, "3", Duration::from_secs(30)).await;
+    // Recorded before the burst is counted.
+    let synced = metric_reaches(port, SUCCEEDED, 3.0).await;
 
     // A burst of pushes at once: the first fetches at once, those arriving
     // while a fetch runs make one follow-up (and the stragglers of the burst,
     // arriving during that follow-up, at most one more).
-    let before = metric(port, "tidegate_fetches_total");
+    let before = metric(port, FETCHES);
     assert!(before >= 1.0, "a fetch counter");
     std::thread::scope(|burst| {
         let sent: Vec<_> = (0..20)
@@ -252,9 +273,30 @@ async fn webhooks_trigger_only_authentic_pushes_to_the_branch() {
             assert_eq!(code.join().unwrap(), 202);
         }
     });
-    // No event says "no more fetches will come": give them time to show.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = metric(port, "tidegate_fetches_total");
+    // Every webhook has been answered; the one fetch the pacing put off
+    // fires at most MIN_INTERVAL after it was asked for (a bound the daemon
+    // keeps, not a guess at how long fetches take to show).
+    tokio::time::sleep(MIN_INTERVAL).await;
+    // The sentinel: one `tidegate sync`, answered by a turn that starts
+    // after the request is seen, with one fetch and one (forced) sync. By
+    // the time it is answered, whatever the burst fetched is counted; the
+    // burst synced nothing, the revision being the one synced already.
+    let out = tidegate(&[
+        "sync",
+        "--sync-set-name",
+        &repo.sync_set,
+        "--timeout",
+        "60s",
+    ]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    metric_reaches(port, SUCCEEDED, synced + 1.0).await;
+    assert_eq!(
+        metric(port, SUCCEEDED),
+        synced + 1.0,
+        "the burst synced nothing; the sync request once"
+    );
+    // Less the sync request's own fetch.
+    let after = metric(port, FETCHES) - 1.0;
     assert!(
         (1.0..=3.0).contains(&(after - before)),
         "20 webhooks made {} fetches",

@@ -14,8 +14,8 @@ use serde_json::json;
 
 use crate::servers::free_port;
 use crate::support::{
-    Daemon, GitRepo, Relay, app_yaml, client, cm_yaml, eventually, metric, settings_value,
-    status_json, stderr, stdout, tidegate_command, unique, wait_http,
+    Daemon, GitRepo, Relay, app_yaml, client, cm_yaml, create_secret, eventually, http, metric,
+    settings_value, status_json, stderr, stdout, syncs, tidegate_command, unique, wait_http,
 };
 
 /// Long intervals: whatever is reverted is reverted by the watch.
@@ -166,12 +166,20 @@ async fn a_watch_resumes_after_the_api_server_goes_away() {
     let repo = GitRepo::new();
     repo.write("app.yaml", &app_yaml(&ns, "1"));
     repo.push("first");
+    // Webhooks (their secret read at start) make the sentinel below.
+    let secret = unique("resume-hook");
+    create_secret(&secret, json!({"webhook-secret": "resume-s3cret"})).await;
     let relay = Relay::start();
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = relay.kubeconfig(dir.path());
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let mut args = vec!["--listen", listen.as_str()];
+    let mut args = vec![
+        "--listen",
+        listen.as_str(),
+        "--webhook-secret-name",
+        secret.as_str(),
+    ];
     args.extend(NO_TIMERS);
     let _daemon = Daemon(
         repo.daemon_command(&repo.url(), &args)
@@ -184,13 +192,49 @@ async fn a_watch_resumes_after_the_api_server_goes_away() {
     wait_http(port, "/readyz", 200);
     edit(&ns, "settings", "before", "kubectl-edit").await;
     reverted(&ns, "settings").await;
+    // The first sync and that revert, counted once both are recorded.
+    let synced = eventually("the revert counted", Duration::from_secs(20), || async {
+        let n = syncs(port);
+        (n >= 2.0).then_some(n)
+    })
+    .await;
 
     // The API server goes away; what changes meanwhile is seen once the
     // watch is back.
     relay.down.store(true, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(500)).await;
     edit(&ns, "settings", "while away", "kubectl-edit").await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The sentinel: a push webhook makes the daemon take a turn, one fetch
+    // from its own disk (no API server needed) and no sync, the revision
+    // being the one synced. The loop takes one turn at a time: had a watch
+    // seen the edit, its revert would have been synced (and counted) first.
+    let fetches = metric(port, "tidegate_fetches_total");
+    let push = [
+        ("X-Gitlab-Event", "Push Hook".to_string()),
+        ("X-Gitlab-Token", "resume-s3cret".to_string()),
+    ];
+    let (code, body) = http(
+        port,
+        "POST",
+        "/hooks/gitlab",
+        &push,
+        br#"{"ref":"refs/heads/main"}"#,
+    );
+    assert_eq!(code, 202, "{body}");
+    eventually("the webhook's fetch", Duration::from_secs(20), || async {
+        (metric(port, "tidegate_fetches_total") >= fetches + 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        metric(port, "tidegate_fetches_total"),
+        fetches + 1.0,
+        "one webhook, one fetch"
+    );
+    assert_eq!(
+        syncs(port),
+        synced,
+        "nothing synced while the API server was away"
+    );
     assert_eq!(value(&ns, "settings").await.as_deref(), Some("while away"));
     relay.down.store(false, Ordering::SeqCst);
     reverted_within(&ns, "settings", Duration::from_secs(60)).await;
