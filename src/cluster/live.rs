@@ -113,6 +113,174 @@ struct State {
     conflicts: BTreeMap<ObjectRef, Conflict>,
 }
 
+fn object_ref(resource: &ApiResource, object: &Value) -> ObjectRef {
+    let meta = &object["metadata"];
+    super::object_id(
+        resource,
+        meta["namespace"].as_str(),
+        meta["name"].as_str().unwrap_or_default(),
+    )
+}
+
+fn entry(state: &State, resource: &ApiResource, id: &ObjectRef, object: &Value) -> Entry {
+    let expected: Option<Value> = state
+        .expected
+        .get(id)
+        .and_then(|e| e.object.as_ref())
+        .map(Json::value);
+    let whole =
+        crate::model::marks::is_helm_release_kind(&resource.group, &resource.kind).then(|| {
+            let mut whole = object.clone();
+            if let Some(meta) = whole["metadata"].as_object_mut() {
+                meta.remove("managedFields");
+            }
+            whole
+        });
+    Entry {
+        resource_version: object["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        in_sync: expected.map(|e| crate::plan::is_unchanged(id, &e, object)),
+        ignored: crate::model::marks::is_ignored(object),
+        health: health::of(&resource.group, &resource.kind, object),
+        changed_by: other_manager(object),
+        whole,
+        owner: crate::model::marks::live_owner(object).map(str::to_string),
+    }
+}
+
+impl State {
+    /// The watch cache's transition on one event of one watch (`part` of
+    /// `resource`'s): returns the objects Git has that it shows drifted.
+    fn on_event(
+        &mut self,
+        resource: &ApiResource,
+        part: &Part,
+        event: Event<DynamicObject>,
+    ) -> Vec<ObjectRef> {
+        let k = key(resource);
+        match event {
+            Event::Init => {
+                if let Some(w) = self.resources.get_mut(&k) {
+                    w.listing.insert(part.clone(), HashMap::new());
+                }
+                Vec::new()
+            }
+            Event::InitApply(object) => {
+                let value = serde_json::to_value(&object).expect("objects serialize");
+                let id = object_ref(resource, &value);
+                let entry = entry(self, resource, &id, &value);
+                if let Some(listing) = self
+                    .resources
+                    .get_mut(&k)
+                    .and_then(|w| w.listing.get_mut(part))
+                {
+                    listing.insert(id, entry);
+                }
+                Vec::new()
+            }
+            Event::InitDone => self.listed(&k, part),
+            Event::Apply(object) => self.applied(resource, object),
+            Event::Delete(object) => {
+                let value = serde_json::to_value(&object).expect("objects serialize");
+                let id = object_ref(resource, &value);
+                let gone = self
+                    .resources
+                    .get_mut(&k)
+                    .and_then(|w| w.objects.remove(&id))
+                    .is_some_and(|was| !was.ignored);
+                match gone && self.is_expected(&id) {
+                    true => vec![id],
+                    false => Vec::new(),
+                }
+            }
+        }
+    }
+
+    /// Whether a sync applied `id` (it is Git's and was there).
+    fn is_expected(&self, id: &ObjectRef) -> bool {
+        self.expected.get(id).is_some_and(|e| e.object.is_some())
+    }
+
+    /// A part's (re)list is done: it replaces that part of the objects.
+    /// What changed while nobody watched is drift too.
+    fn listed(&mut self, k: &Key, part: &Part) -> Vec<ObjectRef> {
+        let Some(w) = self.resources.get_mut(k) else {
+            return Vec::new();
+        };
+        let listed = w.listing.remove(part).unwrap_or_default();
+        let relisted = w.listed.contains(part);
+        let mut drifted = Vec::new();
+        for (id, expected) in &self.expected {
+            if expected.key != *k || expected.object.is_none() || !in_part(id, part) {
+                continue;
+            }
+            let was = w.objects.get(id);
+            match listed.get(id) {
+                None if relisted && was.is_some() => drifted.push(id.clone()),
+                Some(now)
+                    if now.in_sync == Some(false)
+                        && !now.ignored
+                        && was.is_none_or(|was| was.resource_version != now.resource_version) =>
+                {
+                    drifted.push(id.clone())
+                }
+                _ => {}
+            }
+        }
+        w.objects.retain(|id, _| !in_part(id, part));
+        w.objects.extend(listed);
+        w.listed.insert(part.clone());
+        w.synced = w.listed.len() == w.parts;
+        w.failing = false;
+        drifted
+    }
+
+    /// An object changed (or appeared). Drift is the change that makes it
+    /// differ from Git, not every status update after it.
+    fn applied(&mut self, resource: &ApiResource, object: DynamicObject) -> Vec<ObjectRef> {
+        let k = key(resource);
+        let id = super::object_id(
+            resource,
+            object.metadata.namespace.as_deref(),
+            object.metadata.name.as_deref().unwrap_or_default(),
+        );
+        let version = object
+            .metadata
+            .resource_version
+            .as_deref()
+            .unwrap_or_default();
+        // Known already (an apply's own answer), or older.
+        if self
+            .resources
+            .get(&k)
+            .and_then(|w| w.objects.get(&id))
+            .is_some_and(|was| {
+                was.resource_version == version || older(version, &was.resource_version)
+            })
+        {
+            return Vec::new();
+        }
+        let value = serde_json::to_value(&object).expect("objects serialize");
+        let entry = entry(self, resource, &id, &value);
+        let expected = self.is_expected(&id);
+        let Some(w) = self.resources.get_mut(&k) else {
+            return Vec::new();
+        };
+        let was_drifted = w
+            .objects
+            .get(&id)
+            .is_some_and(|was| was.in_sync == Some(false));
+        let drifted = expected && entry.in_sync == Some(false) && !entry.ignored && !was_drifted;
+        w.objects.insert(id.clone(), entry);
+        match drifted {
+            true => vec![id],
+            false => Vec::new(),
+        }
+    }
+}
+
 /// Called with each object that drifted.
 pub type OnDrift = Box<dyn Fn(&ObjectRef) + Send + Sync>;
 
@@ -177,49 +345,6 @@ impl Live {
     /// Changes of the cache, to wait on.
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changes.subscribe()
-    }
-
-    fn id(resource: &ApiResource, object: &Value) -> ObjectRef {
-        let meta = &object["metadata"];
-        super::object_id(
-            resource,
-            meta["namespace"].as_str(),
-            meta["name"].as_str().unwrap_or_default(),
-        )
-    }
-
-    fn entry(
-        &self,
-        state: &State,
-        resource: &ApiResource,
-        id: &ObjectRef,
-        object: &Value,
-    ) -> Entry {
-        let expected: Option<Value> = state
-            .expected
-            .get(id)
-            .and_then(|e| e.object.as_ref())
-            .map(Json::value);
-        let whole = crate::model::marks::is_helm_release_kind(&resource.group, &resource.kind)
-            .then(|| {
-                let mut whole = object.clone();
-                if let Some(meta) = whole["metadata"].as_object_mut() {
-                    meta.remove("managedFields");
-                }
-                whole
-            });
-        Entry {
-            resource_version: object["metadata"]["resourceVersion"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
-            in_sync: expected.map(|e| crate::plan::is_unchanged(id, &e, object)),
-            ignored: crate::model::marks::is_ignored(object),
-            health: health::of(&resource.group, &resource.kind, object),
-            changed_by: other_manager(object),
-            whole,
-            owner: crate::model::marks::live_owner(object).map(str::to_string),
-        }
     }
 
     /// Starts watching a resource's managed objects, unless already watched.
@@ -287,113 +412,12 @@ impl Live {
     }
 
     fn on_event(&self, resource: &ApiResource, part: &Part, event: Event<DynamicObject>) {
-        let mut drifted = Vec::new();
-        {
-            let mut guard = self.state.lock().expect("live state");
-            let state = &mut *guard;
-            let k = key(resource);
-            match event {
-                Event::Init => {
-                    if let Some(w) = state.resources.get_mut(&k) {
-                        w.listing.insert(part.clone(), HashMap::new());
-                    }
-                }
-                Event::InitApply(object) => {
-                    let value = serde_json::to_value(&object).expect("objects serialize");
-                    let id = Self::id(resource, &value);
-                    let entry = self.entry(state, resource, &id, &value);
-                    if let Some(listing) = state
-                        .resources
-                        .get_mut(&k)
-                        .and_then(|w| w.listing.get_mut(part))
-                    {
-                        listing.insert(id, entry);
-                    }
-                }
-                Event::InitDone => {
-                    let Some(w) = state.resources.get_mut(&k) else {
-                        return;
-                    };
-                    let listed = w.listing.remove(part).unwrap_or_default();
-                    let relisted = w.listed.contains(part);
-                    // What changed while nobody watched is drift too.
-                    for (id, expected) in &state.expected {
-                        if expected.key != k || expected.object.is_none() || !in_part(id, part) {
-                            continue;
-                        }
-                        let was = w.objects.get(id);
-                        match listed.get(id) {
-                            None if relisted && was.is_some() => drifted.push(id.clone()),
-                            Some(now)
-                                if now.in_sync == Some(false)
-                                    && !now.ignored
-                                    && was.is_none_or(|was| {
-                                        was.resource_version != now.resource_version
-                                    }) =>
-                            {
-                                drifted.push(id.clone())
-                            }
-                            _ => {}
-                        }
-                    }
-                    w.objects.retain(|id, _| !in_part(id, part));
-                    w.objects.extend(listed);
-                    w.listed.insert(part.clone());
-                    w.synced = w.listed.len() == w.parts;
-                    w.failing = false;
-                }
-                Event::Apply(object) => {
-                    let id = super::object_id(
-                        resource,
-                        object.metadata.namespace.as_deref(),
-                        object.metadata.name.as_deref().unwrap_or_default(),
-                    );
-                    let version = object
-                        .metadata
-                        .resource_version
-                        .as_deref()
-                        .unwrap_or_default();
-                    // Known already (an apply's own answer), or older.
-                    if state
-                        .resources
-                        .get(&k)
-                        .and_then(|w| w.objects.get(&id))
-                        .is_some_and(|was| {
-                            was.resource_version == version || older(version, &was.resource_version)
-                        })
-                    {
-                        return;
-                    }
-                    let value = serde_json::to_value(&object).expect("objects serialize");
-                    let entry = self.entry(state, resource, &id, &value);
-                    let Some(w) = state.resources.get_mut(&k) else {
-                        return;
-                    };
-                    let expected = state.expected.get(&id).is_some_and(|e| e.object.is_some());
-                    // Drift is the change that makes it differ, not every
-                    // status update after it.
-                    let was_drifted = w
-                        .objects
-                        .get(&id)
-                        .is_some_and(|was| was.in_sync == Some(false));
-                    if expected && entry.in_sync == Some(false) && !entry.ignored && !was_drifted {
-                        drifted.push(id.clone());
-                    }
-                    w.objects.insert(id, entry);
-                }
-                Event::Delete(object) => {
-                    let value = serde_json::to_value(&object).expect("objects serialize");
-                    let id = Self::id(resource, &value);
-                    if let Some(w) = state.resources.get_mut(&k)
-                        && w.objects.remove(&id).is_some_and(|was| !was.ignored)
-                        && state.expected.get(&id).is_some_and(|e| e.object.is_some())
-                    {
-                        drifted.push(id);
-                    }
-                }
-            }
-            drifted.retain(|id| Self::may_heal(state, id));
-        }
+        let drifted = {
+            let mut state = self.state.lock().expect("live state");
+            let mut drifted = state.on_event(resource, part, event);
+            drifted.retain(|id| Self::may_heal(&mut state, id));
+            drifted
+        };
         self.changes.send_modify(|n| *n += 1);
         if let Some(on_drift) = &self.on_drift {
             for id in &drifted {
@@ -480,12 +504,7 @@ impl Live {
 
     /// Whether a sync applied `id` (it is Git's and was there).
     pub fn is_expected(&self, id: &ObjectRef) -> bool {
-        self.state
-            .lock()
-            .expect("live state")
-            .expected
-            .get(id)
-            .is_some_and(|e| e.object.is_some())
+        self.state.lock().expect("live state").is_expected(id)
     }
 
     /// Git's objects, as a sync is about to apply them: the cache compares
@@ -548,8 +567,8 @@ impl Live {
     pub fn applied(&self, resolved: &Resolved, object: &Value) {
         let mut guard = self.state.lock().expect("live state");
         let state = &mut *guard;
-        let id = Self::id(&resolved.resource, object);
-        let entry = self.entry(state, &resolved.resource, &id, object);
+        let id = object_ref(&resolved.resource, object);
+        let entry = entry(state, &resolved.resource, &id, object);
         if let Some(w) = state.resources.get_mut(&key(&resolved.resource))
             && !w
                 .objects
@@ -655,6 +674,130 @@ mod tests {
         ]}});
         assert_eq!(other_manager(&object).as_deref(), Some("kubectl-edit"));
         assert_eq!(other_manager(&json!({"metadata": {}})), None);
+    }
+
+    fn mk_resource() -> ApiResource {
+        ApiResource::erase::<k8s_openapi::api::core::v1::ConfigMap>(&())
+    }
+
+    fn mk_live(name: &str, version: &str, value: &str) -> DynamicObject {
+        serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": "shop", "resourceVersion": version},
+            "data": {"key": value},
+        }))
+        .unwrap()
+    }
+
+    /// A cache watching ConfigMaps in one part, Git having `shop/a` with `key: git`.
+    fn mk_state() -> (State, ApiResource, ObjectRef) {
+        let resource = mk_resource();
+        let id = ObjectRef::new("v1", "ConfigMap", Some("shop"), "a");
+        let mut state = State::default();
+        state.resources.insert(
+            key(&resource),
+            Watched {
+                parts: 1,
+                ..Watched::default()
+            },
+        );
+        let git = json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "a", "namespace": "shop"}, "data": {"key": "git"}});
+        state.expected.insert(
+            id.clone(),
+            Expected {
+                key: key(&resource),
+                checksum: Some("c".into()),
+                object: Some(Json::new(&git)),
+            },
+        );
+        (state, resource, id)
+    }
+
+    #[test]
+    fn a_list_then_changes_drift_once_and_a_delete_drifts() {
+        let (mut state, resource, id) = mk_state();
+        let all: Part = None;
+        assert!(state.on_event(&resource, &all, Event::Init).is_empty());
+        assert!(
+            state
+                .on_event(&resource, &all, Event::InitApply(mk_live("a", "1", "git")))
+                .is_empty()
+        );
+        assert!(
+            state
+                .on_event(
+                    &resource,
+                    &all,
+                    Event::InitApply(mk_live("other", "2", "x"))
+                )
+                .is_empty(),
+            "Git does not have it"
+        );
+        assert!(state.on_event(&resource, &all, Event::InitDone).is_empty());
+        let watched = &state.resources[&key(&resource)];
+        assert!(watched.synced, "its one part has listed");
+        assert_eq!(watched.objects[&id].in_sync, Some(true));
+
+        let drifted = state.on_event(&resource, &all, Event::Apply(mk_live("a", "3", "edited")));
+        assert_eq!(drifted, vec![id.clone()], "the change that makes it differ");
+        let again = state.on_event(
+            &resource,
+            &all,
+            Event::Apply(mk_live("a", "4", "edited again")),
+        );
+        assert!(
+            again.is_empty(),
+            "already drifted: not every update after it"
+        );
+        let stale = state.on_event(&resource, &all, Event::Apply(mk_live("a", "2", "old")));
+        assert!(stale.is_empty(), "an older version is ignored");
+        assert_eq!(
+            state.resources[&key(&resource)].objects[&id].resource_version,
+            "4"
+        );
+
+        assert!(
+            state
+                .on_event(&resource, &all, Event::Apply(mk_live("a", "5", "git")))
+                .is_empty(),
+            "back as Git has it"
+        );
+        let gone = state.on_event(&resource, &all, Event::Delete(mk_live("a", "6", "git")));
+        assert_eq!(gone, vec![id.clone()]);
+        let unknown = state.on_event(&resource, &all, Event::Delete(mk_live("other", "7", "x")));
+        assert!(unknown.is_empty(), "Git does not have it");
+    }
+
+    #[test]
+    fn a_relist_finds_what_changed_or_went_while_nobody_watched() {
+        let (mut state, resource, id) = mk_state();
+        let all: Part = None;
+        for event in [
+            Event::Init,
+            Event::InitApply(mk_live("a", "1", "git")),
+            Event::InitDone,
+        ] {
+            state.on_event(&resource, &all, event);
+        }
+        // The watch restarts: the object changed meanwhile.
+        state.on_event(&resource, &all, Event::Init);
+        state.on_event(
+            &resource,
+            &all,
+            Event::InitApply(mk_live("a", "9", "edited")),
+        );
+        assert_eq!(
+            state.on_event(&resource, &all, Event::InitDone),
+            vec![id.clone()]
+        );
+        // Again: now it is gone.
+        state.on_event(&resource, &all, Event::Init);
+        assert_eq!(
+            state.on_event(&resource, &all, Event::InitDone),
+            vec![id.clone()]
+        );
+        assert!(!state.resources[&key(&resource)].objects.contains_key(&id));
     }
 
     #[test]
