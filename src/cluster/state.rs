@@ -281,31 +281,41 @@ impl Cluster {
         status: &SyncStatus,
         inventory: Option<&Inventory>,
     ) -> Result<(), Error> {
-        self.fenced().map_err(|e| Error::Write {
+        let write_err = |source: WriteError| Error::Write {
             namespace: state.namespace.clone(),
             name: state.name(),
-            source: e.into(),
-        })?;
+            source,
+        };
+        self.fenced().map_err(|e| write_err(e.into()))?;
         let mut data = BTreeMap::new();
         data.insert(
             STATUS_KEY.to_string(),
             serde_json::to_string(status).expect("status serializes"),
         );
-        let write_err = |source: kube::Error| Error::Write {
-            namespace: state.namespace.clone(),
-            name: state.name(),
-            source: source.into(),
+        let written = match inventory {
+            Some(inventory) => self.record_with_inventory(state, data, inventory).await,
+            None => self.record_status(state, data).await,
         };
+        written.map_err(|e| write_err(e.into()))?;
+        self.emit_event(state, status).await.map_err(write_err)
+    }
+
+    /// Applies the state ConfigMap whole: the status, and the inventory
+    /// inline or in shards; then removes the shards no longer named.
+    async fn record_with_inventory(
+        &self,
+        state: &StateRef,
+        mut data: BTreeMap<String, String>,
+        inventory: &Inventory,
+    ) -> Result<(), kube::Error> {
+        let text = inventory::encode(inventory);
         let mut generation = None;
-        if let Some(inventory) = inventory {
-            let text = inventory::encode(inventory);
-            if text.len() <= SHARD_BYTES {
-                data.insert(INVENTORY_KEY.to_string(), text);
-            } else {
-                let shards = self.write_shards(state, &text).await.map_err(write_err)?;
-                generation = shards.split_once('/').map(|(g, _)| g.to_string());
-                data.insert(SHARDS_KEY.to_string(), shards);
-            }
+        if text.len() <= SHARD_BYTES {
+            data.insert(INVENTORY_KEY.to_string(), text);
+        } else {
+            let shards = self.write_shards(state, &text).await?;
+            generation = shards.split_once('/').map(|(g, _)| g.to_string());
+            data.insert(SHARDS_KEY.to_string(), shards);
         }
         let map = ConfigMap {
             metadata: own_metadata(state.name(), state.namespace.clone()),
@@ -314,66 +324,63 @@ impl Cluster {
         };
         let api = Api::<ConfigMap>::namespaced(self.client.clone(), &state.namespace);
         let apply = PatchParams::apply("tidegate-state").force();
-        if inventory.is_some() {
-            api.patch(&state.name(), &apply, &Patch::Apply(&map))
-                .await
-                .map_err(write_err)?;
-            let asked = self
-                .rebuilding
-                .swap(false, std::sync::atomic::Ordering::SeqCst);
-            if generation.is_some() && asked {
-                // An inline inventory another writer left (a `rebuild`
-                // request written by hand) would shadow the shards.
-                let clear = serde_json::json!({"data": {INVENTORY_KEY: null}});
-                api.patch(
-                    &state.name(),
-                    &PatchParams::default(),
-                    &Patch::Merge(&clear),
-                )
-                .await
-                .map_err(write_err)?;
-            }
-        } else {
-            // Without an inventory, update the status alone: an apply that
-            // leaves the inventory out would remove it.
-            let merge = serde_json::json!({"data": map.data});
-            match api
-                .patch(
-                    &state.name(),
-                    &PatchParams::default(),
-                    &Patch::Merge(&merge),
-                )
-                .await
-            {
-                Err(kube::Error::Api(status)) if status.code == 404 => {
-                    api.patch(&state.name(), &apply, &Patch::Apply(&map))
-                        .await
-                        .map_err(write_err)?;
-                }
-                other => {
-                    other.map_err(write_err)?;
-                }
-            }
+        api.patch(&state.name(), &apply, &Patch::Apply(&map))
+            .await?;
+        let asked = self
+            .rebuilding
+            .swap(false, std::sync::atomic::Ordering::SeqCst);
+        if generation.is_some() && asked {
+            // An inline inventory another writer left (a `rebuild`
+            // request written by hand) would shadow the shards.
+            let clear = serde_json::json!({"data": {INVENTORY_KEY: null}});
+            api.patch(
+                &state.name(),
+                &PatchParams::default(),
+                &Patch::Merge(&clear),
+            )
+            .await?;
         }
-        if inventory.is_some() {
-            // Shards of an older generation are no longer named: remove them
-            // (only when shards were written or read, so small inventories
-            // cost no list).
-            let previous = self.shard_generation.lock().expect("shards").take();
-            if previous.is_some() || generation.is_some() {
-                self.delete_old_shards(state, generation.as_deref())
-                    .await
-                    .map_err(write_err)?;
-            }
-            *self.shard_generation.lock().expect("shards") = generation;
+        // Shards of an older generation are no longer named: remove them
+        // (only when shards were written or read, so small inventories
+        // cost no list).
+        let previous = self.shard_generation.lock().expect("shards").take();
+        if previous.is_some() || generation.is_some() {
+            self.delete_old_shards(state, generation.as_deref()).await?;
         }
-        self.emit_event(state, status)
+        *self.shard_generation.lock().expect("shards") = generation;
+        Ok(())
+    }
+
+    /// Updates the status alone: an apply that leaves the inventory out
+    /// would remove it.
+    async fn record_status(
+        &self,
+        state: &StateRef,
+        data: BTreeMap<String, String>,
+    ) -> Result<(), kube::Error> {
+        let api = Api::<ConfigMap>::namespaced(self.client.clone(), &state.namespace);
+        let merge = serde_json::json!({ "data": data });
+        match api
+            .patch(
+                &state.name(),
+                &PatchParams::default(),
+                &Patch::Merge(&merge),
+            )
             .await
-            .map_err(|source| Error::Write {
-                namespace: state.namespace.clone(),
-                name: state.name(),
-                source,
-            })
+        {
+            Err(kube::Error::Api(status)) if status.code == 404 => {
+                let map = ConfigMap {
+                    metadata: own_metadata(state.name(), state.namespace.clone()),
+                    data: Some(data),
+                    ..ConfigMap::default()
+                };
+                let apply = PatchParams::apply("tidegate-state").force();
+                api.patch(&state.name(), &apply, &Patch::Apply(&map))
+                    .await?;
+                Ok(())
+            }
+            other => other.map(|_| ()),
+        }
     }
 
     /// An Event on the state ConfigMap for one sync: Normal when it

@@ -80,28 +80,59 @@ pub struct Item {
     pub changed: bool,
 }
 
-/// A failure of one release, with the message for its status.
-#[derive(Debug, Clone)]
-struct Failure {
-    phase: &'static str,
-    message: String,
-    /// Only a change in Git can mend it.
-    waits_for_git: bool,
+/// Why one release failed, by helm-operator's phase name, with the message
+/// for its status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReleaseError {
+    /// Git's HelmRelease cannot be read.
+    #[error("{0}")]
+    Invalid(String),
+    /// Git asks for what the allow-list refuses.
+    #[error("{0}")]
+    NotAllowed(String),
+    /// Another HelmRelease in Git asks for the same release.
+    #[error("{0}")]
+    Duplicate(String),
+    #[error("{0}")]
+    ChartFetchFailed(String),
+    #[error("{0}")]
+    ValuesFailed(String),
+    #[error("{0}")]
+    DeployFailed(String),
+    /// A deploy that failed before on the same chart and values.
+    #[error("{0}")]
+    DeployRefused(String),
+    /// The upgrade failed and was rolled back.
+    #[error("{0}")]
+    RolledBack(String),
+    #[error("{0}")]
+    RollbackFailed(String),
 }
 
-fn fail(phase: &'static str, message: impl Into<String>) -> Failure {
-    Failure {
-        phase,
-        message: message.into(),
-        waits_for_git: false,
+impl ReleaseError {
+    /// helm-operator's phase for it, as the HelmRelease's status shows.
+    pub fn phase(&self) -> &'static str {
+        match self {
+            ReleaseError::Invalid(_) => "Invalid",
+            ReleaseError::NotAllowed(_) => "NotAllowed",
+            ReleaseError::Duplicate(_) => "Duplicate",
+            ReleaseError::ChartFetchFailed(_) => "ChartFetchFailed",
+            ReleaseError::ValuesFailed(_) => "ValuesFailed",
+            ReleaseError::DeployFailed(_) | ReleaseError::DeployRefused(_) => "DeployFailed",
+            ReleaseError::RolledBack(_) => "RolledBack",
+            ReleaseError::RollbackFailed(_) => "RollbackFailed",
+        }
     }
-}
 
-/// A failure the same Git will always give.
-fn refuse(phase: &'static str, message: impl Into<String>) -> Failure {
-    Failure {
-        waits_for_git: true,
-        ..fail(phase, message)
+    /// Only a change in Git can mend it: trying again sooner helps nothing.
+    pub fn waits_for_git(&self) -> bool {
+        matches!(
+            self,
+            ReleaseError::Invalid(_)
+                | ReleaseError::NotAllowed(_)
+                | ReleaseError::Duplicate(_)
+                | ReleaseError::DeployRefused(_)
+        )
     }
 }
 
@@ -156,9 +187,9 @@ async fn decide_all(ctx: &Context<'_>, items: &[Item], mut observed: Observed) -
     let prepared: Vec<Result<(ReleaseSpec, Wanted), Refusal>> =
         stream::iter(items.iter().map(|item| async move {
             let spec = release::parse(&item.id, &item.object)
-                .map_err(|e| Box::new((None, refuse("Invalid", e.to_string()))))?;
+                .map_err(|e| Box::new((None, ReleaseError::Invalid(e.to_string()))))?;
             if let Some(why) = allowed::spec_refusal(&spec, &ctx.settings.allow_namespaces) {
-                return Err(Box::new((Some(spec), refuse("NotAllowed", why))));
+                return Err(Box::new((Some(spec), ReleaseError::NotAllowed(why))));
             }
             match wanted(Some(ctx.cluster), ctx.sources, &spec).await {
                 Ok(w) => Ok((spec, w)),
@@ -179,7 +210,7 @@ async fn decide_all(ctx: &Context<'_>, items: &[Item], mut observed: Observed) -
         .map(|p| match p {
             Ok((spec, _)) if duplicates.contains_key(&spec.id) => {
                 let why = duplicates[&spec.id].clone();
-                Err(Box::new((Some(spec), refuse("Duplicate", why))))
+                Err(Box::new((Some(spec), ReleaseError::Duplicate(why))))
             }
             other => other,
         })
@@ -314,7 +345,7 @@ struct Decision {
 }
 
 /// A release that could not be decided, and its spec if it could be read.
-type Refusal = Box<(Option<ReleaseSpec>, Failure)>;
+type Refusal = Box<(Option<ReleaseSpec>, ReleaseError)>;
 
 type Decided = Result<Decision, Refusal>;
 
@@ -348,8 +379,8 @@ async fn finish(ctx: &Context<'_>, item: &Item, decided: Decided) -> ReleaseStat
         }
     };
     let Some(spec) = spec else {
-        status.message = outcome.as_ref().err().map(|f| f.message.clone());
-        status.waits_for_git = outcome.as_ref().is_err_and(|f| f.waits_for_git);
+        status.message = outcome.as_ref().err().map(|f| f.to_string());
+        status.waits_for_git = outcome.as_ref().is_err_and(|f| f.waits_for_git());
         write_status(ctx, item, None, None, &outcome, None).await;
         return status;
     };
@@ -374,8 +405,8 @@ async fn finish(ctx: &Context<'_>, item: &Item, decided: Decided) -> ReleaseStat
             status.message = o.message.clone();
         }
         Err(f) => {
-            status.message = Some(f.message.clone());
-            status.waits_for_git = f.waits_for_git;
+            status.message = Some(f.to_string());
+            status.waits_for_git = f.waits_for_git();
         }
     }
     write_status(
@@ -405,7 +436,7 @@ async fn needed(
     cluster: &Cluster,
     spec: &ReleaseSpec,
     wanted: &Wanted,
-) -> Result<(Option<Operation>, storage::History), Failure> {
+) -> Result<(Option<Operation>, storage::History), ReleaseError> {
     let history = storage::history(&cluster.client, &spec.target_namespace, &spec.release_name)
         .await
         .map_err(history_failure)?;
@@ -413,11 +444,8 @@ async fn needed(
     Ok(decided.pop().expect("one release in, one out"))
 }
 
-fn history_failure(e: kube::Error) -> Failure {
-    fail(
-        "DeployFailed",
-        format!("cannot read the release's Helm history: {e}"),
-    )
+fn history_failure(e: kube::Error) -> ReleaseError {
+    ReleaseError::DeployFailed(format!("cannot read the release's Helm history: {e}"))
 }
 
 /// The HelmReleases a plan holds and may reconcile.
@@ -445,17 +473,15 @@ pub async fn preview(
     sources: &chart::Sources,
     id: &ObjectRef,
     object: &Value,
-) -> Result<Preview, String> {
-    let spec = release::parse(id, object).map_err(|e| e.to_string())?;
-    let w = wanted(cluster, sources, &spec)
-        .await
-        .map_err(|f| f.message)?;
+) -> Result<Preview, ReleaseError> {
+    let spec = release::parse(id, object).map_err(|e| ReleaseError::Invalid(e.to_string()))?;
+    let w = wanted(cluster, sources, &spec).await?;
     let change = match cluster {
-        Some(cluster) => match needed(cluster, &spec, &w).await.map_err(|f| f.message)?.0 {
+        Some(cluster) => match needed(cluster, &spec, &w).await?.0 {
             None => None,
             Some(Operation::Install) => Some("would be installed".to_string()),
             Some(Operation::Upgrade(why)) => Some(format!("would be upgraded: {why}")),
-            Some(Operation::Blocked(why)) => return Err(why),
+            Some(Operation::Blocked(why)) => return Err(ReleaseError::DeployRefused(why)),
             Some(op) => Some(format!("would be recovered first: {op:?}")),
         },
         None => Some("rendered offline".to_string()),
@@ -469,11 +495,9 @@ pub async fn preview(
     if preview.change.is_none() {
         return Ok(preview);
     }
-    let work = work_dir(settings, &spec).map_err(|f| f.message)?;
+    let work = work_dir(settings, &spec)?;
     let (chart, values_file) =
-        prepare(cluster, settings, &spec, &w.located, &w.values, work.path())
-            .await
-            .map_err(|f| f.message)?;
+        prepare(cluster, settings, &spec, &w.located, &w.values, work.path()).await?;
     let manifest = settings
         .helm
         .template(
@@ -485,8 +509,9 @@ pub async fn preview(
             sources.proxy_settings.as_ref(),
         )
         .await
-        .map_err(|e| e.to_string())?;
-    preview.rendered = parse_documents(&manifest, &ParseLimits::default())
-        .map_err(|e| format!("the chart renders YAML that cannot be read: {e}"))?;
+        .map_err(|e| ReleaseError::DeployFailed(e.to_string()))?;
+    preview.rendered = parse_documents(&manifest, &ParseLimits::default()).map_err(|e| {
+        ReleaseError::DeployFailed(format!("the chart renders YAML that cannot be read: {e}"))
+    })?;
     Ok(preview)
 }

@@ -10,7 +10,7 @@ use super::*;
 pub(super) fn work_dir(
     settings: &Settings,
     spec: &ReleaseSpec,
-) -> Result<tempfile::TempDir, Failure> {
+) -> Result<tempfile::TempDir, ReleaseError> {
     let parent = settings.cache.join("work");
     std::fs::create_dir_all(&parent)
         .and_then(|_| {
@@ -18,12 +18,7 @@ pub(super) fn work_dir(
                 .prefix(&format!("{}-", spec.release_name))
                 .tempdir_in(&parent)
         })
-        .map_err(|e| {
-            fail(
-                "DeployFailed",
-                format!("cannot prepare a work directory: {e}"),
-            )
-        })
+        .map_err(|e| ReleaseError::DeployFailed(format!("cannot prepare a work directory: {e}")))
 }
 
 /// Credentials for a chart repository from `chartPullSecret`.
@@ -31,7 +26,7 @@ pub(super) async fn pull_credentials(
     cluster: &Cluster,
     located: &chart::Located,
     namespace: &str,
-) -> Result<Option<(String, String)>, Failure> {
+) -> Result<Option<(String, String)>, ReleaseError> {
     let chart::Kind::Repository {
         pull_secret: Some(name),
         ..
@@ -41,16 +36,12 @@ pub(super) async fn pull_credentials(
     };
     let api: Api<Secret> = Api::namespaced(cluster.client.clone(), namespace);
     let secret = api.get_opt(name).await.map_err(|e| {
-        fail(
-            "ChartFetchFailed",
-            format!("cannot read chartPullSecret {namespace}/{name}: {e}"),
-        )
+        ReleaseError::ChartFetchFailed(format!(
+            "cannot read chartPullSecret {namespace}/{name}: {e}"
+        ))
     })?;
     let data = secret.and_then(|s| s.data).ok_or_else(|| {
-        fail(
-            "ChartFetchFailed",
-            format!("chartPullSecret {namespace}/{name} not found"),
-        )
+        ReleaseError::ChartFetchFailed(format!("chartPullSecret {namespace}/{name} not found"))
     })?;
     let field = |k: &str| {
         data.get(k)
@@ -78,14 +69,11 @@ pub(super) async fn pull_credentials(
             })
         });
     entry.map(Some).ok_or_else(|| {
-        fail(
-            "ChartFetchFailed",
-            format!(
-                "chartPullSecret {namespace}/{name} needs the keys username and password, \
+        ReleaseError::ChartFetchFailed(format!(
+            "chartPullSecret {namespace}/{name} needs the keys username and password, \
                  or a repositories.yaml with an entry for {}",
-                crate::source::remote::redact(url)
-            ),
-        )
+            crate::source::remote::redact(url)
+        ))
     })
 }
 
@@ -98,7 +86,7 @@ pub(super) async fn prepare(
     located: &chart::Located,
     values: &Value,
     work: &std::path::Path,
-) -> Result<(PathBuf, PathBuf), Failure> {
+) -> Result<(PathBuf, PathBuf), ReleaseError> {
     let namespace = spec.id.namespace.clone().unwrap_or_default();
     let credentials = match cluster {
         Some(cluster) => pull_credentials(cluster, located, &namespace).await?,
@@ -106,13 +94,13 @@ pub(super) async fn prepare(
     };
     let chart = chart::prepare(located, &settings.helm, &settings.cache, work, credentials)
         .await
-        .map_err(|e| fail("ChartFetchFailed", crate::model::error_chain(&e)))?;
+        .map_err(|e| ReleaseError::ChartFetchFailed(crate::model::error_chain(&e)))?;
     let values_file = work.join("values.json");
     std::fs::write(
         &values_file,
         serde_json::to_vec(values).expect("values serialize"),
     )
-    .map_err(|e| fail("DeployFailed", format!("cannot write the values file: {e}")))?;
+    .map_err(|e| ReleaseError::DeployFailed(format!("cannot write the values file: {e}")))?;
     Ok((chart, values_file))
 }
 
@@ -126,10 +114,10 @@ pub(super) async fn install_or_upgrade(
     digests: &Digests,
     deployed: Option<u32>,
     why: &str,
-) -> Result<Outcome, Failure> {
+) -> Result<Outcome, ReleaseError> {
     ctx.cluster
         .fenced()
-        .map_err(|e| fail("DeployFailed", e.to_string()))?;
+        .map_err(|e| ReleaseError::DeployFailed(e.to_string()))?;
     let work = work_dir(ctx.settings, spec)?;
     let (chart, values_file) = prepare(
         Some(ctx.cluster),
@@ -207,15 +195,14 @@ pub(super) async fn install_or_upgrade(
                                 &message,
                             )
                             .await;
-                            Err(fail("RolledBack", message))
+                            Err(ReleaseError::RolledBack(message))
                         }
-                        Err(r) => Err(fail(
-                            "RollbackFailed",
-                            format!("{failed}; the rollback failed too: {r}"),
-                        )),
+                        Err(r) => Err(ReleaseError::RollbackFailed(format!(
+                            "{failed}; the rollback failed too: {r}"
+                        ))),
                     }
                 }
-                _ => Err(fail("DeployFailed", failed)),
+                _ => Err(ReleaseError::DeployFailed(failed)),
             }
         }
     }
@@ -229,14 +216,12 @@ pub(super) async fn check_chart(
     ctx: &Context<'_>,
     spec: &ReleaseSpec,
     args: &binary::UpgradeArgs<'_>,
-) -> Result<Vec<String>, Failure> {
-    let refused = |why: String| refuse("NotAllowed", why);
-    let render_failed = |e: binary::Error| fail("DeployFailed", e.to_string());
+) -> Result<Vec<String>, ReleaseError> {
+    let refused = |why: String| ReleaseError::NotAllowed(why);
+    let render_failed = |e: binary::Error| ReleaseError::DeployFailed(e.to_string());
     // The post-renderer is the allow-list's last check at install.
     if ctx.settings.helm.post_renderer.is_none() {
-        return Err(fail(
-            "DeployFailed",
-            "under --k8s-allow-namespace helm needs tidegate as its post-renderer, and tidegate cannot name its own binary",
+        return Err(ReleaseError::DeployFailed("under --k8s-allow-namespace helm needs tidegate as its post-renderer, and tidegate cannot name its own binary".into(),
         ));
     }
     // Offline, CRDs and hooks included; then as the install would render
@@ -256,12 +241,7 @@ pub(super) async fn check_chart(
     let release: Value = serde_json::from_str(
         &helm.upgrade_dry_run(args).await.map_err(render_failed)?,
     )
-    .map_err(|e| {
-        fail(
-            "DeployFailed",
-            format!("helm's dry run printed no release: {e}"),
-        )
-    })?;
+    .map_err(|e| ReleaseError::DeployFailed(format!("helm's dry run printed no release: {e}")))?;
     let mut texts = vec![
         offline,
         release["manifest"].as_str().unwrap_or_default().to_string(),
@@ -276,10 +256,7 @@ pub(super) async fn check_chart(
     let mut docs = Vec::new();
     for text in &texts {
         docs.extend(parse_documents(text, &ParseLimits::default()).map_err(|e| {
-            fail(
-                "DeployFailed",
-                format!("the chart renders YAML that cannot be read: {e}"),
-            )
+            ReleaseError::DeployFailed(format!("the chart renders YAML that cannot be read: {e}"))
         })?);
     }
     let mut rendered = Vec::new();
@@ -343,12 +320,12 @@ pub async fn uninstall(
     id: &ObjectRef,
     live: &Value,
     claimed: &[(String, String)],
-) -> Result<Option<String>, String> {
-    let spec = release::parse(id, live).map_err(|e| e.to_string())?;
+) -> Result<Option<String>, ReleaseError> {
+    let spec = release::parse(id, live).map_err(|e| ReleaseError::Invalid(e.to_string()))?;
     // What the live HelmRelease names is bound by the allow-list too, and a
     // release another HelmRelease in Git asks for is not this one's to end.
     if let Some(why) = allowed::spec_refusal(&spec, &settings.allow_namespaces) {
-        return Err(why);
+        return Err(ReleaseError::NotAllowed(why));
     }
     let key = (spec.target_namespace.clone(), spec.release_name.clone());
     if claimed.contains(&key) {
@@ -356,16 +333,20 @@ pub async fn uninstall(
     }
     let history = storage::history(&cluster.client, &spec.target_namespace, &spec.release_name)
         .await
-        .map_err(|e| format!("cannot read the release's Helm history: {e}"))?;
+        .map_err(|e| {
+            ReleaseError::DeployFailed(format!("cannot read the release's Helm history: {e}"))
+        })?;
     if history.records.is_empty() {
         return Ok(None);
     }
-    cluster.fenced().map_err(|e| e.to_string())?;
+    cluster
+        .fenced()
+        .map_err(|e| ReleaseError::DeployFailed(e.to_string()))?;
     settings
         .helm
         .uninstall(&spec.release_name, &spec.target_namespace, spec.timeout)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| ReleaseError::DeployFailed(e.to_string()))?;
     Ok(Some(format!(
         "{}/{}",
         spec.target_namespace, spec.release_name
@@ -382,7 +363,7 @@ pub(super) async fn run(
     w: &Wanted,
     mut operation: Option<Operation>,
     mut history: storage::History,
-) -> (Result<Outcome, Failure>, Option<storage::History>) {
+) -> (Result<Outcome, ReleaseError>, Option<storage::History>) {
     let (located, values, digests) = (&w.located, &w.values, &w.digests);
     let mut recovered: Option<String> = None;
     for _ in 0..2 {
@@ -418,7 +399,7 @@ pub(super) async fn run(
                     "revision {from} was left {status} by an operation that is no longer running; rolled back to revision {to}"
                 );
                 if let Err(e) = rollback(ctx, spec, to).await {
-                    let f = fail("RollbackFailed", format!("recovering from {status}: {e}"));
+                    let f = ReleaseError::RollbackFailed(format!("recovering from {status}: {e}"));
                     return (Err(f), None);
                 }
                 announce_recovery(ctx.cluster, item, spec, &message).await;
@@ -437,7 +418,7 @@ pub(super) async fn run(
                     "the release never deployed (revision left {status}); uninstalled to install it again"
                 );
                 if let Err(e) = ctx.cluster.fenced() {
-                    return (Err(fail("DeployFailed", e.to_string())), None);
+                    return (Err(ReleaseError::DeployFailed(e.to_string())), None);
                 }
                 let uninstalled = ctx
                     .settings
@@ -445,7 +426,7 @@ pub(super) async fn run(
                     .uninstall(&spec.release_name, &spec.target_namespace, spec.timeout)
                     .await;
                 if let Err(e) = uninstalled {
-                    let f = fail("DeployFailed", format!("recovering from {status}: {e}"));
+                    let f = ReleaseError::DeployFailed(format!("recovering from {status}: {e}"));
                     return (Err(f), None);
                 }
                 announce_recovery(ctx.cluster, item, spec, &message).await;
@@ -474,14 +455,14 @@ pub(super) async fn run(
                     Some(said) => format!("{why}; helm said: {said}"),
                     None => why,
                 };
-                return (Err(refuse("DeployFailed", why)), Some(history));
+                return (Err(ReleaseError::DeployRefused(why)), Some(history));
             }
             Operation::CheckLive | Operation::CompareAdopted => unreachable!("resolved by needed"),
         };
         return (result, None);
     }
     let why = recovered.unwrap_or_else(|| "the release is still pending after recovery".into());
-    (Err(fail("DeployFailed", why)), None)
+    (Err(ReleaseError::DeployFailed(why)), None)
 }
 
 /// Says in the log and in a Warning Event that a release was recovered.

@@ -4,11 +4,11 @@
 use super::*;
 
 /// helm-operator's phase names.
-pub(super) fn phase(outcome: &Result<Outcome, Failure>) -> &'static str {
+pub(super) fn phase(outcome: &Result<Outcome, ReleaseError>) -> &'static str {
     match outcome {
         Ok(o) if o.rolled_back => "RolledBack",
         Ok(_) => "Succeeded",
-        Err(f) => f.phase,
+        Err(f) => f.phase(),
     }
 }
 
@@ -40,7 +40,7 @@ pub(super) async fn write_status(
     item: &Item,
     spec: Option<&ReleaseSpec>,
     latest: Option<&storage::Record>,
-    outcome: &Result<Outcome, Failure>,
+    outcome: &Result<Outcome, ReleaseError>,
     chart_revision: Option<String>,
 ) {
     let api = ctx
@@ -118,14 +118,19 @@ pub(super) async fn write_status(
                 status.insert("lastAttemptedRevision".into(), rev.clone().into());
             }
             set(condition(
-                "Released", false, f.phase, &f.message, &previous, &now,
+                "Released",
+                false,
+                f.phase(),
+                &f.to_string(),
+                &previous,
+                &now,
             ));
-            if f.phase == "RolledBack" {
+            if f.phase() == "RolledBack" {
                 set(condition(
                     "RolledBack",
                     true,
                     "RolledBack",
-                    &f.message,
+                    &f.to_string(),
                     &previous,
                     &now,
                 ));

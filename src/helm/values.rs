@@ -9,13 +9,13 @@ pub(super) async fn wanted(
     cluster: Option<&Cluster>,
     sources: &chart::Sources,
     spec: &ReleaseSpec,
-) -> Result<Wanted, Failure> {
+) -> Result<Wanted, ReleaseError> {
     let located = {
         let (source, sources) = (spec.chart.clone(), sources.clone());
         tokio::task::spawn_blocking(move || chart::locate(&source, &sources))
             .await
             .expect("chart task")
-            .map_err(|e| fail("ChartFetchFailed", crate::model::error_chain(&e)))?
+            .map_err(|e| ReleaseError::ChartFetchFailed(crate::model::error_chain(&e)))?
     };
     let chart_dir = match &located.kind {
         chart::Kind::Dir(d) => Some(d.clone()),
@@ -29,7 +29,7 @@ pub(super) async fn wanted(
         &sources.values,
     )
     .await
-    .map_err(|m| fail("ValuesFailed", m))?;
+    .map_err(ReleaseError::ValuesFailed)?;
     // The proxy settings injected into the release's workloads count as
     // values: changing them upgrades the release.
     let digested = match &sources.proxy_settings {

@@ -538,6 +538,16 @@ async fn secret_with_a_typo_leaks_nothing() {
         .list(&ListParams::default())
         .await
         .unwrap();
+    // The failed sync's Event is among them: the check below reads it.
+    let state = format!("{}-state", case.repo.sync_set);
+    assert!(
+        events.items.iter().any(|e| {
+            e.reason.as_deref() == Some("SyncFailed")
+                && e.involved_object.kind.as_deref() == Some("ConfigMap")
+                && e.involved_object.name.as_deref() == Some(state.as_str())
+        }),
+        "no SyncFailed Event on ConfigMap default/{state}"
+    );
     assert!(
         events
             .items

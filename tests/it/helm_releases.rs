@@ -76,7 +76,8 @@ fn helm_upgrades(release: &str) -> usize {
         .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
         .filter(|cmdline| {
             let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-            args.first().is_some_and(|program| program.ends_with(b"helm"))
+            args.first()
+                .is_some_and(|program| program.ends_with(b"helm"))
                 && args.contains(&b"upgrade".as_slice())
                 && args.contains(&release.as_bytes())
         })

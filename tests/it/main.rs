@@ -18,6 +18,7 @@ mod launch;
 mod leader;
 mod proxy_settings;
 mod servers;
+mod snapshots;
 mod support;
 mod sync_once;
 mod triggers;
