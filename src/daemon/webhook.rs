@@ -6,6 +6,8 @@ use serde_json::Value;
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
+use crate::model::checksum::hex;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Provider {
     GitHub,
@@ -40,10 +42,6 @@ pub enum Verdict {
     Sync,
     /// Authentic, but not a push to our branch: answered, nothing triggered.
     Ignored(String),
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn unhex(text: &str) -> Option<Vec<u8>> {
@@ -96,41 +94,7 @@ pub fn verify(
     body: &[u8],
     branch: &str,
 ) -> Verdict {
-    let authentic = match provider {
-        Provider::GitHub => hmac_ok(
-            secret,
-            body,
-            header("x-hub-signature-256")
-                .as_deref()
-                .and_then(|s| s.strip_prefix("sha256=")),
-        ),
-        Provider::Gitea => hmac_ok(
-            secret,
-            body,
-            header("x-gitea-signature")
-                .or_else(|| {
-                    header("x-hub-signature-256")
-                        .map(|s| s.trim_start_matches("sha256=").to_string())
-                })
-                .as_deref(),
-        ),
-        Provider::GitLab => token_ok(secret, header("x-gitlab-token").as_deref()),
-        Provider::BitbucketServer => hmac_ok(
-            secret,
-            body,
-            header("x-hub-signature")
-                .as_deref()
-                .and_then(|s| s.strip_prefix("sha256=")),
-        ),
-        Provider::Generic => hmac_ok(
-            secret,
-            body,
-            header("x-signature-256")
-                .as_deref()
-                .and_then(|s| s.strip_prefix("sha256=")),
-        ),
-    };
-    if !authentic {
+    if !authentic(provider, secret, &header, body) {
         return Verdict::Unauthorized;
     }
     let event = match provider {
@@ -166,7 +130,45 @@ pub fn verify(
         };
     };
     let wanted = format!("refs/heads/{branch}");
-    let refs: Vec<String> = match provider {
+    let refs = pushed_refs(provider, &payload);
+    if refs.contains(&wanted) || (provider == Provider::Generic && refs.is_empty()) {
+        Verdict::Sync
+    } else {
+        Verdict::Ignored(format!("push to {} is not to {wanted}", refs.join(", ")))
+    }
+}
+
+/// Whether the delivery carries the provider's signature (or token) made
+/// with the secret.
+fn authentic(
+    provider: Provider,
+    secret: &[u8],
+    header: &impl Fn(&str) -> Option<String>,
+    body: &[u8],
+) -> bool {
+    let sha256 =
+        |name: &str| header(name).and_then(|s| s.strip_prefix("sha256=").map(str::to_string));
+    match provider {
+        Provider::GitHub => hmac_ok(secret, body, sha256("x-hub-signature-256").as_deref()),
+        Provider::Gitea => hmac_ok(
+            secret,
+            body,
+            header("x-gitea-signature")
+                .or_else(|| {
+                    header("x-hub-signature-256")
+                        .map(|s| s.trim_start_matches("sha256=").to_string())
+                })
+                .as_deref(),
+        ),
+        Provider::GitLab => token_ok(secret, header("x-gitlab-token").as_deref()),
+        Provider::BitbucketServer => hmac_ok(secret, body, sha256("x-hub-signature").as_deref()),
+        Provider::Generic => hmac_ok(secret, body, sha256("x-signature-256").as_deref()),
+    }
+}
+
+/// The refs a push delivery names.
+fn pushed_refs(provider: Provider, payload: &Value) -> Vec<String> {
+    match provider {
         Provider::BitbucketServer => payload["changes"]
             .as_array()
             .into_iter()
@@ -183,11 +185,6 @@ pub fn verify(
             .map(str::to_string)
             .into_iter()
             .collect(),
-    };
-    if refs.contains(&wanted) || (provider == Provider::Generic && refs.is_empty()) {
-        Verdict::Sync
-    } else {
-        Verdict::Ignored(format!("push to {} is not to {wanted}", refs.join(", ")))
     }
 }
 

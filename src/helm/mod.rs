@@ -184,59 +184,13 @@ pub async fn reconcile_all(
 /// Parses each release, locates its chart and merges its values (many at
 /// once), reads every Helm record in one request, then decides.
 async fn decide_all(ctx: &Context<'_>, items: &[Item], mut observed: Observed) -> Vec<Decided> {
-    let prepared: Vec<Result<(ReleaseSpec, Wanted), Refusal>> =
-        stream::iter(items.iter().map(|item| async move {
-            let spec = release::parse(&item.id, &item.object)
-                .map_err(|e| Box::new((None, ReleaseError::Invalid(e.to_string()))))?;
-            if let Some(why) = allowed::spec_refusal(&spec, &ctx.settings.allow_namespaces) {
-                return Err(Box::new((Some(spec), ReleaseError::NotAllowed(why))));
-            }
-            match wanted(Some(ctx.cluster), ctx.sources, &spec).await {
-                Ok(w) => Ok((spec, w)),
-                Err(f) => Err(Box::new((Some(spec), f))),
-            }
-        }))
-        .buffered(DECIDE_CONCURRENCY)
-        .collect()
-        .await;
-    let duplicates = release::duplicates(prepared.iter().flatten().map(|(spec, _)| {
-        (
-            &spec.id,
-            (spec.target_namespace.as_str(), spec.release_name.as_str()),
-        )
-    }));
-    let prepared: Vec<Result<(ReleaseSpec, Wanted), Refusal>> = prepared
-        .into_iter()
-        .map(|p| match p {
-            Ok((spec, _)) if duplicates.contains_key(&spec.id) => {
-                let why = duplicates[&spec.id].clone();
-                Err(Box::new((Some(spec), ReleaseError::Duplicate(why))))
-            }
-            other => other,
-        })
-        .collect();
+    let prepared = prepare_all(ctx, items).await;
     let keys: Vec<(String, String)> = prepared
         .iter()
         .flatten()
         .map(|(spec, _)| (spec.target_namespace.clone(), spec.release_name.clone()))
         .collect();
-    // Read while the plan was made, or now for releases added since.
-    let missing: Vec<(String, String)> = keys
-        .iter()
-        .filter(|k| !observed.histories.contains_key(*k))
-        .cloned()
-        .collect();
-    let read = if missing.is_empty() {
-        Ok(Vec::new())
-    } else {
-        storage::histories(&ctx.cluster.client, &missing).await
-    };
-    let histories = match read.map(|read| {
-        observed.histories.extend(missing.into_iter().zip(read));
-        keys.iter()
-            .map(|k| observed.histories.remove(k).unwrap_or_default())
-            .collect::<Vec<_>>()
-    }) {
+    let histories = match histories(ctx, &keys, &mut observed).await {
         Ok(h) => h,
         Err(e) => {
             let f = history_failure(e);
@@ -271,6 +225,67 @@ async fn decide_all(ctx: &Context<'_>, items: &[Item], mut observed: Observed) -
             })
         })
         .collect()
+}
+
+/// Each HelmRelease read, checked against the allow-list and resolved to
+/// the chart and values Git wants; two asking for one release are refused.
+async fn prepare_all(
+    ctx: &Context<'_>,
+    items: &[Item],
+) -> Vec<Result<(ReleaseSpec, Wanted), Refusal>> {
+    let prepared: Vec<Result<(ReleaseSpec, Wanted), Refusal>> =
+        stream::iter(items.iter().map(|item| async move {
+            let spec = release::parse(&item.id, &item.object)
+                .map_err(|e| Box::new((None, ReleaseError::Invalid(e.to_string()))))?;
+            if let Some(why) = allowed::spec_refusal(&spec, &ctx.settings.allow_namespaces) {
+                return Err(Box::new((Some(spec), ReleaseError::NotAllowed(why))));
+            }
+            match wanted(Some(ctx.cluster), ctx.sources, &spec).await {
+                Ok(w) => Ok((spec, w)),
+                Err(f) => Err(Box::new((Some(spec), f))),
+            }
+        }))
+        .buffered(DECIDE_CONCURRENCY)
+        .collect()
+        .await;
+    let duplicates = release::duplicates(prepared.iter().flatten().map(|(spec, _)| {
+        (
+            &spec.id,
+            (spec.target_namespace.as_str(), spec.release_name.as_str()),
+        )
+    }));
+    prepared
+        .into_iter()
+        .map(|p| match p {
+            Ok((spec, _)) if duplicates.contains_key(&spec.id) => {
+                let why = duplicates[&spec.id].clone();
+                Err(Box::new((Some(spec), ReleaseError::Duplicate(why))))
+            }
+            other => other,
+        })
+        .collect()
+}
+
+/// Helm's history of each release (`namespace`, `name`): read while the
+/// plan was made, or now for releases added since.
+async fn histories(
+    ctx: &Context<'_>,
+    keys: &[(String, String)],
+    observed: &mut Observed,
+) -> Result<Vec<storage::History>, kube::Error> {
+    let missing: Vec<(String, String)> = keys
+        .iter()
+        .filter(|k| !observed.histories.contains_key(*k))
+        .cloned()
+        .collect();
+    if !missing.is_empty() {
+        let read = storage::histories(&ctx.cluster.client, &missing).await?;
+        observed.histories.extend(missing.into_iter().zip(read));
+    }
+    Ok(keys
+        .iter()
+        .map(|k| observed.histories.remove(k).unwrap_or_default())
+        .collect())
 }
 
 /// Helm's records of a sync's releases and the live objects of their

@@ -164,47 +164,60 @@ pub(super) async fn install_or_upgrade(
     let result = ctx.settings.helm.upgrade(&args).await;
     drop(work);
     match result {
+        Ok(()) => Ok(deployed_event(ctx, item, deployed, why).await),
+        Err(e) => Err(upgrade_failed(ctx, item, spec, deployed, e.to_string()).await),
+    }
+}
+
+/// A release installed or upgraded: its Event, and the outcome.
+async fn deployed_event(
+    ctx: &Context<'_>,
+    item: &Item,
+    deployed: Option<u32>,
+    why: &str,
+) -> Outcome {
+    let (action, reason) = match deployed {
+        Some(_) => (ReleaseAction::Upgraded, "ReleaseUpgraded"),
+        None => (ReleaseAction::Installed, "ReleaseInstalled"),
+    };
+    let message = (!why.is_empty()).then(|| why.to_string());
+    let text = message.clone().unwrap_or_else(|| action.to_string());
+    event(ctx.cluster, &item.id, "Normal", reason, &text).await;
+    Outcome {
+        action,
+        message,
+        rolled_back: false,
+    }
+}
+
+/// An install or upgrade failed: its Event, and a rollback to the revision
+/// `deployed` if the HelmRelease asks for one.
+async fn upgrade_failed(
+    ctx: &Context<'_>,
+    item: &Item,
+    spec: &ReleaseSpec,
+    deployed: Option<u32>,
+    failed: String,
+) -> ReleaseError {
+    event(ctx.cluster, &item.id, "Warning", "ReleaseFailed", &failed).await;
+    let Some(to) = deployed.filter(|_| spec.rollback.enable) else {
+        return ReleaseError::DeployFailed(failed);
+    };
+    tracing::warn!(release = %spec.release_name, "{failed}; rolling back to revision {to}");
+    match rollback(ctx, spec, to).await {
         Ok(()) => {
-            let (action, reason) = match deployed {
-                Some(_) => (ReleaseAction::Upgraded, "ReleaseUpgraded"),
-                None => (ReleaseAction::Installed, "ReleaseInstalled"),
-            };
-            let message = (!why.is_empty()).then(|| why.to_string());
-            let text = message.clone().unwrap_or_else(|| action.to_string());
-            event(ctx.cluster, &item.id, "Normal", reason, &text).await;
-            Ok(Outcome {
-                action,
-                message,
-                rolled_back: false,
-            })
+            let message = format!("{failed}; rolled back to revision {to}");
+            event(
+                ctx.cluster,
+                &item.id,
+                "Warning",
+                "ReleaseRolledBack",
+                &message,
+            )
+            .await;
+            ReleaseError::RolledBack(message)
         }
-        Err(e) => {
-            let failed = e.to_string();
-            event(ctx.cluster, &item.id, "Warning", "ReleaseFailed", &failed).await;
-            match deployed {
-                Some(to) if spec.rollback.enable => {
-                    tracing::warn!(release = %spec.release_name, "{failed}; rolling back to revision {to}");
-                    match rollback(ctx, spec, to).await {
-                        Ok(()) => {
-                            let message = format!("{failed}; rolled back to revision {to}");
-                            event(
-                                ctx.cluster,
-                                &item.id,
-                                "Warning",
-                                "ReleaseRolledBack",
-                                &message,
-                            )
-                            .await;
-                            Err(ReleaseError::RolledBack(message))
-                        }
-                        Err(r) => Err(ReleaseError::RollbackFailed(format!(
-                            "{failed}; the rollback failed too: {r}"
-                        ))),
-                    }
-                }
-                _ => Err(ReleaseError::DeployFailed(failed)),
-            }
-        }
+        Err(r) => ReleaseError::RollbackFailed(format!("{failed}; the rollback failed too: {r}")),
     }
 }
 
@@ -217,15 +230,52 @@ pub(super) async fn check_chart(
     spec: &ReleaseSpec,
     args: &binary::UpgradeArgs<'_>,
 ) -> Result<Vec<String>, ReleaseError> {
-    let refused = |why: String| ReleaseError::NotAllowed(why);
-    let render_failed = |e: binary::Error| ReleaseError::DeployFailed(e.to_string());
     // The post-renderer is the allow-list's last check at install.
     if ctx.settings.helm.post_renderer.is_none() {
-        return Err(ReleaseError::DeployFailed("under --k8s-allow-namespace helm needs tidegate as its post-renderer, and tidegate cannot name its own binary".into(),
+        return Err(ReleaseError::DeployFailed(
+            "under --k8s-allow-namespace helm needs tidegate as its post-renderer, and tidegate cannot name its own binary".into(),
         ));
     }
-    // Offline, CRDs and hooks included; then as the install would render
-    // it against the cluster (`lookup`, capabilities), hooks included.
+    let mut rendered = Vec::new();
+    for doc in render_all(ctx, spec, args)
+        .await?
+        .iter()
+        .filter(|d| !d.is_null())
+    {
+        let Some(mut id) = allowed::rendered_ref(doc) else {
+            return Err(ReleaseError::NotAllowed(
+                "the chart renders a document without apiVersion and kind".to_string(),
+            ));
+        };
+        let namespaced = ctx.cluster.resolve(&id).await.ok().map(|r| r.namespaced());
+        match namespaced {
+            Some(true) => {
+                id.namespace
+                    .get_or_insert_with(|| spec.target_namespace.clone());
+            }
+            Some(false) => id.namespace = None,
+            None => {}
+        }
+        rendered.push(allowed::Rendered { id, namespaced });
+    }
+    if let Some(why) = allowed::objects_refusal(&rendered, &ctx.settings.allow_namespaces) {
+        return Err(ReleaseError::NotAllowed(why));
+    }
+    let mut kinds: Vec<String> = rendered.iter().map(|r| allowed::kind_key(&r.id)).collect();
+    kinds.sort();
+    kinds.dedup();
+    Ok(kinds)
+}
+
+/// Every document the chart renders: offline, CRDs and hooks included;
+/// then as the install would render it against the cluster (`lookup`,
+/// capabilities), hooks included.
+async fn render_all(
+    ctx: &Context<'_>,
+    spec: &ReleaseSpec,
+    args: &binary::UpgradeArgs<'_>,
+) -> Result<Vec<Value>, ReleaseError> {
+    let render_failed = |e: binary::Error| ReleaseError::DeployFailed(e.to_string());
     let helm = &ctx.settings.helm;
     let offline = helm
         .template(
@@ -259,31 +309,7 @@ pub(super) async fn check_chart(
             ReleaseError::DeployFailed(format!("the chart renders YAML that cannot be read: {e}"))
         })?);
     }
-    let mut rendered = Vec::new();
-    for doc in docs.iter().filter(|d| !d.is_null()) {
-        let Some(mut id) = allowed::rendered_ref(doc) else {
-            return Err(refused(
-                "the chart renders a document without apiVersion and kind".to_string(),
-            ));
-        };
-        let namespaced = ctx.cluster.resolve(&id).await.ok().map(|r| r.namespaced());
-        match namespaced {
-            Some(true) => {
-                id.namespace
-                    .get_or_insert_with(|| spec.target_namespace.clone());
-            }
-            Some(false) => id.namespace = None,
-            None => {}
-        }
-        rendered.push(allowed::Rendered { id, namespaced });
-    }
-    if let Some(why) = allowed::objects_refusal(&rendered, &ctx.settings.allow_namespaces) {
-        return Err(refused(why));
-    }
-    let mut kinds: Vec<String> = rendered.iter().map(|r| allowed::kind_key(&r.id)).collect();
-    kinds.sort();
-    kinds.dedup();
-    Ok(kinds)
+    Ok(docs)
 }
 
 pub(super) async fn rollback(
@@ -413,48 +439,9 @@ pub(super) async fn run(
                     Err(f) => Err(f),
                 }
             }
-            Operation::Reinstall { status } => {
-                let message = format!(
-                    "the release never deployed (revision left {status}); uninstalled to install it again"
-                );
-                if let Err(e) = ctx.cluster.fenced() {
-                    return (Err(ReleaseError::DeployFailed(e.to_string())), None);
-                }
-                let uninstalled = ctx
-                    .settings
-                    .helm
-                    .uninstall(&spec.release_name, &spec.target_namespace, spec.timeout)
-                    .await;
-                if let Err(e) = uninstalled {
-                    let f = ReleaseError::DeployFailed(format!("recovering from {status}: {e}"));
-                    return (Err(f), None);
-                }
-                announce_recovery(ctx.cluster, item, spec, &message).await;
-                install_or_upgrade(ctx, item, spec, located, values, digests, None, &message)
-                    .await
-                    .map(|outcome| Outcome {
-                        action: if outcome.action == ReleaseAction::Installed {
-                            ReleaseAction::Reinstalled
-                        } else {
-                            outcome.action
-                        },
-                        ..outcome
-                    })
-            }
+            Operation::Reinstall { status } => reinstall(ctx, item, spec, w, &status).await,
             Operation::Blocked(why) => {
-                // Helm's reason stays in the status until the release works.
-                let said = history
-                    .records
-                    .iter()
-                    .rev()
-                    .find(|r| r.status == "failed")
-                    .and_then(|r| history.content(r.version).ok())
-                    .map(|c| c.description.chars().take(2000).collect::<String>())
-                    .filter(|d| !d.is_empty());
-                let why = match said {
-                    Some(said) => format!("{why}; helm said: {said}"),
-                    None => why,
-                };
+                let why = blocked_reason(&history, why);
                 return (Err(ReleaseError::DeployRefused(why)), Some(history));
             }
             Operation::CheckLive | Operation::CompareAdopted => unreachable!("resolved by needed"),
@@ -463,6 +450,56 @@ pub(super) async fn run(
     }
     let why = recovered.unwrap_or_else(|| "the release is still pending after recovery".into());
     (Err(ReleaseError::DeployFailed(why)), None)
+}
+
+/// A release that never deployed: uninstalled, then installed again.
+async fn reinstall(
+    ctx: &Context<'_>,
+    item: &Item,
+    spec: &ReleaseSpec,
+    w: &Wanted,
+    status: &str,
+) -> Result<Outcome, ReleaseError> {
+    let message = format!(
+        "the release never deployed (revision left {status}); uninstalled to install it again"
+    );
+    ctx.cluster
+        .fenced()
+        .map_err(|e| ReleaseError::DeployFailed(e.to_string()))?;
+    ctx.settings
+        .helm
+        .uninstall(&spec.release_name, &spec.target_namespace, spec.timeout)
+        .await
+        .map_err(|e| ReleaseError::DeployFailed(format!("recovering from {status}: {e}")))?;
+    announce_recovery(ctx.cluster, item, spec, &message).await;
+    let outcome = install_or_upgrade(
+        ctx, item, spec, &w.located, &w.values, &w.digests, None, &message,
+    )
+    .await?;
+    Ok(Outcome {
+        action: match outcome.action {
+            ReleaseAction::Installed => ReleaseAction::Reinstalled,
+            other => other,
+        },
+        ..outcome
+    })
+}
+
+/// Why a release is blocked, with helm's own reason for the failed
+/// revision: it stays in the status until the release works.
+fn blocked_reason(history: &storage::History, why: String) -> String {
+    let said = history
+        .records
+        .iter()
+        .rev()
+        .find(|r| r.status == "failed")
+        .and_then(|r| history.content(r.version).ok())
+        .map(|c| c.description.chars().take(2000).collect::<String>())
+        .filter(|d| !d.is_empty());
+    match said {
+        Some(said) => format!("{why}; helm said: {said}"),
+        None => why,
+    }
 }
 
 /// Says in the log and in a Warning Event that a release was recovered.

@@ -58,90 +58,15 @@ pub(super) async fn write_status(
             .and_then(|o| serde_json::to_value(o).ok()),
     };
     let Some(live) = live else { return };
-    let previous = live["status"].clone();
-    let now = crate::cluster::state::now();
-    let mut status = previous.as_object().cloned().unwrap_or_default();
-    status.insert(
-        "observedGeneration".into(),
-        live["metadata"]["generation"].clone(),
-    );
-    status.insert("phase".into(), phase(outcome).into());
-    if let Some(spec) = spec {
-        status.insert("releaseName".into(), spec.release_name.clone().into());
-    }
-    if let Some(latest) = latest {
-        status.insert("releaseStatus".into(), latest.status.clone().into());
-    }
-    let mut conditions: Vec<Value> = previous["conditions"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let mut set = |c: Value| {
-        conditions.retain(|old| old["type"] != c["type"]);
-        conditions.push(c);
+    let record = Record {
+        release_name: spec.map(|s| s.release_name.as_str()),
+        release_status: latest.map(|l| l.status.as_str()),
+        outcome,
+        chart_revision: chart_revision.as_deref(),
     };
-    let unchanged = matches!(outcome, Ok(o) if o.action == ReleaseAction::Unchanged);
-    match outcome {
-        Ok(o) => {
-            if let Some(rev) = &chart_revision {
-                status.insert("revision".into(), rev.clone().into());
-                status.insert("lastAttemptedRevision".into(), rev.clone().into());
-            }
-            let released_before = previous["conditions"].as_array().is_some_and(|c| {
-                c.iter()
-                    .any(|c| c["type"] == "Released" && c["status"] == "True")
-            });
-            if !(unchanged && released_before) {
-                let message = o.message.clone().unwrap_or_else(|| o.action.to_string());
-                set(condition(
-                    "Released",
-                    true,
-                    &format!("{:?}", o.action),
-                    &message,
-                    &previous,
-                    &now,
-                ));
-                if o.action != ReleaseAction::RolledBack {
-                    set(condition(
-                        "RolledBack",
-                        false,
-                        "Released",
-                        "",
-                        &previous,
-                        &now,
-                    ));
-                }
-            }
-        }
-        Err(f) => {
-            if let Some(rev) = &chart_revision {
-                status.insert("lastAttemptedRevision".into(), rev.clone().into());
-            }
-            set(condition(
-                "Released",
-                false,
-                f.phase(),
-                &f.to_string(),
-                &previous,
-                &now,
-            ));
-            if f.phase() == "RolledBack" {
-                set(condition(
-                    "RolledBack",
-                    true,
-                    "RolledBack",
-                    &f.to_string(),
-                    &previous,
-                    &now,
-                ));
-            }
-        }
-    }
-    status.insert("conditions".into(), Value::Array(conditions));
-    let status = Value::Object(status);
-    if without_update_times(&status) == without_update_times(&previous) {
+    let Some(status) = next_status(&live, &record, &crate::cluster::state::now()) else {
         return;
-    }
+    };
     if ctx.cluster.fenced().is_err() {
         return;
     }
@@ -156,6 +81,109 @@ pub(super) async fn write_status(
     {
         tracing::warn!(object = %item.id, "cannot write the HelmRelease status: {e}");
     }
+}
+
+/// What a reconcile tells the HelmRelease's status.
+pub(super) struct Record<'a> {
+    pub release_name: Option<&'a str>,
+    /// Helm's status of the latest revision.
+    pub release_status: Option<&'a str>,
+    pub outcome: &'a Result<Outcome, ReleaseError>,
+    /// The chart's Git revision or version, when known.
+    pub chart_revision: Option<&'a str>,
+}
+
+/// The HelmRelease's next status (phase, conditions, revisions) after
+/// `record`, at `now`; `None` when it would say nothing new.
+pub(super) fn next_status(live: &Value, record: &Record<'_>, now: &str) -> Option<Value> {
+    let previous = live["status"].clone();
+    let mut status = previous.as_object().cloned().unwrap_or_default();
+    status.insert(
+        "observedGeneration".into(),
+        live["metadata"]["generation"].clone(),
+    );
+    status.insert("phase".into(), phase(record.outcome).into());
+    if let Some(name) = record.release_name {
+        status.insert("releaseName".into(), name.into());
+    }
+    if let Some(latest) = record.release_status {
+        status.insert("releaseStatus".into(), latest.into());
+    }
+    if let Some(rev) = record.chart_revision {
+        if record.outcome.is_ok() {
+            status.insert("revision".into(), rev.into());
+        }
+        status.insert("lastAttemptedRevision".into(), rev.into());
+    }
+    let conditions = next_conditions(&previous, record.outcome, now);
+    status.insert("conditions".into(), Value::Array(conditions));
+    let status = Value::Object(status);
+    (without_update_times(&status) != without_update_times(&previous)).then_some(status)
+}
+
+/// The conditions `Released` and `RolledBack` after an outcome; an
+/// unchanged release that was released before keeps them as they were.
+fn next_conditions(
+    previous: &Value,
+    outcome: &Result<Outcome, ReleaseError>,
+    now: &str,
+) -> Vec<Value> {
+    let mut conditions: Vec<Value> = previous["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mut set = |c: Value| {
+        conditions.retain(|old| old["type"] != c["type"]);
+        conditions.push(c);
+    };
+    match outcome {
+        Ok(o) => {
+            let unchanged = o.action == ReleaseAction::Unchanged;
+            let released_before = previous["conditions"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Released" && c["status"] == "True")
+            });
+            if !(unchanged && released_before) {
+                let message = o.message.clone().unwrap_or_else(|| o.action.to_string());
+                let reason = format!("{:?}", o.action);
+                set(condition(
+                    "Released", true, &reason, &message, previous, now,
+                ));
+                if o.action != ReleaseAction::RolledBack {
+                    set(condition(
+                        "RolledBack",
+                        false,
+                        "Released",
+                        "",
+                        previous,
+                        now,
+                    ));
+                }
+            }
+        }
+        Err(f) => {
+            let message = f.to_string();
+            set(condition(
+                "Released",
+                false,
+                f.phase(),
+                &message,
+                previous,
+                now,
+            ));
+            if matches!(f, ReleaseError::RolledBack(_)) {
+                set(condition(
+                    "RolledBack",
+                    true,
+                    "RolledBack",
+                    &message,
+                    previous,
+                    now,
+                ));
+            }
+        }
+    }
+    conditions
 }
 
 pub(super) fn without_update_times(status: &Value) -> Value {
@@ -210,5 +238,91 @@ pub(super) async fn event(
     let api: Api<Event> = Api::namespaced(cluster.client.clone(), &namespace);
     if let Err(e) = api.create(&PostParams::default(), &event).await {
         tracing::warn!(object = %id, "cannot emit an Event: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mk_live(status: Value) -> Value {
+        json!({"metadata": {"name": "web", "generation": 3}, "status": status})
+    }
+
+    fn mk_ok(action: ReleaseAction) -> Result<Outcome, ReleaseError> {
+        Ok(Outcome {
+            action,
+            message: None,
+            rolled_back: action == ReleaseAction::RolledBack,
+        })
+    }
+
+    fn mk_record<'a>(outcome: &'a Result<Outcome, ReleaseError>) -> Record<'a> {
+        Record {
+            release_name: Some("demo-web"),
+            release_status: Some("deployed"),
+            outcome,
+            chart_revision: Some("abc"),
+        }
+    }
+
+    fn released(status: &Value) -> &Value {
+        status["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "Released")
+            .unwrap()
+    }
+
+    #[test]
+    fn an_install_is_released_and_an_unchanged_sync_after_it_writes_nothing() {
+        let installed = mk_ok(ReleaseAction::Installed);
+        let status = next_status(&mk_live(json!({})), &mk_record(&installed), "t1").unwrap();
+        assert_eq!(status["phase"], "Succeeded");
+        assert_eq!(status["observedGeneration"], 3);
+        assert_eq!(status["revision"], "abc");
+        assert_eq!(status["releaseName"], "demo-web");
+        assert_eq!(released(&status)["status"], "True");
+        assert_eq!(released(&status)["reason"], "Installed");
+
+        let unchanged = mk_ok(ReleaseAction::Unchanged);
+        assert_eq!(
+            next_status(&mk_live(status.clone()), &mk_record(&unchanged), "t2"),
+            None,
+            "nothing new: no write"
+        );
+    }
+
+    #[test]
+    fn a_failure_keeps_the_last_good_revision_and_a_rollback_says_so() {
+        let before = next_status(
+            &mk_live(json!({})),
+            &mk_record(&mk_ok(ReleaseAction::Installed)),
+            "t1",
+        )
+        .unwrap();
+        let failed: Result<Outcome, ReleaseError> =
+            Err(ReleaseError::DeployFailed("the hook failed".into()));
+        let mut record = mk_record(&failed);
+        record.chart_revision = Some("def");
+        let status = next_status(&mk_live(before.clone()), &record, "t2").unwrap();
+        assert_eq!(status["phase"], "DeployFailed");
+        assert_eq!(status["revision"], "abc", "the last revision that worked");
+        assert_eq!(status["lastAttemptedRevision"], "def");
+        assert_eq!(released(&status)["status"], "False");
+        assert_eq!(released(&status)["lastTransitionTime"], "t2");
+
+        let rolled: Result<Outcome, ReleaseError> =
+            Err(ReleaseError::RolledBack("rolled back to revision 1".into()));
+        let status = next_status(&mk_live(before), &mk_record(&rolled), "t3").unwrap();
+        assert_eq!(status["phase"], "RolledBack");
+        let rolled_back = status["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "RolledBack")
+            .unwrap();
+        assert_eq!(rolled_back["status"], "True");
     }
 }

@@ -16,11 +16,7 @@ pub fn object_checksum(id: &ObjectRef, object: &serde_json::Value, key: Option<&
             use hmac::{Hmac, KeyInit, Mac};
             let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).expect("HMAC takes any key");
             mac.update(&serde_json::to_vec(&Sorted(object)).expect("JSON values serialize"));
-            mac.finalize()
-                .into_bytes()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect()
+            hex(&mac.finalize().into_bytes())
         }
         None => checksum(object),
     }
@@ -58,8 +54,15 @@ impl serde::Serialize for Sorted<'_> {
 /// The sha256 of some bytes, in hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::{Digest, Sha256};
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&Sha256::digest(bytes))
+}
+
+/// Bytes in lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(text, "{b:02x}");
+    }
+    text
 }

@@ -291,9 +291,63 @@ impl GitSource {
         }
         let host_key_error: RefCell<Option<String>> = RefCell::new(None);
         let tried_credentials = RefCell::new(false);
+        let mut options = FetchOptions::new();
+        options.remote_callbacks(self.callbacks(
+            &remote_info,
+            credentials,
+            &host_key_error,
+            &tried_credentials,
+        ));
+        options.download_tags(git2::AutotagOption::None);
+        options.proxy_options(self.proxy_options(&remote_info));
 
+        let mut git_remote = repo
+            .remote_anonymous(&self.url)
+            .map_err(|source| self.fetch_error(source))?;
+        // A branch deleted upstream must not leave a stale ref that we would
+        // sync; the last revision stays under another ref, so the fetch
+        // offers it and transfers only new objects.
+        if let Ok(mut current) = repo.find_reference(&local_ref) {
+            if let Some(oid) = current.target() {
+                let _ = repo.reference(&previous_ref(&self.branch), oid, true, "last fetched");
+            }
+            let _ = current.delete();
+        }
+        let fetched = git_remote.fetch(&[&refspec], Some(&mut options), None);
+        drop(options);
+        if let Err(source) = fetched {
+            if let Some(message) = host_key_error.take() {
+                return Err(Error::HostKey {
+                    url: self.shown_url(),
+                    message,
+                });
+            }
+            return Err(self.classify(source, remote_info.scheme));
+        }
+        let reference = repo
+            .find_reference(&local_ref)
+            .map_err(|_| Error::BranchNotFound {
+                url: self.shown_url(),
+                branch: self.branch.clone(),
+            })?;
+        let commit = reference
+            .peel_to_commit()
+            .map_err(|source| self.fetch_error(source))?;
+        Ok(commit.id())
+    }
+
+    /// What libgit2 asks while fetching: credentials (once each, only for
+    /// the synced repository's own server), and the server's host key or
+    /// certificate.
+    fn callbacks<'a>(
+        &'a self,
+        remote_info: &'a remote::Remote,
+        credentials: Option<(String, String)>,
+        host_key_error: &'a RefCell<Option<String>>,
+        tried_credentials: &'a RefCell<bool>,
+    ) -> RemoteCallbacks<'a> {
         let mut callbacks = RemoteCallbacks::new();
-        callbacks.credentials(|url, username, allowed| {
+        callbacks.credentials(move |url, username, allowed| {
             // libgit2 asks again after a refusal; one try each, then report it.
             if tried_credentials.replace(true) {
                 return Err(git2::Error::from_str("credentials refused"));
@@ -348,10 +402,12 @@ impl GitSource {
                 }
             }
         });
+        callbacks
+    }
 
-        let mut options = FetchOptions::new();
-        options.remote_callbacks(callbacks);
-        options.download_tags(git2::AutotagOption::None);
+    /// The proxy a fetch goes through: `--git-proxy`, else the daemon's
+    /// environment, else the repository's own proxy settings.
+    fn proxy_options(&self, remote_info: &remote::Remote) -> ProxyOptions<'static> {
         let mut proxy = ProxyOptions::new();
         let repo_proxy = self
             .access
@@ -360,7 +416,7 @@ impl GitSource {
             .filter(|_| !crate::model::proxy::in_environment());
         if let Some(url) =
             remote::proxy_for(
-                &remote_info,
+                remote_info,
                 self.access.proxy.as_deref(),
                 |k| match repo_proxy {
                     Some(p) => p.var(k),
@@ -371,41 +427,7 @@ impl GitSource {
             tracing::debug!(proxy = %url, "fetching through a proxy");
             proxy.url(&url);
         }
-        options.proxy_options(proxy);
-
-        let mut git_remote = repo
-            .remote_anonymous(&self.url)
-            .map_err(|source| self.fetch_error(source))?;
-        // A branch deleted upstream must not leave a stale ref that we would
-        // sync; the last revision stays under another ref, so the fetch
-        // offers it and transfers only new objects.
-        if let Ok(mut current) = repo.find_reference(&local_ref) {
-            if let Some(oid) = current.target() {
-                let _ = repo.reference(&previous_ref(&self.branch), oid, true, "last fetched");
-            }
-            let _ = current.delete();
-        }
-        let fetched = git_remote.fetch(&[&refspec], Some(&mut options), None);
-        drop(options);
-        if let Err(source) = fetched {
-            if let Some(message) = host_key_error.take() {
-                return Err(Error::HostKey {
-                    url: self.shown_url(),
-                    message,
-                });
-            }
-            return Err(self.classify(source, remote_info.scheme));
-        }
-        let reference = repo
-            .find_reference(&local_ref)
-            .map_err(|_| Error::BranchNotFound {
-                url: self.shown_url(),
-                branch: self.branch.clone(),
-            })?;
-        let commit = reference
-            .peel_to_commit()
-            .map_err(|source| self.fetch_error(source))?;
-        Ok(commit.id())
+        proxy
     }
 
     fn fetch_error(&self, source: git2::Error) -> Error {
