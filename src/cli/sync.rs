@@ -78,22 +78,7 @@ pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode>
                 Cluster::status_in(&state, &map)?.filter(|s| s.requests.contains(&id))
             {
                 clear(tty);
-                if !announced {
-                    println!(
-                        "synced revision {}",
-                        status.revision.as_deref().unwrap_or("(none)")
-                    );
-                }
-                println!("result: {}: {}", status.result, status.summary());
-                for r in &status.releases {
-                    println!("{r}");
-                }
-                if let Some(m) = &status.message {
-                    eprintln!("error: {m}");
-                }
-                for e in &status.errors {
-                    eprintln!("error: {e}");
-                }
+                print_result(&status, announced);
                 if status.result != Outcome::Succeeded {
                     return Ok(ExitCode::from(EXIT_FAILED));
                 }
@@ -118,6 +103,27 @@ pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode>
                 None => eprint!("\r\x1b[Kwaiting for the daemon… {seconds}s"),
             }
         }
+    }
+}
+
+/// The sync that answered the request: its revision (unless announced
+/// already), result, releases and errors.
+fn print_result(status: &crate::model::record::SyncStatus, announced: bool) {
+    if !announced {
+        println!(
+            "synced revision {}",
+            status.revision.as_deref().unwrap_or("(none)")
+        );
+    }
+    println!("result: {}: {}", status.result, status.summary());
+    for r in &status.releases {
+        println!("{r}");
+    }
+    if let Some(m) = &status.message {
+        eprintln!("error: {m}");
+    }
+    for e in &status.errors {
+        eprintln!("error: {e}");
     }
 }
 

@@ -268,39 +268,46 @@ async fn hook(
         }
         Verdict::Ping => (StatusCode::OK, "pong\n".into()),
         Verdict::Ignored(why) => (StatusCode::OK, format!("ignored: {why}\n")),
-        Verdict::Sync => {
-            let id = header(webhook::delivery_header(provider));
-            let now = std::time::Instant::now();
-            let admitted = shared
-                .deliveries
-                .lock()
-                .expect("deliveries")
-                .admit(id.as_deref(), now);
-            match admitted {
-                webhook::Admit::Seen => (
-                    StatusCode::OK,
-                    "ignored: this delivery was seen before\n".into(),
-                ),
-                webhook::Admit::Queued => (StatusCode::ACCEPTED, "fetch already queued\n".into()),
-                webhook::Admit::Later(after) => {
-                    let shared = shared.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(after).await;
-                        shared
-                            .deliveries
-                            .lock()
-                            .expect("deliveries")
-                            .fired(std::time::Instant::now());
-                        shared.triggers.fetch_now();
-                    });
-                    (StatusCode::ACCEPTED, "fetch queued\n".into())
-                }
-                webhook::Admit::Now => {
-                    tracing::info!(?provider, "webhook: push to our branch, fetching");
-                    shared.triggers.fetch_now();
-                    (StatusCode::ACCEPTED, "fetching\n".into())
-                }
-            }
+        Verdict::Sync => admit(
+            &shared,
+            provider,
+            header(webhook::delivery_header(provider)),
+        ),
+    }
+}
+
+/// An authentic push to our branch: fetch now, later (paced), or not again
+/// (a delivery seen before, or a fetch already queued).
+fn admit(shared: &Arc<Shared>, provider: Provider, id: Option<String>) -> (StatusCode, String) {
+    let now = std::time::Instant::now();
+    let admitted = shared
+        .deliveries
+        .lock()
+        .expect("deliveries")
+        .admit(id.as_deref(), now);
+    match admitted {
+        webhook::Admit::Seen => (
+            StatusCode::OK,
+            "ignored: this delivery was seen before\n".into(),
+        ),
+        webhook::Admit::Queued => (StatusCode::ACCEPTED, "fetch already queued\n".into()),
+        webhook::Admit::Later(after) => {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                shared
+                    .deliveries
+                    .lock()
+                    .expect("deliveries")
+                    .fired(std::time::Instant::now());
+                shared.triggers.fetch_now();
+            });
+            (StatusCode::ACCEPTED, "fetch queued\n".into())
+        }
+        webhook::Admit::Now => {
+            tracing::info!(?provider, "webhook: push to our branch, fetching");
+            shared.triggers.fetch_now();
+            (StatusCode::ACCEPTED, "fetching\n".into())
         }
     }
 }

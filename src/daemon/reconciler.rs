@@ -207,18 +207,7 @@ async fn start(mut config: Config, cluster: Cluster) -> Result<Daemon, Error> {
         None => cluster,
     };
     // A running daemon knows the live state from watches.
-    let live = (!config.once).then(|| {
-        let healer = triggers.clone();
-        let on_drift: Option<crate::cluster::live::OnDrift> = config
-            .self_heal
-            .then(|| Box::new(move |_: &crate::model::ObjectRef| healer.heal_now()) as _);
-        Live::new(
-            client.clone(),
-            &config.settings.sync_set,
-            config.settings.allow_namespaces.clone(),
-            on_drift,
-        )
-    });
+    let live = (!config.once).then(|| follow_live(&config, &client, &triggers));
     let cluster = match &live {
         Some(live) => cluster.with_live(live.clone()),
         None => cluster,
@@ -229,17 +218,7 @@ async fn start(mut config: Config, cluster: Cluster) -> Result<Daemon, Error> {
         true => None,
         false => Some(serve(&config, &client, &triggers, &metrics, live.as_ref()).await?),
     };
-    let _watcher =
-        match watch::refs_dir(&config.source.url).filter(|_| config.git_watch && !config.once) {
-            Some(dir) => match watch::start(&dir, triggers.clone()) {
-                Ok(w) => Some(w),
-                Err(e) => {
-                    tracing::warn!("cannot watch {}: {e}; polling only", dir.display());
-                    None
-                }
-            },
-            None => None,
-        };
+    let _watcher = watch_refs(&config, &triggers);
     let source = config.source.clone();
     tracing::info!(url = %source.shown_url(), branch = %source.branch, "starting");
     let backoff = Box::new(failure_backoff(config.poll_interval));
@@ -261,6 +240,33 @@ async fn start(mut config: Config, cluster: Cluster) -> Result<Daemon, Error> {
         backoff,
         not_before: None,
     })
+}
+
+/// The watches of the live state; drift brings a sync with `--self-heal`.
+fn follow_live(config: &Config, client: &kube::Client, triggers: &Arc<Triggers>) -> Arc<Live> {
+    let healer = triggers.clone();
+    let on_drift: Option<crate::cluster::live::OnDrift> = config
+        .self_heal
+        .then(|| Box::new(move |_: &crate::model::ObjectRef| healer.heal_now()) as _);
+    Live::new(
+        client.clone(),
+        &config.settings.sync_set,
+        config.settings.allow_namespaces.clone(),
+        on_drift,
+    )
+}
+
+/// With `--git-watch` and a local repository, a watch on its refs: a
+/// commit brings a fetch at once.
+fn watch_refs(config: &Config, triggers: &Arc<Triggers>) -> Option<notify::RecommendedWatcher> {
+    let dir = watch::refs_dir(&config.source.url).filter(|_| config.git_watch && !config.once)?;
+    match watch::start(&dir, triggers.clone()) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!("cannot watch {}: {e}; polling only", dir.display());
+            None
+        }
+    }
 }
 
 /// The running daemon's edges: the HTTP API and webhooks, the watch for

@@ -77,26 +77,7 @@ fn walk(
             limit: MAX_DEPTH,
         });
     }
-    let known = parent.and_then(|(real_parent, _)| {
-        let name = rel.file_name()?;
-        let meta = std::fs::symlink_metadata(&abs).ok()?;
-        (!meta.file_type().is_symlink()).then(|| real_parent.join(name))
-    });
-    let real = match known {
-        Some(real) => Ok(real),
-        None => abs.canonicalize(),
-    }
-    .map_err(|source| {
-        let is_link = std::fs::symlink_metadata(&abs).is_ok_and(|m| m.file_type().is_symlink());
-        if is_link {
-            Error::Symlink {
-                path: rel.to_path_buf(),
-                reason: format!("cannot be resolved ({source}); a loop or a dangling link"),
-            }
-        } else {
-            read_err(source)
-        }
-    })?;
+    let real = resolve(&abs, rel, parent.map(|(p, _)| p))?;
     if !real.starts_with(root) {
         return Err(Error::Symlink {
             path: rel.to_path_buf(),
@@ -144,6 +125,34 @@ fn walk(
         }
     }
     Ok(())
+}
+
+/// Where `rel` (at `abs`) really is: below its parent's real path when it
+/// is no link, else as the file system resolves it.
+fn resolve(abs: &Path, rel: &Path, real_parent: Option<&Path>) -> Result<PathBuf, Error> {
+    let known = real_parent.and_then(|real_parent| {
+        let name = rel.file_name()?;
+        let meta = std::fs::symlink_metadata(abs).ok()?;
+        (!meta.file_type().is_symlink()).then(|| real_parent.join(name))
+    });
+    match known {
+        Some(real) => Ok(real),
+        None => abs.canonicalize(),
+    }
+    .map_err(|source| {
+        let is_link = std::fs::symlink_metadata(abs).is_ok_and(|m| m.file_type().is_symlink());
+        if is_link {
+            Error::Symlink {
+                path: rel.to_path_buf(),
+                reason: format!("cannot be resolved ({source}); a loop or a dangling link"),
+            }
+        } else {
+            Error::Read {
+                path: rel.to_path_buf(),
+                source,
+            }
+        }
+    })
 }
 
 /// Reads one file as UTF-8 text, refusing it past `limits.max_file_bytes`
