@@ -6,10 +6,12 @@
 //!   demo            start it, sync examples/cluster-state into it, show the result
 //!   test            build what the tests need, then run the whole test suite
 //!   bench [--quick] tidegate beside its peers on 1,000 and 10,000 objects (--quick: 1,000)
+//!   shape           check that src/ keeps one direction, short files and functions
 
 mod bench;
 #[path = "../../tests/controlplane/launch.rs"]
 mod launch;
+mod shape;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -27,7 +29,8 @@ fn main() -> ExitCode {
         ["demo"] => demo(),
         ["test", rest @ ..] => test(rest),
         ["bench", rest @ ..] => bench::bench(rest),
-        _ => Err("usage: cargo xtask <controlplane | cluster up | cluster down | demo | test [cargo test args] | bench [--quick]>".into()),
+        ["shape", rest @ ..] => shape::shape(rest),
+        _ => Err("usage: cargo xtask <controlplane | cluster up | cluster down | demo | test [cargo test args] | bench [--quick] | shape>".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -304,6 +307,7 @@ fn ensure_packages(packages: &[&str]) -> Result<()> {
 
 /// Everything the tests need, then the whole suite.
 fn test(extra: &[&str]) -> Result<()> {
+    shape::shape(&[])?;
     ensure_packages(&TEST_PACKAGES)?;
     tools_dir()?;
     // The in-cluster test runs the release binary, as the image holds it.
