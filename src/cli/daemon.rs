@@ -125,7 +125,7 @@ impl SyncArgs {
         dir: &std::path::Path,
     ) -> crate::helm::Settings {
         crate::helm::Settings {
-            helm: crate::helm::Helm {
+            binary: crate::helm::Helm {
                 binary: self.helm_binary.clone(),
                 kubeconfig: connection.kubeconfig.clone(),
                 context: connection.context.clone(),
@@ -324,7 +324,7 @@ pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode>
     let mut settings = args.sync.settings(namespace);
     let mut helm = args.sync.helm_settings(&connection, &cache_dir);
     // Charts come through the same proxy as Git.
-    helm.helm.proxy = args.git.git_proxy.clone();
+    helm.binary.proxy = args.git.git_proxy.clone();
     settings.helm = Some(helm);
     let config = daemon::Config {
         source: GitSource {

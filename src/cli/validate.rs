@@ -145,7 +145,7 @@ fn offline_helm(
     dir: &std::path::Path,
 ) -> (helm::Settings, helm::chart::Sources) {
     let settings = helm::Settings {
-        helm: helm::Helm {
+        binary: helm::Helm {
             plugins: None,
             max_output: helm::binary::MAX_RELEASE_BYTES,
             binary: args.helm_binary.clone(),

@@ -433,8 +433,8 @@ impl Daemon {
         let mut settings = self.config.settings.clone();
         if let Some(helm) = &mut settings.helm {
             helm.git = Some(self.source.clone());
-            if helm.helm.proxy.is_none() && !crate::model::proxy::in_environment() {
-                helm.helm.proxy = self.repo_proxy.as_ref().and_then(|p| p.https_proxy.clone());
+            if helm.binary.proxy.is_none() && !crate::model::proxy::in_environment() {
+                helm.binary.proxy = self.repo_proxy.as_ref().and_then(|p| p.https_proxy.clone());
             }
         }
         // Whoever waits in `tidegate sync` sees the objects done so far.

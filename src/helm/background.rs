@@ -71,7 +71,7 @@ impl Background {
 }
 
 /// The status of a release helm is still at work on.
-pub(super) fn still_running(item: &Item) -> ReleaseStatus {
+pub(super) fn still_running(item: &AppliedRelease) -> ReleaseStatus {
     ReleaseStatus {
         object: item.id.to_string(),
         release: String::new(),
@@ -90,7 +90,7 @@ pub(super) fn still_running(item: &Item) -> ReleaseStatus {
 /// takes longer than [`OPERATION_WAIT`] goes on without this sync.
 pub(super) async fn finish_or_leave(
     ctx: &Context<'_>,
-    item: &Item,
+    item: &AppliedRelease,
     decided: Decided,
 ) -> ReleaseStatus {
     use std::sync::atomic::{AtomicU8, Ordering};

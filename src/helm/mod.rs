@@ -52,7 +52,7 @@ pub const CONCURRENCY: usize = 4;
 /// How a sync runs helm.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub helm: Helm,
+    pub binary: Helm,
     /// Fetched chart repositories, pulled charts, values files.
     pub cache: PathBuf,
     /// The synced source, for charts in other Git repositories (same access).
@@ -70,7 +70,7 @@ pub struct Settings {
 
 /// One HelmRelease to reconcile, as applied, and as the plan found it live.
 #[derive(Debug, Clone)]
-pub struct Item {
+pub struct AppliedRelease {
     pub id: ObjectRef,
     pub object: Value,
     pub resolved: Resolved,
@@ -151,21 +151,22 @@ const DECIDE_CONCURRENCY: usize = 16;
 /// run ([`CONCURRENCY`] at once).
 pub async fn reconcile_all(
     ctx: &Context<'_>,
-    items: &[Item],
+    items: &[AppliedRelease],
     observed: Observed,
 ) -> Vec<ReleaseStatus> {
     let phase = std::time::Instant::now();
     // A release helm is still at work on is neither decided nor touched:
     // its operation's end brings the next sync.
-    let (running, items): (Vec<&Item>, Vec<&Item>) = items.iter().partition(|i| {
-        ctx.settings.background.as_ref().is_some_and(|b| {
-            b.is_running(&i.id)
-                || release::parse(&i.id, &i.object).is_ok_and(|spec| {
-                    b.is_running_release(&(spec.target_namespace, spec.release_name))
-                })
-        })
-    });
-    let items: Vec<Item> = items.into_iter().cloned().collect();
+    let (running, items): (Vec<&AppliedRelease>, Vec<&AppliedRelease>) =
+        items.iter().partition(|i| {
+            ctx.settings.background.as_ref().is_some_and(|b| {
+                b.is_running(&i.id)
+                    || release::parse(&i.id, &i.object).is_ok_and(|spec| {
+                        b.is_running_release(&(spec.target_namespace, spec.release_name))
+                    })
+            })
+        });
+    let items: Vec<AppliedRelease> = items.into_iter().cloned().collect();
     let decided = decide_all(ctx, &items, observed).await;
     tracing::debug!(ms = phase.elapsed().as_millis() as u64, "releases decided");
     let mut statuses: Vec<ReleaseStatus> = stream::iter(
@@ -183,7 +184,11 @@ pub async fn reconcile_all(
 
 /// Parses each release, locates its chart and merges its values (many at
 /// once), reads every Helm record in one request, then decides.
-async fn decide_all(ctx: &Context<'_>, items: &[Item], mut observed: Observed) -> Vec<Decided> {
+async fn decide_all(
+    ctx: &Context<'_>,
+    items: &[AppliedRelease],
+    mut observed: Observed,
+) -> Vec<Decided> {
     let prepared = prepare_all(ctx, items).await;
     let keys: Vec<(String, String)> = prepared
         .iter()
@@ -231,7 +236,7 @@ async fn decide_all(ctx: &Context<'_>, items: &[Item], mut observed: Observed) -
 /// the chart and values Git wants; two asking for one release are refused.
 async fn prepare_all(
     ctx: &Context<'_>,
-    items: &[Item],
+    items: &[AppliedRelease],
 ) -> Vec<Result<(ReleaseSpec, Wanted), Refusal>> {
     let prepared: Vec<Result<(ReleaseSpec, Wanted), Refusal>> =
         stream::iter(items.iter().map(|item| async move {
@@ -319,7 +324,7 @@ pub fn release_keys(
 
 /// Reads what [`Observed`] holds; a failure leaves it to the releases'
 /// own reads later.
-pub async fn observe(cluster: &Cluster, releases: &[(String, String)]) -> Observed {
+pub async fn read_records(cluster: &Cluster, releases: &[(String, String)]) -> Observed {
     if releases.is_empty() {
         return Observed::default();
     }
@@ -344,7 +349,8 @@ pub fn values_digest(values: &Value) -> String {
     crate::model::checksum::checksum(values)[..32].to_string()
 }
 
-struct Outcome {
+/// What a helm operation that worked did.
+struct Success {
     action: ReleaseAction,
     message: Option<String>,
     rolled_back: bool,
@@ -366,7 +372,7 @@ type Decided = Result<Decision, Refusal>;
 
 /// Runs what a decided release needs, then records the outcome in its
 /// status and in the report.
-async fn finish(ctx: &Context<'_>, item: &Item, decided: Decided) -> ReleaseStatus {
+async fn finish(ctx: &Context<'_>, item: &AppliedRelease, decided: Decided) -> ReleaseStatus {
     let mut status = ReleaseStatus {
         object: item.id.to_string(),
         release: String::new(),
@@ -514,7 +520,7 @@ pub async fn preview(
     let (chart, values_file) =
         prepare(cluster, settings, &spec, &w.located, &w.values, work.path()).await?;
     let manifest = settings
-        .helm
+        .binary
         .template(
             &spec.release_name,
             &spec.target_namespace,

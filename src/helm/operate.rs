@@ -92,9 +92,15 @@ pub(super) async fn prepare(
         Some(cluster) => pull_credentials(cluster, located, &namespace).await?,
         None => None,
     };
-    let chart = chart::prepare(located, &settings.helm, &settings.cache, work, credentials)
-        .await
-        .map_err(|e| ReleaseError::ChartFetchFailed(crate::model::error_chain(&e)))?;
+    let chart = chart::prepare(
+        located,
+        &settings.binary,
+        &settings.cache,
+        work,
+        credentials,
+    )
+    .await
+    .map_err(|e| ReleaseError::ChartFetchFailed(crate::model::error_chain(&e)))?;
     let values_file = work.join("values.json");
     std::fs::write(
         &values_file,
@@ -107,14 +113,14 @@ pub(super) async fn prepare(
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn install_or_upgrade(
     ctx: &Context<'_>,
-    item: &Item,
+    item: &AppliedRelease,
     spec: &ReleaseSpec,
     located: &chart::Located,
     values: &Value,
     digests: &Digests,
     deployed: Option<u32>,
     why: &str,
-) -> Result<Outcome, ReleaseError> {
+) -> Result<Success, ReleaseError> {
     ctx.cluster
         .fenced()
         .map_err(|e| ReleaseError::DeployFailed(e.to_string()))?;
@@ -161,7 +167,7 @@ pub(super) async fn install_or_upgrade(
             kinds: &namespaced_kinds,
         });
     }
-    let result = ctx.settings.helm.upgrade(&args).await;
+    let result = ctx.settings.binary.upgrade(&args).await;
     drop(work);
     match result {
         Ok(()) => Ok(deployed_event(ctx, item, deployed, why).await),
@@ -172,10 +178,10 @@ pub(super) async fn install_or_upgrade(
 /// A release installed or upgraded: its Event, and the outcome.
 async fn deployed_event(
     ctx: &Context<'_>,
-    item: &Item,
+    item: &AppliedRelease,
     deployed: Option<u32>,
     why: &str,
-) -> Outcome {
+) -> Success {
     let (action, reason) = match deployed {
         Some(_) => (ReleaseAction::Upgraded, "ReleaseUpgraded"),
         None => (ReleaseAction::Installed, "ReleaseInstalled"),
@@ -183,7 +189,7 @@ async fn deployed_event(
     let message = (!why.is_empty()).then(|| why.to_string());
     let text = message.clone().unwrap_or_else(|| action.to_string());
     event(ctx.cluster, &item.id, "Normal", reason, &text).await;
-    Outcome {
+    Success {
         action,
         message,
         rolled_back: false,
@@ -194,7 +200,7 @@ async fn deployed_event(
 /// `deployed` if the HelmRelease asks for one.
 async fn upgrade_failed(
     ctx: &Context<'_>,
-    item: &Item,
+    item: &AppliedRelease,
     spec: &ReleaseSpec,
     deployed: Option<u32>,
     failed: String,
@@ -231,7 +237,7 @@ pub(super) async fn check_chart(
     args: &binary::UpgradeArgs<'_>,
 ) -> Result<Vec<String>, ReleaseError> {
     // The post-renderer is the allow-list's last check at install.
-    if ctx.settings.helm.post_renderer.is_none() {
+    if ctx.settings.binary.post_renderer.is_none() {
         return Err(ReleaseError::DeployFailed(
             "under --k8s-allow-namespace helm needs tidegate as its post-renderer, and tidegate cannot name its own binary".into(),
         ));
@@ -276,7 +282,7 @@ async fn render_all(
     args: &binary::UpgradeArgs<'_>,
 ) -> Result<Vec<Value>, ReleaseError> {
     let render_failed = |e: binary::Error| ReleaseError::DeployFailed(e.to_string());
-    let helm = &ctx.settings.helm;
+    let helm = &ctx.settings.binary;
     let offline = helm
         .template(
             &spec.release_name,
@@ -323,7 +329,7 @@ pub(super) async fn rollback(
     })?;
     let r = &spec.rollback;
     ctx.settings
-        .helm
+        .binary
         .rollback(&binary::RollbackArgs {
             release: &spec.release_name,
             namespace: &spec.target_namespace,
@@ -369,7 +375,7 @@ pub async fn uninstall(
         .fenced()
         .map_err(|e| ReleaseError::DeployFailed(e.to_string()))?;
     settings
-        .helm
+        .binary
         .uninstall(&spec.release_name, &spec.target_namespace, spec.timeout)
         .await
         .map_err(|e| ReleaseError::DeployFailed(e.to_string()))?;
@@ -384,17 +390,17 @@ pub async fn uninstall(
 /// helm ran nothing.
 pub(super) async fn run(
     ctx: &Context<'_>,
-    item: &Item,
+    item: &AppliedRelease,
     spec: &ReleaseSpec,
     w: &Wanted,
     mut operation: Option<Operation>,
     mut history: storage::History,
-) -> (Result<Outcome, ReleaseError>, Option<storage::History>) {
+) -> (Result<Success, ReleaseError>, Option<storage::History>) {
     let (located, values, digests) = (&w.located, &w.values, &w.digests);
     let mut recovered: Option<String> = None;
     for _ in 0..2 {
         let Some(op) = operation.take() else {
-            let outcome = Outcome {
+            let outcome = Success {
                 action: recovered
                     .as_ref()
                     .map_or(ReleaseAction::Unchanged, |_| ReleaseAction::RolledBack),
@@ -455,11 +461,11 @@ pub(super) async fn run(
 /// A release that never deployed: uninstalled, then installed again.
 async fn reinstall(
     ctx: &Context<'_>,
-    item: &Item,
+    item: &AppliedRelease,
     spec: &ReleaseSpec,
     w: &Wanted,
     status: &str,
-) -> Result<Outcome, ReleaseError> {
+) -> Result<Success, ReleaseError> {
     let message = format!(
         "the release never deployed (revision left {status}); uninstalled to install it again"
     );
@@ -467,7 +473,7 @@ async fn reinstall(
         .fenced()
         .map_err(|e| ReleaseError::DeployFailed(e.to_string()))?;
     ctx.settings
-        .helm
+        .binary
         .uninstall(&spec.release_name, &spec.target_namespace, spec.timeout)
         .await
         .map_err(|e| ReleaseError::DeployFailed(format!("recovering from {status}: {e}")))?;
@@ -476,7 +482,7 @@ async fn reinstall(
         ctx, item, spec, &w.located, &w.values, &w.digests, None, &message,
     )
     .await?;
-    Ok(Outcome {
+    Ok(Success {
         action: match outcome.action {
             ReleaseAction::Installed => ReleaseAction::Reinstalled,
             other => other,
@@ -505,7 +511,7 @@ fn blocked_reason(history: &storage::History, why: String) -> String {
 /// Says in the log and in a Warning Event that a release was recovered.
 pub(super) async fn announce_recovery(
     cluster: &Cluster,
-    item: &Item,
+    item: &AppliedRelease,
     spec: &ReleaseSpec,
     message: &str,
 ) {

@@ -4,7 +4,7 @@
 use super::*;
 
 /// helm-operator's phase names.
-pub(super) fn phase(outcome: &Result<Outcome, ReleaseError>) -> &'static str {
+pub(super) fn phase(outcome: &Result<Success, ReleaseError>) -> &'static str {
     match outcome {
         Ok(o) if o.rolled_back => "RolledBack",
         Ok(_) => "Succeeded",
@@ -37,10 +37,10 @@ pub(super) fn condition(
 /// it says something new (a no-op sync writes nothing).
 pub(super) async fn write_status(
     ctx: &Context<'_>,
-    item: &Item,
+    item: &AppliedRelease,
     spec: Option<&ReleaseSpec>,
     latest: Option<&storage::Record>,
-    outcome: &Result<Outcome, ReleaseError>,
+    outcome: &Result<Success, ReleaseError>,
     chart_revision: Option<String>,
 ) {
     let api = ctx
@@ -88,7 +88,7 @@ pub(super) struct Record<'a> {
     pub release_name: Option<&'a str>,
     /// Helm's status of the latest revision.
     pub release_status: Option<&'a str>,
-    pub outcome: &'a Result<Outcome, ReleaseError>,
+    pub outcome: &'a Result<Success, ReleaseError>,
     /// The chart's Git revision or version, when known.
     pub chart_revision: Option<&'a str>,
 }
@@ -125,7 +125,7 @@ pub(super) fn next_status(live: &Value, record: &Record<'_>, now: &str) -> Optio
 /// unchanged release that was released before keeps them as they were.
 fn next_conditions(
     previous: &Value,
-    outcome: &Result<Outcome, ReleaseError>,
+    outcome: &Result<Success, ReleaseError>,
     now: &str,
 ) -> Vec<Value> {
     let mut conditions: Vec<Value> = previous["conditions"]
@@ -249,15 +249,15 @@ mod tests {
         json!({"metadata": {"name": "web", "generation": 3}, "status": status})
     }
 
-    fn mk_ok(action: ReleaseAction) -> Result<Outcome, ReleaseError> {
-        Ok(Outcome {
+    fn mk_ok(action: ReleaseAction) -> Result<Success, ReleaseError> {
+        Ok(Success {
             action,
             message: None,
             rolled_back: action == ReleaseAction::RolledBack,
         })
     }
 
-    fn mk_record<'a>(outcome: &'a Result<Outcome, ReleaseError>) -> Record<'a> {
+    fn mk_record<'a>(outcome: &'a Result<Success, ReleaseError>) -> Record<'a> {
         Record {
             release_name: Some("demo-web"),
             release_status: Some("deployed"),
@@ -302,7 +302,7 @@ mod tests {
             "t1",
         )
         .unwrap();
-        let failed: Result<Outcome, ReleaseError> =
+        let failed: Result<Success, ReleaseError> =
             Err(ReleaseError::DeployFailed("the hook failed".into()));
         let mut record = mk_record(&failed);
         record.chart_revision = Some("def");
@@ -313,7 +313,7 @@ mod tests {
         assert_eq!(released(&status)["status"], "False");
         assert_eq!(released(&status)["lastTransitionTime"], "t2");
 
-        let rolled: Result<Outcome, ReleaseError> =
+        let rolled: Result<Success, ReleaseError> =
             Err(ReleaseError::RolledBack("rolled back to revision 1".into()));
         let status = next_status(&mk_live(before), &mk_record(&rolled), "t3").unwrap();
         assert_eq!(status["phase"], "RolledBack");

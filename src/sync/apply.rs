@@ -6,7 +6,7 @@ use super::*;
 /// Applies one object as planned.
 pub(super) async fn apply_item(
     cluster: &Cluster,
-    item: &Item,
+    item: &Planned,
     settings: &Settings,
 ) -> Result<Action, ObjectError> {
     let d = &item.desired;
@@ -59,7 +59,7 @@ pub(super) async fn apply_item(
 
 pub(super) async fn apply_stage(
     cluster: &Cluster,
-    items: &[Item],
+    items: &[Planned],
     settings: &Settings,
     stop: &CancellationToken,
     report: &mut SyncReport,
@@ -121,11 +121,11 @@ pub(super) async fn apply_plan(
     for e in &report.errors {
         on(Progress::Failed(e));
     }
-    let mut stages: BTreeMap<Stage, Vec<Item>> = BTreeMap::new();
+    let mut stages: BTreeMap<Stage, Vec<Planned>> = BTreeMap::new();
     for item in std::mem::take(&mut plan.items) {
         stages.entry(item.desired.stage).or_default().push(item);
     }
-    let mut done: Vec<Item> = Vec::new();
+    let mut done: Vec<Planned> = Vec::new();
     while let Some((stage, items)) = stages.pop_first() {
         if stop.is_cancelled() {
             report.interrupted = true;

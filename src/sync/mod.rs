@@ -164,7 +164,7 @@ pub type OnProgress<'a> = &'a mut (dyn FnMut(Progress<'_>) + Send);
 
 /// One object of a plan, with the live state it was compared to.
 #[derive(Debug, Clone)]
-pub struct Item {
+pub struct Planned {
     pub desired: Desired,
     pub resolved: Resolved,
     pub live: Option<Seen>,
@@ -174,7 +174,7 @@ pub struct Item {
 /// A desired set placed and compared with the cluster.
 #[derive(Debug, Default)]
 pub struct Plan {
-    pub items: Vec<Item>,
+    pub items: Vec<Planned>,
     /// Custom resources whose CRD is in the same desired set but not yet served.
     pub deferred: Vec<Manifest>,
     pub errors: Vec<ObjectError>,
@@ -347,7 +347,7 @@ pub async fn apply_set(
     };
     let (plan, observed) = tokio::join!(
         plan(cluster, set, settings, inventory),
-        helm::observe(cluster, &releases)
+        helm::read_records(cluster, &releases)
     );
     tracing::debug!(ms = phase.elapsed().as_millis() as u64, "planned");
     let phase = std::time::Instant::now();
@@ -391,12 +391,12 @@ async fn reconcile_releases(
     on: OnProgress<'_>,
 ) {
     let failed: HashSet<String> = report.errors.iter().map(|e| e.object.clone()).collect();
-    let items: Vec<helm::Item> = plan
+    let items: Vec<helm::AppliedRelease> = plan
         .items
         .iter()
         .filter(|i| helm::is_release(&i.desired.id) && i.change != Change::Ignored)
         .filter(|i| !failed.contains(&i.desired.id.to_string()))
-        .map(|i| helm::Item {
+        .map(|i| helm::AppliedRelease {
             id: i.desired.id.clone(),
             object: i.desired.object.value(),
             resolved: i.resolved.clone(),
@@ -631,7 +631,7 @@ fn chart_sources(
         tree: snapshot.tree.clone(),
         git: h.git.clone(),
         cache: h.cache.clone(),
-        proxy: h.helm.proxy.clone(),
+        proxy: h.binary.proxy.clone(),
         proxy_settings: set.proxy.clone().filter(|p| !p.is_empty()),
         digests: Default::default(),
         allow_local: h.allow_local_charts,

@@ -65,7 +65,7 @@ pub(super) async fn from_watches(
                     continue;
                 }
             };
-            plan.items.push(Item {
+            plan.items.push(Planned {
                 live: entry.map(|e| e.as_live()),
                 desired,
                 resolved,
@@ -134,7 +134,7 @@ pub(super) async fn read_live(
         let Some(change) = plan::decide(&desired, live_object.as_ref(), known_absent, owner) else {
             continue;
         };
-        plan.items.push(Item {
+        plan.items.push(Planned {
             desired,
             resolved,
             live: live_object.map(Seen::Object),

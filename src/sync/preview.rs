@@ -5,7 +5,7 @@
 
 use serde::Serialize;
 
-use super::{GarbageCollection, Item, Settings, plan, render_errors};
+use super::{GarbageCollection, Planned, Settings, plan, render_errors};
 use crate::cluster::Cluster;
 use crate::helm;
 use crate::helm::chart::Sources;
@@ -130,7 +130,7 @@ fn summarize(objects: &[Entry], prune: usize) -> Summary {
 /// One planned object, its change decided by a dry-run apply.
 async fn object_entry(
     cluster: &Cluster,
-    item: &Item,
+    item: &Planned,
     new_namespaces: &[&str],
     force: bool,
 ) -> Entry {
@@ -175,7 +175,7 @@ async fn object_entry(
 async fn release_entries(
     cluster: &Cluster,
     charts: &Charts<'_>,
-    item: &Item,
+    item: &Planned,
     force: bool,
 ) -> Vec<Entry> {
     let d = &item.desired;
