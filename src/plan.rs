@@ -516,6 +516,23 @@ pub fn prune_refusal(live: &Value, sync_set: &str, owner: &str) -> Option<&'stat
     None
 }
 
+/// The inventory a sync records once it has applied: what it had, less the
+/// prune candidates (Git no longer has them), plus every object the plan
+/// applied or tried. The candidates a prune keeps are added back after it.
+pub fn next_inventory<'a>(
+    previous: &Inventory,
+    candidates: &[ObjectRef],
+    planned: impl Iterator<Item = &'a ObjectRef>,
+) -> Inventory {
+    let mut next: Inventory = previous
+        .iter()
+        .filter(|id| !candidates.contains(id))
+        .cloned()
+        .collect();
+    next.extend(planned.cloned());
+    next
+}
+
 /// What a sync does with one live object the inventory has and Git no
 /// longer does, once it has read it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -563,6 +580,18 @@ mod tests {
             ns,
             name,
         )
+    }
+
+    #[test]
+    fn the_next_inventory_drops_the_candidates_and_adds_what_was_planned() {
+        let (a, b, c) = (
+            id("ConfigMap", Some("ns"), "a"),
+            id("ConfigMap", Some("ns"), "b"),
+            id("ConfigMap", Some("ns"), "c"),
+        );
+        let previous: Inventory = [a.clone(), b.clone()].into();
+        let next = next_inventory(&previous, std::slice::from_ref(&b), [&c, &a].into_iter());
+        assert_eq!(next, [a, c].into());
     }
 
     #[test]

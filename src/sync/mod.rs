@@ -29,14 +29,18 @@ use crate::render::{self, DesiredSet, Manifest};
 use crate::source::{GitSource, Snapshot};
 
 mod apply;
+mod cache;
 mod observe;
 pub mod preview;
 mod prune;
+mod releases;
 mod report;
 
 use apply::*;
+pub use cache::RenderCache;
 use observe::*;
 use prune::*;
+use releases::reconcile_releases;
 pub use report::SyncReport;
 
 const MAX_MESSAGE_CHARS: usize = 4000;
@@ -77,54 +81,6 @@ pub struct Settings {
     pub helm: Option<crate::helm::Settings>,
     /// The last render, by the Git tree hashes of the configured paths.
     pub render_cache: RenderCache,
-}
-
-/// A rendered desired set, kept while the trees it was read from are the
-/// same: an unchanged tree is not parsed again.
-type Rendered = Option<(Vec<String>, std::sync::Arc<DesiredSet>)>;
-
-#[derive(Clone, Default)]
-pub struct RenderCache(std::sync::Arc<std::sync::Mutex<Rendered>>);
-
-impl fmt::Debug for RenderCache {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("RenderCache")
-    }
-}
-
-impl RenderCache {
-    /// The set `snapshot` renders to with `options` (its objects marked for
-    /// `options.sync_set`, so that the placed objects of every sync share
-    /// them): from the cache if the trees are the ones last rendered, else
-    /// rendered (off the async workers: parsing is CPU-bound) and kept.
-    pub async fn render(
-        &self,
-        snapshot: &Snapshot,
-        options: &render::Options,
-    ) -> std::sync::Arc<DesiredSet> {
-        let (snap, options) = (snapshot.clone(), options.clone());
-        let cache = self.0.clone();
-        tokio::task::spawn_blocking(move || {
-            let key = snap.tree_ids(&options.paths);
-            {
-                let mut cached = cache.lock().expect("render cache");
-                if let (Some(key), Some((cached_key, set))) = (&key, &*cached)
-                    && key == cached_key
-                {
-                    tracing::debug!("the trees did not change: not rendered again");
-                    return set.clone();
-                }
-                // The old set goes before the new one is parsed, not after.
-                *cached = None;
-            }
-            let set = render::render(&snap.tree, &options);
-            let set = std::sync::Arc::new(set);
-            *cache.lock().expect("render cache") = key.map(|k| (k, set.clone()));
-            set
-        })
-        .await
-        .expect("render task")
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -356,13 +312,12 @@ pub async fn apply_set(
         tracing::warn!("{why}");
         report.message = Some(why.clone());
     }
-    let mut next: Inventory = inventory
-        .iter()
-        .filter(|id| !candidates.contains(id))
-        .cloned()
-        .collect();
     let plan = apply_plan(cluster, plan, settings, stop, &mut report, on).await;
-    next.extend(plan.items.iter().map(|i| i.desired.id.clone()));
+    let mut next = plan::next_inventory(
+        inventory,
+        &candidates,
+        plan.items.iter().map(|i| &i.desired.id),
+    );
     // What is pruned now is no longer the watches' to heal.
     if let Some(live) = cluster.live() {
         live.keep_only(&next);
@@ -377,72 +332,6 @@ pub async fn apply_set(
         next.extend(candidates);
     }
     (report, next)
-}
-
-/// Reconciles the HelmReleases the plan applied (not those it failed to
-/// apply or that are ignored) with helm.
-async fn reconcile_releases(
-    cluster: &Cluster,
-    helm: &helm::Settings,
-    charts: &helm::chart::Sources,
-    plan: &Plan,
-    observed: helm::Observed,
-    report: &mut SyncReport,
-    on: OnProgress<'_>,
-) {
-    let failed: HashSet<String> = report.errors.iter().map(|e| e.object.clone()).collect();
-    let items: Vec<helm::AppliedRelease> = plan
-        .items
-        .iter()
-        .filter(|i| helm::is_release(&i.desired.id) && i.change != Change::Ignored)
-        .filter(|i| !failed.contains(&i.desired.id.to_string()))
-        .map(|i| helm::AppliedRelease {
-            id: i.desired.id.clone(),
-            object: i.desired.object.value(),
-            resolved: i.resolved.clone(),
-            live: i.live.as_ref().and_then(Seen::object).cloned(),
-            changed: i.change != Change::Unchanged,
-        })
-        .collect();
-    if items.is_empty() {
-        return;
-    }
-    let phase = std::time::Instant::now();
-    let ctx = helm::Context {
-        cluster,
-        settings: helm,
-        sources: charts,
-    };
-    for status in helm::reconcile_all(&ctx, &items, observed).await {
-        if status.action == ReleaseAction::Unchanged {
-            tracing::debug!(object = %status.object, "{status}");
-        } else {
-            tracing::info!(object = %status.object, "{status}");
-        }
-        if status.action == ReleaseAction::Failed {
-            let e = ObjectError {
-                object: status.object.clone(),
-                origin: None,
-                // A spec that cannot be read names no release.
-                reason: match (
-                    status.release.as_str(),
-                    status.message.clone().unwrap_or_default(),
-                ) {
-                    ("", message) => message,
-                    (release, message) => format!("release {release}: {message}"),
-                },
-            };
-            on(Progress::Failed(&e));
-            report.errors.push(e);
-        } else {
-            on(Progress::Release(&status));
-        }
-        report.releases.push(status);
-    }
-    tracing::debug!(
-        ms = phase.elapsed().as_millis() as u64,
-        "releases reconciled"
-    );
 }
 
 /// Fetches a Git source (off the async threads: libgit2 blocks).

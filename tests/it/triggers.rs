@@ -26,6 +26,17 @@ async fn wait_value(ns: &str, wanted: &str, within: Duration) {
 }
 
 /// A daemon that polls and re-applies only hourly: whatever syncs, a trigger did.
+/// `tidegate sync` for the repository's sync set, waiting up to a minute.
+fn sync_request(repo: &GitRepo) -> std::process::Output {
+    tidegate(&[
+        "sync",
+        "--sync-set-name",
+        &repo.sync_set,
+        "--timeout",
+        "60s",
+    ])
+}
+
 fn daemon(repo: &GitRepo, extra: &[&str]) -> Daemon {
     let mut args = vec!["--git-poll-interval", "1h", "--sync-interval", "1h"];
     args.extend_from_slice(extra);
@@ -44,13 +55,7 @@ async fn sync_command_waits_for_the_pushed_revision() {
 
     repo.write("app.yaml", &app_yaml(&ns, "2"));
     let revision = repo.push("second");
-    let out = tidegate(&[
-        "sync",
-        "--sync-set-name",
-        &repo.sync_set,
-        "--timeout",
-        "60s",
-    ]);
+    let out = sync_request(&repo);
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
     assert!(
         stdout(&out).contains(&format!("revision {revision}")),
@@ -89,13 +94,7 @@ async fn sync_command_waits_for_the_pushed_revision() {
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: [oops\n",
     );
     repo.push("broken");
-    let out = tidegate(&[
-        "sync",
-        "--sync-set-name",
-        &repo.sync_set,
-        "--timeout",
-        "60s",
-    ]);
+    let out = sync_request(&repo);
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
     assert!(stderr(&out).contains("broken.yaml"), "{}", stderr(&out));
 
@@ -281,13 +280,7 @@ async fn webhooks_trigger_only_authentic_pushes_to_the_branch() {
     // after the request is seen, with one fetch and one (forced) sync. By
     // the time it is answered, whatever the burst fetched is counted; the
     // burst synced nothing, the revision being the one synced already.
-    let out = tidegate(&[
-        "sync",
-        "--sync-set-name",
-        &repo.sync_set,
-        "--timeout",
-        "60s",
-    ]);
+    let out = sync_request(&repo);
     assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
     metric_reaches(port, SUCCEEDED, synced + 1.0).await;
     assert_eq!(
