@@ -21,6 +21,12 @@ pub mod source;
 /// Desired set + live state → what a sync would do, and diffs. Pure.
 pub mod plan;
 
+/// Image automation's decisions: policies, containers, tags, file edits. Pure.
+pub mod automation;
+
+/// The distribution API: tags, and when their images were built.
+pub mod registry;
+
 /// The API edge: discovery, watches, server-side apply, the write fence,
 /// the state record.
 pub mod cluster;

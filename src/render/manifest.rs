@@ -150,6 +150,19 @@ struct Document<'a> {
     text: &'a str,
 }
 
+/// Where each document of a multi-document stream is, as the render counts
+/// them (empty ones included), by byte range.
+pub fn document_ranges(text: &str) -> Vec<std::ops::Range<usize>> {
+    let base = text.as_ptr() as usize;
+    documents(text)
+        .iter()
+        .map(|d| {
+            let start = d.text.as_ptr() as usize - base;
+            start..start + d.text.len()
+        })
+        .collect()
+}
+
 /// Splits a multi-document stream at its `---` separators.
 ///
 /// Done here rather than by the YAML library so that every document keeps its

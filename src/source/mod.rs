@@ -6,6 +6,7 @@
 //! of its own that nothing else writes to.
 
 pub mod checkout;
+pub mod push;
 pub mod remote;
 
 use std::cell::RefCell;
@@ -120,6 +121,12 @@ pub enum Error {
     },
     #[error(transparent)]
     Tree(#[from] checkout::Error),
+    #[error("cannot push to branch {branch} of {url}: {reason}")]
+    Push {
+        url: String,
+        branch: String,
+        reason: String,
+    },
 }
 
 /// How to authenticate to the remote and reach it.

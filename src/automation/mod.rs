@@ -1,0 +1,12 @@
+//! Image update automation: the policies of workloads as Flux v1 wrote
+//! them in annotations (`policy`, with `semver` for its version
+//! constraints), the containers and where their images are written
+//! (`containers`, `image`), and the edit of a file that changes only those
+//! bytes (`edit`); one cycle's updates and commit message (`update`).
+
+pub mod containers;
+pub mod edit;
+pub mod image;
+pub mod policy;
+pub mod semver;
+pub mod update;

@@ -1,0 +1,336 @@
+//! One automation cycle's decisions: the automated containers of the
+//! desired set, the tag each moves to given what the registries list, the
+//! edits per file, and the commit message as Flux v1 wrote it. Pure: the
+//! registry answers come in as data.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use super::containers::{self, Container};
+use super::edit::Edit;
+use super::image::ImageRef;
+use super::policy::{self, Pattern, Policy};
+use crate::render::Manifest;
+
+/// A container automation may move.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    /// The object, as people read it (`apps/v1 Deployment shop/web`).
+    pub object: String,
+    pub file: PathBuf,
+    pub document: usize,
+    pub container: Container,
+    pub pattern: Pattern,
+}
+
+/// Something in Git automation cannot use, naming what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub object: String,
+    pub file: PathBuf,
+    pub reason: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: {}: {}",
+            crate::model::shown(&self.file),
+            self.object,
+            self.reason
+        )
+    }
+}
+
+/// The automated, unlocked containers of the desired set, and what keeps
+/// others from being read (a bad annotation, an image that does not parse).
+pub fn candidates(manifests: &[Manifest]) -> (Vec<Candidate>, Vec<Problem>) {
+    let mut found = Vec::new();
+    let mut problems = Vec::new();
+    for m in manifests {
+        let object = m.object.value();
+        let id = &m.id;
+        if !containers::is_workload(&id.api_version(), &id.kind) {
+            continue;
+        }
+        let empty = serde_json::Map::new();
+        let annotations = object["metadata"]["annotations"]
+            .as_object()
+            .unwrap_or(&empty);
+        let (policy, errors) = Policy::from_annotations(annotations);
+        if !policy.is_automated() {
+            continue;
+        }
+        let problem = |reason: String| Problem {
+            object: id.to_string(),
+            file: m.file.clone(),
+            reason,
+        };
+        problems.extend(errors.iter().map(|e| problem(e.to_string())));
+        let broken: Vec<&str> = errors
+            .iter()
+            .filter_map(|e| tag_annotation_container(&e.annotation))
+            .collect();
+        let (list, bad) = containers::containers(&object);
+        problems.extend(
+            bad.into_iter()
+                .map(|e| problem(format!("container {}: {}", e.container, e.reason))),
+        );
+        for container in list {
+            // A container whose filter cannot be read is left alone.
+            if broken.contains(&container.name.as_str()) {
+                continue;
+            }
+            if container.image.digest.is_some() {
+                continue;
+            }
+            found.push(Candidate {
+                object: id.to_string(),
+                file: m.file.clone(),
+                document: m.index,
+                pattern: policy.pattern(&container.name),
+                container,
+            });
+        }
+    }
+    (found, problems)
+}
+
+/// The container a `tag.<container>` annotation is for.
+fn tag_annotation_container(annotation: &str) -> Option<&str> {
+    policy::PREFIXES
+        .iter()
+        .find_map(|p| annotation.strip_prefix(p)?.strip_prefix("tag."))
+        .or_else(|| annotation.strip_prefix(policy::FILTER_PREFIX))
+}
+
+/// One container to move.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Update {
+    pub object: String,
+    pub file: PathBuf,
+    pub container: String,
+    pub from: String,
+    /// The new reference, as it is written.
+    pub to: String,
+    pub edits: Vec<Edit>,
+}
+
+/// The tag each candidate moves to, given the tags of each repository
+/// (by canonical name: `(tag, when built)`); a candidate whose repository
+/// is not known, or whose pick is its tag already, does not move.
+pub fn updates(
+    candidates: &[Candidate],
+    tags: &BTreeMap<String, Vec<(String, Option<i64>)>>,
+    objects: &BTreeMap<(PathBuf, usize), serde_json::Value>,
+) -> Vec<Update> {
+    let mut out = Vec::new();
+    for c in candidates {
+        let image = &c.container.image;
+        let Some(listed) = tags.get(&image.canonical()) else {
+            continue;
+        };
+        let Some(pick) = policy::pick(&c.pattern, listed) else {
+            continue;
+        };
+        if image.tag.as_deref() == Some(pick) {
+            continue;
+        }
+        let Some(object) = objects.get(&(c.file.clone(), c.document)) else {
+            continue;
+        };
+        let edits = containers::edits(&c.container, pick, object)
+            .into_iter()
+            .map(|(path, value)| Edit {
+                document: c.document,
+                path,
+                value,
+            })
+            .collect();
+        out.push(Update {
+            object: c.object.clone(),
+            file: c.file.clone(),
+            container: c.container.name.clone(),
+            from: image.to_string(),
+            to: ImageRef {
+                tag: Some(pick.to_string()),
+                digest: None,
+                ..image.clone()
+            }
+            .to_string(),
+            edits,
+        });
+    }
+    out
+}
+
+/// The commit message for a cycle's updates, as Flux v1 wrote it:
+/// `Auto-release <image>`, or `Auto-release multiple (N) images` and a
+/// line ` - <image>` for each; `[ci skip]` after a blank line if asked.
+pub fn commit_message(updates: &[Update], ci_skip: bool) -> String {
+    let mut images: Vec<&str> = updates.iter().map(|u| u.to.as_str()).collect();
+    images.sort_unstable();
+    images.dedup();
+    let mut message = match images.as_slice() {
+        [] => "Auto-release (no images)\n".to_string(),
+        [one] => format!("Auto-release {one}"),
+        many => {
+            let mut m = format!("Auto-release multiple ({}) images\n\n", many.len());
+            for image in many {
+                m.push_str(&format!(" - {image}\n"));
+            }
+            m
+        }
+    };
+    if ci_skip {
+        message.push_str("\n\n[ci skip]");
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::model::{Json, ObjectRef};
+
+    fn manifest(file: &str, index: usize, object: Value) -> Manifest {
+        let meta = &object["metadata"];
+        Manifest {
+            file: file.into(),
+            index,
+            id: ObjectRef::new(
+                object["apiVersion"].as_str().unwrap(),
+                object["kind"].as_str().unwrap(),
+                meta["namespace"].as_str(),
+                meta["name"].as_str().unwrap(),
+            ),
+            checksum: String::new(),
+            object: Json::new(&object),
+        }
+    }
+
+    fn deployment(name: &str, annotations: Value, images: &[(&str, &str)]) -> Value {
+        let containers: Vec<Value> = images
+            .iter()
+            .map(|(n, i)| json!({"name": n, "image": i}))
+            .collect();
+        json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": name, "namespace": "shop", "annotations": annotations},
+            "spec": {"template": {"spec": {"containers": containers}}}})
+    }
+
+    fn tags(list: &[(&str, &str, Option<i64>)]) -> BTreeMap<String, Vec<(String, Option<i64>)>> {
+        let mut out: BTreeMap<String, Vec<(String, Option<i64>)>> = BTreeMap::new();
+        for (repo, tag, created) in list {
+            out.entry(repo.to_string())
+                .or_default()
+                .push((tag.to_string(), *created));
+        }
+        out
+    }
+
+    #[test]
+    fn automated_containers_move_and_the_rest_stay() {
+        let manifests = vec![
+            manifest(
+                "web.yaml",
+                0,
+                deployment(
+                    "web",
+                    json!({"fluxcd.io/automated": "true", "fluxcd.io/tag.web": "semver:~1.2"}),
+                    &[("web", "reg.io/web:1.2.0"), ("side", "reg.io/side:a")],
+                ),
+            ),
+            manifest(
+                "web.yaml",
+                1,
+                deployment(
+                    "locked",
+                    json!({"fluxcd.io/automated": "true", "fluxcd.io/locked": "true"}),
+                    &[("web", "reg.io/web:1.2.0")],
+                ),
+            ),
+            manifest(
+                "manual.yaml",
+                0,
+                deployment("manual", json!({}), &[("web", "reg.io/web:1.2.0")]),
+            ),
+        ];
+        let (found, problems) = candidates(&manifests);
+        assert!(problems.is_empty(), "{problems:?}");
+        let names: Vec<(&str, &str)> = found
+            .iter()
+            .map(|c| (c.object.as_str(), c.container.name.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("apps/v1 Deployment shop/web", "web"),
+                ("apps/v1 Deployment shop/web", "side")
+            ]
+        );
+        let listed = tags(&[
+            ("reg.io/web", "1.2.0", Some(1)),
+            ("reg.io/web", "1.2.5", Some(2)),
+            ("reg.io/web", "1.3.0", Some(3)),
+            ("reg.io/side", "a", Some(1)),
+        ]);
+        let objects: BTreeMap<(PathBuf, usize), Value> = manifests
+            .iter()
+            .map(|m| ((m.file.clone(), m.index), m.object.value()))
+            .collect();
+        let moved = updates(&found, &listed, &objects);
+        assert_eq!(moved.len(), 1, "side is at its newest already: {moved:?}");
+        assert_eq!(moved[0].to, "reg.io/web:1.2.5");
+        assert_eq!(moved[0].edits[0].value, "reg.io/web:1.2.5");
+        assert_eq!(
+            commit_message(&moved, false),
+            "Auto-release reg.io/web:1.2.5"
+        );
+    }
+
+    #[test]
+    fn a_bad_filter_names_the_annotation_and_leaves_its_container_alone() {
+        let manifests = vec![manifest(
+            "web.yaml",
+            0,
+            deployment(
+                "web",
+                json!({"fluxcd.io/automated": "true", "fluxcd.io/tag.web": "regex:(["}),
+                &[("web", "reg.io/web:1"), ("side", "Bad Image")],
+            ),
+        )];
+        let (found, problems) = candidates(&manifests);
+        assert!(found.is_empty());
+        let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert!(
+            shown[0]
+                .starts_with("web.yaml: apps/v1 Deployment shop/web: annotation fluxcd.io/tag.web"),
+            "{shown:?}"
+        );
+        assert!(shown[1].contains("container side"), "{shown:?}");
+    }
+
+    #[test]
+    fn commit_messages_as_flux_wrote_them() {
+        let update = |to: &str| Update {
+            object: String::new(),
+            file: PathBuf::new(),
+            container: String::new(),
+            from: String::new(),
+            to: to.into(),
+            edits: Vec::new(),
+        };
+        assert_eq!(
+            commit_message(&[update("b:2"), update("a:1"), update("b:2")], true),
+            "Auto-release multiple (2) images\n\n - a:1\n - b:2\n\n\n[ci skip]"
+        );
+        assert_eq!(
+            commit_message(&[update("a:1")], true),
+            "Auto-release a:1\n\n[ci skip]"
+        );
+    }
+}

@@ -1,0 +1,511 @@
+//! A client of the distribution API (Docker Registry v2, OCI): the tags of
+//! a repository (every page), and when the image of a tag was built (its
+//! config's `created`, or the `org.opencontainers.image.created` /
+//! `org.label-schema.build-date` labels; a manifest list's platform
+//! chosen). Bearer-token challenges and basic auth; `429` with
+//! `Retry-After` waited out; requests paced per registry.
+//!
+//! Over ureq, which tidegate already uses: the clients of the ecosystem
+//! (oci-client) keep the `Link` and `Retry-After` headers from their
+//! callers, and both are what politeness to a registry needs.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Media types asked for, manifest lists first.
+const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
+    application/vnd.docker.distribution.manifest.list.v2+json, \
+    application/vnd.oci.image.manifest.v1+json, \
+    application/vnd.docker.distribution.manifest.v2+json";
+/// Tags asked for per page.
+const PAGE: usize = 1000;
+/// Pages followed at most (a million tags).
+const MAX_PAGES: usize = 1000;
+/// Manifests, configs and token answers read at most.
+const MAX_BODY: u64 = 4 * 1024 * 1024;
+/// How often a `429` is waited out before the request fails.
+const MAX_RETRIES: u32 = 4;
+/// The longest `Retry-After` honoured.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("registry {host}: {reason}")]
+    Request { host: String, reason: String },
+    #[error("registry {host}: {what}: the registry answered {code}{hint}")]
+    Status {
+        host: String,
+        what: String,
+        code: u16,
+        hint: &'static str,
+    },
+    #[error("registry {host}: {what}: {reason}")]
+    Content {
+        host: String,
+        what: String,
+        reason: String,
+    },
+}
+
+/// How to reach one registry.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// `host[:port]`.
+    pub host: String,
+    /// Plain HTTP (`--registry-insecure-host`).
+    pub insecure: bool,
+    /// Extra CA certificates (PEM) to trust.
+    pub ca_pem: Option<Vec<u8>>,
+    /// User name and password (or token), from a pull secret or a config file.
+    pub credentials: Option<(String, String)>,
+    /// Requests per second at most, and how many may go at once above it.
+    pub rps: f64,
+    pub burst: u32,
+    pub timeout: Duration,
+    /// The platform of manifest lists: `linux/amd64`.
+    pub platform: String,
+}
+
+/// A client of one registry.
+pub struct Registry {
+    settings: Settings,
+    agent: ureq::Agent,
+    /// The `Authorization` to send, per repository (a bearer token is for
+    /// one), learnt from the registry's challenges.
+    auth: Mutex<std::collections::HashMap<String, String>>,
+    pace: Mutex<Pace>,
+    /// Requests sent, for the metrics and the tests.
+    requests: std::sync::atomic::AtomicUsize,
+}
+
+/// A token bucket.
+struct Pace {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Registry {
+    pub fn new(settings: Settings) -> Result<Registry, Error> {
+        use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
+        let roots = match &settings.ca_pem {
+            Some(pem) => {
+                let cert = Certificate::from_pem(pem).map_err(|e| Error::Request {
+                    host: settings.host.clone(),
+                    reason: format!("the CA certificate cannot be read: {e}"),
+                })?;
+                RootCerts::Specific(std::sync::Arc::new(vec![cert]))
+            }
+            None => RootCerts::PlatformVerifier,
+        };
+        let tls = TlsConfig::builder()
+            .provider(TlsProvider::NativeTls)
+            .root_certs(roots)
+            .build();
+        let agent = ureq::Agent::config_builder()
+            .proxy(ureq::Proxy::try_from_env())
+            .tls_config(tls)
+            .timeout_global(Some(settings.timeout))
+            .http_status_as_error(false)
+            .max_redirects(5)
+            .build()
+            .into();
+        let burst = f64::from(settings.burst.max(1));
+        Ok(Registry {
+            agent,
+            auth: Mutex::default(),
+            pace: Mutex::new(Pace {
+                tokens: burst,
+                at: Instant::now(),
+            }),
+            requests: Default::default(),
+            settings,
+        })
+    }
+
+    /// Requests sent so far.
+    pub fn requests(&self) -> usize {
+        self.requests.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn base(&self) -> String {
+        let scheme = if self.settings.insecure {
+            "http"
+        } else {
+            "https"
+        };
+        format!("{scheme}://{}", self.settings.host)
+    }
+
+    /// Every tag of `repository`, page by page.
+    pub fn tags(&self, repository: &str) -> Result<Vec<String>, Error> {
+        let mut tags = Vec::new();
+        let mut next = Some(format!("/v2/{repository}/tags/list?n={PAGE}"));
+        let mut pages = 0;
+        while let Some(path) = next.take() {
+            pages += 1;
+            if pages > MAX_PAGES {
+                return Err(self.content("the tag list", format!("more than {MAX_PAGES} pages")));
+            }
+            let (body, link) = self.get(repository, &path, "application/json", "the tag list")?;
+            let page: Value = serde_json::from_slice(&body)
+                .map_err(|e| self.content("the tag list", format!("not JSON: {e}")))?;
+            let listed: Vec<String> = page["tags"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|t| t.as_str().map(str::to_string))
+                .collect();
+            let last = listed.last().cloned();
+            let full = listed.len() >= PAGE;
+            tags.extend(listed);
+            next = match link {
+                Some(link) => next_page(&link),
+                // Without a Link header, a full page may have a next one.
+                None if full => {
+                    last.map(|l| format!("/v2/{repository}/tags/list?n={PAGE}&last={l}"))
+                }
+                None => None,
+            };
+        }
+        Ok(tags)
+    }
+
+    /// When the image of `reference` (a tag or digest) was built, in
+    /// seconds since the epoch, and the digest of its config (what the
+    /// answer may be cached under); `None` when it does not say.
+    pub fn created(
+        &self,
+        repository: &str,
+        reference: &str,
+    ) -> Result<(Option<i64>, String), Error> {
+        let what = format!("{repository}:{reference}");
+        let (body, _) = self.get(
+            repository,
+            &format!("/v2/{repository}/manifests/{reference}"),
+            ACCEPT,
+            &what,
+        )?;
+        let mut manifest: Value = serde_json::from_slice(&body)
+            .map_err(|e| self.content(&what, format!("the manifest is not JSON: {e}")))?;
+        if manifest["manifests"].is_array() {
+            let digest = platform_digest(&manifest, &self.settings.platform).ok_or_else(|| {
+                self.content(
+                    &what,
+                    format!("the manifest list has no {} image", self.settings.platform),
+                )
+            })?;
+            let (body, _) = self.get(
+                repository,
+                &format!("/v2/{repository}/manifests/{digest}"),
+                ACCEPT,
+                &what,
+            )?;
+            manifest = serde_json::from_slice(&body)
+                .map_err(|e| self.content(&what, format!("the manifest is not JSON: {e}")))?;
+        }
+        let Some(config) = manifest["config"]["digest"].as_str() else {
+            return Err(self.content(
+                &what,
+                format!(
+                    "a manifest of media type {} has no config",
+                    manifest["mediaType"].as_str().unwrap_or("(none)")
+                ),
+            ));
+        };
+        let (body, _) = self.get(
+            repository,
+            &format!("/v2/{repository}/blobs/{config}"),
+            "*/*",
+            &what,
+        )?;
+        let config_json: Value = serde_json::from_slice(&body)
+            .map_err(|e| self.content(&what, format!("the image config is not JSON: {e}")))?;
+        Ok((built(&config_json), config.to_string()))
+    }
+
+    fn content(&self, what: &str, reason: String) -> Error {
+        Error::Content {
+            host: self.settings.host.clone(),
+            what: what.to_string(),
+            reason,
+        }
+    }
+
+    /// Waits for the pace's next token.
+    fn paced(&self) {
+        if self.settings.rps <= 0.0 {
+            return;
+        }
+        loop {
+            let wait = {
+                let mut pace = self.pace.lock().expect("pace");
+                let now = Instant::now();
+                let burst = f64::from(self.settings.burst.max(1));
+                pace.tokens = (pace.tokens
+                    + now.duration_since(pace.at).as_secs_f64() * self.settings.rps)
+                    .min(burst);
+                pace.at = now;
+                if pace.tokens >= 1.0 {
+                    pace.tokens -= 1.0;
+                    return;
+                }
+                Duration::from_secs_f64((1.0 - pace.tokens) / self.settings.rps)
+            };
+            std::thread::sleep(wait);
+        }
+    }
+
+    /// GET `path` of the registry for `repository`: paced, authenticated on
+    /// a challenge, a `429` waited out. Returns the body and the `Link`.
+    fn get(
+        &self,
+        repository: &str,
+        path: &str,
+        accept: &str,
+        what: &str,
+    ) -> Result<(Vec<u8>, Option<String>), Error> {
+        let url = format!("{}{path}", self.base());
+        let mut retries = 0;
+        let mut authenticated = false;
+        loop {
+            self.paced();
+            self.requests
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut request = self.agent.get(&url).header("Accept", accept);
+            if let Some(auth) = self.authorization(repository) {
+                request = request.header("Authorization", auth);
+            }
+            let mut response = request.call().map_err(|e| Error::Request {
+                host: self.settings.host.clone(),
+                reason: format!("{what}: {e}"),
+            })?;
+            let header = |name: &str| {
+                response
+                    .headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+            };
+            let status = response.status().as_u16();
+            match status {
+                200..=299 => {
+                    let link = header("link");
+                    let body = response
+                        .body_mut()
+                        .with_config()
+                        .limit(MAX_BODY)
+                        .read_to_vec()
+                        .map_err(|e| self.content(what, format!("cannot read the answer: {e}")))?;
+                    return Ok((body, link));
+                }
+                401 if !authenticated => {
+                    let challenge = header("www-authenticate").unwrap_or_default();
+                    self.authenticate(&challenge, repository, what)?;
+                    authenticated = true;
+                }
+                429 if retries < MAX_RETRIES => {
+                    retries += 1;
+                    let wait = header("retry-after")
+                        .and_then(|s| s.trim().parse::<u64>().ok())
+                        .map(Duration::from_secs)
+                        .unwrap_or(Duration::from_secs(1 << retries))
+                        .min(MAX_RETRY_AFTER);
+                    tracing::info!(registry = %self.settings.host, seconds = wait.as_secs(), "rate limited: waiting as the registry asks");
+                    std::thread::sleep(wait);
+                }
+                code => {
+                    let hint = match code {
+                        401 | 403 => ": check the pull secret or --docker-config for this registry",
+                        404 => ": no such repository or tag",
+                        429 => ": rate limited, still after waiting",
+                        _ => "",
+                    };
+                    return Err(Error::Status {
+                        host: self.settings.host.clone(),
+                        what: what.to_string(),
+                        code,
+                        hint,
+                    });
+                }
+            }
+        }
+    }
+
+    /// What a challenge for `repository` asked for, once answered.
+    fn authorization(&self, repository: &str) -> Option<String> {
+        let auth = self.auth.lock().expect("auth");
+        auth.get(repository).or_else(|| auth.get("")).cloned()
+    }
+
+    /// Answers a challenge: a bearer token from its realm (with the
+    /// credentials, if any), or basic auth.
+    fn authenticate(&self, challenge: &str, repository: &str, what: &str) -> Result<(), Error> {
+        use base64::Engine as _;
+        let params = challenge_params(challenge);
+        let scheme = challenge.split_whitespace().next().unwrap_or_default();
+        if scheme.eq_ignore_ascii_case("basic") {
+            let Some((user, password)) = &self.settings.credentials else {
+                return Err(Error::Status {
+                    host: self.settings.host.clone(),
+                    what: what.to_string(),
+                    code: 401,
+                    hint: ": the registry asks for credentials; add a pull secret or --docker-config",
+                });
+            };
+            let basic =
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+            // Basic auth is the registry's, for every repository.
+            self.auth
+                .lock()
+                .expect("auth")
+                .insert(String::new(), format!("Basic {basic}"));
+            return Ok(());
+        }
+        let realm = params.get("realm").ok_or_else(|| {
+            self.content(what, format!("a challenge without a realm: {challenge:?}"))
+        })?;
+        let mut url = format!("{realm}?scope=repository:{repository}:pull");
+        if let Some(service) = params.get("service") {
+            url.push_str(&format!("&service={service}"));
+        }
+        self.paced();
+        self.requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut request = self.agent.get(&url);
+        if let Some((user, password)) = &self.settings.credentials {
+            request = request.header(
+                "Authorization",
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+                ),
+            );
+        }
+        let mut response = request.call().map_err(|e| Error::Request {
+            host: self.settings.host.clone(),
+            reason: format!("the token for {repository}: {e}"),
+        })?;
+        if !response.status().is_success() {
+            return Err(Error::Status {
+                host: self.settings.host.clone(),
+                what: format!("the token for {repository}"),
+                code: response.status().as_u16(),
+                hint: ": check the pull secret or --docker-config for this registry",
+            });
+        }
+        let body: Value = response
+            .body_mut()
+            .with_config()
+            .limit(MAX_BODY)
+            .read_to_vec()
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or_else(|| self.content(what, "the token answer is not JSON".into()))?;
+        let token = body["token"]
+            .as_str()
+            .or(body["access_token"].as_str())
+            .ok_or_else(|| self.content(what, "the token answer holds no token".into()))?;
+        self.auth
+            .lock()
+            .expect("auth")
+            .insert(repository.to_string(), format!("Bearer {token}"));
+        Ok(())
+    }
+}
+
+/// `Bearer realm="…",service="…"` → its parameters.
+fn challenge_params(challenge: &str) -> std::collections::BTreeMap<String, String> {
+    let rest = challenge.split_once(' ').map_or("", |(_, r)| r);
+    let mut params = std::collections::BTreeMap::new();
+    for part in rest.split(',') {
+        if let Some((k, v)) = part.trim().split_once('=') {
+            params.insert(
+                k.trim().to_ascii_lowercase(),
+                v.trim().trim_matches('"').to_string(),
+            );
+        }
+    }
+    params
+}
+
+/// The next page a `Link: </v2/…?last=…>; rel="next"` names.
+fn next_page(link: &str) -> Option<String> {
+    link.split(',').find_map(|part| {
+        let (target, params) = part.split_once(';')?;
+        params.contains("rel=\"next\"").then(|| {
+            target
+                .trim()
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+                .to_string()
+        })
+    })
+}
+
+/// The digest of a manifest list's image for `platform` (`os/arch`).
+fn platform_digest(list: &Value, platform: &str) -> Option<String> {
+    let (os, arch) = platform.split_once('/')?;
+    list["manifests"].as_array()?.iter().find_map(|m| {
+        let p = &m["platform"];
+        (p["os"] == os && p["architecture"] == arch)
+            .then(|| m["digest"].as_str().map(str::to_string))
+            .flatten()
+    })
+}
+
+/// When an image config says it was built: `created`, else the labels.
+fn built(config: &Value) -> Option<i64> {
+    let labels = &config["config"]["Labels"];
+    [
+        &config["created"],
+        &labels["org.opencontainers.image.created"],
+        &labels["org.label-schema.build-date"],
+    ]
+    .into_iter()
+    .filter_map(|v| v.as_str())
+    .find_map(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
+    .map(|t| t.as_second())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn links_challenges_platforms_and_build_times() {
+        assert_eq!(
+            next_page(r#"</v2/app/tags/list?last=b&n=2>; rel="next""#).as_deref(),
+            Some("/v2/app/tags/list?last=b&n=2")
+        );
+        assert_eq!(next_page(r#"</x>; rel="prev""#), None);
+        let params = challenge_params(
+            r#"Bearer realm="https://auth.io/token",service="registry.io",scope="repository:a:pull""#,
+        );
+        assert_eq!(params["realm"], "https://auth.io/token");
+        assert_eq!(params["service"], "registry.io");
+        let list = json!({"manifests": [
+            {"digest": "sha256:arm", "platform": {"os": "linux", "architecture": "arm64"}},
+            {"digest": "sha256:amd", "platform": {"os": "linux", "architecture": "amd64"}},
+        ]});
+        assert_eq!(
+            platform_digest(&list, "linux/amd64").as_deref(),
+            Some("sha256:amd")
+        );
+        assert_eq!(platform_digest(&list, "windows/amd64"), None);
+        assert_eq!(
+            built(&json!({"created": "2026-01-02T03:04:05Z"})),
+            Some(1767323045)
+        );
+        assert_eq!(
+            built(
+                &json!({"config": {"Labels": {"org.label-schema.build-date": "2026-01-02T03:04:05Z"}}})
+            ),
+            Some(1767323045)
+        );
+        assert_eq!(built(&json!({"created": "yesterday"})), None);
+    }
+}

@@ -1,0 +1,132 @@
+//! Writing to the repository: a commit of changed files on top of a
+//! revision, pushed to a branch as a fast-forward, never forced. A branch
+//! that moved meanwhile is reported as such, for the caller to fetch,
+//! make its change again on the new head and push again.
+
+use std::cell::RefCell;
+use std::path::PathBuf;
+
+use git2::{Oid, PushOptions, Repository};
+
+use super::{Error, GitSource, remote};
+
+/// Who a commit is by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Person {
+    pub name: String,
+    pub email: String,
+}
+
+/// One commit to make.
+#[derive(Debug, Clone)]
+pub struct Change {
+    /// The revision it goes on top of.
+    pub parent: String,
+    /// Files (paths in the repository) and their new contents.
+    pub files: Vec<(PathBuf, Vec<u8>)>,
+    pub message: String,
+    pub author: Person,
+    pub committer: Person,
+}
+
+/// What a push did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pushed {
+    /// The branch now points at this commit.
+    Commit(String),
+    /// The branch moved past the parent: nothing was written there.
+    Moved,
+}
+
+impl GitSource {
+    /// Commits `change` in the cache and pushes it to `branch` of the
+    /// remote, with the fetch's access (deploy key, HTTPS credentials,
+    /// proxy).
+    pub fn push(&self, change: &Change, branch: &str) -> Result<Pushed, Error> {
+        let _lock = self.lock()?;
+        let repo = self.open_cache()?;
+        let failed = |reason: String| Error::Push {
+            url: self.shown_url(),
+            branch: branch.to_string(),
+            reason,
+        };
+        let oid = commit(&repo, change).map_err(|e| failed(self.scrub(e).message().to_string()))?;
+        let remote_info = remote::parse(&self.url);
+        let host_key_error: RefCell<Option<String>> = RefCell::new(None);
+        let tried_credentials = RefCell::new(false);
+        let refused: RefCell<Option<String>> = RefCell::new(None);
+        let mut callbacks = self.callbacks(
+            &remote_info,
+            self.https_credentials(),
+            &host_key_error,
+            &tried_credentials,
+        );
+        callbacks.push_update_reference(|_, status| {
+            if let Some(status) = status {
+                *refused.borrow_mut() = Some(status.to_string());
+            }
+            Ok(())
+        });
+        let mut options = PushOptions::new();
+        options.remote_callbacks(callbacks);
+        options.proxy_options(self.proxy_options(&remote_info));
+        let mut git_remote = repo
+            .remote_anonymous(&self.url)
+            .map_err(|e| failed(self.scrub(e).message().to_string()))?;
+        // No `+`: a branch that moved is never overwritten.
+        let refspec = format!("{oid}:refs/heads/{branch}");
+        let pushed = git_remote.push(&[refspec.as_str()], Some(&mut options));
+        drop(options);
+        if let Err(e) = pushed {
+            if e.code() == git2::ErrorCode::NotFastForward {
+                return Ok(Pushed::Moved);
+            }
+            if let Some(message) = host_key_error.take() {
+                return Err(Error::HostKey {
+                    url: self.shown_url(),
+                    message,
+                });
+            }
+            return Err(self.classify(e, remote_info.scheme));
+        }
+        if let Some(status) = refused.take() {
+            if status.contains("fast-forward") || status.contains("fetch first") {
+                return Ok(Pushed::Moved);
+            }
+            return Err(failed(format!("the server refused the update: {status}")));
+        }
+        Ok(Pushed::Commit(oid.to_string()))
+    }
+}
+
+/// The commit of `change`'s files on top of its parent, in `repo`.
+fn commit(repo: &Repository, change: &Change) -> Result<Oid, git2::Error> {
+    let parent = repo.find_commit(Oid::from_str(&change.parent)?)?;
+    let base = parent.tree()?;
+    let mut update = git2::build::TreeUpdateBuilder::new();
+    for (path, bytes) in &change.files {
+        let blob = repo.blob(bytes)?;
+        // An edited file keeps its mode (an executable stays one).
+        let mode = base
+            .get_path(path)
+            .map(|e| e.filemode())
+            .unwrap_or(0o100644);
+        let mode = if mode == 0o100755 {
+            git2::FileMode::BlobExecutable
+        } else {
+            git2::FileMode::Blob
+        };
+        update.upsert(path, blob, mode);
+    }
+    let tree = repo.find_tree(update.create_updated(repo, &base)?)?;
+    let author = git2::Signature::now(&change.author.name, &change.author.email)?;
+    let committer = git2::Signature::now(&change.committer.name, &change.committer.email)?;
+    repo.commit(
+        None,
+        &author,
+        &committer,
+        &change.message,
+        &tree,
+        &[&parent],
+    )
+}
