@@ -66,6 +66,8 @@ pub struct Settings {
     pub timeout: Duration,
     /// The platform of manifest lists: `linux/amd64`.
     pub platform: String,
+    /// Tags asked for per page; 0 for 1,000.
+    pub page: usize,
 }
 
 /// A client of one registry.
@@ -140,8 +142,13 @@ impl Registry {
 
     /// Every tag of `repository`, page by page.
     pub fn tags(&self, repository: &str) -> Result<Vec<String>, Error> {
+        let page_size = match self.settings.page {
+            0 => PAGE,
+            n => n,
+        };
         let mut tags = Vec::new();
-        let mut next = Some(format!("/v2/{repository}/tags/list?n={PAGE}"));
+        let mut seen = std::collections::HashSet::new();
+        let mut next = Some(format!("/v2/{repository}/tags/list?n={page_size}"));
         let mut pages = 0;
         while let Some(path) = next.take() {
             pages += 1;
@@ -157,14 +164,23 @@ impl Registry {
                 .flatten()
                 .filter_map(|t| t.as_str().map(str::to_string))
                 .collect();
+            // A registry that ignores `n` (distribution 2.x) answers all at
+            // once: only a page of exactly `n` may have a next one.
+            let full = listed.len() == page_size;
             let last = listed.last().cloned();
-            let full = listed.len() >= PAGE;
-            tags.extend(listed);
+            let before = tags.len();
+            for tag in listed {
+                if seen.insert(tag.clone()) {
+                    tags.push(tag);
+                }
+            }
+            if tags.len() == before {
+                break;
+            }
             next = match link {
                 Some(link) => next_page(&link),
-                // Without a Link header, a full page may have a next one.
                 None if full => {
-                    last.map(|l| format!("/v2/{repository}/tags/list?n={PAGE}&last={l}"))
+                    last.map(|l| format!("/v2/{repository}/tags/list?n={page_size}&last={l}"))
                 }
                 None => None,
             };

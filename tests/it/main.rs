@@ -4,6 +4,7 @@
 //!
 //! Plain unit tests live beside the code in `src/` and never touch a cluster.
 
+mod automation;
 mod bad_input;
 mod control_plane;
 mod deploy;

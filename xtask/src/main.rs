@@ -261,12 +261,15 @@ fn demo() -> Result<()> {
 }
 
 /// Debian packages the integration tests start servers from.
-const TEST_PACKAGES: [&str; 5] = [
+const TEST_PACKAGES: [&str; 7] = [
     "openssh-server",
     "openssh-client",
     "tinyproxy",
     "openssl",
     "python3",
+    // Image automation: a distribution registry, and a client that pushes to it.
+    "docker-registry",
+    "skopeo",
 ];
 
 /// Installs the missing ones (as root, with apt-get), or says which to install.

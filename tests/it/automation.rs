@@ -1,0 +1,278 @@
+//! Image automation's edges against the real things: Debian's
+//! `docker-registry` (distribution) with images pushed by `skopeo`, and
+//! pushes to a real Git repository that another clone pushes to as well.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tidegate::model::checksum::sha256_hex;
+use tidegate::registry::{Registry, Settings};
+use tidegate::source::GitSource;
+use tidegate::source::push::{Change, Person, Pushed};
+
+use crate::servers::free_port;
+use crate::support::{GitRepo, git};
+
+/// A distribution registry on loopback, plain HTTP, storing in `dir`.
+struct LocalRegistry {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for LocalRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl LocalRegistry {
+    fn start() -> LocalRegistry {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("docker-registry")
+            .args(["serve", config.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("docker-registry runs (Debian's docker-registry package)");
+        let registry = LocalRegistry {
+            child,
+            port,
+            _dir: dir,
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the registry did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        registry
+    }
+
+    fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Pushes an image built at `created` (RFC 3339) as `repository:tag`,
+    /// with skopeo from an OCI layout written here.
+    fn push_image(&self, repository: &str, tag: &str, created: &str) {
+        let layout = tempfile::tempdir().unwrap();
+        let blobs = layout.path().join("blobs/sha256");
+        std::fs::create_dir_all(&blobs).unwrap();
+        let blob = |bytes: &[u8]| {
+            let digest = sha256_hex(bytes);
+            std::fs::write(blobs.join(&digest), bytes).unwrap();
+            (format!("sha256:{digest}"), bytes.len())
+        };
+        // An empty tar: two zero blocks.
+        let (layer, layer_size) = blob(&[0u8; 1024]);
+        let config = serde_json::json!({
+            "created": created, "architecture": "amd64", "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": [layer]}, "config": {},
+        });
+        let (config_digest, config_size) = blob(config.to_string().as_bytes());
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                       "digest": config_digest, "size": config_size},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                        "digest": layer, "size": layer_size}],
+        });
+        let (manifest_digest, manifest_size) = blob(manifest.to_string().as_bytes());
+        std::fs::write(
+            layout.path().join("oci-layout"),
+            r#"{"imageLayoutVersion": "1.0.0"}"#,
+        )
+        .unwrap();
+        let index = serde_json::json!({"schemaVersion": 2, "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": manifest_digest, "size": manifest_size,
+            "annotations": {"org.opencontainers.image.ref.name": tag},
+        }]});
+        std::fs::write(layout.path().join("index.json"), index.to_string()).unwrap();
+        let out = Command::new("skopeo")
+            .args([
+                "copy",
+                "--quiet",
+                "--insecure-policy",
+                "--dest-tls-verify=false",
+                &format!("oci:{}:{tag}", layout.path().display()),
+                &format!("docker://{}/{repository}:{tag}", self.host()),
+            ])
+            .output()
+            .expect("skopeo runs (Debian's skopeo package)");
+        assert!(
+            out.status.success(),
+            "skopeo copy: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+fn settings(host: String) -> Settings {
+    Settings {
+        host,
+        insecure: true,
+        timeout: Duration::from_secs(10),
+        platform: "linux/amd64".into(),
+        ..Settings::default()
+    }
+}
+
+#[test]
+fn the_registry_lists_every_tag_and_when_each_image_was_built() {
+    let registry = LocalRegistry::start();
+    let built = [
+        ("1.0.0", "2026-01-01T00:00:00Z"),
+        ("1.1.0", "2026-02-01T00:00:00Z"),
+        ("1.2.0", "2026-03-01T00:00:00Z"),
+        ("main-abc", "2026-04-01T00:00:00Z"),
+        ("latest", "2026-04-01T00:00:00Z"),
+    ];
+    for (tag, created) in built {
+        registry.push_image("team/app", tag, created);
+    }
+    let client = Registry::new(Settings {
+        page: 2,
+        ..settings(registry.host())
+    })
+    .unwrap();
+    let mut tags = client.tags("team/app").unwrap();
+    tags.sort();
+    assert_eq!(tags, ["1.0.0", "1.1.0", "1.2.0", "latest", "main-abc"]);
+    // distribution 2.x answers every tag at once, whatever `n` asks.
+    assert_eq!(client.requests(), 1, "one page, no request repeated");
+
+    let before = client.requests();
+    let (created, config) = client.created("team/app", "1.1.0").unwrap();
+    assert_eq!(created, Some(1769904000), "2026-02-01T00:00:00Z");
+    assert!(config.starts_with("sha256:"), "{config}");
+    assert_eq!(client.requests() - before, 2, "the manifest and the config");
+
+    let missing = client.created("team/app", "9.9.9").unwrap_err().to_string();
+    assert!(
+        missing.contains("404") && missing.contains("team/app:9.9.9"),
+        "{missing}"
+    );
+    let err = client.tags("team/nothing").unwrap_err().to_string();
+    assert!(err.contains("no such repository"), "{err}");
+}
+
+fn person(name: &str) -> Person {
+    Person {
+        name: name.into(),
+        email: format!("{name}@example.com"),
+    }
+}
+
+fn change(parent: &str, file: &str, text: &str) -> Change {
+    Change {
+        parent: parent.into(),
+        files: vec![(file.into(), text.as_bytes().to_vec())],
+        message: "Auto-release reg.io/app:1.1".into(),
+        author: person("jane"),
+        committer: person("tidegate"),
+    }
+}
+
+fn log(bare: &Path) -> String {
+    git(bare, &["log", "--format=%an|%cn|%s", "main"])
+}
+
+#[test]
+fn a_push_fast_forwards_and_a_branch_that_moved_is_never_overwritten() {
+    let repo = GitRepo::new();
+    repo.write("app.yaml", "image: reg.io/app:1.0\n");
+    repo.write("other.yaml", "kept: true\n");
+    let first = repo.push("first");
+    let source = GitSource {
+        url: repo.url(),
+        branch: "main".into(),
+        cache_dir: repo.cache.clone(),
+        access: Default::default(),
+    };
+    let snapshot = source.fetch().unwrap();
+    assert_eq!(snapshot.revision, first);
+
+    let pushed = source
+        .push(
+            &change(&first, "app.yaml", "image: reg.io/app:1.1\n"),
+            "main",
+        )
+        .unwrap();
+    let Pushed::Commit(commit) = pushed else {
+        panic!("not pushed: {pushed:?}")
+    };
+    assert_eq!(git(&repo.bare, &["rev-parse", "main"]), commit);
+    assert_eq!(
+        git(&repo.bare, &["show", "main:app.yaml"]),
+        "image: reg.io/app:1.1"
+    );
+    assert_eq!(git(&repo.bare, &["show", "main:other.yaml"]), "kept: true");
+    assert_eq!(
+        log(&repo.bare),
+        "jane|tidegate|Auto-release reg.io/app:1.1\ntest|test|first"
+    );
+
+    // Someone else pushes; a change made on the old head is not written.
+    repo.git(&["pull", "--quiet", "origin", "main"]);
+    repo.write("other.yaml", "kept: changed\n");
+    let theirs = repo.push("theirs");
+    let stale = source
+        .push(
+            &change(&commit, "app.yaml", "image: reg.io/app:1.2\n"),
+            "main",
+        )
+        .unwrap();
+    assert_eq!(stale, Pushed::Moved);
+    assert_eq!(
+        git(&repo.bare, &["rev-parse", "main"]),
+        theirs,
+        "their commit stays"
+    );
+
+    // Fetched again, the change goes on top of theirs.
+    let again = source.fetch().unwrap();
+    assert_eq!(again.revision, theirs);
+    let Pushed::Commit(on_top) = source
+        .push(
+            &change(&theirs, "app.yaml", "image: reg.io/app:1.2\n"),
+            "main",
+        )
+        .unwrap()
+    else {
+        panic!("not pushed on the new head")
+    };
+    assert_eq!(
+        git(&repo.bare, &["rev-parse", &format!("{on_top}^")]),
+        theirs
+    );
+
+    // Another branch, for a pull-request flow: main is not touched.
+    let Pushed::Commit(elsewhere) = source
+        .push(
+            &change(&on_top, "app.yaml", "image: reg.io/app:1.3\n"),
+            "automation",
+        )
+        .unwrap()
+    else {
+        panic!("not pushed to the other branch")
+    };
+    assert_eq!(git(&repo.bare, &["rev-parse", "automation"]), elsewhere);
+    assert_eq!(git(&repo.bare, &["rev-parse", "main"]), on_top);
+}
