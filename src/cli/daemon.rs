@@ -214,6 +214,78 @@ pub struct Args {
     /// Sync once, print what was done and exit
     #[arg(long)]
     once: bool,
+    #[command(flatten)]
+    automation: AutomationArgs,
+}
+
+/// Image automation: Flux v1's `fluxcd.io/automated` workloads kept at the
+/// newest image their filters allow, by commits to Git.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AutomationArgs {
+    /// Never write to Git (no image automation)
+    #[arg(long, env = "TIDEGATE_GIT_READONLY")]
+    git_readonly: bool,
+    /// Do not look up images in registries (no image automation)
+    #[arg(long, env = "TIDEGATE_REGISTRY_DISABLE_SCANNING")]
+    registry_disable_scanning: bool,
+    /// How often automated workloads' images are looked up
+    #[arg(long, env = "TIDEGATE_AUTOMATION_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    automation_interval: Duration,
+    /// Name of the author and committer of automation's commits
+    #[arg(long, env = "TIDEGATE_GIT_USER", default_value = "tidegate")]
+    git_user: String,
+    /// Email of the author and committer of automation's commits
+    #[arg(long, env = "TIDEGATE_GIT_EMAIL", default_value = "tidegate@localhost")]
+    git_email: String,
+    /// Append "[ci skip]" to automation's commit messages
+    #[arg(long, env = "TIDEGATE_GIT_CI_SKIP")]
+    git_ci_skip: bool,
+    /// Push automation's commits to this branch instead of the synced one (for a pull-request flow)
+    #[arg(long, env = "TIDEGATE_GIT_PUSH_BRANCH")]
+    git_push_branch: Option<String>,
+    /// A registry (host[:port]) reached over plain HTTP (repeatable, or comma-separated)
+    #[arg(long, env = "TIDEGATE_REGISTRY_INSECURE_HOST", value_delimiter = ',')]
+    registry_insecure_host: Vec<String>,
+    /// Requests per second to one registry, at most
+    #[arg(long, env = "TIDEGATE_REGISTRY_RPS", default_value_t = 20.0)]
+    registry_rps: f64,
+    /// Requests to one registry that may go at once above that rate
+    #[arg(long, env = "TIDEGATE_REGISTRY_BURST", default_value_t = 10)]
+    registry_burst: u32,
+    /// Longest a registry request may take
+    #[arg(long, env = "TIDEGATE_REGISTRY_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    registry_timeout: Duration,
+    /// The platform whose image a manifest list is read for
+    #[arg(
+        long,
+        env = "TIDEGATE_REGISTRY_PLATFORM",
+        default_value = "linux/amd64"
+    )]
+    registry_platform: String,
+}
+
+impl AutomationArgs {
+    /// The automation to run, unless writing to Git or scanning is off.
+    fn config(&self) -> Option<daemon::automation::Config> {
+        if self.git_readonly || self.registry_disable_scanning {
+            return None;
+        }
+        let person = crate::source::push::Person {
+            name: self.git_user.clone(),
+            email: self.git_email.clone(),
+        };
+        Some(daemon::automation::Config {
+            interval: self.automation_interval,
+            committer: person,
+            ci_skip: self.git_ci_skip,
+            push_branch: self.git_push_branch.clone(),
+            insecure_hosts: self.registry_insecure_host.clone(),
+            rps: self.registry_rps,
+            burst: self.registry_burst,
+            timeout: self.registry_timeout,
+            platform: self.registry_platform.clone(),
+        })
+    }
 }
 
 /// How to reach and authenticate to the Git host.
@@ -344,6 +416,7 @@ pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode>
         once: args.once,
         leader_elect: args.leader_elect,
         self_heal: args.self_heal,
+        automation: args.automation.config().filter(|_| !args.once),
     };
     let cluster = Cluster::new(client);
     let mut config = config;

@@ -6,6 +6,7 @@
 
 pub mod access;
 pub mod auth;
+pub mod automation;
 pub mod http;
 pub mod lease;
 pub mod metrics;

@@ -44,6 +44,8 @@ pub struct Config {
     pub leader_elect: bool,
     /// Revert drift as soon as a watch sees it.
     pub self_heal: bool,
+    /// Image automation, when on.
+    pub automation: Option<super::automation::Config>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -167,6 +169,8 @@ struct Daemon {
     backoff: Box<dyn Iterator<Item = Duration> + Send>,
     /// While backing off, triggers wait until this instant.
     not_before: Option<Instant>,
+    /// What image automation works on: the revision last fetched.
+    automated: Arc<Mutex<super::automation::Latest>>,
 }
 
 /// What one turn leaves for the wait.
@@ -219,6 +223,15 @@ async fn start(mut config: Config, cluster: Cluster) -> Result<Daemon, Error> {
         false => Some(serve(&config, &client, &triggers, &metrics, live.as_ref()).await?),
     };
     let _watcher = watch_refs(&config, &triggers);
+    let automated = Arc::new(Mutex::new(super::automation::Latest::default()));
+    if let Some(automation) = &config.automation {
+        super::automation::start(
+            automation.clone(),
+            automated.clone(),
+            triggers.clone(),
+            triggers.stop.clone(),
+        );
+    }
     let source = config.source.clone();
     tracing::info!(url = %source.shown_url(), branch = %source.branch, "starting");
     let backoff = Box::new(failure_backoff(config.poll_interval));
@@ -239,6 +252,7 @@ async fn start(mut config: Config, cluster: Cluster) -> Result<Daemon, Error> {
         failures: 0,
         backoff,
         not_before: None,
+        automated,
     })
 }
 
@@ -371,6 +385,11 @@ impl Daemon {
         };
         if let Ok(s) = &snapshot {
             self.last_snapshot = Some(s.clone());
+            self.automated.lock().expect("automation").current = Some((
+                self.source.clone(),
+                s.clone(),
+                self.config.settings.render.clone(),
+            ));
         }
         let due = self.config.once
             || forced

@@ -276,3 +276,111 @@ fn a_push_fast_forwards_and_a_branch_that_moved_is_never_overwritten() {
     assert_eq!(git(&repo.bare, &["rev-parse", "automation"]), elsewhere);
     assert_eq!(git(&repo.bare, &["rev-parse", "main"]), on_top);
 }
+
+/// A Deployment automated as Flux v1 wrote it, its image in `registry`.
+fn automated_deployment(ns: &str, image: &str) -> String {
+    format!(
+        "# The web tier: automated within 1.x.
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: {ns}
+  annotations:
+    fluxcd.io/automated: \"true\"
+    fluxcd.io/tag.web: semver:~1
+spec:
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      containers:
+        - name: web
+          image: {image}   # moved by automation
+"
+    )
+}
+
+#[tokio::test]
+async fn an_automated_deployment_moves_to_the_newest_allowed_tag_by_a_commit() {
+    use k8s_openapi::api::apps::v1::Deployment;
+
+    let registry = LocalRegistry::start();
+    for (tag, created) in [
+        ("1.0.0", "2026-01-01T00:00:00Z"),
+        ("1.1.0", "2026-02-01T00:00:00Z"),
+        ("2.0.0", "2026-03-01T00:00:00Z"),
+    ] {
+        registry.push_image("team/web", tag, created);
+    }
+    let ns = crate::support::unique("automation");
+    let repo = GitRepo::new();
+    let image = format!("{}/team/web", registry.host());
+    let before = automated_deployment(&ns, &format!("{image}:1.0.0"));
+    repo.write("namespace.yaml", &crate::support::ns_yaml(&ns));
+    repo.write("web.yaml", &before);
+    let first = repo.push("first");
+    let _daemon = repo.daemon(
+        &repo.url(),
+        &[
+            "--listen",
+            "off",
+            "--git-poll-interval",
+            "1h",
+            "--automation-interval",
+            "1s",
+            "--registry-insecure-host",
+            &registry.host(),
+            "--git-user",
+            "automation-bot",
+            "--git-email",
+            "bot@example.com",
+        ],
+    );
+    let api: kube::Api<Deployment> = kube::Api::namespaced(crate::support::client().await, &ns);
+    let live_image = |d: Deployment| d.spec?.template.spec?.containers.first()?.image.clone();
+    crate::support::eventually("the new image applied", Duration::from_secs(60), || async {
+        let d = api.get_opt("web").await.ok()??;
+        (live_image(d)? == format!("{image}:1.1.0")).then_some(())
+    })
+    .await;
+
+    // One commit on top of the first, by the configured committer, with
+    // Flux v1's message, changing only the tag's bytes.
+    let head = git(&repo.bare, &["rev-parse", "main"]);
+    assert_eq!(git(&repo.bare, &["rev-parse", "main^"]), first);
+    assert_eq!(
+        git(
+            &repo.bare,
+            &["log", "-1", "--format=%an <%ae>|%cn|%s", "main"]
+        ),
+        format!("automation-bot <bot@example.com>|automation-bot|Auto-release {image}:1.1.0")
+    );
+    let written = git(&repo.bare, &["show", "main:web.yaml"]);
+    assert_eq!(
+        format!("{written}\n"),
+        before.replace(":1.0.0   #", ":1.1.0   #"),
+        "only the tag changed; the comments stay"
+    );
+    // 2.0.0 is outside ~1, and no cycle since moved to it: a newer 1.x
+    // is the next (and only the next) commit.
+    registry.push_image("team/web", "1.2.0", "2026-04-01T00:00:00Z");
+    crate::support::eventually(
+        "the next image applied",
+        Duration::from_secs(60),
+        || async {
+            let d = api.get_opt("web").await.ok()??;
+            (live_image(d)? == format!("{image}:1.2.0")).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        git(&repo.bare, &["rev-parse", "main^"]),
+        head,
+        "one commit per move"
+    );
+    assert_eq!(
+        git(&repo.bare, &["log", "-1", "--format=%s", "main"]),
+        format!("Auto-release {image}:1.2.0")
+    );
+}

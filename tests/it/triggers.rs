@@ -25,7 +25,6 @@ async fn wait_value(ns: &str, wanted: &str, within: Duration) {
     .await;
 }
 
-/// A daemon that polls and re-applies only hourly: whatever syncs, a trigger did.
 /// `tidegate sync` for the repository's sync set, waiting up to a minute.
 fn sync_request(repo: &GitRepo) -> std::process::Output {
     tidegate(&[
@@ -37,13 +36,13 @@ fn sync_request(repo: &GitRepo) -> std::process::Output {
     ])
 }
 
+/// A daemon that polls and re-applies only hourly: whatever syncs, a trigger did.
 fn daemon(repo: &GitRepo, extra: &[&str]) -> Daemon {
     let mut args = vec!["--git-poll-interval", "1h", "--sync-interval", "1h"];
     args.extend_from_slice(extra);
     repo.daemon(&repo.url(), &args)
 }
 
-/// One HTTP/1.1 request; returns the status code and the body.
 #[tokio::test]
 async fn sync_command_waits_for_the_pushed_revision() {
     let ns = unique("sync-cmd");

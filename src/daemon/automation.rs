@@ -1,0 +1,264 @@
+//! The automation loop: every `--automation-interval`, the images of the
+//! automated workloads in the revision last synced are looked up in their
+//! registries; what moves is written to Git as one commit (only those bytes
+//! of those files), pushed without force, and then fetched and synced like
+//! any push. A branch that moved meanwhile is fetched, and the cycle made
+//! again on its head, a few times at most.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::Triggers;
+use crate::automation::edit;
+use crate::automation::policy::Pattern;
+use crate::automation::update::{self, Candidate, Update};
+use crate::registry::{self, Registry};
+use crate::render;
+use crate::source::push::{Change, Person, Pushed};
+use crate::source::{GitSource, Snapshot};
+
+/// How the daemon automates images.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub interval: Duration,
+    /// Author and committer of the commits.
+    pub committer: Person,
+    /// `--git-ci-skip`: `[ci skip]` after the message.
+    pub ci_skip: bool,
+    /// `--git-push-branch`: push there instead of the synced branch.
+    pub push_branch: Option<String>,
+    /// `--registry-insecure-host`: registries reached over plain HTTP.
+    pub insecure_hosts: Vec<String>,
+    pub rps: f64,
+    pub burst: u32,
+    pub timeout: Duration,
+    /// The platform of manifest lists (`linux/amd64`).
+    pub platform: String,
+}
+
+/// What the loop works on: the source as last fetched (with its access),
+/// the snapshot last synced, and how it renders.
+#[derive(Default)]
+pub struct Latest {
+    pub current: Option<(GitSource, Snapshot, render::Options)>,
+}
+
+/// Pushes a branch that moved is tried on a fresh fetch, at most.
+const TRIES: usize = 3;
+
+/// Runs the loop until `stop`; a pushed commit asks the daemon to fetch.
+pub fn start(
+    config: Config,
+    latest: Arc<Mutex<Latest>>,
+    triggers: Arc<Triggers>,
+    stop: CancellationToken,
+) {
+    tokio::spawn(async move {
+        let clients = Arc::new(Mutex::new(Clients::default()));
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(config.interval) => {}
+                _ = stop.cancelled() => return,
+            }
+            let Some((source, snapshot, options)) = latest.lock().expect("latest").current.clone()
+            else {
+                continue;
+            };
+            let (config, clients) = (config.clone(), clients.clone());
+            let done = tokio::task::spawn_blocking(move || {
+                run_cycle(
+                    &config,
+                    &source,
+                    snapshot,
+                    &options,
+                    &mut clients.lock().expect("clients"),
+                )
+            })
+            .await;
+            match done {
+                Ok(Ok(Some(revision))) => {
+                    tracing::info!(revision = %revision, "automation: pushed; fetching it");
+                    triggers.fetch_now();
+                }
+                Ok(Ok(None)) => tracing::debug!("automation: no image moved"),
+                Ok(Err(e)) => tracing::warn!("automation: {e}"),
+                Err(e) => tracing::error!("automation: the cycle ended abnormally: {e}"),
+            }
+        }
+    });
+}
+
+/// One client per registry, kept between cycles.
+#[derive(Default)]
+struct Clients(HashMap<String, Registry>);
+
+impl Clients {
+    fn get(&mut self, config: &Config, host: &str) -> Result<&Registry, registry::Error> {
+        if !self.0.contains_key(host) {
+            let client = Registry::new(registry::Settings {
+                host: host.to_string(),
+                insecure: config.insecure_hosts.iter().any(|h| h == host),
+                rps: config.rps,
+                burst: config.burst,
+                timeout: config.timeout,
+                platform: config.platform.clone(),
+                ..registry::Settings::default()
+            })?;
+            self.0.insert(host.to_string(), client);
+        }
+        Ok(&self.0[host])
+    }
+}
+
+/// A cycle, made again on a fresh fetch while the branch moved.
+fn run_cycle(
+    config: &Config,
+    source: &GitSource,
+    mut snapshot: Snapshot,
+    options: &render::Options,
+    clients: &mut Clients,
+) -> Result<Option<String>, String> {
+    let branch = config
+        .push_branch
+        .clone()
+        .unwrap_or_else(|| source.branch.clone());
+    for _ in 0..TRIES {
+        let Some(change) = cycle(config, &snapshot, options, clients)? else {
+            return Ok(None);
+        };
+        match source
+            .push(&change, &branch)
+            .map_err(|e| crate::model::error_chain(&e))?
+        {
+            Pushed::Commit(revision) => return Ok(Some(revision)),
+            Pushed::Moved => {
+                tracing::info!(%branch, "automation: the branch moved; fetching and trying again");
+                snapshot = source.fetch().map_err(|e| crate::model::error_chain(&e))?;
+            }
+        }
+    }
+    Err(format!(
+        "branch {branch} kept moving; tried {TRIES} times, trying again next cycle"
+    ))
+}
+
+/// The commit one cycle makes on `snapshot`, if any image moves.
+fn cycle(
+    config: &Config,
+    snapshot: &Snapshot,
+    options: &render::Options,
+    clients: &mut Clients,
+) -> Result<Option<Change>, String> {
+    let set = render::render(&snapshot.tree, options);
+    let (candidates, problems) = update::candidates(&set.manifests);
+    for p in &problems {
+        tracing::warn!("automation: {p}");
+    }
+    let tags = look_up(config, &candidates, clients);
+    let objects: BTreeMap<(PathBuf, usize), serde_json::Value> = set
+        .manifests
+        .iter()
+        .map(|m| ((m.file.clone(), m.index), m.object.value()))
+        .collect();
+    let updates = update::updates(&candidates, &tags, &objects);
+    let mut by_file: BTreeMap<PathBuf, Vec<&Update>> = BTreeMap::new();
+    for u in &updates {
+        by_file.entry(u.file.clone()).or_default().push(u);
+    }
+    let mut files = Vec::new();
+    let mut applied: Vec<Update> = Vec::new();
+    for (file, ups) in by_file {
+        let path = snapshot.tree.join(&file);
+        let shown = crate::model::shown(&file);
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            tracing::warn!("automation: {shown}: cannot be read; not edited");
+            continue;
+        };
+        let edits: Vec<edit::Edit> = ups.iter().flat_map(|u| u.edits.clone()).collect();
+        match edit::apply(&text, &edits) {
+            Ok(new) => {
+                files.push((file.clone(), new.into_bytes()));
+                applied.extend(ups.into_iter().cloned());
+            }
+            Err(e) => {
+                let objects: Vec<&str> = ups.iter().map(|u| u.object.as_str()).collect();
+                tracing::warn!("automation: {shown}: {}: {e}", objects.join(", "));
+            }
+        }
+    }
+    if files.is_empty() {
+        return Ok(None);
+    }
+    for u in &applied {
+        tracing::info!(object = %u.object, container = %u.container, "automation: {} → {}", u.from, u.to);
+    }
+    Ok(Some(Change {
+        parent: snapshot.revision.clone(),
+        files,
+        message: update::commit_message(&applied, config.ci_skip),
+        author: config.committer.clone(),
+        committer: config.committer.clone(),
+    }))
+}
+
+/// The tags of each candidate's repository (by canonical name), with build
+/// times for the tags a time-ordered filter passes; a registry that fails
+/// is named, and its images are left as they are.
+fn look_up(
+    config: &Config,
+    candidates: &[Candidate],
+    clients: &mut Clients,
+) -> BTreeMap<String, Vec<(String, Option<i64>)>> {
+    let mut by_repo: BTreeMap<String, Vec<&Candidate>> = BTreeMap::new();
+    for c in candidates {
+        by_repo
+            .entry(c.container.image.canonical())
+            .or_default()
+            .push(c);
+    }
+    let mut found = BTreeMap::new();
+    for (canonical, users) in by_repo {
+        let image = &users[0].container.image;
+        let client = match clients.get(config, image.host()) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("automation: {canonical}: {e}");
+                continue;
+            }
+        };
+        let repository = image.repository();
+        let tags = match client.tags(&repository) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!("automation: {canonical}: {e}");
+                continue;
+            }
+        };
+        let timed: Vec<&Pattern> = users
+            .iter()
+            .map(|c| &c.pattern)
+            .filter(|p| !p.by_version())
+            .collect();
+        let mut listed = Vec::new();
+        for tag in tags {
+            let wanted = timed.iter().any(|p| p.matches(&tag));
+            let created = match wanted {
+                true => match client.created(&repository, &tag) {
+                    Ok((created, _)) => created,
+                    Err(e) => {
+                        tracing::warn!("automation: {canonical}:{tag}: {e}");
+                        None
+                    }
+                },
+                false => None,
+            };
+            listed.push((tag, created));
+        }
+        found.insert(canonical, listed);
+    }
+    found
+}
