@@ -4,6 +4,7 @@
 //! (`containers`, `image`), and the edit of a file that changes only those
 //! bytes (`edit`); one cycle's updates and commit message (`update`).
 
+pub mod cache;
 pub mod containers;
 pub mod edit;
 pub mod image;

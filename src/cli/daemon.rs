@@ -262,11 +262,17 @@ pub struct AutomationArgs {
         default_value = "linux/amd64"
     )]
     registry_platform: String,
+    /// How long a build time read from a registry is trusted before it is read again
+    #[arg(long, env = "TIDEGATE_REGISTRY_CACHE_EXPIRY", default_value = "24h", value_parser = parse_duration)]
+    registry_cache_expiry: Duration,
+    /// Where build times read from registries are kept across restarts (default: registry-cache.json in the Git cache directory)
+    #[arg(long, env = "TIDEGATE_REGISTRY_CACHE_FILE")]
+    registry_cache_file: Option<PathBuf>,
 }
 
 impl AutomationArgs {
     /// The automation to run, unless writing to Git or scanning is off.
-    fn config(&self) -> Option<daemon::automation::Config> {
+    fn config(&self, git_cache: &std::path::Path) -> Option<daemon::automation::Config> {
         if self.git_readonly || self.registry_disable_scanning {
             return None;
         }
@@ -284,6 +290,12 @@ impl AutomationArgs {
             burst: self.registry_burst,
             timeout: self.registry_timeout,
             platform: self.registry_platform.clone(),
+            cache_file: Some(
+                self.registry_cache_file
+                    .clone()
+                    .unwrap_or_else(|| git_cache.join("registry-cache.json")),
+            ),
+            cache_expiry: self.registry_cache_expiry,
         })
     }
 }
@@ -398,6 +410,7 @@ pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode>
     // Charts come through the same proxy as Git.
     helm.binary.proxy = args.git.git_proxy.clone();
     settings.helm = Some(helm);
+    let automation = args.automation.config(&cache_dir).filter(|_| !args.once);
     let config = daemon::Config {
         source: GitSource {
             cache_dir,
@@ -416,7 +429,7 @@ pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode>
         once: args.once,
         leader_elect: args.leader_elect,
         self_heal: args.self_heal,
-        automation: args.automation.config().filter(|_| !args.once),
+        automation,
     };
     let cluster = Cluster::new(client);
     let mut config = config;

@@ -13,6 +13,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::Triggers;
+use crate::automation::cache::BuildTimes;
 use crate::automation::edit;
 use crate::automation::policy::Pattern;
 use crate::automation::update::{self, Candidate, Update};
@@ -38,6 +39,10 @@ pub struct Config {
     pub timeout: Duration,
     /// The platform of manifest lists (`linux/amd64`).
     pub platform: String,
+    /// Where build times learnt are kept across restarts.
+    pub cache_file: Option<PathBuf>,
+    /// How long a build time learnt is trusted (`--registry-cache-expiry`).
+    pub cache_expiry: Duration,
 }
 
 /// What the loop works on: the source as last fetched (with its access),
@@ -58,7 +63,16 @@ pub fn start(
     stop: CancellationToken,
 ) {
     tokio::spawn(async move {
-        let clients = Arc::new(Mutex::new(Clients::default()));
+        let times = config
+            .cache_file
+            .as_deref()
+            .map(BuildTimes::load)
+            .unwrap_or_default();
+        tracing::debug!(entries = times.len(), "automation: build times read");
+        let clients = Arc::new(Mutex::new(Clients {
+            registries: HashMap::new(),
+            times,
+        }));
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(config.interval) => {}
@@ -92,13 +106,15 @@ pub fn start(
     });
 }
 
-/// One client per registry, kept between cycles.
-#[derive(Default)]
-struct Clients(HashMap<String, Registry>);
+/// One client per registry, and the build times learnt, kept between cycles.
+struct Clients {
+    registries: HashMap<String, Registry>,
+    times: BuildTimes,
+}
 
 impl Clients {
     fn get(&mut self, config: &Config, host: &str) -> Result<&Registry, registry::Error> {
-        if !self.0.contains_key(host) {
+        if !self.registries.contains_key(host) {
             let client = Registry::new(registry::Settings {
                 host: host.to_string(),
                 insecure: config.insecure_hosts.iter().any(|h| h == host),
@@ -108,9 +124,9 @@ impl Clients {
                 platform: config.platform.clone(),
                 ..registry::Settings::default()
             })?;
-            self.0.insert(host.to_string(), client);
+            self.registries.insert(host.to_string(), client);
         }
-        Ok(&self.0[host])
+        Ok(&self.registries[host])
     }
 }
 
@@ -127,7 +143,9 @@ fn run_cycle(
         .clone()
         .unwrap_or_else(|| source.branch.clone());
     for _ in 0..TRIES {
-        let Some(change) = cycle(config, &snapshot, options, clients)? else {
+        let change = cycle(config, &snapshot, options, clients);
+        keep_build_times(config, clients);
+        let Some(change) = change? else {
             return Ok(None);
         };
         match source
@@ -144,6 +162,24 @@ fn run_cycle(
     Err(format!(
         "branch {branch} kept moving; tried {TRIES} times, trying again next cycle"
     ))
+}
+
+/// Writes the build times learnt to `--registry-cache-file`, the expired
+/// left out.
+fn keep_build_times(config: &Config, clients: &mut Clients) {
+    let Some(file) = &config.cache_file else {
+        return;
+    };
+    let now = k8s_openapi::jiff::Timestamp::now().as_second();
+    clients
+        .times
+        .expire(now, config.cache_expiry.as_secs() as i64);
+    if let Err(e) = clients.times.save(file) {
+        tracing::warn!(
+            "automation: cannot keep build times in {}: {e}",
+            file.display()
+        );
+    }
 }
 
 /// The commit one cycle makes on `snapshot`, if any image moves.
@@ -243,18 +279,28 @@ fn look_up(
             .map(|c| &c.pattern)
             .filter(|p| !p.by_version())
             .collect();
+        let now = k8s_openapi::jiff::Timestamp::now().as_second();
+        let expiry = config.cache_expiry.as_secs() as i64;
         let mut listed = Vec::new();
         for tag in tags {
-            let wanted = timed.iter().any(|p| p.matches(&tag));
-            let created = match wanted {
-                true => match client.created(&repository, &tag) {
-                    Ok((created, _)) => created,
+            // A build time is read only for a tag a time-ordered filter
+            // passes, and only once while it is trusted.
+            let created = if !timed.iter().any(|p| p.matches(&tag)) {
+                None
+            } else if let Some(known) = clients.times.get(&canonical, &tag, now, expiry) {
+                known
+            } else {
+                let client = clients.get(config, image.host()).expect("made above");
+                match client.created(&repository, &tag) {
+                    Ok((created, _)) => {
+                        clients.times.put(&canonical, &tag, created, now);
+                        created
+                    }
                     Err(e) => {
                         tracing::warn!("automation: {canonical}:{tag}: {e}");
                         None
                     }
-                },
-                false => None,
+                }
             };
             listed.push((tag, created));
         }

@@ -18,7 +18,7 @@ use crate::support::{GitRepo, git};
 struct LocalRegistry {
     child: Child,
     port: u16,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Drop for LocalRegistry {
@@ -41,17 +41,15 @@ impl LocalRegistry {
             ),
         )
         .unwrap();
+        // Its access log (one line per request) is what the tests count.
+        let log = std::fs::File::create(dir.path().join("access.log")).unwrap();
         let child = Command::new("docker-registry")
             .args(["serve", config.to_str().unwrap()])
-            .stdout(Stdio::null())
+            .stdout(log)
             .stderr(Stdio::null())
             .spawn()
             .expect("docker-registry runs (Debian's docker-registry package)");
-        let registry = LocalRegistry {
-            child,
-            port,
-            _dir: dir,
-        };
+        let registry = LocalRegistry { child, port, dir };
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
@@ -65,6 +63,15 @@ impl LocalRegistry {
 
     fn host(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// GET requests the registry logged whose path holds `part`.
+    fn gets(&self, part: &str) -> usize {
+        std::fs::read_to_string(self.dir.path().join("access.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("\"GET ") && l.contains(part))
+            .count()
     }
 
     /// Pushes an image built at `created` (RFC 3339) as `repository:tag`,
@@ -382,5 +389,66 @@ async fn an_automated_deployment_moves_to_the_newest_allowed_tag_by_a_commit() {
     assert_eq!(
         git(&repo.bare, &["log", "-1", "--format=%s", "main"]),
         format!("Auto-release {image}:1.2.0")
+    );
+}
+
+#[tokio::test]
+async fn a_restarted_daemon_reads_no_build_time_it_knew() {
+    use k8s_openapi::api::apps::v1::Deployment;
+
+    let registry = LocalRegistry::start();
+    registry.push_image("team/tool", "a", "2026-01-01T00:00:00Z");
+    registry.push_image("team/tool", "b", "2026-02-01T00:00:00Z");
+    let ns = crate::support::unique("automation-cache");
+    let repo = GitRepo::new();
+    let image = format!("{}/team/tool", registry.host());
+    // No semver filter: the newest build wins, so build times are read.
+    let deployment = automated_deployment(&ns, &format!("{image}:a"))
+        .replace("fluxcd.io/tag.web: semver:~1", "fluxcd.io/tag.web: glob:*");
+    repo.write("namespace.yaml", &crate::support::ns_yaml(&ns));
+    repo.write("web.yaml", &deployment);
+    repo.push("first");
+    let args = [
+        "--listen",
+        "off",
+        "--git-poll-interval",
+        "1h",
+        "--automation-interval",
+        "1s",
+        "--registry-insecure-host",
+        &registry.host(),
+    ];
+    let api: kube::Api<Deployment> = kube::Api::namespaced(crate::support::client().await, &ns);
+    let applied = |tag: &'static str| {
+        let (api, image) = (api.clone(), image.clone());
+        async move {
+            crate::support::eventually(
+                &format!("{tag} applied"),
+                Duration::from_secs(60),
+                || async {
+                    let d = api.get_opt("web").await.ok()??;
+                    let live = d.spec?.template.spec?.containers.first()?.image.clone()?;
+                    (live == format!("{image}:{tag}")).then_some(())
+                },
+            )
+            .await
+        }
+    };
+    let first = repo.daemon(&repo.url(), &args);
+    applied("b").await;
+    first.terminate();
+    let blobs = |r: &LocalRegistry| r.gets("/v2/team/tool/blobs/");
+    assert_eq!(blobs(&registry), 2, "one config per tag, each read once");
+    let kept = std::fs::read_to_string(repo.cache.join("registry-cache.json")).unwrap_or_default();
+    assert!(kept.contains(":b\""), "the build times are kept: {kept}");
+
+    // Restarted on the same cache: the next move needs only the new tag's.
+    let _second = repo.daemon(&repo.url(), &args);
+    registry.push_image("team/tool", "c", "2026-03-01T00:00:00Z");
+    applied("c").await;
+    assert_eq!(
+        blobs(&registry),
+        3,
+        "after the restart, only c's config was read"
     );
 }
