@@ -6,6 +6,7 @@
 
 pub mod cache;
 pub mod containers;
+pub mod credentials;
 pub mod edit;
 pub mod image;
 pub mod policy;

@@ -268,11 +268,21 @@ pub struct AutomationArgs {
     /// Where build times read from registries are kept across restarts (default: registry-cache.json in the Git cache directory)
     #[arg(long, env = "TIDEGATE_REGISTRY_CACHE_FILE")]
     registry_cache_file: Option<PathBuf>,
+    /// A Docker config.json with registry credentials, besides workloads' imagePullSecrets
+    #[arg(long, env = "TIDEGATE_DOCKER_CONFIG")]
+    docker_config: Option<PathBuf>,
+    /// CA certificates (PEM) to trust for registries
+    #[arg(long, env = "TIDEGATE_REGISTRY_CA_FILE")]
+    registry_ca_file: Option<PathBuf>,
 }
 
 impl AutomationArgs {
     /// The automation to run, unless writing to Git or scanning is off.
-    fn config(&self, git_cache: &std::path::Path) -> Option<daemon::automation::Config> {
+    fn config(
+        &self,
+        git_cache: &std::path::Path,
+        default_namespace: &str,
+    ) -> Option<daemon::automation::Config> {
         if self.git_readonly || self.registry_disable_scanning {
             return None;
         }
@@ -296,6 +306,9 @@ impl AutomationArgs {
                     .unwrap_or_else(|| git_cache.join("registry-cache.json")),
             ),
             cache_expiry: self.registry_cache_expiry,
+            docker_config: self.docker_config.clone(),
+            ca_file: self.registry_ca_file.clone(),
+            default_namespace: default_namespace.to_string(),
         })
     }
 }
@@ -410,7 +423,10 @@ pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode>
     // Charts come through the same proxy as Git.
     helm.binary.proxy = args.git.git_proxy.clone();
     settings.helm = Some(helm);
-    let automation = args.automation.config(&cache_dir).filter(|_| !args.once);
+    let automation = args
+        .automation
+        .config(&cache_dir, &args.sync.k8s_default_namespace)
+        .filter(|_| !args.once);
     let config = daemon::Config {
         source: GitSource {
             cache_dir,

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Triggers;
 use crate::automation::cache::BuildTimes;
+use crate::automation::credentials::{self, Credentials};
 use crate::automation::edit;
 use crate::automation::policy::Pattern;
 use crate::automation::update::{self, Candidate, Update};
@@ -43,6 +44,12 @@ pub struct Config {
     pub cache_file: Option<PathBuf>,
     /// How long a build time learnt is trusted (`--registry-cache-expiry`).
     pub cache_expiry: Duration,
+    /// `--docker-config`: credentials for registries, besides pull secrets.
+    pub docker_config: Option<PathBuf>,
+    /// `--registry-ca-file`: CA certificates (PEM) registries are checked against.
+    pub ca_file: Option<PathBuf>,
+    /// Where workloads that name no namespace live.
+    pub default_namespace: String,
 }
 
 /// What the loop works on: the source as last fetched (with its access),
@@ -61,8 +68,22 @@ pub fn start(
     latest: Arc<Mutex<Latest>>,
     triggers: Arc<Triggers>,
     stop: CancellationToken,
+    kube: kube::Client,
 ) {
     tokio::spawn(async move {
+        let ca_pem = config
+            .ca_file
+            .as_ref()
+            .and_then(|f| match std::fs::read(f) {
+                Ok(pem) => Some(pem),
+                Err(e) => {
+                    tracing::error!(
+                        "automation: cannot read --registry-ca-file {}: {e}",
+                        f.display()
+                    );
+                    None
+                }
+            });
         let times = config
             .cache_file
             .as_deref()
@@ -72,6 +93,8 @@ pub fn start(
         let clients = Arc::new(Mutex::new(Clients {
             registries: HashMap::new(),
             times,
+            credentials: Credentials::new(),
+            ca_pem,
         }));
         loop {
             tokio::select! {
@@ -82,6 +105,8 @@ pub fn start(
             else {
                 continue;
             };
+            let credentials = pull_credentials(&kube, &config, &snapshot, &options).await;
+            clients.lock().expect("clients").credentials = credentials;
             let (config, clients) = (config.clone(), clients.clone());
             let done = tokio::task::spawn_blocking(move || {
                 run_cycle(
@@ -108,15 +133,25 @@ pub fn start(
 
 /// One client per registry, and the build times learnt, kept between cycles.
 struct Clients {
-    registries: HashMap<String, Registry>,
+    registries: HashMap<String, (Option<(String, String)>, Registry)>,
     times: BuildTimes,
+    /// This cycle's, by host.
+    credentials: Credentials,
+    ca_pem: Option<Vec<u8>>,
 }
 
 impl Clients {
     fn get(&mut self, config: &Config, host: &str) -> Result<&Registry, registry::Error> {
-        if !self.registries.contains_key(host) {
+        let credentials = self.credentials.get(host).cloned();
+        if self
+            .registries
+            .get(host)
+            .is_none_or(|(c, _)| *c != credentials)
+        {
             let client = Registry::new(registry::Settings {
                 host: host.to_string(),
+                credentials: credentials.clone(),
+                ca_pem: self.ca_pem.clone(),
                 insecure: config.insecure_hosts.iter().any(|h| h == host),
                 rps: config.rps,
                 burst: config.burst,
@@ -124,9 +159,10 @@ impl Clients {
                 platform: config.platform.clone(),
                 ..registry::Settings::default()
             })?;
-            self.registries.insert(host.to_string(), client);
+            self.registries
+                .insert(host.to_string(), (credentials, client));
         }
-        Ok(&self.registries[host])
+        Ok(&self.registries[host].1)
     }
 }
 
@@ -305,6 +341,80 @@ fn look_up(
             listed.push((tag, created));
         }
         found.insert(canonical, listed);
+    }
+    found
+}
+
+/// The registry credentials of this cycle: `--docker-config`, then the
+/// pull secrets of the automated workloads and of their service accounts
+/// (which win for their registries). What cannot be read is said and
+/// skipped; no password is logged.
+async fn pull_credentials(
+    kube: &kube::Client,
+    config: &Config,
+    snapshot: &Snapshot,
+    options: &render::Options,
+) -> Credentials {
+    use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+    let mut found = Credentials::new();
+    if let Some(file) = &config.docker_config {
+        match std::fs::read(file)
+            .map_err(|e| e.to_string())
+            .and_then(|b| credentials::parse(&b))
+        {
+            Ok(c) => found.extend(c),
+            Err(e) => tracing::warn!("automation: --docker-config {}: {e}", file.display()),
+        }
+    }
+    let (tree, options) = (snapshot.tree.clone(), options.clone());
+    let Ok(set) = tokio::task::spawn_blocking(move || render::render(&tree, &options)).await else {
+        return found;
+    };
+    let (candidates, _) = update::candidates(&set.manifests);
+    let mut wanted: std::collections::BTreeSet<(String, String)> = Default::default();
+    let mut accounts: std::collections::BTreeSet<(String, String)> = Default::default();
+    for m in set
+        .manifests
+        .iter()
+        .filter(|m| candidates.iter().any(|c| c.object == m.id.to_string()))
+    {
+        let ns =
+            m.id.namespace
+                .clone()
+                .unwrap_or_else(|| config.default_namespace.clone());
+        let (secrets, account) = credentials::pull_secret_refs(&m.object.value());
+        wanted.extend(secrets.into_iter().map(|s| (ns.clone(), s)));
+        accounts.insert((ns, account));
+    }
+    for (ns, account) in accounts {
+        let api: kube::Api<ServiceAccount> = kube::Api::namespaced(kube.clone(), &ns);
+        if let Ok(Some(sa)) = api.get_opt(&account).await {
+            for s in sa.image_pull_secrets.unwrap_or_default() {
+                wanted.insert((ns.clone(), s.name));
+            }
+        }
+    }
+    for (ns, name) in wanted {
+        let api: kube::Api<Secret> = kube::Api::namespaced(kube.clone(), &ns);
+        let secret = match api.get_opt(&name).await {
+            Ok(Some(s)) => s,
+            Ok(None) => {
+                tracing::warn!("automation: pull secret {ns}/{name} not found");
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!("automation: cannot read pull secret {ns}/{name}: {e}");
+                continue;
+            }
+        };
+        let data = secret.data.unwrap_or_default();
+        let Some(config) = data.get(".dockerconfigjson").or(data.get(".dockercfg")) else {
+            continue;
+        };
+        match credentials::parse(&config.0) {
+            Ok(c) => found.extend(c),
+            Err(e) => tracing::warn!("automation: pull secret {ns}/{name}: {e}"),
+        }
     }
     found
 }

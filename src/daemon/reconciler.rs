@@ -230,6 +230,7 @@ async fn start(mut config: Config, cluster: Cluster) -> Result<Daemon, Error> {
             automated.clone(),
             triggers.clone(),
             triggers.stop.clone(),
+            client.clone(),
         );
     }
     let source = config.source.clone();

@@ -28,19 +28,71 @@ impl Drop for LocalRegistry {
     }
 }
 
+/// A user the secured registry knows.
+const USER: (&str, &str) = ("robot", "s3cret-pull");
+
 impl LocalRegistry {
     fn start() -> LocalRegistry {
+        LocalRegistry::start_with(false)
+    }
+
+    /// With `secured`, TLS (a certificate of its own, `cert.pem` in its
+    /// directory) and htpasswd auth for [`USER`].
+    fn start_with(secured: bool) -> LocalRegistry {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-                dir.path().join("data").display()
-            ),
-        )
-        .unwrap();
+        let mut text = format!(
+            "version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            dir.path().join("data").display()
+        );
+        if secured {
+            let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+            let out = Command::new("openssl")
+                .args([
+                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                ])
+                .args([
+                    "-subj",
+                    "/CN=127.0.0.1",
+                    "-addext",
+                    "subjectAltName=IP:127.0.0.1",
+                ])
+                .arg("-keyout")
+                .arg(&key)
+                .arg("-out")
+                .arg(&cert)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "openssl: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let hash = Command::new("python3")
+                .args([
+                    "-W",
+                    "ignore",
+                    "-c",
+                    &format!(
+                        "import crypt; print(crypt.crypt({:?}, crypt.mksalt(crypt.METHOD_BLOWFISH)))",
+                        USER.1
+                    ),
+                ])
+                .output()
+                .unwrap();
+            let hash = String::from_utf8_lossy(&hash.stdout).trim().to_string();
+            assert!(hash.starts_with("$2"), "a bcrypt hash: {hash}");
+            let htpasswd = dir.path().join("htpasswd");
+            std::fs::write(&htpasswd, format!("{}:{hash}\n", USER.0)).unwrap();
+            text.push_str(&format!(
+                "  tls: {{certificate: {}, key: {}}}\nauth:\n  htpasswd: {{realm: tidegate-test, path: {}}}\n",
+                cert.display(),
+                key.display(),
+                htpasswd.display()
+            ));
+        }
+        std::fs::write(&config, text).unwrap();
         // Its access log (one line per request) is what the tests count.
         let log = std::fs::File::create(dir.path().join("access.log")).unwrap();
         let child = Command::new("docker-registry")
@@ -118,6 +170,7 @@ impl LocalRegistry {
                 "--quiet",
                 "--insecure-policy",
                 "--dest-tls-verify=false",
+                &format!("--dest-creds={}:{}", USER.0, USER.1),
                 &format!("oci:{}:{tag}", layout.path().display()),
                 &format!("docker://{}/{repository}:{tag}", self.host()),
             ])
@@ -450,5 +503,70 @@ async fn a_restarted_daemon_reads_no_build_time_it_knew() {
         blobs(&registry),
         3,
         "after the restart, only c's config was read"
+    );
+}
+
+#[tokio::test]
+async fn a_registry_behind_tls_and_a_password_is_read_with_the_workloads_pull_secret() {
+    use base64::Engine as _;
+    use k8s_openapi::api::apps::v1::Deployment;
+
+    let registry = LocalRegistry::start_with(true);
+    registry.push_image("team/private", "1.0.0", "2026-01-01T00:00:00Z");
+    registry.push_image("team/private", "1.4.0", "2026-02-01T00:00:00Z");
+    let ns = crate::support::unique("automation-auth");
+    crate::support::create_namespace(&ns).await;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", USER.0, USER.1));
+    let config = serde_json::json!({"auths": {registry.host(): {"auth": auth}}}).to_string();
+    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(crate::support::client().await, &ns);
+    secrets
+        .create(
+            &Default::default(),
+            &serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "pull"},
+                "type": "kubernetes.io/dockerconfigjson",
+                "stringData": {".dockerconfigjson": config},
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let image = format!("{}/team/private", registry.host());
+    let deployment = automated_deployment(&ns, &format!("{image}:1.0.0")).replace(
+        "    spec:\n      containers:",
+        "    spec:\n      imagePullSecrets: [{name: pull}]\n      containers:",
+    );
+    let repo = GitRepo::new();
+    repo.write("web.yaml", &deployment);
+    repo.push("first");
+    let ca = registry.dir.path().join("cert.pem");
+    let _daemon = repo.daemon(
+        &repo.url(),
+        &[
+            "--listen",
+            "off",
+            "--git-poll-interval",
+            "1h",
+            "--automation-interval",
+            "1s",
+            "--registry-ca-file",
+            ca.to_str().unwrap(),
+        ],
+    );
+    let api: kube::Api<Deployment> = kube::Api::namespaced(crate::support::client().await, &ns);
+    crate::support::eventually(
+        "the newest 1.x applied",
+        Duration::from_secs(60),
+        || async {
+            let d = api.get_opt("web").await.ok()??;
+            let live = d.spec?.template.spec?.containers.first()?.image.clone()?;
+            (live == format!("{image}:1.4.0")).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        registry.gets("/v2/team/private/tags/list") >= 1,
+        "the tags were read from the secured registry"
     );
 }
