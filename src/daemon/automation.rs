@@ -99,6 +99,7 @@ pub fn start(
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(config.interval) => {}
+                _ = triggers.automate.notified() => {}
                 _ = stop.cancelled() => return,
             }
             let Some((source, snapshot, options)) = latest.lock().expect("latest").current.clone()

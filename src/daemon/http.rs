@@ -127,6 +127,7 @@ fn probe_router(shared: Arc<Shared>) -> Router {
 pub fn hooks_router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/hooks/{provider}", post(hook))
+        .route("/hooks/registry/distribution", post(registry_hook))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(shared)
 }
@@ -139,8 +140,57 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/hooks/{provider}", post(hook))
+        .route("/hooks/registry/distribution", post(registry_hook))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(shared)
+}
+
+/// A webhook's body: at most `MAX_BODY` bytes, arriving within `BODY_TIMEOUT`.
+async fn read_body(body: axum::body::Body) -> Result<Bytes, (StatusCode, String)> {
+    match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await {
+        Ok(Ok(body)) => Ok(body),
+        Ok(Err(_)) => Err((
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("webhook bodies are limited to {MAX_BODY} bytes\n"),
+        )),
+        Err(_) => Err((
+            StatusCode::REQUEST_TIMEOUT,
+            "the body did not arrive in time\n".into(),
+        )),
+    }
+}
+
+/// A registry's push notification: the automation looks up images now.
+async fn registry_hook(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> (StatusCode, String) {
+    let body = match read_body(body).await {
+        Ok(body) => body,
+        Err(refused) => return refused,
+    };
+    let Some(secret) = &shared.webhook_secret else {
+        return (
+            StatusCode::UNAUTHORIZED,
+            "webhooks are not configured (no secret)\n".into(),
+        );
+    };
+    let authorization = headers.get("authorization").and_then(|v| v.to_str().ok());
+    match super::registry_hook::verify(secret, authorization, &body) {
+        super::registry_hook::Verdict::Unauthorized => {
+            tracing::warn!("registry notification refused: missing or wrong token");
+            (StatusCode::UNAUTHORIZED, "bad or missing token\n".into())
+        }
+        super::registry_hook::Verdict::Ignored(why) => {
+            (StatusCode::OK, format!("ignored: {why}\n"))
+        }
+        super::registry_hook::Verdict::Pushed(tags) => {
+            tracing::info!(tags = %tags.join(", "), "registry notification: scanning images");
+            shared.triggers.automate.notify_one();
+            (StatusCode::ACCEPTED, "scanning\n".into())
+        }
+    }
 }
 
 /// Asks for a sync, for callers whose Kubernetes token may update the
@@ -230,22 +280,10 @@ async fn hook(
     let Some(provider) = Provider::from_path(&provider) else {
         return (StatusCode::NOT_FOUND, "unknown webhook provider\n".into());
     };
-    let body: Bytes =
-        match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await {
-            Ok(Ok(body)) => body,
-            Ok(Err(_)) => {
-                return (
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("webhook bodies are limited to {MAX_BODY} bytes\n"),
-                );
-            }
-            Err(_) => {
-                return (
-                    StatusCode::REQUEST_TIMEOUT,
-                    "the body did not arrive in time\n".into(),
-                );
-            }
-        };
+    let body = match read_body(body).await {
+        Ok(body) => body,
+        Err(refused) => return refused,
+    };
     let Some(secret) = &shared.webhook_secret else {
         return (
             StatusCode::UNAUTHORIZED,

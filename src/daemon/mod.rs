@@ -11,6 +11,7 @@ pub mod http;
 pub mod lease;
 pub mod metrics;
 pub mod reconciler;
+pub mod registry_hook;
 pub mod requests;
 pub mod watch;
 pub mod webhook;
@@ -36,6 +37,8 @@ pub struct Triggers {
     pub heal: AtomicBool,
     /// `tidegate sync` requests to answer with the next sync.
     pub requests: Mutex<BTreeSet<String>>,
+    /// A registry announced a push: look up images now.
+    pub automate: Notify,
     /// Cancelled on SIGTERM or SIGINT.
     pub stop: tokio_util::sync::CancellationToken,
 }

@@ -65,6 +65,11 @@ fn hmac_ok(secret: &[u8], body: &[u8], signature_hex: Option<&str>) -> bool {
 }
 
 /// Constant-time equality for shared tokens.
+/// Whether `token` is the secret, compared in constant time.
+pub fn token_matches(secret: &[u8], token: Option<&str>) -> bool {
+    token_ok(secret, token)
+}
+
 fn token_ok(secret: &[u8], token: Option<&str>) -> bool {
     let Some(token) = token else {
         return false;

@@ -33,12 +33,13 @@ const USER: (&str, &str) = ("robot", "s3cret-pull");
 
 impl LocalRegistry {
     fn start() -> LocalRegistry {
-        LocalRegistry::start_with(false)
+        LocalRegistry::start_with(false, "")
     }
 
     /// With `secured`, TLS (a certificate of its own, `cert.pem` in its
-    /// directory) and htpasswd auth for [`USER`].
-    fn start_with(secured: bool) -> LocalRegistry {
+    /// directory) and htpasswd auth for [`USER`]; `extra` is more of its
+    /// configuration.
+    fn start_with(secured: bool, extra: &str) -> LocalRegistry {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let config = dir.path().join("config.yml");
@@ -92,6 +93,7 @@ impl LocalRegistry {
                 htpasswd.display()
             ));
         }
+        text.push_str(extra);
         std::fs::write(&config, text).unwrap();
         // Its access log (one line per request) is what the tests count.
         let log = std::fs::File::create(dir.path().join("access.log")).unwrap();
@@ -511,7 +513,7 @@ async fn a_registry_behind_tls_and_a_password_is_read_with_the_workloads_pull_se
     use base64::Engine as _;
     use k8s_openapi::api::apps::v1::Deployment;
 
-    let registry = LocalRegistry::start_with(true);
+    let registry = LocalRegistry::start_with(true, "");
     registry.push_image("team/private", "1.0.0", "2026-01-01T00:00:00Z");
     registry.push_image("team/private", "1.4.0", "2026-02-01T00:00:00Z");
     let ns = crate::support::unique("automation-auth");
@@ -569,4 +571,65 @@ async fn a_registry_behind_tls_and_a_password_is_read_with_the_workloads_pull_se
         registry.gets("/v2/team/private/tags/list") >= 1,
         "the tags were read from the secured registry"
     );
+}
+
+#[tokio::test]
+async fn a_registry_notification_brings_the_new_image_without_waiting_for_the_interval() {
+    use k8s_openapi::api::apps::v1::Deployment;
+
+    let secret_name = crate::support::unique("registry-hook");
+    crate::support::create_secret(
+        &secret_name,
+        serde_json::json!({"webhook-secret": "registry-s3cret"}),
+    )
+    .await;
+    let port = free_port();
+    let notifications = format!(
+        "notifications:\n  endpoints:\n    - name: tidegate\n      url: http://127.0.0.1:{port}/hooks/registry/distribution\n      headers: {{Authorization: [Bearer registry-s3cret]}}\n      timeout: 2s\n      threshold: 10\n      backoff: 200ms\n"
+    );
+    let registry = LocalRegistry::start_with(false, &notifications);
+    registry.push_image("team/hooked", "1.0.0", "2026-01-01T00:00:00Z");
+    let ns = crate::support::unique("automation-hook");
+    let image = format!("{}/team/hooked", registry.host());
+    let repo = GitRepo::new();
+    repo.write("namespace.yaml", &crate::support::ns_yaml(&ns));
+    repo.write(
+        "web.yaml",
+        &automated_deployment(&ns, &format!("{image}:1.0.0")),
+    );
+    repo.push("first");
+    let listen = format!("127.0.0.1:{port}");
+    // The interval is an hour: only the notification can bring 1.1.0.
+    let _daemon = repo.daemon(
+        &repo.url(),
+        &[
+            "--listen",
+            &listen,
+            "--webhook-secret-name",
+            &secret_name,
+            "--git-poll-interval",
+            "1h",
+            "--automation-interval",
+            "1h",
+            "--registry-insecure-host",
+            &registry.host(),
+        ],
+    );
+    crate::support::wait_http(port, "/readyz", 200);
+    let forged = crate::support::http(
+        port,
+        "POST",
+        "/hooks/registry/distribution",
+        &[("Authorization", "Bearer wrong".to_string())],
+        br#"{"events": [{"action": "push", "target": {"repository": "team/hooked", "tag": "9"}}]}"#,
+    );
+    assert_eq!(forged.0, 401);
+    registry.push_image("team/hooked", "1.1.0", "2026-02-01T00:00:00Z");
+    let api: kube::Api<Deployment> = kube::Api::namespaced(crate::support::client().await, &ns);
+    crate::support::eventually("1.1.0 applied", Duration::from_secs(30), || async {
+        let d = api.get_opt("web").await.ok()??;
+        let live = d.spec?.template.spec?.containers.first()?.image.clone()?;
+        (live == format!("{image}:1.1.0")).then_some(())
+    })
+    .await;
 }
