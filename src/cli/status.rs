@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use crate::cluster::state::StateRef;
 use crate::cluster::{Cluster, Connection};
 use crate::health::Status;
-use crate::model::record::{Outcome, SyncStatus};
+use crate::model::record::{AutomationStatus, Outcome, SyncStatus};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -37,17 +37,26 @@ pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode>
         return Ok(ExitCode::from(EXIT_ERROR));
     };
     let health = health(&client, &state).await?;
+    let automation = cluster.read_automation(&state).await?;
     match args.output {
         Format::Json | Format::Yaml => {
             let mut shown = serde_json::to_value(&status)?;
             shown["health"] = serde_json::to_value(&health)?;
+            if let Some(automation) = &automation {
+                shown["automation"] = serde_json::to_value(automation)?;
+            }
             if args.output == Format::Json {
                 println!("{}", serde_json::to_string_pretty(&shown)?);
             } else {
                 print!("{}", serde_saphyr::to_string(&shown)?);
             }
         }
-        Format::Text => print!("{}{}", text(&status), health_text(&health)),
+        Format::Text => print!(
+            "{}{}{}",
+            text(&status),
+            health_text(&health),
+            automation.as_ref().map(automation_text).unwrap_or_default()
+        ),
     }
     Ok(match status.result {
         Outcome::Succeeded => ExitCode::SUCCESS,
@@ -166,6 +175,20 @@ fn health_text(health: &HealthReport) -> String {
             "unhealthy: {} {}: {}\n",
             o.object, o.status, o.message
         ));
+    }
+    out
+}
+
+fn automation_text(a: &AutomationStatus) -> String {
+    let mut out = format!(
+        "automation: {} containers in {} repositories, scanned {}\n",
+        a.containers, a.repositories, a.scanned
+    );
+    if let (Some(commit), Some(at)) = (&a.commit, &a.committed) {
+        out.push_str(&format!("committed: {commit} at {at}\n"));
+    }
+    for e in &a.errors {
+        out.push_str(&format!("automation error: {e}\n"));
     }
     out
 }

@@ -15,7 +15,7 @@ use super::Cluster;
 use super::fence::WriteError;
 use crate::model::inventory::{self, Inventory, split_shards};
 use crate::model::marks::own_metadata;
-use crate::model::record::{Outcome, SyncStatus};
+use crate::model::record::{AutomationStatus, Outcome, SyncStatus};
 
 const INVENTORY_KEY: &str = "inventory";
 /// `<generation>/<count>` when the inventory is kept in shard ConfigMaps.
@@ -29,6 +29,8 @@ const SHARD_LABEL: &str = "tidegate.dev/inventory-of";
 pub const SHARD_BYTES: usize = 512 * 1024;
 
 const STATUS_KEY: &str = "status";
+/// What image automation did last.
+const AUTOMATION_KEY: &str = "automation";
 /// The instance's key for Secrets' checksums (base64), written once by a
 /// field manager of its own so that the record never removes it.
 const CHECKSUM_KEY: &str = "checksum-key";
@@ -225,6 +227,41 @@ impl Cluster {
         Self::decode(state, map, STATUS_KEY, |t| serde_json::from_str(t))
     }
 
+    /// What image automation recorded last, if it ran.
+    pub async fn read_automation(
+        &self,
+        state: &StateRef,
+    ) -> Result<Option<AutomationStatus>, Error> {
+        let Some(map) = self.state_map(state).await? else {
+            return Ok(None);
+        };
+        Self::decode(state, &map, AUTOMATION_KEY, |t| serde_json::from_str(t))
+    }
+
+    /// Records what an automation cycle did, in the state ConfigMap a sync
+    /// made (none yet: not recorded).
+    pub async fn record_automation(
+        &self,
+        state: &StateRef,
+        status: &AutomationStatus,
+    ) -> Result<(), WriteError> {
+        self.fenced()?;
+        let api = Api::<ConfigMap>::namespaced(self.client.clone(), &state.namespace);
+        let text = serde_json::to_string(status).expect("status serializes");
+        let patch = serde_json::json!({"data": {AUTOMATION_KEY: text}});
+        match api
+            .patch(
+                &state.name(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            other => other.map(|_| ()).map_err(Into::into),
+        }
+    }
+
     pub async fn read_status(&self, state: &StateRef) -> Result<Option<SyncStatus>, Error> {
         let Some(map) = self.state_map(state).await? else {
             return Ok(None);
@@ -401,6 +438,20 @@ impl Cluster {
         if let Some(m) = &status.message {
             message = format!("{message}; {m}");
         }
+        self.event(state, kind, reason, &message, "Sync").await
+    }
+
+    /// An Event on the state ConfigMap; the same warning again is counted
+    /// on the Event already there.
+    pub async fn event(
+        &self,
+        state: &StateRef,
+        kind: &str,
+        reason: &str,
+        message: &str,
+        action: &str,
+    ) -> Result<(), WriteError> {
+        self.fenced()?;
         let message: String = message.chars().take(1000).collect();
         let now = Timestamp::now();
         let api = Api::<Event>::namespaced(self.client.clone(), &state.namespace);
@@ -449,7 +500,7 @@ impl Cluster {
             event_time: Some(MicroTime(now)),
             reporting_component: Some("tidegate".into()),
             reporting_instance: Some(state.sync_set.clone()),
-            action: Some("Sync".into()),
+            action: Some(action.into()),
             count: Some(1),
             ..Event::default()
         };

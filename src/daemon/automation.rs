@@ -10,14 +10,15 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
-
 use super::Triggers;
 use crate::automation::cache::BuildTimes;
 use crate::automation::credentials::{self, Credentials};
 use crate::automation::edit;
 use crate::automation::policy::Pattern;
 use crate::automation::update::{self, Candidate, Update};
+use crate::cluster::Cluster;
+use crate::cluster::state::StateRef;
+use crate::model::record::{AutomationStatus, MAX_RECORDED_ERRORS};
 use crate::registry::{self, Registry};
 use crate::render;
 use crate::source::push::{Change, Person, Pushed};
@@ -67,10 +68,153 @@ pub fn start(
     config: Config,
     latest: Arc<Mutex<Latest>>,
     triggers: Arc<Triggers>,
-    stop: CancellationToken,
-    kube: kube::Client,
+    cluster: Cluster,
+    state: StateRef,
 ) {
     tokio::spawn(async move {
+        let stop = triggers.stop.clone();
+        let mut scanner = Scanner {
+            clients: Arc::new(Mutex::new(Clients::new(&config))),
+            config,
+            cluster,
+            state,
+            record: AutomationStatus::default(),
+        };
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(scanner.config.interval) => {}
+                _ = triggers.automate.notified() => {}
+                _ = stop.cancelled() => return,
+            }
+            // With leader election, only the leader writes to Git.
+            if scanner.cluster.fenced().is_err() {
+                continue;
+            }
+            let current = latest.lock().expect("latest").current.clone();
+            if let Some(current) = current
+                && scanner.scan(current).await
+            {
+                triggers.fetch_now();
+            }
+        }
+    });
+}
+
+/// The loop's state between cycles.
+struct Scanner {
+    config: Config,
+    clients: Arc<Mutex<Clients>>,
+    cluster: Cluster,
+    state: StateRef,
+    /// What the last cycle recorded.
+    record: AutomationStatus,
+}
+
+impl Scanner {
+    /// One cycle on the revision last fetched, recorded; true when it
+    /// pushed a commit.
+    async fn scan(
+        &mut self,
+        (source, snapshot, options): (GitSource, Snapshot, render::Options),
+    ) -> bool {
+        let kube = self.cluster.client.clone();
+        let (credentials, unread) =
+            pull_credentials(&kube, &self.config, &snapshot, &options).await;
+        {
+            let mut clients = self.clients.lock().expect("clients");
+            clients.credentials = credentials;
+            clients.found = Found {
+                errors: unread,
+                ..Found::default()
+            };
+        }
+        let (config, clients) = (self.config.clone(), self.clients.clone());
+        let done = tokio::task::spawn_blocking(move || {
+            run_cycle(
+                &config,
+                &source,
+                snapshot,
+                &options,
+                &mut clients.lock().expect("clients"),
+            )
+        })
+        .await;
+        let mut found = std::mem::take(&mut self.clients.lock().expect("clients").found);
+        let now = crate::cluster::state::now();
+        let mut pushed = false;
+        match done {
+            Ok(Ok(Some(revision))) => {
+                tracing::info!(revision = %revision, "automation: pushed; fetching it");
+                self.record.commit = Some(revision);
+                self.record.committed = Some(now.clone());
+                pushed = true;
+            }
+            Ok(Ok(None)) => tracing::debug!("automation: no image moved"),
+            Ok(Err(e)) => problem(&mut found.errors, e),
+            Err(e) => problem(
+                &mut found.errors,
+                format!("the cycle ended abnormally: {e}"),
+            ),
+        }
+        self.record.scanned = now;
+        self.record.containers = found.containers;
+        self.record.repositories = found.repositories;
+        self.record.errors = found.errors.into_iter().take(MAX_RECORDED_ERRORS).collect();
+        report(&self.cluster, &self.state, &self.record).await;
+        pushed
+    }
+}
+
+/// What one cycle found, for the record.
+#[derive(Debug, Default)]
+struct Found {
+    containers: usize,
+    repositories: usize,
+    /// What kept an image, registry or file from being automated.
+    errors: Vec<String>,
+}
+
+/// Logs a problem and keeps it for the record.
+fn problem(errors: &mut Vec<String>, message: String) {
+    tracing::warn!("automation: {message}");
+    errors.push(message);
+}
+
+/// Records the cycle in the state ConfigMap, with a Warning Event when
+/// something could not be automated.
+async fn report(cluster: &Cluster, state: &StateRef, record: &AutomationStatus) {
+    if let Err(e) = cluster.record_automation(state, record).await {
+        tracing::warn!("automation: cannot record the cycle: {e}");
+    }
+    if record.errors.is_empty() {
+        return;
+    }
+    let mut message = record.errors[..record.errors.len().min(3)].join("; ");
+    if record.errors.len() > 3 {
+        message.push_str(&format!("; and {} more", record.errors.len() - 3));
+    }
+    if let Err(e) = cluster
+        .event(state, "Warning", "AutomationFailed", &message, "Automate")
+        .await
+    {
+        tracing::warn!("automation: cannot write its Event: {e}");
+    }
+}
+
+/// One client per registry, and the build times learnt, kept between cycles.
+struct Clients {
+    registries: HashMap<String, (Option<(String, String)>, Registry)>,
+    times: BuildTimes,
+    /// This cycle's, by host.
+    credentials: Credentials,
+    ca_pem: Option<Vec<u8>>,
+    /// This cycle's findings.
+    found: Found,
+}
+
+impl Clients {
+    /// The clients' shared parts: the CA to trust, the build times kept.
+    fn new(config: &Config) -> Clients {
         let ca_pem = config
             .ca_file
             .as_ref()
@@ -90,58 +234,15 @@ pub fn start(
             .map(BuildTimes::load)
             .unwrap_or_default();
         tracing::debug!(entries = times.len(), "automation: build times read");
-        let clients = Arc::new(Mutex::new(Clients {
+        Clients {
             registries: HashMap::new(),
             times,
             credentials: Credentials::new(),
             ca_pem,
-        }));
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(config.interval) => {}
-                _ = triggers.automate.notified() => {}
-                _ = stop.cancelled() => return,
-            }
-            let Some((source, snapshot, options)) = latest.lock().expect("latest").current.clone()
-            else {
-                continue;
-            };
-            let credentials = pull_credentials(&kube, &config, &snapshot, &options).await;
-            clients.lock().expect("clients").credentials = credentials;
-            let (config, clients) = (config.clone(), clients.clone());
-            let done = tokio::task::spawn_blocking(move || {
-                run_cycle(
-                    &config,
-                    &source,
-                    snapshot,
-                    &options,
-                    &mut clients.lock().expect("clients"),
-                )
-            })
-            .await;
-            match done {
-                Ok(Ok(Some(revision))) => {
-                    tracing::info!(revision = %revision, "automation: pushed; fetching it");
-                    triggers.fetch_now();
-                }
-                Ok(Ok(None)) => tracing::debug!("automation: no image moved"),
-                Ok(Err(e)) => tracing::warn!("automation: {e}"),
-                Err(e) => tracing::error!("automation: the cycle ended abnormally: {e}"),
-            }
+            found: Found::default(),
         }
-    });
-}
+    }
 
-/// One client per registry, and the build times learnt, kept between cycles.
-struct Clients {
-    registries: HashMap<String, (Option<(String, String)>, Registry)>,
-    times: BuildTimes,
-    /// This cycle's, by host.
-    credentials: Credentials,
-    ca_pem: Option<Vec<u8>>,
-}
-
-impl Clients {
     fn get(&mut self, config: &Config, host: &str) -> Result<&Registry, registry::Error> {
         let credentials = self.credentials.get(host).cloned();
         if self
@@ -229,8 +330,9 @@ fn cycle(
     let set = render::render(&snapshot.tree, options);
     let (candidates, problems) = update::candidates(&set.manifests);
     for p in &problems {
-        tracing::warn!("automation: {p}");
+        problem(&mut clients.found.errors, p.to_string());
     }
+    clients.found.containers = candidates.len();
     let tags = look_up(config, &candidates, clients);
     let objects: BTreeMap<(PathBuf, usize), serde_json::Value> = set
         .manifests
@@ -248,7 +350,10 @@ fn cycle(
         let path = snapshot.tree.join(&file);
         let shown = crate::model::shown(&file);
         let Ok(text) = std::fs::read_to_string(&path) else {
-            tracing::warn!("automation: {shown}: cannot be read; not edited");
+            problem(
+                &mut clients.found.errors,
+                format!("{shown}: cannot be read; not edited"),
+            );
             continue;
         };
         let edits: Vec<edit::Edit> = ups.iter().flat_map(|u| u.edits.clone()).collect();
@@ -259,7 +364,10 @@ fn cycle(
             }
             Err(e) => {
                 let objects: Vec<&str> = ups.iter().map(|u| u.object.as_str()).collect();
-                tracing::warn!("automation: {shown}: {}: {e}", objects.join(", "));
+                problem(
+                    &mut clients.found.errors,
+                    format!("{shown}: {}: {e}", objects.join(", ")),
+                );
             }
         }
     }
@@ -296,18 +404,14 @@ fn look_up(
     let mut found = BTreeMap::new();
     for (canonical, users) in by_repo {
         let image = &users[0].container.image;
-        let client = match clients.get(config, image.host()) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!("automation: {canonical}: {e}");
-                continue;
-            }
-        };
+        let tags = clients
+            .get(config, image.host())
+            .and_then(|client| client.tags(&image.repository()));
         let repository = image.repository();
-        let tags = match client.tags(&repository) {
+        let tags = match tags {
             Ok(t) => t,
             Err(e) => {
-                tracing::warn!("automation: {canonical}: {e}");
+                problem(&mut clients.found.errors, format!("{canonical}: {e}"));
                 continue;
             }
         };
@@ -334,7 +438,7 @@ fn look_up(
                         created
                     }
                     Err(e) => {
-                        tracing::warn!("automation: {canonical}:{tag}: {e}");
+                        problem(&mut clients.found.errors, format!("{canonical}:{tag}: {e}"));
                         None
                     }
                 }
@@ -342,6 +446,7 @@ fn look_up(
             listed.push((tag, created));
         }
         found.insert(canonical, listed);
+        clients.found.repositories += 1;
     }
     found
 }
@@ -355,21 +460,25 @@ async fn pull_credentials(
     config: &Config,
     snapshot: &Snapshot,
     options: &render::Options,
-) -> Credentials {
+) -> (Credentials, Vec<String>) {
     use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
     let mut found = Credentials::new();
+    let mut errors = Vec::new();
     if let Some(file) = &config.docker_config {
         match std::fs::read(file)
             .map_err(|e| e.to_string())
             .and_then(|b| credentials::parse(&b))
         {
             Ok(c) => found.extend(c),
-            Err(e) => tracing::warn!("automation: --docker-config {}: {e}", file.display()),
+            Err(e) => problem(
+                &mut errors,
+                format!("--docker-config {}: {e}", file.display()),
+            ),
         }
     }
     let (tree, options) = (snapshot.tree.clone(), options.clone());
     let Ok(set) = tokio::task::spawn_blocking(move || render::render(&tree, &options)).await else {
-        return found;
+        return (found, errors);
     };
     let (candidates, _) = update::candidates(&set.manifests);
     let mut wanted: std::collections::BTreeSet<(String, String)> = Default::default();
@@ -400,11 +509,14 @@ async fn pull_credentials(
         let secret = match api.get_opt(&name).await {
             Ok(Some(s)) => s,
             Ok(None) => {
-                tracing::warn!("automation: pull secret {ns}/{name} not found");
+                problem(&mut errors, format!("pull secret {ns}/{name} not found"));
                 continue;
             }
             Err(e) => {
-                tracing::warn!("automation: cannot read pull secret {ns}/{name}: {e}");
+                problem(
+                    &mut errors,
+                    format!("cannot read pull secret {ns}/{name}: {e}"),
+                );
                 continue;
             }
         };
@@ -414,8 +526,8 @@ async fn pull_credentials(
         };
         match credentials::parse(&config.0) {
             Ok(c) => found.extend(c),
-            Err(e) => tracing::warn!("automation: pull secret {ns}/{name}: {e}"),
+            Err(e) => problem(&mut errors, format!("pull secret {ns}/{name}: {e}")),
         }
     }
-    found
+    (found, errors)
 }

@@ -229,8 +229,8 @@ async fn start(mut config: Config, cluster: Cluster) -> Result<Daemon, Error> {
             automation.clone(),
             automated.clone(),
             triggers.clone(),
-            triggers.stop.clone(),
-            client.clone(),
+            cluster.detached(),
+            config.settings.state.clone(),
         );
     }
     let source = config.source.clone();

@@ -167,3 +167,22 @@ impl std::fmt::Display for ReleaseStatus {
         Ok(())
     }
 }
+
+/// What the last image automation cycle did, as recorded and printed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AutomationStatus {
+    /// When the cycle ran.
+    pub scanned: String,
+    /// Containers automated, and the repositories their images are in.
+    pub containers: usize,
+    pub repositories: usize,
+    /// The last commit automation pushed, and when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub committed: Option<String>,
+    /// What kept an image, a registry or a file from being automated, at
+    /// most [`MAX_RECORDED_ERRORS`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+}

@@ -381,6 +381,11 @@ async fn an_automated_deployment_moves_to_the_newest_allowed_tag_by_a_commit() {
     let before = automated_deployment(&ns, &format!("{image}:1.0.0"));
     repo.write("namespace.yaml", &crate::support::ns_yaml(&ns));
     repo.write("web.yaml", &before);
+    // A workload whose image the registry does not have: an error naming
+    // it, and every other image still automated.
+    let missing = automated_deployment(&ns, &format!("{}/team/missing:1.0.0", registry.host()))
+        .replace("name: web\n  namespace", "name: lost\n  namespace");
+    repo.write("lost.yaml", &missing);
     let first = repo.push("first");
     let _daemon = repo.daemon(
         &repo.url(),
@@ -423,6 +428,44 @@ async fn an_automated_deployment_moves_to_the_newest_allowed_tag_by_a_commit() {
         format!("{written}\n"),
         before.replace(":1.0.0   #", ":1.1.0   #"),
         "only the tag changed; the comments stay"
+    );
+    assert_eq!(
+        format!("{}\n", git(&repo.bare, &["show", "main:lost.yaml"])),
+        missing,
+        "the workload whose image is missing is left as it is"
+    );
+    // The status records the cycle, the commit and the missing image.
+    let automation = crate::support::eventually(
+        "the automation recorded",
+        Duration::from_secs(30),
+        || async {
+            let status = crate::support::status_json(&repo.sync_set);
+            let a = status.get("automation")?.clone();
+            (a["commit"] == head.as_str()).then_some(a)
+        },
+    )
+    .await;
+    let errors = automation["errors"].to_string();
+    assert!(
+        errors.contains("team/missing") && errors.contains("404"),
+        "{automation}"
+    );
+    assert_eq!(automation["containers"], 2, "{automation}");
+    let events: kube::Api<k8s_openapi::api::core::v1::Event> =
+        kube::Api::namespaced(crate::support::client().await, "default");
+    let state = format!("{}-state", repo.sync_set);
+    let listed = events.list(&Default::default()).await.unwrap();
+    assert!(
+        listed
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("AutomationFailed")
+                && e.involved_object.name.as_deref() == Some(state.as_str())
+                && e.message
+                    .as_deref()
+                    .unwrap_or_default()
+                    .contains("team/missing")),
+        "an AutomationFailed Event names the missing image"
     );
     // 2.0.0 is outside ~1, and no cycle since moved to it: a newer 1.x
     // is the next (and only the next) commit.
