@@ -70,6 +70,7 @@ pub fn start(
     triggers: Arc<Triggers>,
     cluster: Cluster,
     state: StateRef,
+    metrics: Arc<super::metrics::Metrics>,
 ) {
     tokio::spawn(async move {
         let stop = triggers.stop.clone();
@@ -79,6 +80,7 @@ pub fn start(
             cluster,
             state,
             record: AutomationStatus::default(),
+            metrics,
         };
         loop {
             tokio::select! {
@@ -108,6 +110,7 @@ struct Scanner {
     state: StateRef,
     /// What the last cycle recorded.
     record: AutomationStatus,
+    metrics: Arc<super::metrics::Metrics>,
 }
 
 impl Scanner {
@@ -161,6 +164,7 @@ impl Scanner {
         self.record.repositories = found.repositories;
         self.record.errors = found.errors.into_iter().take(MAX_RECORDED_ERRORS).collect();
         report(&self.cluster, &self.state, &self.record).await;
+        self.metrics.automated(&self.record, pushed);
         pushed
     }
 }

@@ -13,7 +13,7 @@ use prometheus_client::registry::Registry;
 
 use crate::health::{Health, Status};
 use crate::model::ObjectRef;
-use crate::model::record::{Outcome, SyncStatus};
+use crate::model::record::{AutomationStatus, Outcome, SyncStatus};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
@@ -55,6 +55,54 @@ pub struct Metrics {
     healthy: Gauge,
     conflicts: Gauge,
     last_duration: Gauge<f64, AtomicU64>,
+    automation: AutomationMetrics,
+}
+
+/// What image automation did.
+struct AutomationMetrics {
+    cycles: Counter,
+    commits: Counter,
+    containers: Gauge,
+    errors: Gauge,
+    last_scan: Gauge<f64, AtomicU64>,
+}
+
+impl AutomationMetrics {
+    fn register(registry: &mut Registry) -> AutomationMetrics {
+        let metrics = AutomationMetrics {
+            cycles: Counter::default(),
+            commits: Counter::default(),
+            containers: Gauge::default(),
+            errors: Gauge::default(),
+            last_scan: Gauge::default(),
+        };
+        registry.register(
+            "automation_cycles",
+            "Image automation cycles run",
+            metrics.cycles.clone(),
+        );
+        registry.register(
+            "automation_commits",
+            "Commits image automation pushed",
+            metrics.commits.clone(),
+        );
+        registry.register(
+            "automation_containers",
+            "Containers the last automation cycle watched",
+            metrics.containers.clone(),
+        );
+        registry.register(
+            "automation_errors",
+            "Images, registries and files the last automation cycle could not automate",
+            metrics.errors.clone(),
+        );
+        registry.register(
+            "automation_last_scan_timestamp_seconds",
+            "Unix time of the last automation cycle",
+            metrics.last_scan.clone(),
+        );
+        metrics
+    }
 }
 
 impl Default for Metrics {
@@ -118,7 +166,9 @@ impl Default for Metrics {
             "Duration of the last sync",
             last_duration.clone(),
         );
+        let automation = AutomationMetrics::register(&mut registry);
         Metrics {
+            automation,
             last_duration,
             health,
             unhealthy,
@@ -136,6 +186,19 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// An automation cycle: what it watched, what it could not, whether it pushed.
+    pub fn automated(&self, record: &AutomationStatus, pushed: bool) {
+        let a = &self.automation;
+        a.cycles.inc();
+        if pushed {
+            a.commits.inc();
+        }
+        a.containers.set(record.containers as i64);
+        a.errors.set(record.errors.len() as i64);
+        a.last_scan
+            .set(k8s_openapi::jiff::Timestamp::now().as_millisecond() as f64 / 1000.0);
+    }
+
     pub fn fetched(&self) {
         self.fetches.inc();
     }

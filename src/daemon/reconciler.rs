@@ -231,6 +231,7 @@ async fn start(mut config: Config, cluster: Cluster) -> Result<Daemon, Error> {
             triggers.clone(),
             cluster.detached(),
             config.settings.state.clone(),
+            metrics.clone(),
         );
     }
     let source = config.source.clone();

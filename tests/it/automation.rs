@@ -675,4 +675,16 @@ async fn a_registry_notification_brings_the_new_image_without_waiting_for_the_in
         (live == format!("{image}:1.1.0")).then_some(())
     })
     .await;
+    assert_eq!(
+        crate::support::metric(port, "tidegate_automation_commits_total"),
+        1.0
+    );
+    assert_eq!(
+        crate::support::metric(port, "tidegate_automation_containers"),
+        1.0
+    );
+    assert_eq!(
+        crate::support::metric(port, "tidegate_automation_errors"),
+        0.0
+    );
 }
