@@ -240,6 +240,9 @@ pub struct AutomationArgs {
     /// Append "[ci skip]" to automation's commit messages
     #[arg(long, env = "TIDEGATE_GIT_CI_SKIP")]
     git_ci_skip: bool,
+    /// Sign automation's commits: "deploy-key" signs with the deploy key, in git's SSH signature format
+    #[arg(long, env = "TIDEGATE_GIT_SIGNING_KEY", value_parser = ["deploy-key"])]
+    git_signing_key: Option<String>,
     /// Push automation's commits to this branch instead of the synced one (for a pull-request flow)
     #[arg(long, env = "TIDEGATE_GIT_PUSH_BRANCH")]
     git_push_branch: Option<String>,
@@ -295,6 +298,7 @@ impl AutomationArgs {
             committer: person,
             ci_skip: self.git_ci_skip,
             push_branch: self.git_push_branch.clone(),
+            sign: self.git_signing_key.is_some(),
             insecure_hosts: self.registry_insecure_host.clone(),
             rps: self.registry_rps,
             burst: self.registry_burst,

@@ -34,6 +34,8 @@ pub struct Config {
     pub ci_skip: bool,
     /// `--git-push-branch`: push there instead of the synced branch.
     pub push_branch: Option<String>,
+    /// `--git-signing-key deploy-key`: sign commits with the deploy key.
+    pub sign: bool,
     /// `--registry-insecure-host`: registries reached over plain HTTP.
     pub insecure_hosts: Vec<String>,
     pub rps: f64,
@@ -387,6 +389,7 @@ fn cycle(
         message: update::commit_message(&applied, config.ci_skip),
         author: config.committer.clone(),
         committer: config.committer.clone(),
+        sign: config.sign,
     }))
 }
 

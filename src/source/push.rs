@@ -27,6 +27,8 @@ pub struct Change {
     pub message: String,
     pub author: Person,
     pub committer: Person,
+    /// Sign the commit with the deploy key, in git's SSH signature format.
+    pub sign: bool,
 }
 
 /// What a push did.
@@ -50,7 +52,20 @@ impl GitSource {
             branch: branch.to_string(),
             reason,
         };
-        let oid = commit(&repo, change).map_err(|e| failed(self.scrub(e).message().to_string()))?;
+        let signer = match (change.sign, &self.access.deploy_key) {
+            (false, _) => None,
+            (true, Some(key)) => Some(
+                ssh_key::PrivateKey::from_openssh(&key.private_openssh)
+                    .map_err(|e| failed(format!("the deploy key cannot sign: {e}")))?,
+            ),
+            (true, None) => {
+                return Err(failed(
+                    "there is no deploy key to sign the commit with".into(),
+                ));
+            }
+        };
+        let oid = commit(&repo, change, signer.as_ref())
+            .map_err(|e| failed(self.scrub(e).message().to_string()))?;
         let remote_info = remote::parse(&self.url);
         let host_key_error: RefCell<Option<String>> = RefCell::new(None);
         let tried_credentials = RefCell::new(false);
@@ -99,8 +114,14 @@ impl GitSource {
     }
 }
 
-/// The commit of `change`'s files on top of its parent, in `repo`.
-fn commit(repo: &Repository, change: &Change) -> Result<Oid, git2::Error> {
+/// The commit of `change`'s files on top of its parent, in `repo`; signed
+/// by `signer` when given (an SSH signature in the `gpgsig` header, as
+/// `git commit -S` with `gpg.format=ssh` writes it).
+fn commit(
+    repo: &Repository,
+    change: &Change,
+    signer: Option<&ssh_key::PrivateKey>,
+) -> Result<Oid, git2::Error> {
     let parent = repo.find_commit(Oid::from_str(&change.parent)?)?;
     let base = parent.tree()?;
     let mut update = git2::build::TreeUpdateBuilder::new();
@@ -121,12 +142,17 @@ fn commit(repo: &Repository, change: &Change) -> Result<Oid, git2::Error> {
     let tree = repo.find_tree(update.create_updated(repo, &base)?)?;
     let author = git2::Signature::now(&change.author.name, &change.author.email)?;
     let committer = git2::Signature::now(&change.committer.name, &change.committer.email)?;
-    repo.commit(
-        None,
-        &author,
-        &committer,
-        &change.message,
-        &tree,
-        &[&parent],
-    )
+    let parents = [&parent];
+    let Some(signer) = signer else {
+        return repo.commit(None, &author, &committer, &change.message, &tree, &parents);
+    };
+    let buffer =
+        repo.commit_create_buffer(&author, &committer, &change.message, &tree, &parents)?;
+    let content = std::str::from_utf8(&buffer)
+        .map_err(|_| git2::Error::from_str("the commit is not UTF-8"))?;
+    let signature = signer
+        .sign("git", ssh_key::HashAlg::Sha512, content.as_bytes())
+        .and_then(|s| s.to_pem(ssh_key::LineEnding::LF))
+        .map_err(|e| git2::Error::from_str(&format!("cannot sign the commit: {e}")))?;
+    repo.commit_signed(content, &signature, None)
 }

@@ -249,6 +249,7 @@ fn change(parent: &str, file: &str, text: &str) -> Change {
         message: "Auto-release reg.io/app:1.1".into(),
         author: person("jane"),
         committer: person("tidegate"),
+        sign: false,
     }
 }
 
@@ -686,5 +687,63 @@ async fn a_registry_notification_brings_the_new_image_without_waiting_for_the_in
     assert_eq!(
         crate::support::metric(port, "tidegate_automation_errors"),
         0.0
+    );
+}
+
+#[test]
+fn a_signed_commit_is_verified_by_git_itself() {
+    let repo = GitRepo::new();
+    repo.write("app.yaml", "image: reg.io/app:1.0\n");
+    let first = repo.push("first");
+    let key = tidegate::identity::DeployKey::generate().unwrap();
+    let source = GitSource {
+        url: repo.url(),
+        branch: "main".into(),
+        cache_dir: repo.cache.clone(),
+        access: tidegate::source::Access {
+            deploy_key: Some(key.clone()),
+            ..Default::default()
+        },
+    };
+    source.fetch().unwrap();
+    let Pushed::Commit(signed) = source
+        .push(
+            &Change {
+                sign: true,
+                ..change(&first, "app.yaml", "image: reg.io/app:1.1\n")
+            },
+            "main",
+        )
+        .unwrap()
+    else {
+        panic!("not pushed")
+    };
+    // git's own check, with an allowed-signers file naming the deploy key.
+    let dir = tempfile::tempdir().unwrap();
+    let allowed = dir.path().join("allowed_signers");
+    std::fs::write(&allowed, format!("tidegate@example.com {}\n", key.public)).unwrap();
+    let verify = |commit: &str| {
+        Command::new("git")
+            .args(["-c", "gpg.format=ssh", "-c"])
+            .arg(format!("gpg.ssh.allowedSignersFile={}", allowed.display()))
+            .args(["verify-commit", commit])
+            .current_dir(&repo.bare)
+            .output()
+            .unwrap()
+    };
+    let out = verify(&signed);
+    assert!(
+        out.status.success(),
+        "git verify-commit: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Good \"git\" signature"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !verify(&first).status.success(),
+        "an unsigned commit does not pass"
     );
 }
