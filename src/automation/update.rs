@@ -315,6 +315,56 @@ mod tests {
     }
 
     #[test]
+    fn a_helm_release_file_is_edited_where_its_values_say() {
+        let text = "\
+# The shop's chart.
+apiVersion: helm.fluxcd.io/v1
+kind: HelmRelease
+metadata:
+  name: shop
+  namespace: shop
+  annotations:
+    fluxcd.io/automated: \"true\"
+    filter.fluxcd.io/chart-image: semver:~2
+    fluxcd.io/tag.api: glob:main-*
+spec:
+  chart: {git: git@example.com:org/charts, path: shop}
+  values:
+    image: reg.io/shop   # the web tier
+    tag: \"2.0.0\"
+    api:
+      image:
+        repository: reg.io/api
+        tag: main-aaa
+";
+        let object: Value = serde_saphyr::from_str(text).unwrap();
+        let manifests = vec![manifest("shop.yaml", 0, object.clone())];
+        let (found, problems) = candidates(&manifests);
+        assert!(problems.is_empty(), "{problems:?}");
+        let listed = tags(&[
+            ("reg.io/shop", "2.0.0", Some(1)),
+            ("reg.io/shop", "2.3.1", Some(2)),
+            ("reg.io/shop", "3.0.0", Some(3)),
+            ("reg.io/api", "main-aaa", Some(1)),
+            ("reg.io/api", "main-bbb", Some(5)),
+            ("reg.io/api", "dev-ccc", Some(9)),
+        ]);
+        let objects = [(("shop.yaml".into(), 0), object)].into_iter().collect();
+        let moved = updates(&found, &listed, &objects);
+        let edits: Vec<Edit> = moved.iter().flat_map(|u| u.edits.clone()).collect();
+        let out = crate::automation::edit::apply(text, &edits).unwrap();
+        assert_eq!(
+            out,
+            text.replace("tag: \"2.0.0\"", "tag: \"2.3.1\"")
+                .replace("tag: main-aaa", "tag: main-bbb")
+        );
+        assert_eq!(
+            commit_message(&moved, false),
+            "Auto-release multiple (2) images\n\n - reg.io/api:main-bbb\n - reg.io/shop:2.3.1\n"
+        );
+    }
+
+    #[test]
     fn commit_messages_as_flux_wrote_them() {
         let update = |to: &str| Update {
             object: String::new(),

@@ -240,6 +240,9 @@ pub struct AutomationArgs {
     /// Append "[ci skip]" to automation's commit messages
     #[arg(long, env = "TIDEGATE_GIT_CI_SKIP")]
     git_ci_skip: bool,
+    /// Move this tag to each revision synced successfully (as Flux v1's flux-sync); off by default
+    #[arg(long, env = "TIDEGATE_GIT_SYNC_TAG")]
+    git_sync_tag: Option<String>,
     /// Sign automation's commits: "deploy-key" signs with the deploy key, in git's SSH signature format
     #[arg(long, env = "TIDEGATE_GIT_SIGNING_KEY", value_parser = ["deploy-key"])]
     git_signing_key: Option<String>,
@@ -392,6 +395,17 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .map_err(|e| format!("{text:?} is not a duration like 30s, 1m30s or 1h: {e}"))
 }
 
+/// A listen address, or `None` for `off`.
+fn address(flag: &str, text: &str, example: &str) -> anyhow::Result<Option<SocketAddr>> {
+    match text {
+        "off" => Ok(None),
+        text => text
+            .parse::<SocketAddr>()
+            .map(Some)
+            .with_context(|| format!("{flag} {text}: not an address like {example}")),
+    }
+}
+
 fn default_cache_dir(url: &str, branch: &str) -> PathBuf {
     let key = crate::model::checksum::checksum(&serde_json::json!([url, branch]));
     std::env::temp_dir().join(format!("tidegate-git-{}", &key[..12]))
@@ -405,19 +419,8 @@ pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode>
         .context("cannot connect to the cluster")?;
     let namespace = connection.namespace(&client);
     args.git.configure_libgit2()?;
-    let webhook_listen = match args.webhook_listen.as_str() {
-        "off" => None,
-        text => Some(text.parse::<SocketAddr>().with_context(|| {
-            format!("--webhook-listen {text}: not an address like 0.0.0.0:3031")
-        })?),
-    };
-    let listen = match args.listen.as_str() {
-        "off" => None,
-        text => Some(
-            text.parse::<SocketAddr>()
-                .with_context(|| format!("--listen {text}: not an address like 0.0.0.0:3030"))?,
-        ),
-    };
+    let webhook_listen = address("--webhook-listen", &args.webhook_listen, "0.0.0.0:3031")?;
+    let listen = address("--listen", &args.listen, "0.0.0.0:3030")?;
     let cache_dir = args
         .git_cache_dir
         .clone()
@@ -450,6 +453,11 @@ pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode>
         leader_elect: args.leader_elect,
         self_heal: args.self_heal,
         automation,
+        sync_tag: args
+            .automation
+            .git_sync_tag
+            .clone()
+            .filter(|_| !args.automation.git_readonly && !args.once),
     };
     let cluster = Cluster::new(client);
     let mut config = config;

@@ -46,6 +46,8 @@ pub struct Config {
     pub self_heal: bool,
     /// Image automation, when on.
     pub automation: Option<super::automation::Config>,
+    /// `--git-sync-tag`: a tag moved to each revision synced successfully.
+    pub sync_tag: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -533,8 +535,29 @@ impl Daemon {
         if let (Some(shared), Outcome::Succeeded) = (&self.shared, report.outcome()) {
             shared.ready.store(true, Ordering::SeqCst);
         }
+        if let (Some(tag), Some(rev), Outcome::Succeeded) =
+            (&self.config.sync_tag, &revision, report.outcome())
+            && self.last.as_ref().is_none_or(|(last, _)| last != rev)
+        {
+            self.move_sync_tag(tag.clone(), rev.clone());
+        }
         self.last = revision.map(|r| (r, Instant::now()));
         self.config.poll_interval
+    }
+
+    /// Moves `--git-sync-tag` to `revision`, off the loop (a push blocks).
+    fn move_sync_tag(&self, tag: String, revision: String) {
+        if self.cluster.fenced().is_err() {
+            return;
+        }
+        let source = self.source.clone();
+        tokio::task::spawn_blocking(move || match source.push_tag(&revision, &tag) {
+            Ok(()) => tracing::info!(%tag, revision = %revision, "sync tag moved"),
+            Err(e) => tracing::warn!(
+                "cannot move the sync tag: {}",
+                crate::model::error_chain(&e)
+            ),
+        });
     }
 
     /// Waits up to `wait` for a trigger; while backing off, a trigger waits

@@ -121,10 +121,11 @@ pub enum Error {
     },
     #[error(transparent)]
     Tree(#[from] checkout::Error),
-    #[error("cannot push to branch {branch} of {url}: {reason}")]
+    #[error("cannot push {target} to {url}: {reason}")]
     Push {
         url: String,
-        branch: String,
+        /// `branch main`, `tag flux-sync`.
+        target: String,
         reason: String,
     },
 }

@@ -31,6 +31,15 @@ pub struct Change {
     pub sign: bool,
 }
 
+/// How the remote took a pushed refspec.
+enum Sent {
+    Done,
+    /// libgit2 saw the remote's ref is not an ancestor: nothing sent.
+    NotFastForward,
+    /// The server refused the update, saying why.
+    Refused(String),
+}
+
 /// What a push did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Pushed {
@@ -49,7 +58,7 @@ impl GitSource {
         let repo = self.open_cache()?;
         let failed = |reason: String| Error::Push {
             url: self.shown_url(),
-            branch: branch.to_string(),
+            target: format!("branch {branch}"),
             reason,
         };
         let signer = match (change.sign, &self.access.deploy_key) {
@@ -66,6 +75,23 @@ impl GitSource {
         };
         let oid = commit(&repo, change, signer.as_ref())
             .map_err(|e| failed(self.scrub(e).message().to_string()))?;
+        // No `+`: a branch that moved is never overwritten.
+        match self.send(&repo, &format!("{oid}:refs/heads/{branch}"))? {
+            Sent::Done => Ok(Pushed::Commit(oid.to_string())),
+            Sent::NotFastForward => Ok(Pushed::Moved),
+            Sent::Refused(status)
+                if status.contains("fast-forward") || status.contains("fetch first") =>
+            {
+                Ok(Pushed::Moved)
+            }
+            Sent::Refused(status) => {
+                Err(failed(format!("the server refused the update: {status}")))
+            }
+        }
+    }
+
+    /// Pushes one refspec with the fetch's access.
+    fn send(&self, repo: &Repository, refspec: &str) -> Result<Sent, Error> {
         let remote_info = remote::parse(&self.url);
         let host_key_error: RefCell<Option<String>> = RefCell::new(None);
         let tried_credentials = RefCell::new(false);
@@ -87,14 +113,12 @@ impl GitSource {
         options.proxy_options(self.proxy_options(&remote_info));
         let mut git_remote = repo
             .remote_anonymous(&self.url)
-            .map_err(|e| failed(self.scrub(e).message().to_string()))?;
-        // No `+`: a branch that moved is never overwritten.
-        let refspec = format!("{oid}:refs/heads/{branch}");
-        let pushed = git_remote.push(&[refspec.as_str()], Some(&mut options));
+            .map_err(|e| self.classify(e, remote_info.scheme))?;
+        let pushed = git_remote.push(&[refspec], Some(&mut options));
         drop(options);
         if let Err(e) = pushed {
             if e.code() == git2::ErrorCode::NotFastForward {
-                return Ok(Pushed::Moved);
+                return Ok(Sent::NotFastForward);
             }
             if let Some(message) = host_key_error.take() {
                 return Err(Error::HostKey {
@@ -104,13 +128,30 @@ impl GitSource {
             }
             return Err(self.classify(e, remote_info.scheme));
         }
-        if let Some(status) = refused.take() {
-            if status.contains("fast-forward") || status.contains("fetch first") {
-                return Ok(Pushed::Moved);
-            }
-            return Err(failed(format!("the server refused the update: {status}")));
+        Ok(match refused.take() {
+            Some(status) => Sent::Refused(status),
+            None => Sent::Done,
+        })
+    }
+}
+
+impl GitSource {
+    /// Points tag `tag` of the remote at `revision` (created, or moved from
+    /// where it was), as Flux v1 moved `flux-sync` to each revision synced.
+    pub fn push_tag(&self, revision: &str, tag: &str) -> Result<(), Error> {
+        let _lock = self.lock()?;
+        let repo = self.open_cache()?;
+        let failed = |reason: String| Error::Push {
+            url: self.shown_url(),
+            target: format!("tag {tag}"),
+            reason,
+        };
+        // A tag is a pointer, not history: moving it is what it is for.
+        match self.send(&repo, &format!("+{revision}:refs/tags/{tag}"))? {
+            Sent::Refused(status) => Err(failed(format!("the server refused the tag: {status}"))),
+            Sent::Done => Ok(()),
+            Sent::NotFastForward => Err(failed("the tag was not moved".into())),
         }
-        Ok(Pushed::Commit(oid.to_string()))
     }
 }
 

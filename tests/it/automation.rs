@@ -747,3 +747,53 @@ fn a_signed_commit_is_verified_by_git_itself() {
         "an unsigned commit does not pass"
     );
 }
+
+#[tokio::test]
+async fn the_sync_tag_follows_each_revision_synced() {
+    let ns = crate::support::unique("sync-tag");
+    let repo = GitRepo::new();
+    repo.write("app.yaml", &crate::support::app_yaml(&ns, "1"));
+    let first = repo.push("first");
+    let _daemon = repo.daemon(
+        &repo.url(),
+        &[
+            "--listen",
+            "off",
+            "--git-poll-interval",
+            "1h",
+            "--git-sync-tag",
+            "flux-sync",
+        ],
+    );
+    let tagged = |revision: String| {
+        let bare = repo.bare.clone();
+        async move {
+            crate::support::eventually(
+                &format!("flux-sync at {revision}"),
+                Duration::from_secs(30),
+                || async {
+                    let at = Command::new("git")
+                        .args(["rev-parse", "--verify", "--quiet", "flux-sync^{commit}"])
+                        .current_dir(&bare)
+                        .output()
+                        .ok()?;
+                    (String::from_utf8_lossy(&at.stdout).trim() == revision).then_some(())
+                },
+            )
+            .await
+        }
+    };
+    tagged(first).await;
+    repo.write("app.yaml", &crate::support::app_yaml(&ns, "2"));
+    let second = repo.push("second");
+    tagged(second.clone()).await;
+    assert_eq!(
+        crate::support::settings_value(&ns).await.as_deref(),
+        Some("2")
+    );
+    assert_eq!(
+        git(&repo.bare, &["rev-parse", "main"]),
+        second,
+        "main is as pushed"
+    );
+}
