@@ -96,6 +96,8 @@ impl GitSource {
         let host_key_error: RefCell<Option<String>> = RefCell::new(None);
         let tried_credentials = RefCell::new(false);
         let refused: RefCell<Option<String>> = RefCell::new(None);
+        // What the server's hooks print (`remote: …`): its reason for a refusal.
+        let said: RefCell<String> = RefCell::new(String::new());
         let mut callbacks = self.callbacks(
             &remote_info,
             self.https_credentials(),
@@ -107,6 +109,13 @@ impl GitSource {
                 *refused.borrow_mut() = Some(status.to_string());
             }
             Ok(())
+        });
+        callbacks.sideband_progress(|data| {
+            let mut said = said.borrow_mut();
+            if said.len() < 2000 {
+                said.push_str(&String::from_utf8_lossy(data));
+            }
+            true
         });
         let mut options = PushOptions::new();
         options.remote_callbacks(callbacks);
@@ -128,8 +137,19 @@ impl GitSource {
             }
             return Err(self.classify(e, remote_info.scheme));
         }
+        let said: String = said
+            .take()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join("; ")
+            .chars()
+            .filter(|c| !c.is_control())
+            .collect();
         Ok(match refused.take() {
-            Some(status) => Sent::Refused(status),
+            Some(status) if said.is_empty() => Sent::Refused(status),
+            Some(status) => Sent::Refused(format!("{status} (the server said: {said})")),
             None => Sent::Done,
         })
     }

@@ -797,3 +797,90 @@ async fn the_sync_tag_follows_each_revision_synced() {
         "main is as pushed"
     );
 }
+
+#[tokio::test]
+async fn a_refused_push_is_an_error_on_the_status_and_the_sync_goes_on() {
+    use k8s_openapi::api::apps::v1::Deployment;
+
+    let registry = LocalRegistry::start();
+    registry.push_image("team/guarded", "1.0.0", "2026-01-01T00:00:00Z");
+    registry.push_image("team/guarded", "1.1.0", "2026-02-01T00:00:00Z");
+    let ns = crate::support::unique("automation-refused");
+    let repo = GitRepo::new();
+    let image = format!("{}/team/guarded", registry.host());
+    repo.write("namespace.yaml", &crate::support::ns_yaml(&ns));
+    repo.write(
+        "web.yaml",
+        &automated_deployment(&ns, &format!("{image}:1.0.0")),
+    );
+    let first = repo.push("first");
+    // A protected branch: the server takes pushes over HTTPS, and its hook
+    // refuses every one.
+    git(&repo.bare, &["config", "http.receivepack", "true"]);
+    let hook = repo.bare.join("hooks/pre-receive");
+    std::fs::write(
+        &hook,
+        "#!/bin/sh\necho 'main is protected: open a pull request' >&2\nexit 1\n",
+    )
+    .unwrap();
+    Command::new("chmod")
+        .args(["755"])
+        .arg(&hook)
+        .status()
+        .unwrap();
+    let server = crate::servers::GitHttps::start(repo.bare.parent().unwrap(), "writer:letmein");
+    let secret = crate::support::unique("push-creds");
+    crate::support::create_secret(
+        &secret,
+        serde_json::json!({"username": "writer", "password": "letmein"}),
+    )
+    .await;
+    let ca = server.ca_file.to_string_lossy().into_owned();
+    let _daemon = repo.daemon(
+        &server.url("repo.git"),
+        &[
+            "--listen",
+            "off",
+            "--git-https-secret",
+            &secret,
+            "--git-ca-file",
+            &ca,
+            "--git-poll-interval",
+            "1h",
+            "--automation-interval",
+            "1s",
+            "--registry-insecure-host",
+            &registry.host(),
+        ],
+    );
+    let api: kube::Api<Deployment> = kube::Api::namespaced(crate::support::client().await, &ns);
+    crate::support::eventually("the first sync", Duration::from_secs(60), || async {
+        api.get_opt("web").await.ok()?.map(|_| ())
+    })
+    .await;
+    let automation =
+        crate::support::eventually("the refusal recorded", Duration::from_secs(60), || async {
+            let status = crate::support::status_json(&repo.sync_set);
+            let a = status.get("automation")?.clone();
+            a["errors"].to_string().contains("refused").then_some(a)
+        })
+        .await;
+    let errors = automation["errors"].to_string();
+    assert!(
+        errors.contains("main is protected"),
+        "the server's reason: {errors}"
+    );
+    assert!(
+        !errors.contains("letmein"),
+        "no credential in the status: {errors}"
+    );
+    // Nothing was written, and the cluster has what Git has.
+    assert_eq!(git(&repo.bare, &["rev-parse", "main"]), first);
+    let live = api.get("web").await.unwrap();
+    let live = live.spec.unwrap().template.spec.unwrap().containers[0]
+        .image
+        .clone();
+    assert_eq!(live, Some(format!("{image}:1.0.0")));
+    let status = crate::support::status_json(&repo.sync_set);
+    assert_eq!(status["result"], "succeeded", "the sync goes on");
+}
