@@ -127,7 +127,11 @@ fn probe_router(shared: Arc<Shared>) -> Router {
 pub fn hooks_router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/hooks/{provider}", post(hook))
-        .route("/hooks/registry/distribution", post(registry_hook))
+        .route("/hooks/registry/{format}", post(registry_hook))
+        .route(
+            "/hooks/registry/{format}/{token}",
+            post(registry_hook_with_token),
+        )
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(shared)
 }
@@ -140,7 +144,11 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/hooks/{provider}", post(hook))
-        .route("/hooks/registry/distribution", post(registry_hook))
+        .route("/hooks/registry/{format}", post(registry_hook))
+        .route(
+            "/hooks/registry/{format}/{token}",
+            post(registry_hook_with_token),
+        )
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(shared)
 }
@@ -160,12 +168,44 @@ async fn read_body(body: axum::body::Body) -> Result<Bytes, (StatusCode, String)
     }
 }
 
-/// A registry's push notification: the automation looks up images now.
+/// A registry's push notification, its secret in the `Authorization` header.
 async fn registry_hook(
     State(shared): State<Arc<Shared>>,
+    Path(format): Path<String>,
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> (StatusCode, String) {
+    let authorization = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    registry_notification(&shared, &format, authorization, false, body).await
+}
+
+/// A registry's push notification, its secret as the URL's last step.
+async fn registry_hook_with_token(
+    State(shared): State<Arc<Shared>>,
+    Path((format, token)): Path<(String, String)>,
+    body: axum::body::Body,
+) -> (StatusCode, String) {
+    registry_notification(&shared, &format, Some(token), true, body).await
+}
+
+/// The automation looks up images now if the notification is authentic.
+async fn registry_notification(
+    shared: &Arc<Shared>,
+    format: &str,
+    token: Option<String>,
+    in_path: bool,
+    body: axum::body::Body,
+) -> (StatusCode, String) {
+    use super::registry_hook::Format;
+    let Some(format) = Format::from_path(format).filter(|f| f.token_in_path() == in_path) else {
+        return (
+            StatusCode::NOT_FOUND,
+            "unknown registry notification format\n".into(),
+        );
+    };
     let body = match read_body(body).await {
         Ok(body) => body,
         Err(refused) => return refused,
@@ -176,8 +216,7 @@ async fn registry_hook(
             "webhooks are not configured (no secret)\n".into(),
         );
     };
-    let authorization = headers.get("authorization").and_then(|v| v.to_str().ok());
-    match super::registry_hook::verify(secret, authorization, &body) {
+    match super::registry_hook::verify(format, secret, token.as_deref(), &body) {
         super::registry_hook::Verdict::Unauthorized => {
             tracing::warn!("registry notification refused: missing or wrong token");
             (StatusCode::UNAUTHORIZED, "bad or missing token\n".into())
