@@ -74,7 +74,7 @@ impl Default for Pattern {
 }
 
 /// `*` matches any run of characters; nothing else is special.
-fn glob_matches(glob: &str, text: &str) -> bool {
+pub fn glob_matches(glob: &str, text: &str) -> bool {
     let parts: Vec<&str> = glob.split('*').collect();
     if parts.len() == 1 {
         return glob == text;

@@ -277,6 +277,12 @@ pub struct AutomationArgs {
     /// A Docker config.json with registry credentials, besides workloads' imagePullSecrets
     #[arg(long, env = "TIDEGATE_DOCKER_CONFIG")]
     docker_config: Option<PathBuf>,
+    /// Only look up images whose name (as `docker.io/library/nginx`) matches one of these globs (repeatable, or comma-separated)
+    #[arg(long, env = "TIDEGATE_REGISTRY_INCLUDE_IMAGE", value_delimiter = ',')]
+    registry_include_image: Vec<String>,
+    /// Never look up images whose name matches one of these globs (repeatable, or comma-separated)
+    #[arg(long, env = "TIDEGATE_REGISTRY_EXCLUDE_IMAGE", value_delimiter = ',')]
+    registry_exclude_image: Vec<String>,
     /// CA certificates (PEM) to trust for registries
     #[arg(long, env = "TIDEGATE_REGISTRY_CA_FILE")]
     registry_ca_file: Option<PathBuf>,
@@ -316,6 +322,8 @@ impl AutomationArgs {
             docker_config: self.docker_config.clone(),
             ca_file: self.registry_ca_file.clone(),
             default_namespace: default_namespace.to_string(),
+            include_images: self.registry_include_image.clone(),
+            exclude_images: self.registry_exclude_image.clone(),
         })
     }
 }

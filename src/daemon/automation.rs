@@ -53,6 +53,27 @@ pub struct Config {
     pub ca_file: Option<PathBuf>,
     /// Where workloads that name no namespace live.
     pub default_namespace: String,
+    /// `--registry-include-image` / `--registry-exclude-image`: globs over
+    /// image names (`docker.io/library/nginx`, `reg.io:5000/team/*`).
+    pub include_images: Vec<String>,
+    pub exclude_images: Vec<String>,
+}
+
+impl Config {
+    /// Whether an image's repository may be looked up.
+    fn looks_up(&self, canonical: &str) -> bool {
+        use crate::automation::policy::glob_matches;
+        let included = self.include_images.is_empty()
+            || self
+                .include_images
+                .iter()
+                .any(|g| glob_matches(g, canonical));
+        included
+            && !self
+                .exclude_images
+                .iter()
+                .any(|g| glob_matches(g, canonical))
+    }
 }
 
 /// What the loop works on: the source as last fetched (with its access),
@@ -403,10 +424,12 @@ fn look_up(
 ) -> BTreeMap<String, Vec<(String, Option<i64>)>> {
     let mut by_repo: BTreeMap<String, Vec<&Candidate>> = BTreeMap::new();
     for c in candidates {
-        by_repo
-            .entry(c.container.image.canonical())
-            .or_default()
-            .push(c);
+        let canonical = c.container.image.canonical();
+        if config.looks_up(&canonical) {
+            by_repo.entry(canonical).or_default().push(c);
+        } else {
+            tracing::debug!(image = %canonical, "automation: not looked up (--registry-include-image / --registry-exclude-image)");
+        }
     }
     let mut found = BTreeMap::new();
     for (canonical, users) in by_repo {
@@ -537,4 +560,43 @@ async fn pull_credentials(
         }
     }
     (found, errors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(include: &[&str], exclude: &[&str]) -> Config {
+        Config {
+            interval: Duration::from_secs(1),
+            committer: Person {
+                name: "t".into(),
+                email: "t@t".into(),
+            },
+            ci_skip: false,
+            push_branch: None,
+            sign: false,
+            insecure_hosts: Vec::new(),
+            rps: 1.0,
+            burst: 1,
+            timeout: Duration::from_secs(1),
+            platform: "linux/amd64".into(),
+            cache_file: None,
+            cache_expiry: Duration::from_secs(1),
+            docker_config: None,
+            ca_file: None,
+            default_namespace: "default".into(),
+            include_images: include.iter().map(|s| s.to_string()).collect(),
+            exclude_images: exclude.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn images_are_looked_up_as_the_include_and_exclude_globs_say() {
+        assert!(config(&[], &[]).looks_up("docker.io/library/nginx"));
+        let only_ours = config(&["reg.io/team/*"], &["reg.io/team/secret*"]);
+        assert!(only_ours.looks_up("reg.io/team/web"));
+        assert!(!only_ours.looks_up("docker.io/library/nginx"));
+        assert!(!only_ours.looks_up("reg.io/team/secret-tool"));
+    }
 }
