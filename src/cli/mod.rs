@@ -12,6 +12,7 @@ mod post_render;
 mod status;
 mod sync;
 mod validate;
+mod workloads;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -66,6 +67,8 @@ enum Command {
     Identity(identity::Args),
     /// Ask the daemon to fetch and sync now, and wait for the result
     Sync(sync::Args),
+    /// List the workloads and HelmReleases a sync set manages: containers, images, automation
+    ListWorkloads(workloads::Args),
     /// Print the manifests that run tidegate in a cluster, for kubectl apply -f -
     Install(install::Args),
     /// Print the version and the Git commit tidegate was built from
@@ -139,6 +142,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Command::Status(args) => runtime.block_on(status::run(args, connection)),
         Command::Identity(args) => runtime.block_on(identity::run(args, connection)),
         Command::Sync(args) => runtime.block_on(sync::run(args, connection)),
+        Command::ListWorkloads(args) => runtime.block_on(workloads::run(args, connection)),
         Command::Validate(_)
         | Command::PostRender(_)
         | Command::Install(_)

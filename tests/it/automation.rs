@@ -413,6 +413,32 @@ async fn an_automated_deployment_moves_to_the_newest_allowed_tag_by_a_commit() {
     })
     .await;
 
+    // fluxctl's list-workloads, from the cluster.
+    let listed = crate::support::tidegate(&[
+        "list-workloads",
+        "--sync-set-name",
+        &repo.sync_set,
+        "--workload-namespace",
+        &ns,
+        "-o",
+        "json",
+    ]);
+    assert!(
+        listed.status.success(),
+        "{}",
+        crate::support::stderr(&listed)
+    );
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let web = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["workload"] == format!("{ns}:deployment/web"))
+        .unwrap_or_else(|| panic!("web listed: {listed}"))
+        .clone();
+    assert_eq!(web["automated"], true);
+    assert_eq!(web["containers"][0]["name"], "web");
+    assert_eq!(web["containers"][0]["image"], format!("{image}:1.1.0"));
     // One commit on top of the first, by the configured committer, with
     // Flux v1's message, changing only the tag's bytes.
     let head = git(&repo.bare, &["rev-parse", "main"]);
