@@ -40,7 +40,8 @@ impl BuildTimes {
     pub fn put(&mut self, canonical: &str, tag: &str, created: Option<i64>, now: i64) {
         self.entries
             .insert(key(canonical, tag), Learnt { created, at: now });
-        if self.entries.len() > MAX_ENTRIES {
+        // Trimmed by a tenth at a time, not on every insert past the bound.
+        if self.entries.len() > MAX_ENTRIES + MAX_ENTRIES / 10 {
             self.trim(MAX_ENTRIES);
         }
     }
@@ -58,11 +59,22 @@ impl BuildTimes {
         self.entries.retain(|_, l| now - l.at < expiry);
     }
 
+    /// Keeps the `max` learnt last (by time, then name), so the bound
+    /// holds when a cycle learns many at one second.
     fn trim(&mut self, max: usize) {
-        let mut ages: Vec<i64> = self.entries.values().map(|l| l.at).collect();
-        ages.sort_unstable();
-        let cut = ages[ages.len() - max];
-        self.entries.retain(|_, l| l.at >= cut);
+        if self.entries.len() <= max {
+            return;
+        }
+        let mut order: Vec<(i64, String)> = self
+            .entries
+            .iter()
+            .map(|(k, l)| (l.at, k.clone()))
+            .collect();
+        order.sort_unstable();
+        let drop = order.len() - max;
+        for (_, key) in order.into_iter().take(drop) {
+            self.entries.remove(&key);
+        }
     }
 
     /// The cache written at `path`; empty when there is none or it cannot
@@ -138,5 +150,14 @@ mod tests {
             "the newest stay"
         );
         assert_eq!(cache.get("r", "0", 9, 100), None);
+        for i in 0..10 {
+            cache.put("same-second", &i.to_string(), None, 100);
+        }
+        cache.trim(4);
+        assert_eq!(
+            cache.len(),
+            4,
+            "the bound holds when all were learnt at once"
+        );
     }
 }

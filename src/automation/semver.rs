@@ -169,9 +169,9 @@ impl Partial {
     fn bumped(&self, level: usize) -> Version {
         let get = |i: usize| self.parts.get(i).copied().unwrap_or(0);
         match level {
-            0 => Version::new(get(0) + 1, 0, 0),
-            1 => Version::new(get(0), get(1) + 1, 0),
-            _ => Version::new(get(0), get(1), get(2) + 1),
+            0 => Version::new(get(0).saturating_add(1), 0, 0),
+            1 => Version::new(get(0), get(1).saturating_add(1), 0),
+            _ => Version::new(get(0), get(1), get(2).saturating_add(1)),
         }
     }
 

@@ -17,6 +17,8 @@ use crate::render::Manifest;
 pub struct Candidate {
     /// The object, as people read it (`apps/v1 Deployment shop/web`).
     pub object: String,
+    /// Its namespace: whose pull secrets its images are read with.
+    pub namespace: String,
     pub file: PathBuf,
     pub document: usize,
     pub container: Container,
@@ -43,14 +45,34 @@ impl std::fmt::Display for Problem {
     }
 }
 
-/// The automated, unlocked containers of the desired set, and what keeps
-/// others from being read (a bad annotation, an image that does not parse).
-pub fn candidates(manifests: &[Manifest]) -> (Vec<Candidate>, Vec<Problem>) {
+/// The automated, unlocked containers of the desired set in namespaces
+/// `allowed` (empty: any), and what keeps others from being read (a bad
+/// annotation, an image that does not parse). Objects of a `…List` are
+/// left alone: their paths are not the file's.
+pub fn candidates(
+    manifests: &[Manifest],
+    default_namespace: &str,
+    allowed: &[String],
+) -> (Vec<Candidate>, Vec<Problem>) {
     let mut found = Vec::new();
     let mut problems = Vec::new();
+    let mut per_document: BTreeMap<(&PathBuf, usize), usize> = BTreeMap::new();
     for m in manifests {
+        *per_document.entry((&m.file, m.index)).or_default() += 1;
+    }
+    for m in manifests {
+        if per_document[&(&m.file, m.index)] > 1 {
+            continue;
+        }
         let object = m.object.value();
         let id = &m.id;
+        let namespace = id
+            .namespace
+            .clone()
+            .unwrap_or_else(|| default_namespace.to_string());
+        if !allowed.is_empty() && !allowed.contains(&namespace) {
+            continue;
+        }
         if !containers::is_workload(&id.api_version(), &id.kind) {
             continue;
         }
@@ -87,6 +109,7 @@ pub fn candidates(manifests: &[Manifest]) -> (Vec<Candidate>, Vec<Problem>) {
             }
             found.push(Candidate {
                 object: id.to_string(),
+                namespace: namespace.clone(),
                 file: m.file.clone(),
                 document: m.index,
                 pattern: policy.pattern(&container.name),
@@ -117,8 +140,14 @@ pub struct Update {
     pub edits: Vec<Edit>,
 }
 
+/// Under which key a candidate's tags are looked up: its repository as
+/// read with its namespace's credentials.
+pub fn tags_key(namespace: &str, canonical: &str) -> String {
+    format!("{namespace} {canonical}")
+}
+
 /// The tag each candidate moves to, given the tags of each repository
-/// (by canonical name: `(tag, when built)`); a candidate whose repository
+/// (by [`tags_key`]: `(tag, when built)`); a candidate whose repository
 /// is not known, or whose pick is its tag already, does not move.
 pub fn updates(
     candidates: &[Candidate],
@@ -128,7 +157,7 @@ pub fn updates(
     let mut out = Vec::new();
     for c in candidates {
         let image = &c.container.image;
-        let Some(listed) = tags.get(&image.canonical()) else {
+        let Some(listed) = tags.get(&tags_key(&c.namespace, &image.canonical())) else {
             continue;
         };
         let Some(pick) = policy::pick(&c.pattern, listed) else {
@@ -225,7 +254,7 @@ mod tests {
     fn tags(list: &[(&str, &str, Option<i64>)]) -> BTreeMap<String, Vec<(String, Option<i64>)>> {
         let mut out: BTreeMap<String, Vec<(String, Option<i64>)>> = BTreeMap::new();
         for (repo, tag, created) in list {
-            out.entry(repo.to_string())
+            out.entry(tags_key("shop", repo))
                 .or_default()
                 .push((tag.to_string(), *created));
         }
@@ -259,7 +288,7 @@ mod tests {
                 deployment("manual", json!({}), &[("web", "reg.io/web:1.2.0")]),
             ),
         ];
-        let (found, problems) = candidates(&manifests);
+        let (found, problems) = candidates(&manifests, "default", &[]);
         assert!(problems.is_empty(), "{problems:?}");
         let names: Vec<(&str, &str)> = found
             .iter()
@@ -293,6 +322,33 @@ mod tests {
     }
 
     #[test]
+    fn workloads_outside_the_allowed_namespaces_and_in_lists_are_left_alone() {
+        let automated = json!({"fluxcd.io/automated": "true"});
+        let web = deployment("web", automated.clone(), &[("web", "reg.io/web:1")]);
+        let mut elsewhere = web.clone();
+        elsewhere["metadata"]["namespace"] = "other".into();
+        let manifests = vec![
+            manifest("web.yaml", 0, web.clone()),
+            manifest("other.yaml", 0, elsewhere),
+            // Two objects of one document: a List's items.
+            manifest(
+                "list.yaml",
+                0,
+                deployment("a", automated.clone(), &[("a", "reg.io/a:1")]),
+            ),
+            manifest(
+                "list.yaml",
+                0,
+                deployment("b", automated, &[("b", "reg.io/b:1")]),
+            ),
+        ];
+        let (found, _) = candidates(&manifests, "default", &["shop".to_string()]);
+        let objects: Vec<&str> = found.iter().map(|c| c.object.as_str()).collect();
+        assert_eq!(objects, ["apps/v1 Deployment shop/web"]);
+        assert_eq!(found[0].namespace, "shop");
+    }
+
+    #[test]
     fn a_bad_filter_names_the_annotation_and_leaves_its_container_alone() {
         let manifests = vec![manifest(
             "web.yaml",
@@ -303,7 +359,7 @@ mod tests {
                 &[("web", "reg.io/web:1"), ("side", "Bad Image")],
             ),
         )];
-        let (found, problems) = candidates(&manifests);
+        let (found, problems) = candidates(&manifests, "default", &[]);
         assert!(found.is_empty());
         let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
         assert!(
@@ -339,7 +395,7 @@ spec:
 ";
         let object: Value = serde_saphyr::from_str(text).unwrap();
         let manifests = vec![manifest("shop.yaml", 0, object.clone())];
-        let (found, problems) = candidates(&manifests);
+        let (found, problems) = candidates(&manifests, "default", &[]);
         assert!(problems.is_empty(), "{problems:?}");
         let listed = tags(&[
             ("reg.io/shop", "2.0.0", Some(1)),

@@ -246,9 +246,6 @@ pub struct AutomationArgs {
     /// Sign automation's commits: "deploy-key" signs with the deploy key, in git's SSH signature format
     #[arg(long, env = "TIDEGATE_GIT_SIGNING_KEY", value_parser = ["deploy-key"])]
     git_signing_key: Option<String>,
-    /// Push automation's commits to this branch instead of the synced one (for a pull-request flow)
-    #[arg(long, env = "TIDEGATE_GIT_PUSH_BRANCH")]
-    git_push_branch: Option<String>,
     /// A registry (host[:port]) reached over plain HTTP (repeatable, or comma-separated)
     #[arg(long, env = "TIDEGATE_REGISTRY_INSECURE_HOST", value_delimiter = ',')]
     registry_insecure_host: Vec<String>,
@@ -294,6 +291,7 @@ impl AutomationArgs {
         &self,
         git_cache: &std::path::Path,
         default_namespace: &str,
+        allow_namespaces: &[String],
     ) -> Option<daemon::automation::Config> {
         if self.git_readonly || self.registry_disable_scanning {
             return None;
@@ -306,7 +304,6 @@ impl AutomationArgs {
             interval: self.automation_interval,
             committer: person,
             ci_skip: self.git_ci_skip,
-            push_branch: self.git_push_branch.clone(),
             sign: self.git_signing_key.is_some(),
             insecure_hosts: self.registry_insecure_host.clone(),
             rps: self.registry_rps,
@@ -322,6 +319,7 @@ impl AutomationArgs {
             docker_config: self.docker_config.clone(),
             ca_file: self.registry_ca_file.clone(),
             default_namespace: default_namespace.to_string(),
+            allow_namespaces: allow_namespaces.to_vec(),
             include_images: self.registry_include_image.clone(),
             exclude_images: self.registry_exclude_image.clone(),
         })
@@ -440,7 +438,11 @@ pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode>
     settings.helm = Some(helm);
     let automation = args
         .automation
-        .config(&cache_dir, &args.sync.k8s_default_namespace)
+        .config(
+            &cache_dir,
+            &args.sync.k8s_default_namespace,
+            &args.sync.k8s_allow_namespace,
+        )
         .filter(|_| !args.once);
     let config = daemon::Config {
         source: GitSource {

@@ -32,8 +32,6 @@ pub struct Config {
     pub committer: Person,
     /// `--git-ci-skip`: `[ci skip]` after the message.
     pub ci_skip: bool,
-    /// `--git-push-branch`: push there instead of the synced branch.
-    pub push_branch: Option<String>,
     /// `--git-signing-key deploy-key`: sign commits with the deploy key.
     pub sign: bool,
     /// `--registry-insecure-host`: registries reached over plain HTTP.
@@ -53,6 +51,9 @@ pub struct Config {
     pub ca_file: Option<PathBuf>,
     /// Where workloads that name no namespace live.
     pub default_namespace: String,
+    /// `--k8s-allow-namespace`: automation reads and edits only workloads
+    /// there, with their own namespace's pull secrets.
+    pub allow_namespaces: Vec<String>,
     /// `--registry-include-image` / `--registry-exclude-image`: globs over
     /// image names (`docker.io/library/nginx`, `reg.io:5000/team/*`).
     pub include_images: Vec<String>,
@@ -82,9 +83,6 @@ impl Config {
 pub struct Latest {
     pub current: Option<(GitSource, Snapshot, render::Options)>,
 }
-
-/// Pushes a branch that moved is tried on a fresh fetch, at most.
-const TRIES: usize = 3;
 
 /// Runs the loop until `stop`; a pushed commit asks the daemon to fetch.
 pub fn start(
@@ -147,7 +145,7 @@ impl Scanner {
         let (credentials, unread) =
             pull_credentials(&kube, &self.config, &snapshot, &options).await;
         {
-            let mut clients = self.clients.lock().expect("clients");
+            let mut clients = lock(&self.clients);
             clients.credentials = credentials;
             clients.found = Found {
                 errors: unread,
@@ -155,17 +153,20 @@ impl Scanner {
             };
         }
         let (config, clients) = (self.config.clone(), self.clients.clone());
+        let cluster = self.cluster.detached();
         let done = tokio::task::spawn_blocking(move || {
+            let fenced = || cluster.fenced().is_err();
             run_cycle(
                 &config,
                 &source,
                 snapshot,
                 &options,
-                &mut clients.lock().expect("clients"),
+                &mut lock(&clients),
+                &fenced,
             )
         })
         .await;
-        let mut found = std::mem::take(&mut self.clients.lock().expect("clients").found);
+        let mut found = std::mem::take(&mut lock(&self.clients).found);
         let now = crate::cluster::state::now();
         let mut pushed = false;
         match done {
@@ -190,6 +191,13 @@ impl Scanner {
         self.metrics.automated(&self.record, pushed);
         pushed
     }
+}
+
+/// The clients, whole even if a cycle panicked while holding them.
+fn lock(clients: &Mutex<Clients>) -> std::sync::MutexGuard<'_, Clients> {
+    clients
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// What one cycle found, for the record.
@@ -232,8 +240,8 @@ async fn report(cluster: &Cluster, state: &StateRef, record: &AutomationStatus) 
 struct Clients {
     registries: HashMap<String, (Option<(String, String)>, Registry)>,
     times: BuildTimes,
-    /// This cycle's, by host.
-    credentials: Credentials,
+    /// This cycle's: `--docker-config`'s ("" ) and each namespace's own.
+    credentials: HashMap<String, Credentials>,
     ca_pem: Option<Vec<u8>>,
     /// This cycle's findings.
     found: Found,
@@ -264,17 +272,30 @@ impl Clients {
         Clients {
             registries: HashMap::new(),
             times,
-            credentials: Credentials::new(),
+            credentials: HashMap::new(),
             ca_pem,
             found: Found::default(),
         }
     }
 
-    fn get(&mut self, config: &Config, host: &str) -> Result<&Registry, registry::Error> {
-        let credentials = self.credentials.get(host).cloned();
+    /// The client of `host` with `namespace`'s credentials for it (else
+    /// `--docker-config`'s).
+    fn get(
+        &mut self,
+        config: &Config,
+        host: &str,
+        namespace: &str,
+    ) -> Result<&Registry, registry::Error> {
+        let credentials = self
+            .credentials
+            .get(namespace)
+            .and_then(|c| c.get(host))
+            .or_else(|| self.credentials.get("").and_then(|c| c.get(host)))
+            .cloned();
+        let key = format!("{namespace} {host}");
         if self
             .registries
-            .get(host)
+            .get(&key)
             .is_none_or(|(c, _)| *c != credentials)
         {
             let client = Registry::new(registry::Settings {
@@ -288,10 +309,9 @@ impl Clients {
                 platform: config.platform.clone(),
                 ..registry::Settings::default()
             })?;
-            self.registries
-                .insert(host.to_string(), (credentials, client));
+            self.registries.insert(key.clone(), (credentials, client));
         }
-        Ok(&self.registries[host].1)
+        Ok(&self.registries[&key].1)
     }
 }
 
@@ -299,34 +319,32 @@ impl Clients {
 fn run_cycle(
     config: &Config,
     source: &GitSource,
-    mut snapshot: Snapshot,
+    snapshot: Snapshot,
     options: &render::Options,
     clients: &mut Clients,
+    fenced: &dyn Fn() -> bool,
 ) -> Result<Option<String>, String> {
-    let branch = config
-        .push_branch
-        .clone()
-        .unwrap_or_else(|| source.branch.clone());
-    for _ in 0..TRIES {
-        let change = cycle(config, &snapshot, options, clients);
-        keep_build_times(config, clients);
-        let Some(change) = change? else {
-            return Ok(None);
-        };
-        match source
-            .push(&change, &branch)
-            .map_err(|e| crate::model::error_chain(&e))?
-        {
-            Pushed::Commit(revision) => return Ok(Some(revision)),
-            Pushed::Moved => {
-                tracing::info!(%branch, "automation: the branch moved; fetching and trying again");
-                snapshot = source.fetch().map_err(|e| crate::model::error_chain(&e))?;
-            }
-        }
+    let branch = source.branch.clone();
+    let change = cycle(config, source, &snapshot, options, clients);
+    keep_build_times(config, clients);
+    let Some(change) = change? else {
+        return Ok(None);
+    };
+    // The Lease may have gone while the registries were read.
+    if fenced() {
+        return Err("not pushed: this daemon no longer holds the leader Lease".into());
     }
-    Err(format!(
-        "branch {branch} kept moving; tried {TRIES} times, trying again next cycle"
-    ))
+    match source
+        .push(&change, &branch)
+        .map_err(|e| crate::model::error_chain(&e))?
+    {
+        Pushed::Commit(revision) => Ok(Some(revision)),
+        // The sync loop fetches what moved it; the next cycle edits that.
+        Pushed::Moved => Err(format!(
+            "branch {branch} moved since {}; its new head is fetched and edited next cycle",
+            &snapshot.revision[..12.min(snapshot.revision.len())]
+        )),
+    }
 }
 
 /// Writes the build times learnt to `--registry-cache-file`, the expired
@@ -350,12 +368,17 @@ fn keep_build_times(config: &Config, clients: &mut Clients) {
 /// The commit one cycle makes on `snapshot`, if any image moves.
 fn cycle(
     config: &Config,
+    source: &GitSource,
     snapshot: &Snapshot,
     options: &render::Options,
     clients: &mut Clients,
 ) -> Result<Option<Change>, String> {
     let set = render::render(&snapshot.tree, options);
-    let (candidates, problems) = update::candidates(&set.manifests);
+    let (candidates, problems) = update::candidates(
+        &set.manifests,
+        &config.default_namespace,
+        &config.allow_namespaces,
+    );
     for p in &problems {
         problem(&mut clients.found.errors, p.to_string());
     }
@@ -374,17 +397,22 @@ fn cycle(
     let mut files = Vec::new();
     let mut applied: Vec<Update> = Vec::new();
     for (file, ups) in by_file {
-        let path = snapshot.tree.join(&file);
         let shown = crate::model::shown(&file);
-        let Ok(text) = std::fs::read_to_string(&path) else {
-            problem(
-                &mut clients.found.errors,
-                format!("{shown}: cannot be read; not edited"),
-            );
-            continue;
+        // The file as the commit has it (not the checkout, which the sync
+        // loop may be moving): a regular file, or it is not edited.
+        let text = match source.read_file(&snapshot.revision, &file) {
+            Ok(text) => text,
+            Err(e) => {
+                problem(
+                    &mut clients.found.errors,
+                    format!("{shown}: {e}; not edited"),
+                );
+                continue;
+            }
         };
         let edits: Vec<edit::Edit> = ups.iter().flat_map(|u| u.edits.clone()).collect();
         match edit::apply(&text, &edits) {
+            Ok(new) if new == text => {}
             Ok(new) => {
                 files.push((file.clone(), new.into_bytes()));
                 applied.extend(ups.into_iter().cloned());
@@ -426,21 +454,35 @@ fn look_up(
     for c in candidates {
         let canonical = c.container.image.canonical();
         if config.looks_up(&canonical) {
-            by_repo.entry(canonical).or_default().push(c);
+            by_repo
+                .entry(update::tags_key(&c.namespace, &canonical))
+                .or_default()
+                .push(c);
         } else {
             tracing::debug!(image = %canonical, "automation: not looked up (--registry-include-image / --registry-exclude-image)");
         }
     }
     let mut found = BTreeMap::new();
-    for (canonical, users) in by_repo {
+    // A registry that fails (down, stalling, rate limiting past its waits)
+    // is given up on for this cycle: its other images wait for the next.
+    let mut given_up: std::collections::HashSet<String> = Default::default();
+    for (key, users) in by_repo {
         let image = &users[0].container.image;
-        let tags = clients
-            .get(config, image.host())
-            .and_then(|client| client.tags(&image.repository()));
+        let (namespace, host) = (users[0].namespace.clone(), image.host().to_string());
+        let canonical = image.canonical();
+        if given_up.contains(&host) {
+            continue;
+        }
         let repository = image.repository();
+        let tags = clients
+            .get(config, &host, &namespace)
+            .and_then(|client| client.tags(&repository));
         let tags = match tags {
             Ok(t) => t,
             Err(e) => {
+                if e.registry_fails() {
+                    given_up.insert(host);
+                }
                 problem(&mut clients.found.errors, format!("{canonical}: {e}"));
                 continue;
             }
@@ -450,35 +492,67 @@ fn look_up(
             .map(|c| &c.pattern)
             .filter(|p| !p.by_version())
             .collect();
-        let now = k8s_openapi::jiff::Timestamp::now().as_second();
-        let expiry = config.cache_expiry.as_secs() as i64;
-        let mut listed = Vec::new();
-        for tag in tags {
-            // A build time is read only for a tag a time-ordered filter
-            // passes, and only once while it is trusted.
-            let created = if !timed.iter().any(|p| p.matches(&tag)) {
-                None
-            } else if let Some(known) = clients.times.get(&canonical, &tag, now, expiry) {
-                known
-            } else {
-                let client = clients.get(config, image.host()).expect("made above");
-                match client.created(&repository, &tag) {
-                    Ok((created, _)) => {
-                        clients.times.put(&canonical, &tag, created, now);
-                        created
-                    }
-                    Err(e) => {
-                        problem(&mut clients.found.errors, format!("{canonical}:{tag}: {e}"));
-                        None
-                    }
-                }
-            };
-            listed.push((tag, created));
-        }
-        found.insert(canonical, listed);
+        let repo = Repo {
+            canonical: &canonical,
+            host: &host,
+            namespace: &namespace,
+            repository: &repository,
+        };
+        let listed = build_times(config, clients, &repo, &timed, tags, &mut given_up);
+        found.insert(key, listed);
         clients.found.repositories += 1;
     }
     found
+}
+
+/// One repository as a cycle reads it.
+struct Repo<'a> {
+    canonical: &'a str,
+    host: &'a str,
+    namespace: &'a str,
+    repository: &'a str,
+}
+
+/// Each tag with when its image was built, read only for a tag a
+/// time-ordered filter passes, and only once while it is trusted.
+fn build_times(
+    config: &Config,
+    clients: &mut Clients,
+    repo: &Repo<'_>,
+    timed: &[&Pattern],
+    tags: Vec<String>,
+    given_up: &mut std::collections::HashSet<String>,
+) -> Vec<(String, Option<i64>)> {
+    let now = k8s_openapi::jiff::Timestamp::now().as_second();
+    let expiry = config.cache_expiry.as_secs() as i64;
+    let mut listed = Vec::new();
+    for tag in tags {
+        let created = if !timed.iter().any(|p| p.matches(&tag)) || given_up.contains(repo.host) {
+            None
+        } else if let Some(known) = clients.times.get(repo.canonical, &tag, now, expiry) {
+            known
+        } else {
+            let read = clients
+                .get(config, repo.host, repo.namespace)
+                .and_then(|client| client.created(repo.repository, &tag));
+            match read {
+                Ok((created, _)) => {
+                    clients.times.put(repo.canonical, &tag, created, now);
+                    created
+                }
+                Err(e) => {
+                    if e.registry_fails() {
+                        given_up.insert(repo.host.to_string());
+                    }
+                    let canonical = repo.canonical;
+                    problem(&mut clients.found.errors, format!("{canonical}:{tag}: {e}"));
+                    None
+                }
+            }
+        };
+        listed.push((tag, created));
+    }
+    listed
 }
 
 /// The registry credentials of this cycle: `--docker-config`, then the
@@ -490,16 +564,18 @@ async fn pull_credentials(
     config: &Config,
     snapshot: &Snapshot,
     options: &render::Options,
-) -> (Credentials, Vec<String>) {
+) -> (HashMap<String, Credentials>, Vec<String>) {
     use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
-    let mut found = Credentials::new();
+    let mut found: HashMap<String, Credentials> = HashMap::new();
     let mut errors = Vec::new();
     if let Some(file) = &config.docker_config {
         match std::fs::read(file)
             .map_err(|e| e.to_string())
             .and_then(|b| credentials::parse(&b))
         {
-            Ok(c) => found.extend(c),
+            Ok(c) => {
+                found.insert(String::new(), c);
+            }
             Err(e) => problem(
                 &mut errors,
                 format!("--docker-config {}: {e}", file.display()),
@@ -510,21 +586,22 @@ async fn pull_credentials(
     let Ok(set) = tokio::task::spawn_blocking(move || render::render(&tree, &options)).await else {
         return (found, errors);
     };
-    let (candidates, _) = update::candidates(&set.manifests);
+    let (candidates, _) = update::candidates(
+        &set.manifests,
+        &config.default_namespace,
+        &config.allow_namespaces,
+    );
+    // Each namespace's automated workloads' pull secrets and their service
+    // accounts', read in that namespace only, for its workloads only.
     let mut wanted: std::collections::BTreeSet<(String, String)> = Default::default();
     let mut accounts: std::collections::BTreeSet<(String, String)> = Default::default();
-    for m in set
-        .manifests
-        .iter()
-        .filter(|m| candidates.iter().any(|c| c.object == m.id.to_string()))
-    {
-        let ns =
-            m.id.namespace
-                .clone()
-                .unwrap_or_else(|| config.default_namespace.clone());
+    for m in set.manifests.iter() {
+        let Some(c) = candidates.iter().find(|c| c.object == m.id.to_string()) else {
+            continue;
+        };
         let (secrets, account) = credentials::pull_secret_refs(&m.object.value());
-        wanted.extend(secrets.into_iter().map(|s| (ns.clone(), s)));
-        accounts.insert((ns, account));
+        wanted.extend(secrets.into_iter().map(|s| (c.namespace.clone(), s)));
+        accounts.insert((c.namespace.clone(), account));
     }
     for (ns, account) in accounts {
         let api: kube::Api<ServiceAccount> = kube::Api::namespaced(kube.clone(), &ns);
@@ -555,7 +632,7 @@ async fn pull_credentials(
             continue;
         };
         match credentials::parse(&config.0) {
-            Ok(c) => found.extend(c),
+            Ok(c) => found.entry(ns).or_default().extend(c),
             Err(e) => problem(&mut errors, format!("pull secret {ns}/{name}: {e}")),
         }
     }
@@ -574,7 +651,6 @@ mod tests {
                 email: "t@t".into(),
             },
             ci_skip: false,
-            push_branch: None,
             sign: false,
             insecure_hosts: Vec::new(),
             rps: 1.0,
@@ -586,6 +662,7 @@ mod tests {
             docker_config: None,
             ca_file: None,
             default_namespace: "default".into(),
+            allow_namespaces: Vec::new(),
             include_images: include.iter().map(|s| s.to_string()).collect(),
             exclude_images: exclude.iter().map(|s| s.to_string()).collect(),
         }

@@ -21,14 +21,15 @@ const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
     application/vnd.docker.distribution.manifest.v2+json";
 /// Tags asked for per page.
 const PAGE: usize = 1000;
-/// Pages followed at most (a million tags).
-const MAX_PAGES: usize = 1000;
+/// Pages followed at most, and tags kept per repository at most.
+const MAX_PAGES: usize = 20;
+const MAX_TAGS: usize = 10_000;
 /// Manifests, configs and token answers read at most.
 const MAX_BODY: u64 = 4 * 1024 * 1024;
 /// How often a `429` is waited out before the request fails.
-const MAX_RETRIES: u32 = 4;
+const MAX_RETRIES: u32 = 2;
 /// The longest `Retry-After` honoured.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -47,6 +48,19 @@ pub enum Error {
         what: String,
         reason: String,
     },
+}
+
+impl Error {
+    /// The registry itself is failing (unreachable, stalling, rate
+    /// limiting, erring): not worth asking again this cycle. A refusal or
+    /// a missing repository is one image's problem.
+    pub fn registry_fails(&self) -> bool {
+        match self {
+            Error::Request { .. } => true,
+            Error::Status { code, .. } => *code == 429 || *code >= 500,
+            Error::Content { .. } => false,
+        }
+    }
 }
 
 /// How to reach one registry.
@@ -169,7 +183,19 @@ impl Registry {
             let full = listed.len() == page_size;
             let last = listed.last().cloned();
             let before = tags.len();
-            for tag in listed {
+            // Only what can be a tag is one: a registry's list is input.
+            for tag in listed
+                .into_iter()
+                .filter(|t| crate::automation::image::valid_tag(t))
+            {
+                if tags.len() >= MAX_TAGS {
+                    return Err(self.content(
+                        "the tag list",
+                        format!(
+                            "more than {MAX_TAGS} tags; narrow it with --registry-exclude-image"
+                        ),
+                    ));
+                }
                 if seen.insert(tag.clone()) {
                     tags.push(tag);
                 }
@@ -390,7 +416,10 @@ impl Registry {
         self.requests
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut request = self.agent.get(&url);
-        if let Some((user, password)) = &self.settings.credentials {
+        // Credentials go to a token server only over TLS (or to one the
+        // registry's own plain-HTTP setting covers).
+        let secure = realm.starts_with("https://") || self.settings.insecure;
+        if let Some((user, password)) = self.settings.credentials.as_ref().filter(|_| secure) {
             request = request.header(
                 "Authorization",
                 format!(
@@ -446,17 +475,14 @@ fn challenge_params(challenge: &str) -> std::collections::BTreeMap<String, Strin
     params
 }
 
-/// The next page a `Link: </v2/…?last=…>; rel="next"` names.
+/// The next page a `Link: </v2/…?last=…>; rel="next"` names: a path of
+/// this registry's API, never another host.
 fn next_page(link: &str) -> Option<String> {
     link.split(',').find_map(|part| {
         let (target, params) = part.split_once(';')?;
-        params.contains("rel=\"next\"").then(|| {
-            target
-                .trim()
-                .trim_start_matches('<')
-                .trim_end_matches('>')
-                .to_string()
-        })
+        let target = target.trim().trim_start_matches('<').trim_end_matches('>');
+        (params.contains("rel=\"next\"") && target.starts_with("/v2/") && !target.contains("//"))
+            .then(|| target.to_string())
     })
 }
 
@@ -498,6 +524,15 @@ mod tests {
             Some("/v2/app/tags/list?last=b&n=2")
         );
         assert_eq!(next_page(r#"</x>; rel="prev""#), None);
+        assert_eq!(
+            next_page(r#"<@evil.example/v2/x>; rel="next""#),
+            None,
+            "another host"
+        );
+        assert_eq!(
+            next_page(r#"<https://evil.example/v2/x>; rel="next""#),
+            None
+        );
         let params = challenge_params(
             r#"Bearer realm="https://auth.io/token",service="registry.io",scope="repository:a:pull""#,
         );

@@ -156,6 +156,29 @@ impl GitSource {
 }
 
 impl GitSource {
+    /// A text file of `revision` as the commit has it: a regular file (not
+    /// a link), at a path of plain components.
+    pub fn read_file(&self, revision: &str, path: &std::path::Path) -> Result<String, String> {
+        let path = plain(path)?;
+        let _lock = self.lock().map_err(|e| crate::model::error_chain(&e))?;
+        let repo = self
+            .open_cache()
+            .map_err(|e| crate::model::error_chain(&e))?;
+        let read = || -> Result<String, git2::Error> {
+            let tree = repo.find_commit(Oid::from_str(revision)?)?.tree()?;
+            let entry = tree.get_path(&path)?;
+            if !matches!(entry.filemode(), 0o100644 | 0o100755) {
+                return Err(git2::Error::from_str(
+                    "not a regular file (a link, or a directory)",
+                ));
+            }
+            let blob = repo.find_blob(entry.id())?;
+            String::from_utf8(blob.content().to_vec())
+                .map_err(|_| git2::Error::from_str("not UTF-8"))
+        };
+        read().map_err(|e| e.message().to_string())
+    }
+
     /// Points tag `tag` of the remote at `revision` (created, or moved from
     /// where it was), as Flux v1 moved `flux-sync` to each revision synced.
     pub fn push_tag(&self, revision: &str, tag: &str) -> Result<(), Error> {
@@ -175,6 +198,26 @@ impl GitSource {
     }
 }
 
+/// A path of the repository as plain steps (`./apps/web.yaml` is
+/// `apps/web.yaml`); anything else (`..`, an absolute path) is refused.
+fn plain(path: &std::path::Path) -> Result<PathBuf, String> {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(part) if part != ".git" => out.push(part),
+            Component::CurDir => {}
+            _ => {
+                return Err(format!(
+                    "{} is not a path inside the repository",
+                    path.display()
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// The commit of `change`'s files on top of its parent, in `repo`; signed
 /// by `signer` when given (an SSH signature in the `gpgsig` header, as
 /// `git commit -S` with `gpg.format=ssh` writes it).
@@ -187,18 +230,23 @@ fn commit(
     let base = parent.tree()?;
     let mut update = git2::build::TreeUpdateBuilder::new();
     for (path, bytes) in &change.files {
+        let path = plain(path).map_err(|e| git2::Error::from_str(&e))?;
         let blob = repo.blob(bytes)?;
-        // An edited file keeps its mode (an executable stays one).
-        let mode = base
-            .get_path(path)
-            .map(|e| e.filemode())
-            .unwrap_or(0o100644);
+        // Only a regular file that is there is edited; it keeps its mode
+        // (an executable stays one).
+        let mode = base.get_path(&path)?.filemode();
+        if !matches!(mode, 0o100644 | 0o100755) {
+            return Err(git2::Error::from_str(&format!(
+                "{} is not a regular file",
+                path.display()
+            )));
+        }
         let mode = if mode == 0o100755 {
             git2::FileMode::BlobExecutable
         } else {
             git2::FileMode::Blob
         };
-        update.upsert(path, blob, mode);
+        update.upsert(&path, blob, mode);
     }
     let tree = repo.find_tree(update.create_updated(repo, &base)?)?;
     let author = git2::Signature::now(&change.author.name, &change.author.email)?;
