@@ -274,6 +274,9 @@ pub struct AutomationArgs {
     /// A Docker config.json with registry credentials, besides workloads' imagePullSecrets
     #[arg(long, env = "TIDEGATE_DOCKER_CONFIG")]
     docker_config: Option<PathBuf>,
+    /// A host name or network (CIDR) a registry may be at though it is loopback, link-local or private (repeatable, or comma-separated); insecure hosts are allowed too
+    #[arg(long, env = "TIDEGATE_REGISTRY_ALLOW", value_delimiter = ',')]
+    registry_allow: Vec<String>,
     /// Only look up images whose name (as `docker.io/library/nginx`) matches one of these globs (repeatable, or comma-separated)
     #[arg(long, env = "TIDEGATE_REGISTRY_INCLUDE_IMAGE", value_delimiter = ',')]
     registry_include_image: Vec<String>,
@@ -306,6 +309,7 @@ impl AutomationArgs {
             ci_skip: self.git_ci_skip,
             sign: self.git_signing_key.is_some(),
             insecure_hosts: self.registry_insecure_host.clone(),
+            registry_allow: self.registry_allow.clone(),
             rps: self.registry_rps,
             burst: self.registry_burst,
             timeout: self.registry_timeout,

@@ -36,6 +36,9 @@ pub struct Config {
     pub sign: bool,
     /// `--registry-insecure-host`: registries reached over plain HTTP.
     pub insecure_hosts: Vec<String>,
+    /// `--registry-allow`: hosts or networks (CIDRs) a registry may be at
+    /// though they are not public (insecure hosts are allowed too).
+    pub registry_allow: Vec<String>,
     pub rps: f64,
     pub burst: u32,
     pub timeout: Duration,
@@ -193,6 +196,47 @@ impl Scanner {
     }
 }
 
+/// Why a registry host may not be reached: an image in Git names it, and
+/// it resolves to a loopback, link-local or private address nobody listed.
+fn host_refusal(config: &Config, host: &str) -> Option<String> {
+    use std::net::ToSocketAddrs;
+    if config
+        .insecure_hosts
+        .iter()
+        .any(|h| h.eq_ignore_ascii_case(host))
+    {
+        return None;
+    }
+    let (name, port) = match host.rsplit_once(':') {
+        Some((name, port)) if !name.ends_with(':') => (name, port.parse().unwrap_or(443)),
+        _ => (host, 443),
+    };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    let addrs: Vec<std::net::SocketAddr> = match (name, port).to_socket_addrs() {
+        Ok(addrs) => addrs.collect(),
+        Err(e) => return Some(format!("cannot resolve {name}: {e}")),
+    };
+    let allowed = |addr: std::net::IpAddr| {
+        config.registry_allow.iter().any(|entry| {
+            entry.eq_ignore_ascii_case(name)
+                || entry.eq_ignore_ascii_case(host)
+                || entry
+                    .parse::<ipnet::IpNet>()
+                    .is_ok_and(|net| net.contains(&addr))
+                || entry.parse::<std::net::IpAddr>().is_ok_and(|ip| ip == addr)
+        })
+    };
+    addrs
+        .iter()
+        .map(|a| a.ip())
+        .find(|ip| !crate::helm::external::is_public(*ip) && !allowed(*ip))
+        .map(|ip| {
+            format!(
+                "{host} resolves to {ip}, a loopback, link-local or private address; list the host or its network in --registry-allow to reach it"
+            )
+        })
+}
+
 /// The clients, whole even if a cycle panicked while holding them.
 fn lock(clients: &Mutex<Clients>) -> std::sync::MutexGuard<'_, Clients> {
     clients
@@ -298,6 +342,12 @@ impl Clients {
             .get(&key)
             .is_none_or(|(c, _)| *c != credentials)
         {
+            if let Some(reason) = host_refusal(config, host) {
+                return Err(registry::Error::Request {
+                    host: host.to_string(),
+                    reason,
+                });
+            }
             let client = Registry::new(registry::Settings {
                 host: host.to_string(),
                 credentials: credentials.clone(),
@@ -653,6 +703,7 @@ mod tests {
             ci_skip: false,
             sign: false,
             insecure_hosts: Vec::new(),
+            registry_allow: Vec::new(),
             rps: 1.0,
             burst: 1,
             timeout: Duration::from_secs(1),
@@ -666,6 +717,23 @@ mod tests {
             include_images: include.iter().map(|s| s.to_string()).collect(),
             exclude_images: exclude.iter().map(|s| s.to_string()).collect(),
         }
+    }
+
+    #[test]
+    fn a_registry_on_a_private_address_must_be_listed() {
+        let mut c = config(&[], &[]);
+        assert!(host_refusal(&c, "127.0.0.1:5000").is_some_and(|r| r.contains("--registry-allow")));
+        assert!(host_refusal(&c, "169.254.169.254").is_some());
+        c.registry_allow = vec!["127.0.0.0/8".into()];
+        assert_eq!(host_refusal(&c, "127.0.0.1:5000"), None);
+        let mut c = config(&[], &[]);
+        c.insecure_hosts = vec!["127.0.0.1:5000".into()];
+        assert_eq!(
+            host_refusal(&c, "127.0.0.1:5000"),
+            None,
+            "an insecure host is listed already"
+        );
+        assert!(host_refusal(&c, "[::1]:5000").is_some());
     }
 
     #[test]

@@ -624,6 +624,8 @@ async fn a_registry_behind_tls_and_a_password_is_read_with_the_workloads_pull_se
             "1s",
             "--registry-ca-file",
             ca.to_str().unwrap(),
+            "--registry-allow",
+            "127.0.0.1",
         ],
     );
     let api: kube::Api<Deployment> = kube::Api::namespaced(crate::support::client().await, &ns);
