@@ -243,6 +243,9 @@ pub struct AutomationArgs {
     /// Move this tag to each revision synced successfully (as Flux v1's flux-sync); off by default
     #[arg(long, env = "TIDEGATE_GIT_SYNC_TAG")]
     git_sync_tag: Option<String>,
+    /// Commit automation's changes to this branch instead of the synced one (a pull-request flow); it is made from the synced head, and committed on while it holds that head
+    #[arg(long, env = "TIDEGATE_GIT_PUSH_BRANCH")]
+    git_push_branch: Option<String>,
     /// Sign automation's commits: "deploy-key" signs with the deploy key, in git's SSH signature format
     #[arg(long, env = "TIDEGATE_GIT_SIGNING_KEY", value_parser = ["deploy-key"])]
     git_signing_key: Option<String>,
@@ -308,6 +311,7 @@ impl AutomationArgs {
             committer: person,
             ci_skip: self.git_ci_skip,
             sign: self.git_signing_key.is_some(),
+            push_branch: self.git_push_branch.clone(),
             insecure_hosts: self.registry_insecure_host.clone(),
             registry_allow: self.registry_allow.clone(),
             rps: self.registry_rps,

@@ -34,6 +34,9 @@ pub struct Config {
     pub ci_skip: bool,
     /// `--git-signing-key deploy-key`: sign commits with the deploy key.
     pub sign: bool,
+    /// `--git-push-branch`: commit there (on its head while it holds the
+    /// synced head) instead of on the synced branch.
+    pub push_branch: Option<String>,
     /// `--registry-insecure-host`: registries reached over plain HTTP.
     pub insecure_hosts: Vec<String>,
     /// `--registry-allow`: hosts or networks (CIDRs) a registry may be at
@@ -374,8 +377,8 @@ fn run_cycle(
     clients: &mut Clients,
     fenced: &dyn Fn() -> bool,
 ) -> Result<Option<String>, String> {
-    let branch = source.branch.clone();
-    let change = cycle(config, source, &snapshot, options, clients);
+    let (branch, base) = target(config, source, &snapshot)?;
+    let change = cycle(config, source, &snapshot, &base, options, clients);
     keep_build_times(config, clients);
     let Some(change) = change? else {
         return Ok(None);
@@ -391,8 +394,39 @@ fn run_cycle(
         Pushed::Commit(revision) => Ok(Some(revision)),
         // The sync loop fetches what moved it; the next cycle edits that.
         Pushed::Moved => Err(format!(
-            "branch {branch} moved since {}; its new head is fetched and edited next cycle",
-            &snapshot.revision[..12.min(snapshot.revision.len())]
+            "branch {branch} moved since {}; its new head is edited next cycle",
+            short(&base)
+        )),
+    }
+}
+
+fn short(revision: &str) -> &str {
+    &revision[..12.min(revision.len())]
+}
+
+/// Where a cycle commits, and on top of what: the synced branch's head,
+/// or `--git-push-branch`'s while it holds the synced head (made from the
+/// synced head when it does not exist yet).
+fn target(
+    config: &Config,
+    source: &GitSource,
+    snapshot: &Snapshot,
+) -> Result<(String, String), String> {
+    let Some(branch) = &config.push_branch else {
+        return Ok((source.branch.clone(), snapshot.revision.clone()));
+    };
+    let head = source
+        .fetch_head(branch)
+        .map_err(|e| crate::model::error_chain(&e))?;
+    match head {
+        None => Ok((branch.clone(), snapshot.revision.clone())),
+        Some(head) if source.contains(&head, &snapshot.revision)? => Ok((branch.clone(), head)),
+        Some(head) => Err(format!(
+            "branch {branch} ({}) does not hold {}, the head of {}: merge {} into it, or delete it, and automation commits there again",
+            short(&head),
+            short(&snapshot.revision),
+            source.branch,
+            source.branch
         )),
     }
 }
@@ -420,6 +454,7 @@ fn cycle(
     config: &Config,
     source: &GitSource,
     snapshot: &Snapshot,
+    base: &str,
     options: &render::Options,
     clients: &mut Clients,
 ) -> Result<Option<Change>, String> {
@@ -450,7 +485,7 @@ fn cycle(
         let shown = crate::model::shown(&file);
         // The file as the commit has it (not the checkout, which the sync
         // loop may be moving): a regular file, or it is not edited.
-        let text = match source.read_file(&snapshot.revision, &file) {
+        let text = match source.read_file(base, &file) {
             Ok(text) => text,
             Err(e) => {
                 problem(
@@ -483,7 +518,7 @@ fn cycle(
         tracing::info!(object = %u.object, container = %u.container, "automation: {} → {}", u.from, u.to);
     }
     Ok(Some(Change {
-        parent: snapshot.revision.clone(),
+        parent: base.to_string(),
         files,
         message: update::commit_message(&applied, config.ci_skip),
         author: config.committer.clone(),
@@ -702,6 +737,7 @@ mod tests {
             },
             ci_skip: false,
             sign: false,
+            push_branch: None,
             insecure_hosts: Vec::new(),
             registry_allow: Vec::new(),
             rps: 1.0,

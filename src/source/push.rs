@@ -156,6 +156,37 @@ impl GitSource {
 }
 
 impl GitSource {
+    /// The head of another branch of the same remote, fetched into the
+    /// cache; `None` when the remote has no such branch.
+    pub fn fetch_head(&self, branch: &str) -> Result<Option<String>, Error> {
+        let _lock = self.lock()?;
+        let repo = self.open_cache()?;
+        let other = GitSource {
+            branch: branch.to_string(),
+            ..self.clone()
+        };
+        match other.fetch_branch(&repo) {
+            Ok(oid) => Ok(Some(oid.to_string())),
+            Err(Error::BranchNotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether `descendant` is `ancestor` or has it in its history.
+    pub fn contains(&self, descendant: &str, ancestor: &str) -> Result<bool, String> {
+        let repo = self
+            .open_cache()
+            .map_err(|e| crate::model::error_chain(&e))?;
+        let (d, a) = (Oid::from_str(descendant), Oid::from_str(ancestor));
+        let (Ok(d), Ok(a)) = (d, a) else {
+            return Err("not a revision".into());
+        };
+        Ok(d == a
+            || repo
+                .graph_descendant_of(d, a)
+                .map_err(|e| e.message().to_string())?)
+    }
+
     /// A text file of `revision` as the commit has it: a regular file (not
     /// a link), at a path of plain components.
     pub fn read_file(&self, revision: &str, path: &std::path::Path) -> Result<String, String> {

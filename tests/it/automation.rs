@@ -912,3 +912,81 @@ async fn a_refused_push_is_an_error_on_the_status_and_the_sync_goes_on() {
     let status = crate::support::status_json(&repo.sync_set);
     assert_eq!(status["result"], "succeeded", "the sync goes on");
 }
+
+#[tokio::test]
+async fn with_a_push_branch_commits_go_there_one_on_top_of_the_other_and_main_stays() {
+    let registry = LocalRegistry::start();
+    registry.push_image("team/review", "1.0.0", "2026-01-01T00:00:00Z");
+    registry.push_image("team/review", "1.1.0", "2026-02-01T00:00:00Z");
+    let ns = crate::support::unique("automation-branch");
+    let image = format!("{}/team/review", registry.host());
+    let repo = GitRepo::new();
+    repo.write("namespace.yaml", &crate::support::ns_yaml(&ns));
+    repo.write(
+        "web.yaml",
+        &automated_deployment(&ns, &format!("{image}:1.0.0")),
+    );
+    let first = repo.push("first");
+    let _daemon = repo.daemon(
+        &repo.url(),
+        &[
+            "--listen",
+            "off",
+            "--git-poll-interval",
+            "1h",
+            "--automation-interval",
+            "1s",
+            "--registry-insecure-host",
+            &registry.host(),
+            "--git-push-branch",
+            "automation",
+        ],
+    );
+    let head_of = |branch: &'static str| {
+        let bare = repo.bare.clone();
+        move || {
+            let out = Command::new("git")
+                .args(["rev-parse", "--verify", "--quiet", branch])
+                .current_dir(&bare)
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        }
+    };
+    let automation = head_of("automation");
+    let one = crate::support::eventually("the automation branch", Duration::from_secs(60), || {
+        let head = automation();
+        async move { (!head.is_empty()).then_some(head) }
+    })
+    .await;
+    assert_eq!(
+        git(&repo.bare, &["rev-parse", "automation^"]),
+        first,
+        "made from main's head"
+    );
+    assert_eq!(
+        git(&repo.bare, &["rev-parse", "main"]),
+        first,
+        "main is not touched"
+    );
+    assert!(git(&repo.bare, &["show", "automation:web.yaml"]).contains(":1.1.0"));
+
+    registry.push_image("team/review", "1.2.0", "2026-03-01T00:00:00Z");
+    let two = crate::support::eventually("a second commit there", Duration::from_secs(60), || {
+        let head = automation();
+        let one = one.clone();
+        async move { (head != one).then_some(head) }
+    })
+    .await;
+    assert_eq!(
+        git(&repo.bare, &["rev-parse", &format!("{two}^")]),
+        one,
+        "on top of the first"
+    );
+    assert!(git(&repo.bare, &["show", "automation:web.yaml"]).contains(":1.2.0"));
+    assert_eq!(
+        git(&repo.bare, &["rev-parse", "main"]),
+        first,
+        "main is still not touched"
+    );
+}
