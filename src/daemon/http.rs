@@ -125,30 +125,30 @@ fn probe_router(shared: Arc<Shared>) -> Router {
 /// The webhooks alone: what a Git host may reach, nothing of the API,
 /// the metrics or the readiness reasons.
 pub fn hooks_router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/hooks/{provider}", post(hook))
-        .route("/hooks/registry/{format}", post(registry_hook))
-        .route(
-            "/hooks/registry/{format}/{token}",
-            post(registry_hook_with_token),
-        )
+    hooks(Router::new())
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(shared)
 }
 
-pub fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route("/api/v1/sync", post(sync))
-        .route("/api/v1/identity", get(identity))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+/// The webhook routes, Git's and registries', on both listeners.
+fn hooks(router: Router<Arc<Shared>>) -> Router<Arc<Shared>> {
+    router
         .route("/hooks/{provider}", post(hook))
         .route("/hooks/registry/{format}", post(registry_hook))
         .route(
             "/hooks/registry/{format}/{token}",
             post(registry_hook_with_token),
         )
+}
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    let router = Router::new()
+        .route("/api/v1/sync", post(sync))
+        .route("/api/v1/identity", get(identity))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics));
+    hooks(router)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(shared)
 }

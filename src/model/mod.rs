@@ -3,6 +3,7 @@
 //! tidegate leaves on objects, the inventory, the record of a sync,
 //! checksums and proxy settings.
 
+pub mod address;
 pub mod checksum;
 pub mod inventory;
 pub mod marks;

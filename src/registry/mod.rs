@@ -24,6 +24,8 @@ const PAGE: usize = 1000;
 /// Pages followed at most, and tags kept per repository at most.
 const MAX_PAGES: usize = 20;
 const MAX_TAGS: usize = 10_000;
+/// Redirects followed at most (blob stores, CDNs).
+const MAX_REDIRECTS: usize = 3;
 /// Manifests, configs and token answers read at most.
 const MAX_BODY: u64 = 4 * 1024 * 1024;
 /// How often a `429` is waited out before the request fails.
@@ -82,6 +84,11 @@ pub struct Settings {
     pub platform: String,
     /// Tags asked for per page; 0 for 1,000.
     pub page: usize,
+    /// Tags kept per repository at most; 0 for 10,000.
+    pub max_tags: usize,
+    /// Host names or networks (CIDRs) a registry, or a redirect, may be at
+    /// though they are not public (`--registry-allow`).
+    pub allow: Vec<String>,
 }
 
 /// A client of one registry.
@@ -104,6 +111,14 @@ struct Pace {
 
 impl Registry {
     pub fn new(settings: Settings) -> Result<Registry, Error> {
+        // An image in Git names the host: only a public one, unless listed.
+        let allowed = settings.insecure || settings.host == "docker.io";
+        if let Some(reason) = refusal(&settings.host, &settings.allow).filter(|_| !allowed) {
+            return Err(Error::Request {
+                host: settings.host.clone(),
+                reason,
+            });
+        }
         use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
         let roots = match &settings.ca_pem {
             Some(pem) => {
@@ -124,7 +139,8 @@ impl Registry {
             .tls_config(tls)
             .timeout_global(Some(settings.timeout))
             .http_status_as_error(false)
-            .max_redirects(5)
+            // Redirects are followed here, each hop checked (see `get`).
+            .max_redirects(0)
             .build()
             .into();
         let burst = f64::from(settings.burst.max(1));
@@ -188,12 +204,14 @@ impl Registry {
                 .into_iter()
                 .filter(|t| crate::automation::image::valid_tag(t))
             {
-                if tags.len() >= MAX_TAGS {
+                let max = match self.settings.max_tags {
+                    0 => MAX_TAGS,
+                    n => n,
+                };
+                if tags.len() >= max {
                     return Err(self.content(
                         "the tag list",
-                        format!(
-                            "more than {MAX_TAGS} tags; narrow it with --registry-exclude-image"
-                        ),
+                        format!("more than {max} tags; narrow it with --registry-exclude-image"),
                     ));
                 }
                 if seen.insert(tag.clone()) {
@@ -308,15 +326,18 @@ impl Registry {
         accept: &str,
         what: &str,
     ) -> Result<(Vec<u8>, Option<String>), Error> {
-        let url = format!("{}{path}", self.base());
+        let mut url = format!("{}{path}", self.base());
         let mut retries = 0;
         let mut authenticated = false;
+        let mut hops = 0;
+        // Credentials go to the registry itself, never to where it redirects.
+        let mut own = true;
         loop {
             self.paced();
             self.requests
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let mut request = self.agent.get(&url).header("Accept", accept);
-            if let Some(auth) = self.authorization(repository) {
+            if let Some(auth) = self.authorization(repository).filter(|_| own) {
                 request = request.header("Authorization", auth);
             }
             let mut response = request.call().map_err(|e| Error::Request {
@@ -342,7 +363,11 @@ impl Registry {
                         .map_err(|e| self.content(what, format!("cannot read the answer: {e}")))?;
                     return Ok((body, link));
                 }
-                401 if !authenticated => {
+                301 | 302 | 303 | 307 | 308 if hops < MAX_REDIRECTS => {
+                    hops += 1;
+                    (url, own) = self.redirected(&header("location").unwrap_or_default(), what)?;
+                }
+                401 if !authenticated && own => {
                     let challenge = header("www-authenticate").unwrap_or_default();
                     self.authenticate(&challenge, repository, what)?;
                     authenticated = true;
@@ -357,21 +382,35 @@ impl Registry {
                     tracing::info!(registry = %self.settings.host, seconds = wait.as_secs(), "rate limited: waiting as the registry asks");
                     std::thread::sleep(wait);
                 }
-                code => {
-                    let hint = match code {
-                        401 | 403 => ": check the pull secret or --docker-config for this registry",
-                        404 => ": no such repository or tag",
-                        429 => ": rate limited, still after waiting",
-                        _ => "",
-                    };
-                    return Err(Error::Status {
-                        host: self.settings.host.clone(),
-                        what: what.to_string(),
-                        code,
-                        hint,
-                    });
-                }
+                code => return Err(self.status(what, code)),
             }
+        }
+    }
+
+    /// Where a redirect goes, checked like the registry itself was, and
+    /// whether that is still the registry (which alone gets credentials).
+    fn redirected(&self, location: &str, what: &str) -> Result<(String, bool), Error> {
+        let (next, host) =
+            redirect_target(&self.base(), location).map_err(|reason| self.content(what, reason))?;
+        let own = host == self.settings.host || next.starts_with(&self.base());
+        if !own && let Some(reason) = refusal(&host, &self.settings.allow) {
+            return Err(self.content(what, format!("redirected: {reason}")));
+        }
+        Ok((next, own))
+    }
+
+    fn status(&self, what: &str, code: u16) -> Error {
+        let hint = match code {
+            401 | 403 => ": check the pull secret or --docker-config for this registry",
+            404 => ": no such repository or tag",
+            429 => ": rate limited, still after waiting",
+            _ => "",
+        };
+        Error::Status {
+            host: self.settings.host.clone(),
+            what: what.to_string(),
+            code,
+            hint,
         }
     }
 
@@ -460,6 +499,53 @@ impl Registry {
     }
 }
 
+/// Why `host` (`name[:port]`) may not be reached: it resolves to a
+/// loopback, link-local or private address that `allow` does not list.
+pub fn refusal(host: &str, allow: &[String]) -> Option<String> {
+    use std::net::ToSocketAddrs;
+    let (name, port) = match host.rsplit_once(':') {
+        Some((name, port)) if !name.ends_with(':') => (name, port.parse().unwrap_or(443)),
+        _ => (host, 443),
+    };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    let addrs: Vec<std::net::SocketAddr> = match (name, port).to_socket_addrs() {
+        Ok(addrs) => addrs.collect(),
+        Err(e) => return Some(format!("cannot resolve {name}: {e}")),
+    };
+    use crate::model::address::{is_public, listed};
+    addrs
+        .iter()
+        .map(|a| a.ip())
+        .find(|ip| !is_public(*ip) && !listed(allow, name, *ip) && !listed(allow, host, *ip))
+        .map(|ip| {
+            format!(
+                "{host} resolves to {ip}, a loopback, link-local or private address; list the host or its network in --registry-allow to reach it"
+            )
+        })
+}
+
+/// Where a redirect from the registry at `base` goes, and that host: an
+/// `https://` URL, or a path of the registry itself; nothing with user
+/// information, and no plain HTTP elsewhere.
+fn redirect_target(base: &str, location: &str) -> Result<(String, String), String> {
+    let own_host = base.split_once("://").map_or(base, |(_, h)| h).to_string();
+    if location.starts_with('/') && !location.starts_with("//") {
+        return Ok((format!("{base}{location}"), own_host));
+    }
+    let Some(rest) = location.strip_prefix("https://") else {
+        return Err(format!(
+            "a redirect to {location:?}: only https:// or the registry's own paths are followed"
+        ));
+    };
+    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if host.is_empty() || host.contains('@') {
+        return Err(format!(
+            "a redirect to {location:?}: no host, or user information in it"
+        ));
+    }
+    Ok((location.to_string(), host.to_string()))
+}
+
 /// `Bearer realm="…",service="…"` → its parameters.
 fn challenge_params(challenge: &str) -> std::collections::BTreeMap<String, String> {
     let rest = challenge.split_once(' ').map_or("", |(_, r)| r);
@@ -516,6 +602,49 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn a_registry_or_a_redirect_on_a_private_address_must_be_listed() {
+        assert!(refusal("127.0.0.1:5000", &[]).is_some_and(|r| r.contains("--registry-allow")));
+        assert!(refusal("169.254.169.254", &[]).is_some());
+        assert!(refusal("[::1]:5000", &[]).is_some());
+        assert_eq!(refusal("127.0.0.1:5000", &["127.0.0.0/8".into()]), None);
+        assert_eq!(refusal("127.0.0.1:5000", &["127.0.0.1".into()]), None);
+        assert!(
+            Registry::new(Settings {
+                host: "127.0.0.1:5000".into(),
+                ..Settings::default()
+            })
+            .is_err()
+        );
+        assert!(
+            Registry::new(Settings {
+                host: "127.0.0.1:5000".into(),
+                insecure: true,
+                ..Settings::default()
+            })
+            .is_ok(),
+            "an insecure host is listed already"
+        );
+        let base = "https://reg.io";
+        assert_eq!(
+            redirect_target(base, "/v2/a/blobs/x").unwrap(),
+            ("https://reg.io/v2/a/blobs/x".into(), "reg.io".into())
+        );
+        assert_eq!(
+            redirect_target(base, "https://cdn.example/b?sig=1")
+                .unwrap()
+                .1,
+            "cdn.example"
+        );
+        assert!(
+            redirect_target(base, "http://169.254.169.254/latest").is_err(),
+            "plain HTTP elsewhere"
+        );
+        assert!(redirect_target(base, "https://u:p@cdn.example/b").is_err());
+        assert!(redirect_target(base, "//cdn.example/b").is_err());
+        assert!(redirect_target(base, "file:///etc/passwd").is_err());
+    }
 
     #[test]
     fn links_challenges_platforms_and_build_times() {

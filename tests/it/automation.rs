@@ -233,6 +233,14 @@ fn the_registry_lists_every_tag_and_when_each_image_was_built() {
     );
     let err = client.tags("team/nothing").unwrap_err().to_string();
     assert!(err.contains("no such repository"), "{err}");
+    // A registry's tag list is bounded: past the bound it is an error.
+    let bounded = Registry::new(Settings {
+        max_tags: 3,
+        ..settings(registry.host())
+    })
+    .unwrap();
+    let err = bounded.tags("team/app").unwrap_err().to_string();
+    assert!(err.contains("more than 3 tags"), "{err}");
 }
 
 fn person(name: &str) -> Person {
@@ -340,6 +348,20 @@ fn a_push_fast_forwards_and_a_branch_that_moved_is_never_overwritten() {
     assert_eq!(git(&repo.bare, &["rev-parse", "main"]), on_top);
 }
 
+/// Waits until Deployment `web` runs `image`.
+async fn applied(
+    api: &kube::Api<k8s_openapi::api::apps::v1::Deployment>,
+    image: &str,
+    within: Duration,
+) {
+    crate::support::eventually(&format!("{image} applied"), within, || async {
+        let d = api.get_opt("web").await.ok()??;
+        let live = d.spec?.template.spec?.containers.first()?.image.clone()?;
+        (live == image).then_some(())
+    })
+    .await;
+}
+
 /// A Deployment automated as Flux v1 wrote it, its image in `registry`.
 fn automated_deployment(ns: &str, image: &str) -> String {
     format!(
@@ -406,12 +428,7 @@ async fn an_automated_deployment_moves_to_the_newest_allowed_tag_by_a_commit() {
         ],
     );
     let api: kube::Api<Deployment> = kube::Api::namespaced(crate::support::client().await, &ns);
-    let live_image = |d: Deployment| d.spec?.template.spec?.containers.first()?.image.clone();
-    crate::support::eventually("the new image applied", Duration::from_secs(60), || async {
-        let d = api.get_opt("web").await.ok()??;
-        (live_image(d)? == format!("{image}:1.1.0")).then_some(())
-    })
-    .await;
+    applied(&api, &format!("{image}:1.1.0"), Duration::from_secs(60)).await;
 
     // fluxctl's list-workloads, from the cluster.
     let listed = crate::support::tidegate(&[
@@ -497,15 +514,7 @@ async fn an_automated_deployment_moves_to_the_newest_allowed_tag_by_a_commit() {
     // 2.0.0 is outside ~1, and no cycle since moved to it: a newer 1.x
     // is the next (and only the next) commit.
     registry.push_image("team/web", "1.2.0", "2026-04-01T00:00:00Z");
-    crate::support::eventually(
-        "the next image applied",
-        Duration::from_secs(60),
-        || async {
-            let d = api.get_opt("web").await.ok()??;
-            (live_image(d)? == format!("{image}:1.2.0")).then_some(())
-        },
-    )
-    .await;
+    applied(&api, &format!("{image}:1.2.0"), Duration::from_secs(60)).await;
     assert_eq!(
         git(&repo.bare, &["rev-parse", "main^"]),
         head,
@@ -544,23 +553,8 @@ async fn a_restarted_daemon_reads_no_build_time_it_knew() {
         &registry.host(),
     ];
     let api: kube::Api<Deployment> = kube::Api::namespaced(crate::support::client().await, &ns);
-    let applied = |tag: &'static str| {
-        let (api, image) = (api.clone(), image.clone());
-        async move {
-            crate::support::eventually(
-                &format!("{tag} applied"),
-                Duration::from_secs(60),
-                || async {
-                    let d = api.get_opt("web").await.ok()??;
-                    let live = d.spec?.template.spec?.containers.first()?.image.clone()?;
-                    (live == format!("{image}:{tag}")).then_some(())
-                },
-            )
-            .await
-        }
-    };
     let first = repo.daemon(&repo.url(), &args);
-    applied("b").await;
+    applied(&api, &format!("{image}:b"), Duration::from_secs(60)).await;
     first.terminate();
     let blobs = |r: &LocalRegistry| r.gets("/v2/team/tool/blobs/");
     assert_eq!(blobs(&registry), 2, "one config per tag, each read once");
@@ -570,7 +564,7 @@ async fn a_restarted_daemon_reads_no_build_time_it_knew() {
     // Restarted on the same cache: the next move needs only the new tag's.
     let _second = repo.daemon(&repo.url(), &args);
     registry.push_image("team/tool", "c", "2026-03-01T00:00:00Z");
-    applied("c").await;
+    applied(&api, &format!("{image}:c"), Duration::from_secs(60)).await;
     assert_eq!(
         blobs(&registry),
         3,
@@ -629,16 +623,7 @@ async fn a_registry_behind_tls_and_a_password_is_read_with_the_workloads_pull_se
         ],
     );
     let api: kube::Api<Deployment> = kube::Api::namespaced(crate::support::client().await, &ns);
-    crate::support::eventually(
-        "the newest 1.x applied",
-        Duration::from_secs(60),
-        || async {
-            let d = api.get_opt("web").await.ok()??;
-            let live = d.spec?.template.spec?.containers.first()?.image.clone()?;
-            (live == format!("{image}:1.4.0")).then_some(())
-        },
-    )
-    .await;
+    applied(&api, &format!("{image}:1.4.0"), Duration::from_secs(60)).await;
     assert!(
         registry.gets("/v2/team/private/tags/list") >= 1,
         "the tags were read from the secured registry"
@@ -698,12 +683,7 @@ async fn a_registry_notification_brings_the_new_image_without_waiting_for_the_in
     assert_eq!(forged.0, 401);
     registry.push_image("team/hooked", "1.1.0", "2026-02-01T00:00:00Z");
     let api: kube::Api<Deployment> = kube::Api::namespaced(crate::support::client().await, &ns);
-    crate::support::eventually("1.1.0 applied", Duration::from_secs(30), || async {
-        let d = api.get_opt("web").await.ok()??;
-        let live = d.spec?.template.spec?.containers.first()?.image.clone()?;
-        (live == format!("{image}:1.1.0")).then_some(())
-    })
-    .await;
+    applied(&api, &format!("{image}:1.1.0"), Duration::from_secs(30)).await;
     assert_eq!(
         crate::support::metric(port, "tidegate_automation_commits_total"),
         1.0
