@@ -399,6 +399,27 @@ impl Registry {
         Ok((next, own))
     }
 
+    /// The token server is where the registry says: held to the same
+    /// address rule as the registry (one more host an image names).
+    fn realm_allowed(&self, realm: &str, what: &str) -> Result<(), Error> {
+        let host = realm
+            .split_once("://")
+            .map_or("", |(_, rest)| rest)
+            .split(['/', '?', '#'])
+            .next()
+            .unwrap_or_default();
+        if host.is_empty() || host.contains('@') {
+            return Err(self.content(
+                what,
+                format!("a challenge whose realm names no host: {realm:?}"),
+            ));
+        }
+        match refusal(host, &self.settings.allow).filter(|_| host != self.settings.host) {
+            Some(reason) => Err(self.content(what, format!("the token server: {reason}"))),
+            None => Ok(()),
+        }
+    }
+
     fn status(&self, what: &str, code: u16) -> Error {
         let hint = match code {
             401 | 403 => ": check the pull secret or --docker-config for this registry",
@@ -447,6 +468,7 @@ impl Registry {
         let realm = params.get("realm").ok_or_else(|| {
             self.content(what, format!("a challenge without a realm: {challenge:?}"))
         })?;
+        self.realm_allowed(realm, what)?;
         let mut url = format!("{realm}?scope=repository:{repository}:pull");
         if let Some(service) = params.get("service") {
             url.push_str(&format!("&service={service}"));
@@ -644,6 +666,25 @@ mod tests {
         assert!(redirect_target(base, "https://u:p@cdn.example/b").is_err());
         assert!(redirect_target(base, "//cdn.example/b").is_err());
         assert!(redirect_target(base, "file:///etc/passwd").is_err());
+        // A token realm on a private address is refused as a registry is.
+        let client = Registry::new(Settings {
+            host: "127.0.0.1:1".into(),
+            insecure: true,
+            ..Settings::default()
+        })
+        .unwrap();
+        let err = client
+            .authenticate(
+                r#"Bearer realm="http://169.254.169.254/token""#,
+                "team/app",
+                "the tag list",
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("the token server") && err.contains("--registry-allow"),
+            "{err}"
+        );
     }
 
     #[test]
