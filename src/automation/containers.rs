@@ -45,6 +45,10 @@ pub enum Location {
         tag: Option<Path>,
         registry: Option<Path>,
     },
+    /// The tag alone, as a setter marker says (`…:tag`).
+    Tag(Path),
+    /// The repository alone, as a setter marker says (`…:name`).
+    Name(Path),
 }
 
 /// A container and its image.
@@ -125,7 +129,8 @@ fn keys(path: &[&str]) -> Path {
     path.iter().map(|k| Seg::Key(k.to_string())).collect()
 }
 
-fn at<'a>(value: &'a Value, path: &Path) -> &'a Value {
+/// The value at `path` (`null` where there is none).
+pub fn at<'a>(value: &'a Value, path: &Path) -> &'a Value {
     path.iter().fold(value, |v, seg| match seg {
         Seg::Key(k) => &v[k.as_str()],
         Seg::Index(i) => &v[*i],
@@ -263,6 +268,8 @@ fn mapped(object: &Value, values: &Path, found: &mut Found) {
 pub fn edits(container: &Container, tag: &str, object: &Value) -> Vec<(Path, String)> {
     match &container.location {
         Location::Whole(path) => vec![(path.clone(), container.image.with_tag(tag))],
+        Location::Tag(path) => vec![(path.clone(), tag.to_string())],
+        Location::Name(path) => vec![(path.clone(), container.image.name())],
         Location::Parts {
             tag: Some(path), ..
         } => vec![(path.clone(), tag.to_string())],

@@ -81,9 +81,9 @@ fn edit_document(text: &str, edits: &[&Edit]) -> Result<String, String> {
 }
 
 /// A scalar value of the document, where it is.
-struct Scalar {
-    path: Path,
-    range: Range<usize>,
+pub(super) struct Scalar {
+    pub(super) path: Path,
+    pub(super) range: Range<usize>,
     style: ScalarStyle,
     /// It, or a collection above it, carries an anchor.
     anchored: bool,
@@ -97,7 +97,7 @@ enum Frame {
 }
 
 /// Every scalar value of one document with its path.
-fn scalars(text: &str) -> Result<Vec<Scalar>, String> {
+pub(super) fn scalars(text: &str) -> Result<Vec<Scalar>, String> {
     let mut found = Vec::new();
     let mut stack: Vec<Frame> = Vec::new();
     let mut path: Path = Vec::new();

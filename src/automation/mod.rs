@@ -2,13 +2,17 @@
 //! them in annotations (`policy`, with `semver` for its version
 //! constraints), the containers and where their images are written
 //! (`containers`, `image`), and the edit of a file that changes only those
-//! bytes (`edit`); one cycle's updates and commit message (`update`).
+//! bytes (`edit`); Flux v2's way too: `ImagePolicy` documents
+//! (`image_policy`) named by setter markers in YAML files (`markers`); one
+//! cycle's updates and commit message (`update`).
 
 pub mod cache;
 pub mod containers;
 pub mod credentials;
 pub mod edit;
 pub mod image;
+pub mod image_policy;
+pub mod markers;
 pub mod policy;
 pub mod semver;
 pub mod update;

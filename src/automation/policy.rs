@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
+use super::image_policy::Rule;
 use super::semver::{self, Constraint};
 
 /// The prefixes of policy annotations, current and old.
@@ -25,6 +26,8 @@ pub enum Pattern {
     Semver(Constraint),
     /// Unanchored, as Flux v1 matched them (write `^…$` to anchor).
     Regex(regex::Regex),
+    /// A `tidegate.dev/v1 ImagePolicy`'s filter and order (Flux v2's way).
+    Policy(Box<Rule>),
 }
 
 impl Pattern {
@@ -57,13 +60,14 @@ impl Pattern {
             Pattern::Glob(glob) => glob_matches(glob, tag),
             Pattern::Semver(c) => semver::parse_tag(tag).is_some_and(|v| c.matches(&v)),
             Pattern::Regex(re) => re.is_match(tag),
+            Pattern::Policy(rule) => rule.matches(tag),
         }
     }
 
-    /// Versions order semver tags; the others are ordered by when their
-    /// image was built.
+    /// Versions order semver tags, and a policy orders its own; the others
+    /// are ordered by when their image was built.
     pub fn by_version(&self) -> bool {
-        matches!(self, Pattern::Semver(_))
+        matches!(self, Pattern::Semver(_) | Pattern::Policy(_))
     }
 }
 
@@ -197,7 +201,9 @@ impl std::fmt::Display for PolicyError {
 /// a tag whose build time is unknown is never chosen by time.
 pub fn pick<'a>(pattern: &Pattern, tags: &'a [(String, Option<i64>)]) -> Option<&'a str> {
     let passing = tags.iter().filter(|(t, _)| pattern.matches(t));
-    if pattern.by_version() {
+    if let Pattern::Policy(rule) = pattern {
+        rule.pick(passing.map(|(t, _)| t.as_str()))
+    } else if pattern.by_version() {
         passing
             .filter_map(|(t, _)| Some((semver::parse_tag(t)?, t)))
             // Equal versions (`1.10`, `1.10.0`): the longer tag, as Flux did.

@@ -6,11 +6,16 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use super::containers::{self, Container};
+use serde_json::Value;
+
+use super::containers::{self, Container, Location};
 use super::edit::Edit;
-use super::image::ImageRef;
+use super::image::{self, ImageRef};
+use super::image_policy::{self, ImagePolicy};
+use super::markers::{self, Field};
 use super::policy::{self, Pattern, Policy};
-use crate::render::Manifest;
+use crate::render::manifest::parse_documents;
+use crate::render::{Manifest, ParseLimits};
 
 /// A container automation may move.
 #[derive(Debug, Clone)]
@@ -120,6 +125,128 @@ pub fn candidates(
     (found, problems)
 }
 
+/// What setter markers name: the candidates, the documents of the marked
+/// files (what an edit is checked against), the policies read, and what
+/// cannot be used.
+#[derive(Debug, Default)]
+pub struct Marked {
+    pub candidates: Vec<Candidate>,
+    pub objects: BTreeMap<(PathBuf, usize), Value>,
+    pub policies: Vec<ImagePolicy>,
+    pub problems: Vec<Problem>,
+}
+
+/// The values `$imagepolicy` markers in `files` (path, text) set, each
+/// moved as its `ImagePolicy` (of `policies`, the documents render took
+/// out) chooses; policies outside the namespaces `allowed` (empty: any)
+/// are left alone.
+pub fn marked(
+    files: &[(PathBuf, String)],
+    policies: &[Manifest],
+    default_namespace: &str,
+    allowed: &[String],
+) -> Marked {
+    let mut out = Marked::default();
+    for m in policies {
+        match ImagePolicy::from_object(&m.object.value(), default_namespace) {
+            Ok(p) if allowed.is_empty() || allowed.contains(&p.namespace) => out.policies.push(p),
+            Ok(_) => {}
+            Err(reason) => out.problems.push(Problem {
+                object: m.id.to_string(),
+                file: m.file.clone(),
+                reason,
+            }),
+        }
+    }
+    for (file, text) in files {
+        let (setters, errors) = markers::setters(text);
+        let problem = |object: String, reason: String| Problem {
+            object,
+            file: file.clone(),
+            reason,
+        };
+        out.problems.extend(
+            errors
+                .into_iter()
+                .map(|e| problem("$imagepolicy marker".into(), e.to_string())),
+        );
+        if setters.is_empty() {
+            continue;
+        }
+        let documents = parse_documents(text, &ParseLimits::default()).unwrap_or_default();
+        for s in setters {
+            let object = format!("$imagepolicy {}:{} (line {})", s.namespace, s.name, s.line);
+            let policy = out
+                .policies
+                .iter()
+                .find(|p| p.namespace == s.namespace && p.name == s.name);
+            let Some(policy) = policy else {
+                if allowed.is_empty() || allowed.contains(&s.namespace) {
+                    let reason = format!(
+                        "no {} {}/{} in the synced paths",
+                        image_policy::SHOWN,
+                        s.namespace,
+                        s.name
+                    );
+                    out.problems.push(problem(object, reason));
+                }
+                continue;
+            };
+            let Some(document) = documents.get(s.document) else {
+                continue;
+            };
+            match setter_container(policy, &s, document) {
+                Ok(container) => out.candidates.push(Candidate {
+                    object,
+                    namespace: policy.namespace.clone(),
+                    file: file.clone(),
+                    document: s.document,
+                    container,
+                    pattern: Pattern::Policy(Box::new(policy.rule.clone())),
+                }),
+                Err(reason) => {
+                    out.problems.push(problem(object, reason));
+                    continue;
+                }
+            }
+            out.objects
+                .insert((file.clone(), s.document), document.clone());
+        }
+    }
+    out
+}
+
+/// What a setter sets, as a container: the policy's image, with the tag
+/// the marked value holds (none if it names another image).
+fn setter_container(
+    policy: &ImagePolicy,
+    s: &markers::Setter,
+    document: &Value,
+) -> Result<Container, String> {
+    let current = containers::at(document, &s.path)
+        .as_str()
+        .ok_or("the marked value is not a string")?;
+    let mut image = policy.image.clone();
+    let location = match s.field {
+        Field::Whole => {
+            let now = ImageRef::parse(current)?;
+            let same = now.canonical() == image.canonical();
+            image.tag = now.tag.filter(|_| same);
+            Location::Whole(s.path.clone())
+        }
+        Field::Tag => {
+            image.tag = Some(current.to_string()).filter(|t| image::valid_tag(t));
+            Location::Tag(s.path.clone())
+        }
+        Field::Name => Location::Name(s.path.clone()),
+    };
+    Ok(Container {
+        name: policy.name.clone(),
+        image,
+        location,
+    })
+}
+
 /// The container a `tag.<container>` annotation is for.
 fn tag_annotation_container(annotation: &str) -> Option<&str> {
     policy::PREFIXES
@@ -152,7 +279,7 @@ pub fn tags_key(namespace: &str, canonical: &str) -> String {
 pub fn updates(
     candidates: &[Candidate],
     tags: &BTreeMap<String, Vec<(String, Option<i64>)>>,
-    objects: &BTreeMap<(PathBuf, usize), serde_json::Value>,
+    objects: &BTreeMap<(PathBuf, usize), Value>,
 ) -> Vec<Update> {
     let mut out = Vec::new();
     for c in candidates {
@@ -169,14 +296,19 @@ pub fn updates(
         let Some(object) = objects.get(&(c.file.clone(), c.document)) else {
             continue;
         };
-        let edits = containers::edits(&c.container, pick, object)
+        let edits: Vec<Edit> = containers::edits(&c.container, pick, object)
             .into_iter()
+            // What holds its new value already is not edited.
+            .filter(|(path, value)| containers::at(object, path).as_str() != Some(value))
             .map(|(path, value)| Edit {
                 document: c.document,
                 path,
                 value,
             })
             .collect();
+        if edits.is_empty() {
+            continue;
+        }
         out.push(Update {
             object: c.object.clone(),
             file: c.file.clone(),
@@ -220,7 +352,7 @@ pub fn commit_message(updates: &[Update], ci_skip: bool) -> String {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::{Value, json};
+    use serde_json::json;
 
     use super::*;
     use crate::model::{Json, ObjectRef};
@@ -418,6 +550,92 @@ spec:
             commit_message(&moved, false),
             "Auto-release multiple (2) images\n\n - reg.io/api:main-bbb\n - reg.io/shop:2.3.1\n"
         );
+    }
+
+    #[test]
+    fn markers_move_as_their_image_policy_chooses_in_any_yaml_file() {
+        let deploy = r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: shop}
+spec:
+  template:
+    spec:
+      containers:
+      - name: web
+        image: reg.io/web:1.0.0 # {"$imagepolicy": "shop:web"}
+      - name: old
+        image: reg.io/web:0.9 # {"$imagepolicy": "shop:missing"}
+"#;
+        let kustomization = r#"# The shop, with its images.
+resources: [web.yaml]
+images:
+- name: api
+  newName: reg.io/api # {"$imagepolicy": "shop:api:name"}
+  newTag: "main-1"    # {"$imagepolicy": "shop:api:tag"}
+"#;
+        let policy = |name: &str, spec: Value| {
+            manifest(
+                "policies.yaml",
+                0,
+                json!({"apiVersion": "tidegate.dev/v1", "kind": "ImagePolicy",
+                    "metadata": {"name": name, "namespace": "shop"}, "spec": spec}),
+            )
+        };
+        let policies = vec![
+            policy(
+                "web",
+                json!({"image": "reg.io/web", "policy": {"semver": {"range": "^1"}}}),
+            ),
+            policy(
+                "api",
+                json!({"image": "reg.io/api",
+                    "filterTags": {"pattern": "^main-(\\d+)$", "extract": "$1"},
+                    "policy": {"numerical": {}}}),
+            ),
+            policy("broken", json!({"image": "reg.io/x"})),
+        ];
+        let files = vec![
+            (PathBuf::from("web.yaml"), deploy.to_string()),
+            (
+                PathBuf::from("kustomization.yaml"),
+                kustomization.to_string(),
+            ),
+        ];
+        let marked = marked(&files, &policies, "default", &[]);
+        let shown: Vec<String> = marked.problems.iter().map(ToString::to_string).collect();
+        assert_eq!(shown.len(), 2, "{shown:?}");
+        assert!(shown[0].contains("ImagePolicy shop/broken: spec.policy names no order"));
+        assert!(shown[1].starts_with(
+            "web.yaml: $imagepolicy shop:missing (line 11): no tidegate.dev/v1 ImagePolicy shop/missing"
+        ));
+        assert_eq!(marked.candidates.len(), 3);
+        let listed = tags(&[
+            ("reg.io/web", "1.0.0", None),
+            ("reg.io/web", "1.4.2", None),
+            ("reg.io/web", "2.0.0", None),
+            ("reg.io/api", "main-1", None),
+            ("reg.io/api", "main-10", None),
+            ("reg.io/api", "main-9", None),
+        ]);
+        let moved = updates(&marked.candidates, &listed, &marked.objects);
+        let to: Vec<&str> = moved.iter().map(|u| u.to.as_str()).collect();
+        assert_eq!(
+            to,
+            ["reg.io/web:1.4.2", "reg.io/api:main-10"],
+            "the name is what it was: not an update"
+        );
+        for (file, text) in &files {
+            let edits: Vec<Edit> = moved
+                .iter()
+                .filter(|u| &u.file == file)
+                .flat_map(|u| u.edits.clone())
+                .collect();
+            let out = crate::automation::edit::apply(text, &edits).unwrap();
+            let expected = text
+                .replace("web:1.0.0 #", "web:1.4.2 #")
+                .replace("\"main-1\"", "\"main-10\"");
+            assert_eq!(out, expected, "{}", file.display());
+        }
     }
 
     #[test]

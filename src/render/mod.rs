@@ -36,6 +36,18 @@ pub struct DesiredSet {
     pub proxy: Option<proxy::ProxySettings>,
     /// The sync set the objects are marked for, if they are.
     pub marked_for: Option<String>,
+    /// The repository's `tidegate.dev/v1 ImagePolicy` documents: read by
+    /// image automation, never applied.
+    pub image_policies: Vec<Manifest>,
+    /// The files read, in order (where automation looks for markers).
+    pub files: Vec<PathBuf>,
+}
+
+/// The kind of the image policies a repository declares for automation.
+pub const IMAGE_POLICY_KIND: &str = "ImagePolicy";
+
+pub fn is_image_policy(api_version: &str, kind: &str) -> bool {
+    api_version.split('/').next() == Some(proxy::GROUP) && kind == IMAGE_POLICY_KIND
 }
 
 impl DesiredSet {
@@ -242,6 +254,11 @@ pub fn render(root: &Path, options: &Options) -> DesiredSet {
     }
     set.manifests = reject_duplicates(manifests, &mut set.errors);
     set.marked_for = options.sync_set.clone();
+    let (policies, rest) = std::mem::take(&mut set.manifests)
+        .into_iter()
+        .partition(|m| is_image_policy(&m.id.api_version(), &m.id.kind));
+    (set.image_policies, set.manifests) = (policies, rest);
+    set.files = within;
     inject_proxy(&mut set);
     set
 }

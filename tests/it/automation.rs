@@ -527,6 +527,71 @@ async fn an_automated_deployment_moves_to_the_newest_allowed_tag_by_a_commit() {
 }
 
 #[tokio::test]
+async fn a_marker_moves_its_value_as_the_image_policy_in_the_repository_says() {
+    use k8s_openapi::api::apps::v1::Deployment;
+
+    let registry = LocalRegistry::start();
+    for tag in ["1.0.0", "1.3.0", "2.0.0"] {
+        registry.push_image("team/web", tag, "2026-01-01T00:00:00Z");
+    }
+    let ns = crate::support::unique("markers");
+    let repo = GitRepo::new();
+    let image = format!("{}/team/web", registry.host());
+    // Flux v2's way: no annotation, a marker naming a policy.
+    let before = automated_deployment(&ns, &format!("{image}:1.0.0"))
+        .replace(
+            "    fluxcd.io/automated: \"true\"\n    fluxcd.io/tag.web: semver:~1\n",
+            "    team: web\n",
+        )
+        .replace(
+            "   # moved by automation",
+            &format!(" # {{\"$imagepolicy\": \"{ns}:web\"}}"),
+        );
+    assert!(!before.contains("fluxcd.io"), "{before}");
+    let policy = format!(
+        "apiVersion: tidegate.dev/v1\nkind: ImagePolicy\nmetadata: {{name: web, namespace: {ns}}}\n\
+         spec:\n  image: {image}\n  policy:\n    semver: {{range: ^1}}\n"
+    );
+    repo.write("namespace.yaml", &crate::support::ns_yaml(&ns));
+    repo.write("web.yaml", &before);
+    repo.write("policies/web.yaml", &policy);
+    let first = repo.push("first");
+    let _daemon = repo.daemon(
+        &repo.url(),
+        &[
+            "--listen",
+            "off",
+            "--git-poll-interval",
+            "1h",
+            "--automation-interval",
+            "1s",
+            "--registry-insecure-host",
+            &registry.host(),
+        ],
+    );
+    let api: kube::Api<Deployment> = kube::Api::namespaced(crate::support::client().await, &ns);
+    applied(&api, &format!("{image}:1.3.0"), Duration::from_secs(60)).await;
+    assert_eq!(git(&repo.bare, &["rev-parse", "main^"]), first);
+    assert_eq!(
+        format!("{}\n", git(&repo.bare, &["show", "main:web.yaml"])),
+        before.replace(":1.0.0 #", ":1.3.0 #"),
+        "only the marked value changed"
+    );
+    assert_eq!(
+        registry.gets("/blobs/"),
+        0,
+        "a policy orders by the tags alone: no config read"
+    );
+    // The policy was read, not applied: the sync of the revision is clean.
+    let status = crate::support::status_json(&repo.sync_set);
+    assert_eq!(
+        (&status["result"], &status["errors_total"]),
+        (&"succeeded".into(), &0.into()),
+        "{status}"
+    );
+}
+
+#[tokio::test]
 async fn a_restarted_daemon_reads_no_build_time_it_knew() {
     use k8s_openapi::api::apps::v1::Deployment;
 

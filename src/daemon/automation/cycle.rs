@@ -94,21 +94,24 @@ pub(super) fn cycle(
     clients: &mut Clients,
 ) -> Result<Option<Change>, String> {
     let set = render::render(&snapshot.tree, options);
-    let (candidates, problems) = update::candidates(
+    let (mut candidates, problems) = update::candidates(
         &set.manifests,
         &config.default_namespace,
         &config.allow_namespaces,
     );
-    for p in &problems {
+    let marked = marked(config, snapshot, &set, options);
+    for p in problems.iter().chain(&marked.problems) {
         problem(&mut clients.found.errors, p.to_string());
     }
+    candidates.extend(marked.candidates);
     clients.found.containers = candidates.len();
     let tags = look_up(config, &candidates, clients);
-    let objects: BTreeMap<(PathBuf, usize), serde_json::Value> = set
+    let mut objects: BTreeMap<(PathBuf, usize), serde_json::Value> = set
         .manifests
         .iter()
         .map(|m| ((m.file.clone(), m.index), m.object.value()))
         .collect();
+    objects.extend(marked.objects);
     let updates = update::updates(&candidates, &tags, &objects);
     let mut by_file: BTreeMap<PathBuf, Vec<&Update>> = BTreeMap::new();
     for u in &updates {
@@ -160,4 +163,28 @@ pub(super) fn cycle(
         committer: config.committer.clone(),
         sign: config.sign,
     }))
+}
+
+/// The values `$imagepolicy` markers set in the files rendered, and the
+/// repository's image policies.
+pub(super) fn marked(
+    config: &Config,
+    snapshot: &Snapshot,
+    set: &render::DesiredSet,
+    options: &render::Options,
+) -> update::Marked {
+    let files: Vec<(PathBuf, String)> = set
+        .files
+        .iter()
+        .filter_map(|f| {
+            let text = render::files::read(&snapshot.tree, f, &options.limits).ok()?;
+            text.contains("$imagepolicy").then(|| (f.clone(), text))
+        })
+        .collect();
+    update::marked(
+        &files,
+        &set.image_policies,
+        &config.default_namespace,
+        &config.allow_namespaces,
+    )
 }

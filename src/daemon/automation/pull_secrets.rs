@@ -30,27 +30,11 @@ pub(super) async fn pull_credentials(
             ),
         }
     }
-    let (tree, options) = (snapshot.tree.clone(), options.clone());
-    let Ok(set) = tokio::task::spawn_blocking(move || render::render(&tree, &options)).await else {
+    let (tree, opts) = (snapshot.tree.clone(), options.clone());
+    let Ok(set) = tokio::task::spawn_blocking(move || render::render(&tree, &opts)).await else {
         return (found, errors);
     };
-    let (candidates, _) = update::candidates(
-        &set.manifests,
-        &config.default_namespace,
-        &config.allow_namespaces,
-    );
-    // Each namespace's automated workloads' pull secrets and their service
-    // accounts', read in that namespace only, for its workloads only.
-    let mut wanted: std::collections::BTreeSet<(String, String)> = Default::default();
-    let mut accounts: std::collections::BTreeSet<(String, String)> = Default::default();
-    for m in set.manifests.iter() {
-        let Some(c) = candidates.iter().find(|c| c.object == m.id.to_string()) else {
-            continue;
-        };
-        let (secrets, account) = credentials::pull_secret_refs(&m.object.value());
-        wanted.extend(secrets.into_iter().map(|s| (c.namespace.clone(), s)));
-        accounts.insert((c.namespace.clone(), account));
-    }
+    let (mut wanted, accounts) = wanted(config, snapshot, &set, options);
     for (ns, account) in accounts {
         let api: kube::Api<ServiceAccount> = kube::Api::namespaced(kube.clone(), &ns);
         if let Ok(Some(sa)) = api.get_opt(&account).await {
@@ -85,4 +69,38 @@ pub(super) async fn pull_credentials(
         }
     }
     (found, errors)
+}
+
+/// (namespace, name) pairs.
+type Named = std::collections::BTreeSet<(String, String)>;
+
+/// The pull secrets named in Git: each automated workload's (with its
+/// namespace) and each ImagePolicy's `secretRef`; and the service
+/// accounts whose pull secrets count too.
+fn wanted(
+    config: &Config,
+    snapshot: &Snapshot,
+    set: &render::DesiredSet,
+    options: &render::Options,
+) -> (Named, Named) {
+    let (candidates, _) = update::candidates(
+        &set.manifests,
+        &config.default_namespace,
+        &config.allow_namespaces,
+    );
+    // Read in each namespace only, for its own workloads only.
+    let mut wanted = Named::new();
+    let mut accounts = Named::new();
+    for m in set.manifests.iter() {
+        let Some(c) = candidates.iter().find(|c| c.object == m.id.to_string()) else {
+            continue;
+        };
+        let (secrets, account) = credentials::pull_secret_refs(&m.object.value());
+        wanted.extend(secrets.into_iter().map(|s| (c.namespace.clone(), s)));
+        accounts.insert((c.namespace.clone(), account));
+    }
+    for p in super::cycle::marked(config, snapshot, set, options).policies {
+        wanted.extend(p.secret.map(|s| (p.namespace.clone(), s)));
+    }
+    (wanted, accounts)
 }
