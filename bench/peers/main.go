@@ -12,6 +12,8 @@
 //	-engine push      commits and pushes a change to a ConfigMap's file
 //	                  (then posts a signed webhook, with -webhook) and times
 //	                  until the ConfigMap holds it; one latency per line.
+//
+// and the image automation probes of images.go.
 package main
 
 import (
@@ -91,6 +93,10 @@ func run(engine, dir string, concurrency int, qps float32, burst int) error {
 		return selfheal(ctx, config)
 	case "push":
 		return push(ctx, config)
+	case "registryfixture":
+		return registryFixture()
+	case "imagepush":
+		return imagePush(ctx, config)
 	case "ceiling":
 		err = ceiling(ctx, config, objects, concurrency)
 	case "flux":

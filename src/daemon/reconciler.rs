@@ -389,11 +389,22 @@ impl Daemon {
         };
         if let Ok(s) = &snapshot {
             self.last_snapshot = Some(s.clone());
-            self.automated.lock().expect("automation").current = Some((
-                self.source.clone(),
-                s.clone(),
-                self.config.settings.render.clone(),
-            ));
+            let first = self
+                .automated
+                .lock()
+                .expect("automation")
+                .current
+                .replace((
+                    self.source.clone(),
+                    s.clone(),
+                    self.config.settings.render.clone(),
+                ))
+                .is_none();
+            // Images are looked up as soon as there is a revision, not an
+            // interval after the daemon started.
+            if first {
+                self.triggers.automate.notify_one();
+            }
         }
         let due = self.config.once
             || forced

@@ -8,6 +8,8 @@
 //! no dry-run, on the benchmark's resources), so every tool is measured the
 //! same way; peak RSS comes from `wait4`, or `VmHWM` for the daemon.
 
+mod automation;
+
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -67,7 +69,7 @@ fn peers_binary() -> Result<PathBuf> {
     use std::hash::{Hash, Hasher};
     let src = crate::root().join("bench/peers");
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    for file in ["go.mod", "go.sum", "main.go"] {
+    for file in ["go.mod", "go.sum", "main.go", "images.go"] {
         std::fs::read(src.join(file))
             .map_err(|e| format!("{}: {e}", src.join(file).display()))?
             .hash(&mut hasher);
@@ -248,10 +250,17 @@ impl Bench {
     /// Starts `tidegate daemon` on a repository (polling and periodic syncs
     /// an hour apart, so every sync measured is one the bench caused).
     fn daemon(&self, repo: &Path, sync_set: &str, extra: &[&str]) -> Result<RunningDaemon<'_>> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| e.to_string())?
-            .port();
+        self.daemon_on(free_port()?, repo, sync_set, extra)
+    }
+
+    /// [`Bench::daemon`], listening on `port`.
+    fn daemon_on(
+        &self,
+        port: u16,
+        repo: &Path,
+        sync_set: &str,
+        extra: &[&str],
+    ) -> Result<RunningDaemon<'_>> {
         let url = format!("file://{}", repo.join("repo.git").display());
         let child = Command::new(&self.tidegate)
             .args(["daemon", "--git-branch", "main", "--git-url", &url])
@@ -265,7 +274,11 @@ impl Bench {
             .args(extra)
             .env("KUBECONFIG", &self.kubeconfig)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            // Its log, for when a figure is not what it should be.
+            .stderr(
+                std::fs::File::create(repo.join(format!("daemon-{sync_set}.log")))
+                    .map_err(|e| e.to_string())?,
+            )
             .spawn()
             .map_err(|e| format!("cannot start the daemon: {e}"))?;
         let daemon = RunningDaemon {
@@ -450,6 +463,14 @@ fn change_one(tree: &Path, prefix: &str) -> Result<()> {
         .map_err(|e| e.to_string())
 }
 
+/// A port free on loopback now.
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| e.to_string())?
+        .port())
+}
+
 fn secs(d: Duration) -> String {
     format!("{:.2} s", d.as_secs_f64())
 }
@@ -458,12 +479,22 @@ fn mib(kib: i64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
 
-const USAGE: &str = "usage: cargo xtask bench [--quick]";
+const USAGE: &str = "usage: cargo xtask bench [--quick | --automation]";
+
+/// A part of the benchmark alone.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Only {
+    /// The 1,000-object half (and automation).
+    Quick,
+    /// Image automation alone.
+    Automation,
+}
 
 pub fn bench(args: &[&str]) -> Result<()> {
-    let quick = match args {
-        [] => false,
-        ["--quick"] => true,
+    let only = match args {
+        [] => None,
+        ["--quick"] => Some(Only::Quick),
+        ["--automation"] => Some(Only::Automation),
         _ => return Err(USAGE.into()),
     };
     let tools = tools_dir()?;
@@ -481,7 +512,7 @@ pub fn bench(args: &[&str]) -> Result<()> {
         peers,
         dir: dir.clone(),
     };
-    let result = run_all(&bench, quick);
+    let result = run_all(&bench, only);
     let _ = controlplane.kill();
     let _ = controlplane.wait();
     println!("{}", result?);
@@ -532,14 +563,17 @@ fn limit_figure(name: &'static str, what: &str, value: f64, unit: &str, limit: f
     }
 }
 
-fn run_all(b: &Bench, quick: bool) -> Result<String> {
+fn run_all(b: &Bench, only: Option<Only>) -> Result<String> {
     let mut figures = Vec::new();
     let mut out = String::new();
-    size(b, 1000, &mut figures, &mut out)?;
-    if !quick {
+    if only != Some(Only::Automation) {
+        size(b, 1000, &mut figures, &mut out)?;
+    }
+    if only.is_none() {
         size(b, 10_000, &mut figures, &mut out)?;
         out.push_str(&helm_releases(b, 1000)?);
     }
+    out.push_str(&automation::automation(b, &mut figures)?);
     let _ = writeln!(
         out,
         "\n| figure | tidegate | baseline | ratio | target | met |"
