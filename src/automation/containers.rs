@@ -66,6 +66,15 @@ pub struct ContainerError {
     pub reason: String,
 }
 
+/// The kinds automation moves: group, version, kind, resource.
+pub const KINDS: [(&str, &str, &str, &str); 5] = [
+    ("apps", "v1", "Deployment", "deployments"),
+    ("apps", "v1", "StatefulSet", "statefulsets"),
+    ("apps", "v1", "DaemonSet", "daemonsets"),
+    ("batch", "v1", "CronJob", "cronjobs"),
+    ("helm.fluxcd.io", "v1", "HelmRelease", "helmreleases"),
+];
+
 /// The kinds whose images automation moves.
 pub fn is_workload(api_version: &str, kind: &str) -> bool {
     let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);

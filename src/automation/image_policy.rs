@@ -172,7 +172,12 @@ impl Rule {
 
     /// The tag the policy chooses of `tags`.
     pub fn pick<'a>(&self, tags: impl Iterator<Item = &'a str>) -> Option<&'a str> {
-        let keyed = tags.filter_map(|t| Some((self.key(t)?, t)));
+        self.ranked(tags).into_iter().next()
+    }
+
+    /// The tags that pass, best first.
+    pub fn ranked<'a>(&self, tags: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+        let mut keyed: Vec<(String, &str)> = tags.filter_map(|t| Some((self.key(t)?, t))).collect();
         let cmp = |a: &(String, &str), b: &(String, &str)| {
             let by_key = match &self.order {
                 Order::Semver(_) => {
@@ -194,7 +199,8 @@ impl Rule {
             // the order the registry listed them in.
             by_key.then_with(|| a.1.cmp(b.1))
         };
-        keyed.max_by(cmp).map(|(_, t)| t)
+        keyed.sort_by(|a, b| cmp(b, a));
+        keyed.into_iter().map(|(_, t)| t).collect()
     }
 }
 

@@ -6,6 +6,7 @@
 //! (`image_policy`) named by setter markers in YAML files (`markers`); one
 //! cycle's updates and commit message (`update`).
 
+pub mod annotate;
 pub mod cache;
 pub mod containers;
 pub mod credentials;
@@ -14,5 +15,6 @@ pub mod image;
 pub mod image_policy;
 pub mod markers;
 pub mod policy;
+pub mod request;
 pub mod semver;
 pub mod update;

@@ -200,21 +200,29 @@ impl std::fmt::Display for PolicyError {
 /// (for `semver:`), else the newest image. `tags` are (tag, when built);
 /// a tag whose build time is unknown is never chosen by time.
 pub fn pick<'a>(pattern: &Pattern, tags: &'a [(String, Option<i64>)]) -> Option<&'a str> {
+    ranked(pattern, tags).into_iter().next()
+}
+
+/// The tags that pass `pattern`, best first (the first is the pick); by
+/// time, only those whose build time is known.
+pub fn ranked<'a>(pattern: &Pattern, tags: &'a [(String, Option<i64>)]) -> Vec<&'a str> {
     let passing = tags.iter().filter(|(t, _)| pattern.matches(t));
     if let Pattern::Policy(rule) = pattern {
-        rule.pick(passing.map(|(t, _)| t.as_str()))
+        rule.ranked(passing.map(|(t, _)| t.as_str()))
     } else if pattern.by_version() {
-        passing
-            .filter_map(|(t, _)| Some((semver::parse_tag(t)?, t)))
-            // Equal versions (`1.10`, `1.10.0`): the longer tag, as Flux did.
-            .max_by(|a, b| a.0.cmp_precedence(&b.0).then_with(|| a.1.cmp(b.1)))
-            .map(|(_, t)| t.as_str())
+        let mut versions: Vec<_> = passing
+            .filter_map(|(t, _)| Some((semver::parse_tag(t)?, t.as_str())))
+            .collect();
+        // Equal versions (`1.10`, `1.10.0`): the longer tag, as Flux did.
+        versions.sort_by(|a, b| b.0.cmp_precedence(&a.0).then_with(|| b.1.cmp(a.1)));
+        versions.into_iter().map(|(_, t)| t).collect()
     } else {
-        passing
-            .filter_map(|(t, created)| Some((created.as_ref()?, t)))
-            // Built at the same second: the smaller name, as Flux did.
-            .max_by(|a, b| a.0.cmp(b.0).then_with(|| b.1.cmp(a.1)))
-            .map(|(_, t)| t.as_str())
+        let mut built: Vec<_> = passing
+            .filter_map(|(t, created)| Some((*created.as_ref()?, t.as_str())))
+            .collect();
+        // Built at the same second: the smaller name, as Flux did.
+        built.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+        built.into_iter().map(|(_, t)| t).collect()
     }
 }
 

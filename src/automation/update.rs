@@ -14,6 +14,7 @@ use super::image::{self, ImageRef};
 use super::image_policy::{self, ImagePolicy};
 use super::markers::{self, Field};
 use super::policy::{self, Pattern, Policy};
+use crate::model::record::{ImageStatus, MAX_LISTED_TAGS};
 use crate::render::manifest::parse_documents;
 use crate::render::{Manifest, ParseLimits};
 
@@ -22,6 +23,8 @@ use crate::render::{Manifest, ParseLimits};
 pub struct Candidate {
     /// The object, as people read it (`apps/v1 Deployment shop/web`).
     pub object: String,
+    /// As fluxctl named it (`shop:deployment/web`); a marker as `object`.
+    pub workload: String,
     /// Its namespace: whose pull secrets its images are read with.
     pub namespace: String,
     pub file: PathBuf,
@@ -114,6 +117,7 @@ pub fn candidates(
             }
             found.push(Candidate {
                 object: id.to_string(),
+                workload: format!("{namespace}:{}/{}", id.kind.to_lowercase(), id.name),
                 namespace: namespace.clone(),
                 file: m.file.clone(),
                 document: m.index,
@@ -197,6 +201,7 @@ pub fn marked(
             };
             match setter_container(policy, &s, document) {
                 Ok(container) => out.candidates.push(Candidate {
+                    workload: object.clone(),
                     object,
                     namespace: policy.namespace.clone(),
                     file: file.clone(),
@@ -324,6 +329,32 @@ pub fn updates(
         });
     }
     out
+}
+
+/// What each candidate runs and may move to, for `tidegate list-images`.
+pub fn image_statuses(
+    candidates: &[Candidate],
+    tags: &BTreeMap<String, Vec<(String, Option<i64>)>>,
+) -> Vec<ImageStatus> {
+    candidates
+        .iter()
+        .map(|c| {
+            let listed = tags
+                .get(&tags_key(&c.namespace, &c.container.image.canonical()))
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            ImageStatus {
+                workload: c.workload.clone(),
+                container: c.container.name.clone(),
+                current: c.container.image.to_string(),
+                available: policy::ranked(&c.pattern, listed)
+                    .into_iter()
+                    .take(MAX_LISTED_TAGS)
+                    .map(str::to_string)
+                    .collect(),
+            }
+        })
+        .collect()
 }
 
 /// The commit message for a cycle's updates, as Flux v1 wrote it:

@@ -12,6 +12,8 @@ mod post_render;
 mod status;
 mod sync;
 mod validate;
+mod workload_requests;
+use workload_requests::Asked;
 mod workloads;
 
 use std::path::PathBuf;
@@ -69,6 +71,20 @@ enum Command {
     Sync(sync::Args),
     /// List the workloads and HelmReleases a sync set manages: containers, images, automation
     ListWorkloads(workloads::Args),
+    /// List automated containers' images and the tags each may move to, the pick first
+    ListImages(workloads::ImagesArgs),
+    /// Release an image to a workload, by a commit to Git: --update-image repo:tag, or --update-all-images
+    Release(workload_requests::ReleaseArgs),
+    /// Automate a workload's images (fluxcd.io/automated: "true"), by a commit to Git
+    Automate(workload_requests::Plain),
+    /// Stop automating a workload's images, by a commit to Git
+    Deautomate(workload_requests::Plain),
+    /// Lock a workload: automation and releases leave it alone, by a commit to Git
+    Lock(workload_requests::LockArgs),
+    /// Unlock a workload, by a commit to Git
+    Unlock(workload_requests::Plain),
+    /// Set a workload's tag filters (--tag CONTAINER=PATTERN), by a commit to Git
+    Policy(workload_requests::PolicyArgs),
     /// Print the manifests that run tidegate in a cluster, for kubectl apply -f -
     Install(install::Args),
     /// Print the version and the Git commit tidegate was built from
@@ -143,12 +159,27 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Command::Identity(args) => runtime.block_on(identity::run(args, connection)),
         Command::Sync(args) => runtime.block_on(sync::run(args, connection)),
         Command::ListWorkloads(args) => runtime.block_on(workloads::run(args, connection)),
+        Command::ListImages(args) => runtime.block_on(workloads::images(args, connection)),
+        Command::Release(a) => asked(&runtime, Asked::Release(a), connection),
+        Command::Automate(a) => asked(&runtime, Asked::Automate(a), connection),
+        Command::Deautomate(a) => asked(&runtime, Asked::Deautomate(a), connection),
+        Command::Lock(a) => asked(&runtime, Asked::Lock(a), connection),
+        Command::Unlock(a) => asked(&runtime, Asked::Unlock(a), connection),
+        Command::Policy(a) => asked(&runtime, Asked::Policy(a), connection),
         Command::Validate(_)
         | Command::PostRender(_)
         | Command::Install(_)
         | Command::Version
         | Command::Completion { .. } => unreachable!("handled above"),
     }
+}
+
+fn asked(
+    runtime: &tokio::runtime::Runtime,
+    asked: Asked,
+    connection: Connection,
+) -> anyhow::Result<ExitCode> {
+    runtime.block_on(workload_requests::run(asked, connection))
 }
 
 /// Logs go to stderr, so stdout carries only what a command prints.

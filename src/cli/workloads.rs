@@ -27,15 +27,6 @@ pub struct Args {
     output: Format,
 }
 
-/// The kinds automation moves.
-const KINDS: [(&str, &str, &str, &str); 5] = [
-    ("apps", "v1", "Deployment", "deployments"),
-    ("apps", "v1", "StatefulSet", "statefulsets"),
-    ("apps", "v1", "DaemonSet", "daemonsets"),
-    ("batch", "v1", "CronJob", "cronjobs"),
-    ("helm.fluxcd.io", "v1", "HelmRelease", "helmreleases"),
-];
-
 #[derive(Debug, Serialize)]
 struct Workload {
     /// `namespace:kind/name`, as fluxctl named them.
@@ -59,7 +50,7 @@ pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode>
         .context("cannot connect to the cluster")?;
     let selector = crate::model::marks::selector(&args.sync_set_name);
     let mut workloads = Vec::new();
-    for (group, version, kind, plural) in KINDS {
+    for (group, version, kind, plural) in containers::KINDS {
         let resource =
             ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
         let api: Api<DynamicObject> = match &args.workload_namespace {
@@ -135,4 +126,82 @@ fn text(workloads: &[Workload]) -> String {
         }
     }
     out
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ImagesArgs {
+    /// The sync set whose daemon to ask
+    #[arg(long, env = "TIDEGATE_SYNC_SET_NAME", default_value = "tidegate")]
+    sync_set_name: String,
+    /// Only this workload (namespace:kind/name)
+    #[arg(long, short = 'w')]
+    workload: Option<String>,
+    #[arg(short, long, value_enum, default_value = "text")]
+    output: Format,
+}
+
+#[derive(Debug, Serialize)]
+struct Listed<'a> {
+    workload: &'a str,
+    container: &'a str,
+    current: &'a str,
+    /// What automation moves to.
+    pick: Option<&'a str>,
+    /// Best first.
+    available: &'a [String],
+}
+
+/// `tidegate list-images`: each automated container's image and the tags
+/// its filter allows, best first, as the daemon's last cycle read them.
+pub async fn images(args: ImagesArgs, connection: Connection) -> anyhow::Result<ExitCode> {
+    let (client, state) = connection
+        .state(args.sync_set_name.clone())
+        .await
+        .context("cannot connect to the cluster")?;
+    let record = crate::cluster::Cluster::new(client)
+        .read_automation(&state)
+        .await?;
+    let Some(record) = record else {
+        eprintln!(
+            "error: no automation cycle is recorded for sync set {} in namespace {}: is the daemon running with automation on?",
+            state.sync_set, state.namespace
+        );
+        return Ok(ExitCode::from(super::EXIT_ERROR));
+    };
+    let listed: Vec<Listed> = record
+        .images
+        .iter()
+        .filter(|i| args.workload.as_ref().is_none_or(|w| *w == i.workload))
+        .map(|i| Listed {
+            workload: &i.workload,
+            container: &i.container,
+            current: &i.current,
+            pick: i.available.first().map(String::as_str),
+            available: &i.available,
+        })
+        .collect();
+    match args.output {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&listed)?),
+        Format::Yaml => print!("{}", serde_saphyr::to_string(&listed)?),
+        Format::Text => {
+            println!("as of the automation cycle at {}", record.scanned);
+            for l in &listed {
+                println!("{}\t{}\t{}", l.workload, l.container, l.current);
+                let tag = l.current.rsplit_once(':').map(|(_, t)| t);
+                for (i, t) in l.available.iter().enumerate() {
+                    let mark = if i == 0 { "->" } else { "  " };
+                    let now = if Some(t.as_str()) == tag {
+                        "  (running)"
+                    } else {
+                        ""
+                    };
+                    println!("  {mark} {t}{now}");
+                }
+                if l.available.is_empty() {
+                    println!("     (no tag its filter allows)");
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

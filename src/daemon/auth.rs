@@ -2,7 +2,7 @@
 //! Kubernetes API's decision out (TokenReview, then SubjectAccessReview for
 //! `update` on the daemon's state ConfigMap — what `tidegate sync` needs).
 
-use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, UserInfo};
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
@@ -39,19 +39,34 @@ pub async fn may_request_sync(
     };
     let user = status.user.unwrap_or_default();
     let name = user.username.clone().unwrap_or_default();
+    let attributes = ResourceAttributes {
+        namespace: Some(state.namespace.clone()),
+        verb: Some("update".into()),
+        resource: Some("configmaps".into()),
+        name: Some(state.name()),
+        ..ResourceAttributes::default()
+    };
+    Ok(if may(client, user, attributes).await? {
+        Decision::Allowed
+    } else {
+        Decision::Forbidden(name)
+    })
+}
+
+/// Whether `user`, as the API server authenticated them, may do what
+/// `attributes` say (a SubjectAccessReview).
+pub async fn may(
+    client: &kube::Client,
+    user: UserInfo,
+    attributes: ResourceAttributes,
+) -> Result<bool, kube::Error> {
     let access = SubjectAccessReview {
         spec: SubjectAccessReviewSpec {
             user: user.username,
             groups: user.groups,
             uid: user.uid,
             extra: user.extra,
-            resource_attributes: Some(ResourceAttributes {
-                namespace: Some(state.namespace.clone()),
-                verb: Some("update".into()),
-                resource: Some("configmaps".into()),
-                name: Some(state.name()),
-                ..ResourceAttributes::default()
-            }),
+            resource_attributes: Some(attributes),
             ..SubjectAccessReviewSpec::default()
         },
         ..SubjectAccessReview::default()
@@ -59,9 +74,5 @@ pub async fn may_request_sync(
     let decided = Api::<SubjectAccessReview>::all(client.clone())
         .create(&PostParams::default(), &access)
         .await?;
-    Ok(if decided.status.is_some_and(|s| s.allowed) {
-        Decision::Allowed
-    } else {
-        Decision::Forbidden(name)
-    })
+    Ok(decided.status.is_some_and(|s| s.allowed))
 }

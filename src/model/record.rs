@@ -185,4 +185,23 @@ pub struct AutomationStatus {
     /// most [`MAX_RECORDED_ERRORS`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
+    /// Each automated container's image, and the tags it may move to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<ImageStatus>,
 }
+
+/// One automated container as the last cycle saw its registry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageStatus {
+    /// `namespace:kind/name` (or the marker, for a setter).
+    pub workload: String,
+    pub container: String,
+    /// The image as Git has it.
+    pub current: String,
+    /// The tags its filter passes, best first, at most [`MAX_LISTED_TAGS`];
+    /// the first is what automation moves to.
+    pub available: Vec<String>,
+}
+
+/// How many tags per container the record keeps.
+pub const MAX_LISTED_TAGS: usize = 10;

@@ -494,6 +494,28 @@ async fn an_automated_deployment_moves_to_the_newest_allowed_tag_by_a_commit() {
         errors.contains("team/missing") && errors.contains("404"),
         "{automation}"
     );
+    // fluxctl's list-images: what the filter allows, best first.
+    let images = crate::support::tidegate(&[
+        "list-images",
+        "--sync-set-name",
+        &repo.sync_set,
+        "--workload",
+        &format!("{ns}:deployment/web"),
+        "-o",
+        "json",
+    ]);
+    assert!(
+        images.status.success(),
+        "{}",
+        crate::support::stderr(&images)
+    );
+    let images: serde_json::Value = serde_json::from_slice(&images.stdout).unwrap();
+    assert_eq!(
+        images,
+        serde_json::json!([{"workload": format!("{ns}:deployment/web"), "container": "web",
+            "current": format!("{image}:1.0.0"), "pick": "1.1.0", "available": ["1.1.0", "1.0.0"]}]),
+        "2.0.0 is outside ~1; the current image is the one the cycle read"
+    );
     assert_eq!(automation["containers"], 2, "{automation}");
     let events: kube::Api<k8s_openapi::api::core::v1::Event> =
         kube::Api::namespaced(crate::support::client().await, "default");
@@ -749,10 +771,11 @@ async fn a_registry_notification_brings_the_new_image_without_waiting_for_the_in
     registry.push_image("team/hooked", "1.1.0", "2026-02-01T00:00:00Z");
     let api: kube::Api<Deployment> = kube::Api::namespaced(crate::support::client().await, &ns);
     applied(&api, &format!("{image}:1.1.0"), Duration::from_secs(30)).await;
-    assert_eq!(
-        crate::support::metric(port, "tidegate_automation_commits_total"),
-        1.0
-    );
+    // The sync of a pushed commit may finish before the cycle is counted.
+    crate::support::eventually("the commit counted", Duration::from_secs(10), || async {
+        (crate::support::metric(port, "tidegate_automation_commits_total") == 1.0).then_some(())
+    })
+    .await;
     assert_eq!(
         crate::support::metric(port, "tidegate_automation_containers"),
         1.0
@@ -1034,4 +1057,245 @@ async fn with_a_push_branch_commits_go_there_one_on_top_of_the_other_and_main_st
         first,
         "main is still not touched"
     );
+}
+
+/// `tidegate <command> --workload <workload> …` for a sync set, as JSON.
+fn workload_command(
+    sync_set: &str,
+    command: &[&str],
+    kubeconfig: Option<&Path>,
+) -> (Option<i32>, serde_json::Value, String) {
+    let mut args: Vec<&str> = command.to_vec();
+    args.extend(["--sync-set-name", sync_set, "-o", "json"]);
+    let mut cmd = crate::support::tidegate_command(&args);
+    if let Some(k) = kubeconfig {
+        cmd.env("KUBECONFIG", k);
+    }
+    let out = cmd.output().unwrap();
+    let json = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    (out.status.code(), json, crate::support::stderr(&out))
+}
+
+#[tokio::test]
+async fn the_workload_commands_commit_as_the_kubernetes_user_who_asked() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+
+    let registry = LocalRegistry::start();
+    for (tag, created) in [
+        ("1.0.0", "2026-01-01T00:00:00Z"),
+        ("1.1.0", "2026-02-01T00:00:00Z"),
+        ("2.0.0", "2026-03-01T00:00:00Z"),
+    ] {
+        registry.push_image("team/web", tag, created);
+    }
+    let ns = crate::support::unique("fluxctl");
+    let image = format!("{}/team/web", registry.host());
+    let before = automated_deployment(&ns, &format!("{image}:1.0.0")).replace(
+        "    fluxcd.io/automated: \"true\"\n    fluxcd.io/tag.web: semver:~1\n",
+        "    team: web\n",
+    );
+    let repo = GitRepo::new();
+    repo.write("namespace.yaml", &crate::support::ns_yaml(&ns));
+    repo.write("web.yaml", &before);
+    repo.push("first");
+    let _daemon = repo.daemon(
+        &repo.url(),
+        &[
+            "--listen",
+            "off",
+            "--git-poll-interval",
+            "1h",
+            "--automation-interval",
+            "1h",
+            "--registry-insecure-host",
+            &registry.host(),
+            "--git-user",
+            "automation-bot",
+        ],
+    );
+    let client = crate::support::client().await;
+    let api: kube::Api<Deployment> = kube::Api::namespaced(client.clone(), &ns);
+    applied(&api, &format!("{image}:1.0.0"), Duration::from_secs(60)).await;
+    // Who the API server says the test is.
+    let me = kube::Api::<SelfSubjectReview>::all(client.clone())
+        .create(&Default::default(), &SelfSubjectReview::default())
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.user_info?.username)
+        .unwrap();
+    let workload = format!("{ns}:deployment/web");
+    let set = repo.sync_set.clone();
+    let head = || git(&repo.bare, &["rev-parse", "main"]);
+    let file = || format!("{}\n", git(&repo.bare, &["show", "main:web.yaml"]));
+
+    let (code, out, err) = workload_command(&set, &["automate", "--workload", &workload], None);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out["user"], me.as_str());
+    assert_eq!(out["synced"], true, "{out}");
+    assert_eq!(out["revision"], head().as_str());
+    assert_eq!(
+        git(&repo.bare, &["log", "-1", "--format=%an|%cn|%s", "main"]),
+        format!("{me}|automation-bot|Automated: {workload}"),
+        "the author is the user the API server authenticated"
+    );
+    assert_eq!(
+        file(),
+        before.replace(
+            "    team: web\n",
+            "    fluxcd.io/automated: \"true\"\n    team: web\n"
+        )
+    );
+
+    // A dry run shows the change and commits nothing.
+    let at = head();
+    let release = format!("{image}:1.1.0");
+    let (code, out, err) = workload_command(
+        &set,
+        &[
+            "release",
+            "--workload",
+            &workload,
+            "--update-image",
+            &release,
+            "--dry-run",
+        ],
+        None,
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out["diff"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("+          image: {release}")),
+        "{out}"
+    );
+    assert_eq!(head(), at);
+    let (code, out, err) = workload_command(
+        &set,
+        &[
+            "release",
+            "--workload",
+            &workload,
+            "--update-image",
+            &release,
+        ],
+        None,
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out["synced"], true, "{out}");
+    applied(&api, &release, Duration::from_secs(5)).await;
+    assert_eq!(
+        git(&repo.bare, &["log", "-1", "--format=%s", "main"]),
+        format!("Release {release} to {workload}")
+    );
+
+    // Locked: automation and releases leave it alone, and the lock says who.
+    let (code, _, err) = workload_command(
+        &set,
+        &["lock", "--workload", &workload, "-m", "incident 42"],
+        None,
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let locked = file();
+    assert!(locked.contains("fluxcd.io/locked: \"true\"\n"), "{locked}");
+    assert!(
+        locked.contains(&format!("fluxcd.io/locked_user: \"{me}\"\n")),
+        "{locked}"
+    );
+    assert!(
+        locked.contains("fluxcd.io/locked_msg: \"incident 42\"\n"),
+        "{locked}"
+    );
+    let (code, _, err) = workload_command(
+        &set,
+        &["release", "--workload", &workload, "--update-all-images"],
+        None,
+    );
+    assert_eq!(code, Some(1));
+    assert!(err.contains("is locked by"), "{err}");
+
+    let (code, _, err) = workload_command(&set, &["unlock", "--workload", &workload], None);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!file().contains("locked"), "{}", file());
+    let (code, _, err) = workload_command(
+        &set,
+        &["policy", "--workload", &workload, "--tag", "web=semver:^2"],
+        None,
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let (code, out, err) = workload_command(
+        &set,
+        &["release", "--workload", &workload, "--update-all-images"],
+        None,
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out["synced"], true, "{out}");
+    applied(&api, &format!("{image}:2.0.0"), Duration::from_secs(5)).await;
+    assert_eq!(
+        file(),
+        before
+            .replace(
+                "    team: web\n",
+                "    fluxcd.io/tag.web: \"semver:^2\"\n    fluxcd.io/automated: \"true\"\n    team: web\n"
+            )
+            .replace(":1.0.0   #", ":2.0.0   #"),
+        "each command changed only its own lines"
+    );
+
+    // Someone who may make requests but not patch the Deployment is refused.
+    let roles = crate::support::dynamic_api(
+        "rbac.authorization.k8s.io/v1",
+        "ClusterRole",
+        "clusterroles",
+        None,
+    )
+    .await;
+    let name = crate::support::unique("requester");
+    let role: kube::api::DynamicObject = serde_json::from_value(serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+        "metadata": {"name": name},
+        "rules": [{"apiGroups": ["certificates.k8s.io"], "resources": ["certificatesigningrequests"],
+                   "verbs": ["create", "get", "list", "watch", "delete"]},
+                  {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch"]}]}))
+    .unwrap();
+    roles.create(&Default::default(), &role).await.unwrap();
+    let bindings = crate::support::dynamic_api(
+        "rbac.authorization.k8s.io/v1",
+        "ClusterRoleBinding",
+        "clusterrolebindings",
+        None,
+    )
+    .await;
+    let binding: kube::api::DynamicObject = serde_json::from_value(serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "mallory"}]}))
+    .unwrap();
+    bindings
+        .create(&Default::default(), &binding)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mallory = dir.path().join("kubeconfig");
+    let kubeconfig = std::fs::read_to_string(&crate::support::control_plane().kubeconfig).unwrap();
+    let mut config: serde_json::Value = serde_saphyr::from_str(&kubeconfig).unwrap();
+    for user in config["users"].as_array_mut().unwrap() {
+        user["user"]["as"] = "mallory".into();
+    }
+    std::fs::write(&mallory, serde_json::to_string(&config).unwrap()).unwrap();
+    let at = head();
+    let (code, _, err) = workload_command(
+        &set,
+        &["deautomate", "--workload", &workload],
+        Some(&mallory),
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!("mallory may not patch deployments.apps {ns}/web")),
+        "{err}"
+    );
+    assert_eq!(head(), at, "nothing committed for mallory");
 }

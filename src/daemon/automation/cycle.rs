@@ -106,6 +106,7 @@ pub(super) fn cycle(
     candidates.extend(marked.candidates);
     clients.found.containers = candidates.len();
     let tags = look_up(config, &candidates, clients);
+    clients.found.images = update::image_statuses(&candidates, &tags);
     let mut objects: BTreeMap<(PathBuf, usize), serde_json::Value> = set
         .manifests
         .iter()

@@ -13,6 +13,7 @@ use std::time::Duration;
 mod cycle;
 mod pull_secrets;
 mod registries;
+pub mod requests;
 
 use cycle::run_cycle;
 use pull_secrets::pull_credentials;
@@ -117,17 +118,29 @@ pub fn start(
             record: AutomationStatus::default(),
             metrics,
         };
+        let (asks, mut asked) = tokio::sync::mpsc::channel(16);
+        requests::watch(scanner.cluster.client.clone(), &scanner.state, asks);
+        let mut next = tokio::time::Instant::now() + scanner.config.interval;
         loop {
-            tokio::select! {
-                _ = tokio::time::sleep(scanner.config.interval) => {}
-                _ = triggers.automate.notified() => {}
+            let request = tokio::select! {
+                _ = tokio::time::sleep_until(next) => None,
+                _ = triggers.automate.notified() => None,
+                Some(name) = asked.recv() => Some(name),
                 _ = stop.cancelled() => return,
+            };
+            let current = latest.lock().expect("latest").current.clone();
+            // Requests are answered one at a time, between cycles.
+            if let Some(name) = request {
+                if scanner.answer(&name, current).await {
+                    triggers.fetch_now();
+                }
+                continue;
             }
+            next = tokio::time::Instant::now() + scanner.config.interval;
             // With leader election, only the leader writes to Git.
             if scanner.cluster.fenced().is_err() {
                 continue;
             }
-            let current = latest.lock().expect("latest").current.clone();
             if let Some(current) = current
                 && scanner.scan(current).await
             {
@@ -201,6 +214,7 @@ impl Scanner {
         self.record.containers = found.containers;
         self.record.repositories = found.repositories;
         self.record.errors = found.errors.into_iter().take(MAX_RECORDED_ERRORS).collect();
+        self.record.images = found.images;
         report(&self.cluster, &self.state, &self.record).await;
         self.metrics.automated(&self.record, pushed);
         pushed
@@ -221,6 +235,7 @@ struct Found {
     repositories: usize,
     /// What kept an image, registry or file from being automated.
     errors: Vec<String>,
+    images: Vec<crate::model::record::ImageStatus>,
 }
 
 /// Logs a problem and keeps it for the record.
