@@ -331,14 +331,20 @@ pub fn updates(
     out
 }
 
-/// What each candidate runs and may move to, for `tidegate list-images`.
+/// What each candidate runs (once the cycle's commit is synced: what
+/// `moved` it to) and may move to, for `tidegate list-images`.
 pub fn image_statuses(
     candidates: &[Candidate],
     tags: &BTreeMap<String, Vec<(String, Option<i64>)>>,
+    moved: &[Update],
 ) -> Vec<ImageStatus> {
     candidates
         .iter()
         .map(|c| {
+            let current = moved
+                .iter()
+                .find(|u| u.object == c.object && u.container == c.container.name)
+                .map_or_else(|| c.container.image.to_string(), |u| u.to.clone());
             let listed = tags
                 .get(&tags_key(&c.namespace, &c.container.image.canonical()))
                 .map(Vec::as_slice)
@@ -346,7 +352,7 @@ pub fn image_statuses(
             ImageStatus {
                 workload: c.workload.clone(),
                 container: c.container.name.clone(),
-                current: c.container.image.to_string(),
+                current,
                 available: policy::ranked(&c.pattern, listed)
                     .into_iter()
                     .take(MAX_LISTED_TAGS)

@@ -513,8 +513,8 @@ async fn an_automated_deployment_moves_to_the_newest_allowed_tag_by_a_commit() {
     assert_eq!(
         images,
         serde_json::json!([{"workload": format!("{ns}:deployment/web"), "container": "web",
-            "current": format!("{image}:1.0.0"), "pick": "1.1.0", "available": ["1.1.0", "1.0.0"]}]),
-        "2.0.0 is outside ~1; the current image is the one the cycle read"
+            "current": format!("{image}:1.1.0"), "pick": "1.1.0", "available": ["1.1.0", "1.0.0"]}]),
+        "2.0.0 is outside ~1; the current image is the one the cycle committed"
     );
     assert_eq!(automation["containers"], 2, "{automation}");
     let events: kube::Api<k8s_openapi::api::core::v1::Event> =

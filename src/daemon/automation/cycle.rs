@@ -106,7 +106,6 @@ pub(super) fn cycle(
     candidates.extend(marked.candidates);
     clients.found.containers = candidates.len();
     let tags = look_up(config, &candidates, clients);
-    clients.found.images = update::image_statuses(&candidates, &tags);
     let mut objects: BTreeMap<(PathBuf, usize), serde_json::Value> = set
         .manifests
         .iter()
@@ -150,6 +149,7 @@ pub(super) fn cycle(
             }
         }
     }
+    clients.found.images = update::image_statuses(&candidates, &tags, &applied);
     if files.is_empty() {
         return Ok(None);
     }
