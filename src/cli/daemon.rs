@@ -246,9 +246,9 @@ pub struct AutomationArgs {
     /// Commit automation's changes to this branch instead of the synced one (a pull-request flow); it is made from the synced head, and committed on while it holds that head
     #[arg(long, env = "TIDEGATE_GIT_PUSH_BRANCH")]
     git_push_branch: Option<String>,
-    /// Sign automation's commits: "deploy-key" signs with the deploy key, in git's SSH signature format
-    #[arg(long, env = "TIDEGATE_GIT_SIGNING_KEY", value_parser = ["deploy-key"])]
-    git_signing_key: Option<String>,
+    /// Sign automation's commits: "deploy-key" (git's SSH signature format), or "secret/NAME": the armored OpenPGP key `signing.key` (and its `passphrase`) of that Secret in the daemon's namespace
+    #[arg(long, env = "TIDEGATE_GIT_SIGNING_KEY", value_parser = daemon::automation::SignWith::parse)]
+    git_signing_key: Option<daemon::automation::SignWith>,
     /// A registry (host[:port]) reached over plain HTTP (repeatable, or comma-separated)
     #[arg(long, env = "TIDEGATE_REGISTRY_INSECURE_HOST", value_delimiter = ',')]
     registry_insecure_host: Vec<String>,
@@ -310,7 +310,7 @@ impl AutomationArgs {
             interval: self.automation_interval,
             committer: person,
             ci_skip: self.git_ci_skip,
-            sign: self.git_signing_key.is_some(),
+            signing: self.git_signing_key.clone().unwrap_or_default(),
             push_branch: self.git_push_branch.clone(),
             insecure_hosts: self.registry_insecure_host.clone(),
             registry_allow: self.registry_allow.clone(),

@@ -27,8 +27,72 @@ pub struct Change {
     pub message: String,
     pub author: Person,
     pub committer: Person,
-    /// Sign the commit with the deploy key, in git's SSH signature format.
-    pub sign: bool,
+    pub sign: Signing,
+}
+
+/// How a commit is signed.
+#[derive(Debug, Clone, Default)]
+pub enum Signing {
+    #[default]
+    None,
+    /// With the deploy key, in git's SSH signature format.
+    DeployKey,
+    /// With an OpenPGP secret key (armored), as `git commit -S` with gpg.
+    OpenPgp(std::sync::Arc<OpenPgpKey>),
+    /// Asked for, but the key cannot be had: nothing is committed.
+    Unavailable,
+}
+
+/// An armored OpenPGP secret key and its passphrase (never shown).
+#[derive(Clone)]
+pub struct OpenPgpKey {
+    key: pgp::composed::SignedSecretKey,
+    passphrase: String,
+}
+
+impl std::fmt::Debug for OpenPgpKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use pgp::types::KeyDetails;
+        write!(f, "OpenPgpKey({})", self.key.primary_key.fingerprint())
+    }
+}
+
+impl OpenPgpKey {
+    /// Reads an armored secret key; its primary key must be able to sign.
+    pub fn parse(armored: &str, passphrase: &str) -> Result<OpenPgpKey, String> {
+        use pgp::composed::Deserializable;
+        use pgp::types::KeyDetails;
+        let (key, _) = pgp::composed::SignedSecretKey::from_string(armored)
+            .map_err(|e| format!("not an armored OpenPGP secret key: {e}"))?;
+        if !key.primary_key.algorithm().can_sign() {
+            return Err("its primary key cannot sign".into());
+        }
+        Ok(OpenPgpKey {
+            key,
+            passphrase: passphrase.to_string(),
+        })
+    }
+
+    /// An armored detached signature of `data`.
+    fn sign(&self, data: &[u8]) -> Result<String, String> {
+        let signature = pgp::composed::DetachedSignature::sign_binary_data(
+            rand::thread_rng(),
+            &self.key.primary_key,
+            &pgp::types::Password::from(self.passphrase.as_str()),
+            pgp::crypto::hash::HashAlgorithm::Sha256,
+            data,
+        )
+        .map_err(|e| format!("cannot sign with the OpenPGP key: {e}"))?;
+        signature
+            .to_armored_string(Default::default())
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// A signer, ready.
+enum Signer {
+    Ssh(Box<ssh_key::PrivateKey>),
+    OpenPgp(std::sync::Arc<OpenPgpKey>),
 }
 
 /// How the remote took a pushed refspec.
@@ -61,13 +125,17 @@ impl GitSource {
             target: format!("branch {branch}"),
             reason,
         };
-        let signer = match (change.sign, &self.access.deploy_key) {
-            (false, _) => None,
-            (true, Some(key)) => Some(
+        let signer = match (&change.sign, &self.access.deploy_key) {
+            (Signing::None, _) => None,
+            (Signing::Unavailable, _) => {
+                return Err(failed("the signing key cannot be read".into()));
+            }
+            (Signing::OpenPgp(key), _) => Some(Signer::OpenPgp(key.clone())),
+            (Signing::DeployKey, Some(key)) => Some(Signer::Ssh(Box::new(
                 ssh_key::PrivateKey::from_openssh(&key.private_openssh)
                     .map_err(|e| failed(format!("the deploy key cannot sign: {e}")))?,
-            ),
-            (true, None) => {
+            ))),
+            (Signing::DeployKey, None) => {
                 return Err(failed(
                     "there is no deploy key to sign the commit with".into(),
                 ));
@@ -250,13 +318,9 @@ fn plain(path: &std::path::Path) -> Result<PathBuf, String> {
 }
 
 /// The commit of `change`'s files on top of its parent, in `repo`; signed
-/// by `signer` when given (an SSH signature in the `gpgsig` header, as
-/// `git commit -S` with `gpg.format=ssh` writes it).
-fn commit(
-    repo: &Repository,
-    change: &Change,
-    signer: Option<&ssh_key::PrivateKey>,
-) -> Result<Oid, git2::Error> {
+/// by `signer` when given (an SSH or OpenPGP signature in the `gpgsig`
+/// header, as `git commit -S` writes them).
+fn commit(repo: &Repository, change: &Change, signer: Option<&Signer>) -> Result<Oid, git2::Error> {
     let parent = repo.find_commit(Oid::from_str(&change.parent)?)?;
     let base = parent.tree()?;
     let mut update = git2::build::TreeUpdateBuilder::new();
@@ -290,9 +354,13 @@ fn commit(
         repo.commit_create_buffer(&author, &committer, &change.message, &tree, &parents)?;
     let content = std::str::from_utf8(&buffer)
         .map_err(|_| git2::Error::from_str("the commit is not UTF-8"))?;
-    let signature = signer
-        .sign("git", ssh_key::HashAlg::Sha512, content.as_bytes())
-        .and_then(|s| s.to_pem(ssh_key::LineEnding::LF))
-        .map_err(|e| git2::Error::from_str(&format!("cannot sign the commit: {e}")))?;
+    let signature = match signer {
+        Signer::Ssh(key) => key
+            .sign("git", ssh_key::HashAlg::Sha512, content.as_bytes())
+            .and_then(|s| s.to_pem(ssh_key::LineEnding::LF))
+            .map_err(|e| e.to_string()),
+        Signer::OpenPgp(key) => key.sign(content.as_bytes()),
+    }
+    .map_err(|e| git2::Error::from_str(&format!("cannot sign the commit: {e}")))?;
     repo.commit_signed(content, &signature, None)
 }

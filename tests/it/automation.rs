@@ -9,7 +9,7 @@ use std::time::Duration;
 use tidegate::model::checksum::sha256_hex;
 use tidegate::registry::{Registry, Settings};
 use tidegate::source::GitSource;
-use tidegate::source::push::{Change, Person, Pushed};
+use tidegate::source::push::{Change, OpenPgpKey, Person, Pushed, Signing};
 
 use crate::servers::free_port;
 use crate::support::{GitRepo, git};
@@ -257,7 +257,7 @@ fn change(parent: &str, file: &str, text: &str) -> Change {
         message: "Auto-release reg.io/app:1.1".into(),
         author: person("jane"),
         committer: person("tidegate"),
-        sign: false,
+        sign: Signing::None,
     }
 }
 
@@ -805,7 +805,7 @@ fn a_signed_commit_is_verified_by_git_itself() {
     let Pushed::Commit(signed) = source
         .push(
             &Change {
-                sign: true,
+                sign: Signing::DeployKey,
                 ..change(&first, "app.yaml", "image: reg.io/app:1.1\n")
             },
             "main",
@@ -841,6 +841,119 @@ fn a_signed_commit_is_verified_by_git_itself() {
     assert!(
         !verify(&first).status.success(),
         "an unsigned commit does not pass"
+    );
+}
+
+/// An OpenPGP key made by gpg in a keyring of its own (`dir`), protected
+/// by `passphrase`: its armored secret key.
+fn gpg_key(dir: &Path, passphrase: &str) -> String {
+    let gpg = |args: &[&str]| {
+        let out = Command::new("gpg")
+            .env("GNUPGHOME", dir)
+            .args([
+                "--batch",
+                "--pinentry-mode",
+                "loopback",
+                "--passphrase",
+                passphrase,
+            ])
+            .args(args)
+            .output()
+            .expect("gpg runs (Debian's gnupg package)");
+        assert!(
+            out.status.success(),
+            "gpg {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    gpg(&[
+        "--quick-gen-key",
+        "Automation <bot@example.com>",
+        "ed25519",
+        "sign",
+        "never",
+    ]);
+    gpg(&["--armor", "--export-secret-keys", "bot@example.com"])
+}
+
+/// `git verify-commit` with gpg's keyring in `dir`: its stderr, if good.
+fn gpg_verified(repo: &Path, dir: &Path, commit: &str) -> Result<String, String> {
+    let out = Command::new("git")
+        .env("GNUPGHOME", dir)
+        .args(["verify-commit", commit])
+        .current_dir(repo)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if out.status.success() {
+        Ok(stderr)
+    } else {
+        Err(stderr)
+    }
+}
+
+#[test]
+fn a_commit_signed_with_an_openpgp_key_is_verified_by_git_and_gpg() {
+    let repo = GitRepo::new();
+    repo.write("app.yaml", "image: reg.io/app:1.0\n");
+    let first = repo.push("first");
+    let keyring = tempfile::tempdir().unwrap();
+    let armored = gpg_key(keyring.path(), "s3cret");
+    assert!(
+        OpenPgpKey::parse(&armored, "wrong").is_ok(),
+        "the passphrase is needed to sign, not to read"
+    );
+    let source = GitSource {
+        url: repo.url(),
+        branch: "main".into(),
+        cache_dir: repo.cache.clone(),
+        access: Default::default(),
+    };
+    source.fetch().unwrap();
+    let wrong = Signing::OpenPgp(std::sync::Arc::new(
+        OpenPgpKey::parse(&armored, "wrong").unwrap(),
+    ));
+    let refused = source.push(
+        &Change {
+            sign: wrong,
+            ..change(&first, "app.yaml", "image: reg.io/app:1.1\n")
+        },
+        "main",
+    );
+    let refused = refused.expect_err("a wrong passphrase signs nothing");
+    assert!(
+        !refused.to_string().contains("s3cret") && !refused.to_string().contains("PRIVATE KEY"),
+        "{refused}"
+    );
+    assert_eq!(
+        git(&repo.bare, &["rev-parse", "main"]),
+        first,
+        "nothing pushed"
+    );
+    let key = Signing::OpenPgp(std::sync::Arc::new(
+        OpenPgpKey::parse(&armored, "s3cret").unwrap(),
+    ));
+    let Pushed::Commit(signed) = source
+        .push(
+            &Change {
+                sign: key,
+                ..change(&first, "app.yaml", "image: reg.io/app:1.1\n")
+            },
+            "main",
+        )
+        .unwrap()
+    else {
+        panic!("not pushed")
+    };
+    let good = gpg_verified(&repo.bare, keyring.path(), &signed).unwrap();
+    assert!(
+        good.contains("Good signature from \"Automation <bot@example.com>\""),
+        "{good}"
+    );
+    assert!(
+        gpg_verified(&repo.bare, keyring.path(), &first).is_err(),
+        "unsigned"
     );
 }
 
@@ -1099,6 +1212,14 @@ async fn the_workload_commands_commit_as_the_kubernetes_user_who_asked() {
     repo.write("namespace.yaml", &crate::support::ns_yaml(&ns));
     repo.write("web.yaml", &before);
     repo.push("first");
+    // Commits signed with an OpenPGP key from a Secret.
+    let keyring = tempfile::tempdir().unwrap();
+    let signing = crate::support::unique("signing-key");
+    crate::support::create_secret(
+        &signing,
+        serde_json::json!({"signing.key": gpg_key(keyring.path(), "s3cret"), "passphrase": "s3cret"}),
+    )
+    .await;
     let _daemon = repo.daemon(
         &repo.url(),
         &[
@@ -1112,6 +1233,8 @@ async fn the_workload_commands_commit_as_the_kubernetes_user_who_asked() {
             &registry.host(),
             "--git-user",
             "automation-bot",
+            "--git-signing-key",
+            &format!("secret/{signing}"),
         ],
     );
     let client = crate::support::client().await;
@@ -1140,6 +1263,8 @@ async fn the_workload_commands_commit_as_the_kubernetes_user_who_asked() {
         format!("{me}|automation-bot|Automated: {workload}"),
         "the author is the user the API server authenticated"
     );
+    let good = gpg_verified(&repo.bare, keyring.path(), &head()).unwrap();
+    assert!(good.contains("Good signature"), "{good}");
     assert_eq!(
         file(),
         before.replace(

@@ -261,7 +261,7 @@ fn demo() -> Result<()> {
 }
 
 /// Debian packages the integration tests start servers from.
-const TEST_PACKAGES: [&str; 7] = [
+const TEST_PACKAGES: [&str; 8] = [
     "openssh-server",
     "openssh-client",
     "tinyproxy",
@@ -270,6 +270,8 @@ const TEST_PACKAGES: [&str; 7] = [
     // Image automation: a distribution registry, and a client that pushes to it.
     "docker-registry",
     "skopeo",
+    // OpenPGP keys whose signatures `git verify-commit` checks.
+    "gnupg",
 ];
 
 /// Installs the missing ones (as root, with apt-get), or says which to install.

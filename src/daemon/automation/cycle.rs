@@ -162,7 +162,7 @@ pub(super) fn cycle(
         message: update::commit_message(&applied, config.ci_skip),
         author: config.committer.clone(),
         committer: config.committer.clone(),
-        sign: config.sign,
+        sign: clients.signing.clone(),
     }))
 }
 

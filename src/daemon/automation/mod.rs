@@ -30,7 +30,7 @@ use crate::cluster::state::StateRef;
 use crate::model::record::{AutomationStatus, MAX_RECORDED_ERRORS};
 use crate::registry::{self, Registry};
 use crate::render;
-use crate::source::push::{Change, Person, Pushed};
+use crate::source::push::{Change, OpenPgpKey, Person, Pushed, Signing};
 use crate::source::{GitSource, Snapshot};
 
 /// How the daemon automates images.
@@ -41,8 +41,8 @@ pub struct Config {
     pub committer: Person,
     /// `--git-ci-skip`: `[ci skip]` after the message.
     pub ci_skip: bool,
-    /// `--git-signing-key deploy-key`: sign commits with the deploy key.
-    pub sign: bool,
+    /// `--git-signing-key`: how commits are signed.
+    pub signing: SignWith,
     /// `--git-push-branch`: commit there (on its head while it holds the
     /// synced head) instead of on the synced branch.
     pub push_branch: Option<String>,
@@ -89,6 +89,61 @@ impl Config {
                 .exclude_images
                 .iter()
                 .any(|g| glob_matches(g, canonical))
+    }
+}
+
+/// `--git-signing-key`: none, `deploy-key`, or `secret/NAME` (a Secret in
+/// the daemon's namespace with an armored OpenPGP secret key as
+/// `signing.key`, and its `passphrase` if it has one).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum SignWith {
+    #[default]
+    None,
+    DeployKey,
+    Secret(String),
+}
+
+impl SignWith {
+    pub fn parse(text: &str) -> Result<SignWith, String> {
+        match text {
+            "deploy-key" => Ok(SignWith::DeployKey),
+            _ => match text.strip_prefix("secret/") {
+                Some(name) if !name.is_empty() => Ok(SignWith::Secret(name.to_string())),
+                _ => Err(format!(
+                    "{text:?}: deploy-key, or secret/NAME (an OpenPGP key in a Secret)"
+                )),
+            },
+        }
+    }
+
+    /// The signing of this cycle's commits: the Secret is read each time,
+    /// so a rotated key is used at once.
+    async fn signing(&self, client: &kube::Client, namespace: &str) -> Result<Signing, String> {
+        let name = match self {
+            SignWith::None => return Ok(Signing::None),
+            SignWith::DeployKey => return Ok(Signing::DeployKey),
+            SignWith::Secret(name) => name,
+        };
+        let api: kube::Api<k8s_openapi::api::core::v1::Secret> =
+            kube::Api::namespaced(client.clone(), namespace);
+        let secret = api
+            .get_opt(name)
+            .await
+            .map_err(|e| format!("cannot read the signing key's Secret {namespace}/{name}: {e}"))?
+            .ok_or_else(|| format!("the signing key's Secret {namespace}/{name} is not there"))?;
+        let data = secret.data.unwrap_or_default();
+        let text = |key: &str| {
+            data.get(key)
+                .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+        };
+        let armored = text("signing.key").ok_or_else(|| {
+            format!(
+                "the Secret {namespace}/{name} has no signing.key (an armored OpenPGP secret key)"
+            )
+        })?;
+        let key = OpenPgpKey::parse(&armored, &text("passphrase").unwrap_or_default())
+            .map_err(|e| format!("Secret {namespace}/{name}: signing.key: {e}"))?;
+        Ok(Signing::OpenPgp(Arc::new(key)))
     }
 }
 
@@ -169,11 +224,28 @@ impl Scanner {
         (source, snapshot, options): (GitSource, Snapshot, render::Options),
     ) -> bool {
         let kube = self.cluster.client.clone();
-        let (credentials, unread) =
+        let (credentials, mut unread) =
             pull_credentials(&kube, &self.config, &snapshot, &options).await;
+        let signing = match self
+            .config
+            .signing
+            .signing(&kube, &self.state.namespace)
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                // Never an unsigned commit where a signed one is asked for.
+                problem(
+                    &mut unread,
+                    format!("{e}; nothing is committed until it can sign"),
+                );
+                Signing::Unavailable
+            }
+        };
         {
             let mut clients = lock(&self.clients);
             clients.credentials = credentials;
+            clients.signing = signing;
             clients.found = Found {
                 errors: unread,
                 ..Found::default()
@@ -277,7 +349,7 @@ mod tests {
                 email: "t@t".into(),
             },
             ci_skip: false,
-            sign: false,
+            signing: SignWith::None,
             push_branch: None,
             insecure_hosts: Vec::new(),
             registry_allow: Vec::new(),

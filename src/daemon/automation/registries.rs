@@ -12,6 +12,8 @@ pub(super) struct Clients {
     pub(super) ca_pem: Option<Vec<u8>>,
     /// This cycle's findings.
     pub(super) found: Found,
+    /// How this cycle's commits are signed.
+    pub(super) signing: crate::source::push::Signing,
 }
 
 impl Clients {
@@ -42,6 +44,7 @@ impl Clients {
             credentials: HashMap::new(),
             ca_pem,
             found: Found::default(),
+            signing: Default::default(),
         }
     }
 

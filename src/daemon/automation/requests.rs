@@ -195,6 +195,12 @@ impl Scanner {
         let (source, snapshot, options) =
             current.ok_or("the daemon has fetched no revision yet: ask again")?;
         tracing::info!(user = %who, workload = %request.workload, "workload request");
+        let signing = self
+            .config
+            .signing
+            .signing(&self.cluster.client, &self.state.namespace)
+            .await?;
+        lock(&self.clients).signing = signing;
         let (config, clients) = (self.config.clone(), self.clients.clone());
         let cluster = self.cluster.detached();
         let done = tokio::task::spawn_blocking(move || {
@@ -293,7 +299,7 @@ fn change(
             email: user.to_string(),
         },
         committer: config.committer.clone(),
-        sign: config.sign,
+        sign: clients.signing.clone(),
     };
     Ok(Some((change, diff)))
 }
