@@ -1424,3 +1424,182 @@ async fn the_workload_commands_commit_as_the_kubernetes_user_who_asked() {
     );
     assert_eq!(head(), at, "nothing committed for mallory");
 }
+
+#[tokio::test]
+async fn a_branch_another_clone_moved_gets_the_edits_on_its_head_and_loses_nothing() {
+    use k8s_openapi::api::apps::v1::Deployment;
+
+    let registry = LocalRegistry::start();
+    registry.push_image("team/web", "1.0.0", "2026-01-01T00:00:00Z");
+    let ns = crate::support::unique("moved");
+    let image = format!("{}/team/web", registry.host());
+    let web = automated_deployment(&ns, &format!("{image}:1.0.0"));
+    let other = |greeting: &str| {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: other, namespace: {ns}}}\ndata: {{greeting: {greeting}}}\n"
+        )
+    };
+    let repo = GitRepo::new();
+    repo.write("namespace.yaml", &crate::support::ns_yaml(&ns));
+    repo.write("web.yaml", &web);
+    repo.write("other.yaml", &other("hello"));
+    repo.push("first");
+    // No watch and no poll: the daemon does not see the other push before
+    // its own is refused.
+    let _daemon = repo.daemon(
+        &repo.url(),
+        &[
+            "--listen",
+            "off",
+            "--git-watch",
+            "false",
+            "--git-poll-interval",
+            "1h",
+            "--automation-interval",
+            "1s",
+            "--registry-insecure-host",
+            &registry.host(),
+        ],
+    );
+    let api: kube::Api<Deployment> = kube::Api::namespaced(crate::support::client().await, &ns);
+    applied(&api, &format!("{image}:1.0.0"), Duration::from_secs(60)).await;
+    // Someone else pushes, then a new image arrives.
+    repo.write("other.yaml", &other("changed elsewhere"));
+    let theirs = repo.push("theirs");
+    registry.push_image("team/web", "1.1.0", "2026-02-01T00:00:00Z");
+    applied(&api, &format!("{image}:1.1.0"), Duration::from_secs(60)).await;
+    assert_eq!(
+        git(&repo.bare, &["rev-parse", "main^"]),
+        theirs,
+        "the commit is on top of theirs"
+    );
+    assert_eq!(
+        git(&repo.bare, &["log", "-1", "--format=%s", "main"]),
+        format!("Auto-release {image}:1.1.0")
+    );
+    assert_eq!(
+        format!("{}\n", git(&repo.bare, &["show", "main:other.yaml"])),
+        other("changed elsewhere"),
+        "their change is kept"
+    );
+    assert_eq!(
+        format!("{}\n", git(&repo.bare, &["show", "main:web.yaml"])),
+        web.replace(":1.0.0   #", ":1.1.0   #")
+    );
+}
+
+#[test]
+fn requests_to_a_registry_are_paced_as_its_log_shows() {
+    let registry = LocalRegistry::start();
+    for (i, tag) in ["a", "b", "c", "d", "e", "f"].iter().enumerate() {
+        registry.push_image("team/paced", tag, &format!("2026-01-0{}T00:00:00Z", i + 1));
+    }
+    let log = registry.dir.path().join("access.log");
+    let before = std::fs::read_to_string(&log).unwrap().lines().count();
+    let client = Registry::new(Settings {
+        rps: 4.0,
+        burst: 2,
+        ..settings(registry.host())
+    })
+    .unwrap();
+    let tags = client.tags("team/paced").unwrap();
+    for tag in &tags {
+        client.created("team/paced", tag).unwrap();
+    }
+    assert_eq!(
+        client.requests(),
+        13,
+        "a tag list, a manifest and a config per tag"
+    );
+    // The registry's own log, per second: never more than the rate and
+    // the burst, so the 13 requests span at least 3 seconds.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let mut per_second: std::collections::BTreeMap<String, usize> = Default::default();
+    for line in text
+        .lines()
+        .skip(before)
+        .filter(|l| l.contains("\"GET /v2/team/paced/"))
+    {
+        let second = line
+            .split('[')
+            .nth(1)
+            .and_then(|l| l.split(']').next())
+            .unwrap();
+        *per_second.entry(second.to_string()).or_default() += 1;
+    }
+    assert_eq!(per_second.values().sum::<usize>(), 13, "{per_second:?}");
+    assert!(per_second.values().all(|n| *n <= 6), "{per_second:?}");
+    assert!(per_second.len() >= 3, "{per_second:?}");
+}
+
+/// A registry that answers `429 Too Many Requests` (with `Retry-After: 1`)
+/// `refusals` times, then lists one tag; it prints when each request came.
+fn rate_limiting_registry(refusals: usize) -> (Child, u16) {
+    let port = free_port();
+    let script = format!(
+        r#"
+import http.server, json, sys, time
+left = {refusals}
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        global left
+        print(time.time(), flush=True)
+        if left > 0:
+            left -= 1
+            self.send_response(429); self.send_header("Retry-After", "1"); self.end_headers(); return
+        body = json.dumps({{"name": "team/limited", "tags": ["1.0"]}}).encode()
+        self.send_response(200); self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body)
+    def log_message(self, *a): pass
+http.server.HTTPServer(("127.0.0.1", {port}), H).serve_forever()
+"#
+    );
+    let child = Command::new("python3")
+        .args(["-c", &script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server did not listen"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (child, port)
+}
+
+/// When each request reached the server (stops it).
+fn request_times(mut child: Child) -> Vec<f64> {
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+#[test]
+fn a_registry_that_asks_to_wait_is_waited_for_and_then_given_up_on() {
+    let (server, port) = rate_limiting_registry(1);
+    let client = Registry::new(settings(format!("127.0.0.1:{port}"))).unwrap();
+    assert_eq!(client.tags("team/limited").unwrap(), ["1.0"]);
+    let times = request_times(server);
+    assert_eq!(times.len(), 2, "{times:?}");
+    assert!(
+        times[1] - times[0] >= 0.95,
+        "Retry-After: 1 was waited: {times:?}"
+    );
+
+    let (server, port) = rate_limiting_registry(100);
+    let client = Registry::new(settings(format!("127.0.0.1:{port}"))).unwrap();
+    let err = client.tags("team/limited").unwrap_err();
+    assert!(err.to_string().contains("429"), "{err}");
+    assert!(
+        err.registry_fails(),
+        "the registry is given up on for the cycle"
+    );
+    let times = request_times(server);
+    assert_eq!(times.len(), 3, "two waits, then it gives up: {times:?}");
+}

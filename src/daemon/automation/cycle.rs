@@ -3,7 +3,12 @@
 use super::registries::look_up;
 use super::*;
 
-/// A cycle, made again on a fresh fetch while the branch moved.
+/// How many times a cycle's edits are made again on a branch that moved.
+const TRIES: usize = 3;
+
+/// A cycle: the updates the registries allow, committed on the branch's
+/// head; made again on its new head while it moved (a few times), never
+/// forced.
 pub(super) fn run_cycle(
     config: &Config,
     source: &GitSource,
@@ -12,27 +17,49 @@ pub(super) fn run_cycle(
     clients: &mut Clients,
     fenced: &dyn Fn() -> bool,
 ) -> Result<Option<String>, String> {
-    let (branch, base) = target(config, source, &snapshot)?;
-    let change = cycle(config, source, &snapshot, &base, options, clients);
+    let (branch, mut base) = target(config, source, &snapshot)?;
+    let (updates, statuses) = decide(config, &snapshot, options, clients);
     keep_build_times(config, clients);
-    let Some(change) = change? else {
-        return Ok(None);
-    };
-    // The Lease may have gone while the registries were read.
-    if fenced() {
-        return Err("not pushed: this daemon no longer holds the leader Lease".into());
+    for _ in 0..TRIES {
+        let Some((change, applied)) =
+            commit_on(config, source, &snapshot, &base, &updates, clients)
+        else {
+            clients.found.images = update::image_statuses(&statuses.0, &statuses.1, &[]);
+            return Ok(None);
+        };
+        clients.found.images = update::image_statuses(&statuses.0, &statuses.1, &applied);
+        // The Lease may have gone while the registries were read.
+        if fenced() {
+            return Err("not pushed: this daemon no longer holds the leader Lease".into());
+        }
+        let pushed = source
+            .push(&change, &branch)
+            .map_err(|e| crate::model::error_chain(&e))?;
+        if let Pushed::Commit(revision) = pushed {
+            for u in &applied {
+                tracing::info!(object = %u.object, container = %u.container, "automation: {} → {}", u.from, u.to);
+            }
+            return Ok(Some(revision));
+        }
+        // Someone pushed meanwhile: the same edits on their head, if it
+        // still holds the revision the edits were decided on.
+        let head = source
+            .fetch_head(&branch)
+            .map_err(|e| crate::model::error_chain(&e))?
+            .ok_or_else(|| format!("branch {branch} is gone"))?;
+        if !source.contains(&head, &snapshot.revision)? {
+            return Err(format!(
+                "branch {branch} ({}) no longer holds {}: its history was rewritten; nothing is pushed",
+                short(&head),
+                short(&snapshot.revision)
+            ));
+        }
+        tracing::info!(branch = %branch, head = %short(&head), "automation: the branch moved; the edits are made again on its head");
+        base = head;
     }
-    match source
-        .push(&change, &branch)
-        .map_err(|e| crate::model::error_chain(&e))?
-    {
-        Pushed::Commit(revision) => Ok(Some(revision)),
-        // The sync loop fetches what moved it; the next cycle edits that.
-        Pushed::Moved => Err(format!(
-            "branch {branch} moved since {}; its new head is edited next cycle",
-            short(&base)
-        )),
-    }
+    Err(format!(
+        "branch {branch} moved {TRIES} times while automation pushed; the next cycle tries again"
+    ))
 }
 
 pub(super) fn short(revision: &str) -> &str {
@@ -84,15 +111,16 @@ pub(super) fn keep_build_times(config: &Config, clients: &mut Clients) {
     }
 }
 
-/// The commit one cycle makes on `snapshot`, if any image moves.
-pub(super) fn cycle(
+/// The candidates and the tags their registries list.
+type Seen = (Vec<Candidate>, BTreeMap<String, Vec<(String, Option<i64>)>>);
+
+/// What moves in `snapshot`, as the registries say; and what was seen.
+pub(super) fn decide(
     config: &Config,
-    source: &GitSource,
     snapshot: &Snapshot,
-    base: &str,
     options: &render::Options,
     clients: &mut Clients,
-) -> Result<Option<Change>, String> {
+) -> (Vec<Update>, Seen) {
     let set = render::render(&snapshot.tree, options);
     let (mut candidates, problems) = update::candidates(
         &set.manifests,
@@ -113,8 +141,22 @@ pub(super) fn cycle(
         .collect();
     objects.extend(marked.objects);
     let updates = update::updates(&candidates, &tags, &objects);
+    (updates, (candidates, tags))
+}
+
+/// The commit of `updates` on `base`, and the updates it holds; `None` if
+/// no file changes. A file is edited only where it is as the synced
+/// revision has it: the edits were decided on that.
+pub(super) fn commit_on(
+    config: &Config,
+    source: &GitSource,
+    snapshot: &Snapshot,
+    base: &str,
+    updates: &[Update],
+    clients: &mut Clients,
+) -> Option<(Change, Vec<Update>)> {
     let mut by_file: BTreeMap<PathBuf, Vec<&Update>> = BTreeMap::new();
-    for u in &updates {
+    for u in updates {
         by_file.entry(u.file.clone()).or_default().push(u);
     }
     let mut files = Vec::new();
@@ -123,8 +165,23 @@ pub(super) fn cycle(
         let shown = crate::model::shown(&file);
         // The file as the commit has it (not the checkout, which the sync
         // loop may be moving): a regular file, or it is not edited.
-        let text = match source.read_file(base, &file) {
-            Ok(text) => text,
+        let text = source.read_file(base, &file).and_then(|text| {
+            if base == snapshot.revision {
+                return Ok(Some(text));
+            }
+            let synced = source.read_file(&snapshot.revision, &file)?;
+            Ok((synced == text).then_some(text))
+        });
+        let text = match text {
+            Ok(Some(text)) => text,
+            Ok(None) => {
+                let synced = short(&snapshot.revision);
+                problem(
+                    &mut clients.found.errors,
+                    format!("{shown} changed since {synced} was synced; edited once its change is"),
+                );
+                continue;
+            }
             Err(e) => {
                 problem(
                     &mut clients.found.errors,
@@ -149,21 +206,18 @@ pub(super) fn cycle(
             }
         }
     }
-    clients.found.images = update::image_statuses(&candidates, &tags, &applied);
     if files.is_empty() {
-        return Ok(None);
+        return None;
     }
-    for u in &applied {
-        tracing::info!(object = %u.object, container = %u.container, "automation: {} → {}", u.from, u.to);
-    }
-    Ok(Some(Change {
+    let change = Change {
         parent: base.to_string(),
         files,
         message: update::commit_message(&applied, config.ci_skip),
         author: config.committer.clone(),
         committer: config.committer.clone(),
         sign: clients.signing.clone(),
-    }))
+    };
+    Some((change, applied))
 }
 
 /// The values `$imagepolicy` markers set in the files rendered, and the
