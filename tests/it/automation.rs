@@ -1092,6 +1092,58 @@ async fn a_refused_push_is_an_error_on_the_status_and_the_sync_goes_on() {
     assert_eq!(live, Some(format!("{image}:1.0.0")));
     let status = crate::support::status_json(&repo.sync_set);
     assert_eq!(status["result"], "succeeded", "the sync goes on");
+    // The branch protection lifted: the next cycle's push goes through,
+    // over HTTPS with the credentials.
+    std::fs::write(&hook, "#!/bin/sh\nexit 0\n").unwrap();
+    applied(&api, &format!("{image}:1.1.0"), Duration::from_secs(60)).await;
+    assert_eq!(git(&repo.bare, &["rev-parse", "main^"]), first);
+}
+
+#[test]
+fn a_push_goes_over_ssh_with_the_deploy_key() {
+    let sshd = crate::servers::Sshd::start();
+    let repo = GitRepo::new();
+    repo.write("app.yaml", "image: reg.io/app:1.0\n");
+    let first = repo.push("first");
+    let key = tidegate::identity::DeployKey::generate().unwrap();
+    sshd.authorize(&[&key.public]);
+    let source = GitSource {
+        url: sshd.url(&repo.bare),
+        branch: "main".into(),
+        cache_dir: repo.cache.clone(),
+        access: tidegate::source::Access {
+            deploy_key: Some(key),
+            known_hosts: sshd.known_hosts_line.clone(),
+            ..Default::default()
+        },
+    };
+    source.fetch().unwrap();
+    let Pushed::Commit(pushed) = source
+        .push(
+            &change(&first, "app.yaml", "image: reg.io/app:1.1\n"),
+            "main",
+        )
+        .unwrap()
+    else {
+        panic!("not pushed")
+    };
+    assert_eq!(git(&repo.bare, &["rev-parse", "main"]), pushed);
+    assert_eq!(
+        git(&repo.bare, &["show", "main:app.yaml"]),
+        "image: reg.io/app:1.1"
+    );
+    // A key the server does not know pushes nothing, and says so.
+    let stranger = GitSource {
+        access: tidegate::source::Access {
+            deploy_key: Some(tidegate::identity::DeployKey::generate().unwrap()),
+            known_hosts: sshd.known_hosts_line.clone(),
+            ..Default::default()
+        },
+        cache_dir: tempfile::tempdir().unwrap().keep(),
+        ..source.clone()
+    };
+    assert!(stranger.fetch().is_err(), "not authorized");
+    assert_eq!(git(&repo.bare, &["rev-parse", "main"]), pushed);
 }
 
 #[tokio::test]
