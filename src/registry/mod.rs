@@ -134,15 +134,23 @@ impl Registry {
             .provider(TlsProvider::NativeTls)
             .root_certs(roots)
             .build();
-        let agent = ureq::Agent::config_builder()
+        let config = ureq::Agent::config_builder()
             .proxy(ureq::Proxy::try_from_env())
             .tls_config(tls)
             .timeout_global(Some(settings.timeout))
             .http_status_as_error(false)
             // Redirects are followed here, each hop checked (see `get`).
             .max_redirects(0)
-            .build()
-            .into();
+            .build();
+        let guarded = Guarded {
+            allow: settings.allow.clone(),
+            own: allowed.then(|| settings.host.clone()),
+        };
+        let agent = ureq::Agent::with_parts(
+            config,
+            ureq::unversioned::transport::DefaultConnector::new(),
+            guarded,
+        );
         let burst = f64::from(settings.burst.max(1));
         Ok(Registry {
             agent,
@@ -521,6 +529,67 @@ impl Registry {
     }
 }
 
+/// The address rule again where a connection is made: of what a name
+/// resolves to then, only the addresses the rule allows are dialled, so a
+/// name that resolved to a public address when it was checked cannot point
+/// at a private one when connected to (with a proxy, the proxy resolves).
+#[derive(Debug)]
+struct Guarded {
+    allow: Vec<String>,
+    /// The registry's own host, when listed as insecure (or Docker Hub).
+    own: Option<String>,
+}
+
+impl ureq::unversioned::resolver::Resolver for Guarded {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: ureq::unversioned::transport::NextTimeout,
+    ) -> Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
+        let resolved = ureq::unversioned::resolver::DefaultResolver::default()
+            .resolve(uri, config, timeout)?;
+        let name = uri.host().unwrap_or_default();
+        let host = uri.authority().map(|a| a.as_str()).unwrap_or(name);
+        let mut kept = self.empty();
+        for addr in self.dialled(name, host, &resolved) {
+            kept.push(addr);
+        }
+        if kept.is_empty() {
+            return Err(ureq::Error::HostNotFound);
+        }
+        Ok(kept)
+    }
+}
+
+impl Guarded {
+    /// The addresses of `host` (`name[:port]`) that may be dialled.
+    fn dialled(
+        &self,
+        name: &str,
+        host: &str,
+        resolved: &[std::net::SocketAddr],
+    ) -> Vec<std::net::SocketAddr> {
+        use crate::model::address::{is_public, listed};
+        let own = self.own.as_deref().is_some_and(|o| o == host || o == name);
+        resolved
+            .iter()
+            .filter(|addr| {
+                let ip = addr.ip();
+                let ok = own
+                    || is_public(ip)
+                    || listed(&self.allow, name, ip)
+                    || listed(&self.allow, host, ip);
+                if !ok {
+                    tracing::warn!(host, %ip, "registry: not dialled: a loopback, link-local or private address");
+                }
+                ok
+            })
+            .copied()
+            .collect()
+    }
+}
+
 /// Why `host` (`name[:port]`) may not be reached: it resolves to a
 /// loopback, link-local or private address that `allow` does not list.
 pub fn refusal(host: &str, allow: &[String]) -> Option<String> {
@@ -627,6 +696,40 @@ mod tests {
 
     #[test]
     fn a_registry_or_a_redirect_on_a_private_address_must_be_listed() {
+        // Where the connection is made, the rule holds again: a name that
+        // now resolves to a private address is not dialled.
+        let at = |ip: &str| std::net::SocketAddr::new(ip.parse().unwrap(), 443);
+        let resolved = [at("10.0.0.7"), at("93.184.216.34"), at("169.254.169.254")];
+        let guard = Guarded {
+            allow: vec![],
+            own: None,
+        };
+        assert_eq!(
+            guard.dialled("reg.example", "reg.example", &resolved),
+            [resolved[1]]
+        );
+        let listed = Guarded {
+            allow: vec!["10.0.0.0/8".into()],
+            own: None,
+        };
+        assert_eq!(
+            listed.dialled("reg.example", "reg.example", &resolved),
+            [resolved[0], resolved[1]]
+        );
+        let own = Guarded {
+            allow: vec![],
+            own: Some("mirror.local:5000".into()),
+        };
+        assert_eq!(
+            own.dialled("mirror.local", "mirror.local:5000", &resolved)
+                .len(),
+            3
+        );
+        assert_eq!(
+            own.dialled("other.local", "other.local:5000", &resolved)
+                .len(),
+            1
+        );
         assert!(refusal("127.0.0.1:5000", &[]).is_some_and(|r| r.contains("--registry-allow")));
         assert!(refusal("169.254.169.254", &[]).is_some());
         assert!(refusal("[::1]:5000", &[]).is_some());

@@ -1538,6 +1538,23 @@ async fn a_branch_another_clone_moved_gets_the_edits_on_its_head_and_loses_nothi
         format!("{}\n", git(&repo.bare, &["show", "main:web.yaml"])),
         web.replace(":1.0.0   #", ":1.1.0   #")
     );
+    // Someone else edits the very file meanwhile: theirs is never
+    // overwritten; once synced, the new image goes on top of it.
+    repo.git(&["pull", "-q", "--rebase", "origin", "main"]);
+    let edited = format!(
+        "{}# edited by hand\n",
+        git(&repo.bare, &["show", "main:web.yaml"])
+    );
+    repo.write("web.yaml", &edited);
+    let theirs = repo.push("theirs, on the same file");
+    registry.push_image("team/web", "1.2.0", "2026-03-01T00:00:00Z");
+    applied(&api, &format!("{image}:1.2.0"), Duration::from_secs(60)).await;
+    assert_eq!(git(&repo.bare, &["rev-parse", "main^"]), theirs);
+    assert_eq!(
+        format!("{}\n", git(&repo.bare, &["show", "main:web.yaml"])),
+        edited.replace(":1.1.0   #", ":1.2.0   #"),
+        "their line is kept"
+    );
 }
 
 #[test]

@@ -17,13 +17,16 @@ pub(super) fn run_cycle(
     clients: &mut Clients,
     fenced: &dyn Fn() -> bool,
 ) -> Result<Option<String>, String> {
-    let (branch, mut base) = target(config, source, &snapshot)?;
+    let (branch, first) = target(config, source, &snapshot)?;
     let (updates, statuses) = decide(config, &snapshot, options, clients);
     keep_build_times(config, clients);
+    let mut base = first.clone();
     for _ in 0..TRIES {
-        let Some((change, applied)) =
-            commit_on(config, source, &snapshot, &base, &updates, clients)
-        else {
+        let edited = Edited {
+            base: &base,
+            decided_on: &first,
+        };
+        let Some((change, applied)) = commit_on(config, source, &edited, &updates, clients) else {
             clients.found.images = update::image_statuses(&statuses.0, &statuses.1, &[]);
             return Ok(None);
         };
@@ -47,14 +50,15 @@ pub(super) fn run_cycle(
             .fetch_head(&branch)
             .map_err(|e| crate::model::error_chain(&e))?
             .ok_or_else(|| format!("branch {branch} is gone"))?;
-        if !source.contains(&head, &snapshot.revision)? {
+        if !source.contains(&head, &first)? {
             return Err(format!(
                 "branch {branch} ({}) no longer holds {}: its history was rewritten; nothing is pushed",
                 short(&head),
-                short(&snapshot.revision)
+                short(&first)
             ));
         }
         tracing::info!(branch = %branch, head = %short(&head), "automation: the branch moved; the edits are made again on its head");
+        clients.found.behind = true;
         base = head;
     }
     Err(format!(
@@ -144,17 +148,25 @@ pub(super) fn decide(
     (updates, (candidates, tags))
 }
 
+/// Where a commit is made: on `base`, with edits decided on `decided_on`
+/// (the same revision, unless the branch moved meanwhile).
+pub(super) struct Edited<'a> {
+    base: &'a str,
+    decided_on: &'a str,
+}
+
 /// The commit of `updates` on `base`, and the updates it holds; `None` if
-/// no file changes. A file is edited only where it is as the synced
-/// revision has it: the edits were decided on that.
+/// no file changes. On a branch that moved, a file is edited only if it is
+/// as it was where the edits were decided: someone else's change to it is
+/// never overwritten (the next cycle edits it once it is synced).
 pub(super) fn commit_on(
     config: &Config,
     source: &GitSource,
-    snapshot: &Snapshot,
-    base: &str,
+    at: &Edited<'_>,
     updates: &[Update],
     clients: &mut Clients,
 ) -> Option<(Change, Vec<Update>)> {
+    let base = at.base;
     let mut by_file: BTreeMap<PathBuf, Vec<&Update>> = BTreeMap::new();
     for u in updates {
         by_file.entry(u.file.clone()).or_default().push(u);
@@ -166,19 +178,20 @@ pub(super) fn commit_on(
         // The file as the commit has it (not the checkout, which the sync
         // loop may be moving): a regular file, or it is not edited.
         let text = source.read_file(base, &file).and_then(|text| {
-            if base == snapshot.revision {
+            if base == at.decided_on {
                 return Ok(Some(text));
             }
-            let synced = source.read_file(&snapshot.revision, &file)?;
-            Ok((synced == text).then_some(text))
+            let decided = source.read_file(at.decided_on, &file)?;
+            Ok((decided == text).then_some(text))
         });
         let text = match text {
             Ok(Some(text)) => text,
             Ok(None) => {
-                let synced = short(&snapshot.revision);
                 problem(
                     &mut clients.found.errors,
-                    format!("{shown} changed since {synced} was synced; edited once its change is"),
+                    format!(
+                        "{shown} was changed by someone else meanwhile; edited once that is synced"
+                    ),
                 );
                 continue;
             }

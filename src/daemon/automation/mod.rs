@@ -218,7 +218,7 @@ struct Scanner {
 
 impl Scanner {
     /// One cycle on the revision last fetched, recorded; true when it
-    /// pushed a commit.
+    /// pushed a commit, or found the branch moved: the daemon fetches.
     async fn scan(
         &mut self,
         (source, snapshot, options): (GitSource, Snapshot, render::Options),
@@ -289,7 +289,9 @@ impl Scanner {
         self.record.images = found.images;
         report(&self.cluster, &self.state, &self.record).await;
         self.metrics.automated(&self.record, pushed);
-        pushed
+        // A branch that moved under the cycle is fetched, so the next
+        // cycle decides on what it holds.
+        pushed || found.behind
     }
 }
 
@@ -308,6 +310,8 @@ struct Found {
     /// What kept an image, registry or file from being automated.
     errors: Vec<String>,
     images: Vec<crate::model::record::ImageStatus>,
+    /// The branch moved past the revision synced.
+    behind: bool,
 }
 
 /// Logs a problem and keeps it for the record.
