@@ -184,3 +184,29 @@ pub async fn webhook_secret(
     }
     Ok(secret.into_bytes())
 }
+
+/// The token Docker Hub's and Quay's webhooks carry in their URL (they set
+/// no header): the key `registry-token` of the webhook Secret, kept apart
+/// from `webhook-secret` so a URL seen by the registry's users signs
+/// nothing else. `None` when the Secret has none (those webhooks are then
+/// refused); an empty one is an error.
+pub async fn registry_token(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<Vec<u8>>, Error> {
+    let Some(token) = secret_data(client, namespace, name)
+        .await?
+        .remove("registry-token")
+    else {
+        return Ok(None);
+    };
+    if token.trim().is_empty() {
+        return Err(Error::Incomplete {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            what: "an empty `registry-token`; put a long random value in it",
+        });
+    }
+    Ok(Some(token.into_bytes()))
+}

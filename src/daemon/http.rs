@@ -51,6 +51,8 @@ pub struct Shared {
     pub identity: Mutex<Option<String>>,
     /// Webhooks are refused while no secret is configured.
     pub webhook_secret: Option<Vec<u8>>,
+    /// What Docker Hub's and Quay's webhooks carry in their URL.
+    pub registry_token: Option<Vec<u8>>,
     pub branch: String,
     /// For TokenReview and SubjectAccessReview of API callers.
     pub client: kube::Client,
@@ -210,11 +212,19 @@ async fn registry_notification(
         Ok(body) => body,
         Err(refused) => return refused,
     };
-    let Some(secret) = &shared.webhook_secret else {
-        return (
-            StatusCode::UNAUTHORIZED,
-            "webhooks are not configured (no secret)\n".into(),
-        );
+    let secret = if in_path {
+        shared.registry_token.as_ref().ok_or(
+            "no `registry-token` in the webhook Secret: Docker Hub's and Quay's webhooks carry it in their URL\n",
+        )
+    } else {
+        shared
+            .webhook_secret
+            .as_ref()
+            .ok_or("webhooks are not configured (no secret)\n")
+    };
+    let secret = match secret {
+        Ok(secret) => secret,
+        Err(why) => return (StatusCode::UNAUTHORIZED, why.into()),
     };
     match super::registry_hook::verify(format, secret, token.as_deref(), &body) {
         super::registry_hook::Verdict::Unauthorized => {

@@ -305,6 +305,12 @@ async fn serve(
         ),
         None => None,
     };
+    let registry_token = match &config.webhook_secret_name {
+        Some(name) => access::registry_token(client, namespace, name)
+            .await
+            .map_err(Error::WebhookSecret)?,
+        None => None,
+    };
     let state = Arc::new(Shared {
         triggers: triggers.clone(),
         metrics: metrics.clone(),
@@ -313,6 +319,7 @@ async fn serve(
         not_ready: Mutex::new(None),
         identity: Mutex::new(None),
         webhook_secret,
+        registry_token,
         branch: config.source.branch.clone(),
         client: client.clone(),
         state: config.settings.state.clone(),

@@ -2,7 +2,8 @@
 //! checked with the webhook secret: the distribution registry's
 //! `notifications` envelope and Harbor's `PUSH_ARTIFACT` (the secret as the
 //! `Authorization` header, `Bearer` or bare), and Docker Hub's and Quay's
-//! (which cannot set a header: the secret is the last step of the URL). A
+//! (which cannot set a header: a token of its own, the webhook Secret's
+//! `registry-token`, is the last step of the URL). A
 //! push of a tag wakes the automation at once instead of at its next
 //! interval. Pure.
 

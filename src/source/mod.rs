@@ -237,6 +237,17 @@ impl GitSource {
         Ok(skipped)
     }
 
+    /// Holds off fetches while `snapshot`'s checkout is read: the lock, if
+    /// the checkout is still that revision's; `None` when a newer fetch has
+    /// replaced it already (read the newer one).
+    pub fn hold(&self, snapshot: &Snapshot) -> Result<Option<std::fs::File>, Error> {
+        let lock = self.lock()?;
+        let marker = std::fs::read_to_string(snapshot.tree.join(checkout::COMPLETE));
+        Ok(marker
+            .is_ok_and(|m| m.trim() == snapshot.revision)
+            .then_some(lock))
+    }
+
     /// An exclusive lock on the cache (`flock`), held while it is written.
     fn lock(&self) -> Result<std::fs::File, Error> {
         use std::os::fd::AsRawFd as _;

@@ -724,7 +724,7 @@ async fn a_registry_notification_brings_the_new_image_without_waiting_for_the_in
     let secret_name = crate::support::unique("registry-hook");
     crate::support::create_secret(
         &secret_name,
-        serde_json::json!({"webhook-secret": "registry-s3cret"}),
+        serde_json::json!({"webhook-secret": "registry-s3cret", "registry-token": "url-t0ken"}),
     )
     .await;
     let port = free_port();
@@ -768,6 +768,24 @@ async fn a_registry_notification_brings_the_new_image_without_waiting_for_the_in
         br#"{"events": [{"action": "push", "target": {"repository": "team/hooked", "tag": "9"}}]}"#,
     );
     assert_eq!(forged.0, 401);
+    // Docker Hub's webhooks carry a token in their URL: the registry
+    // token, never the webhook secret.
+    let hub = |token: &str| {
+        crate::support::http(
+            port,
+            "POST",
+            &format!("/hooks/registry/dockerhub/{token}"),
+            &[],
+            br#"{"push_data": {"tag": "0.9"}, "repository": {"repo_name": "team/other"}}"#,
+        )
+        .0
+    };
+    assert_eq!(
+        hub("registry-s3cret"),
+        401,
+        "the webhook secret is not a URL token"
+    );
+    assert_eq!(hub("url-t0ken"), 202);
     registry.push_image("team/hooked", "1.1.0", "2026-02-01T00:00:00Z");
     let api: kube::Api<Deployment> = kube::Api::namespaced(crate::support::client().await, &ns);
     applied(&api, &format!("{image}:1.1.0"), Duration::from_secs(30)).await;

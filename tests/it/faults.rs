@@ -923,9 +923,19 @@ async fn probes_answer_while_slow_bodies_hold_every_slot() {
         })
         .collect();
     assert_eq!(slow.len(), 64);
-    // Give the server time to take all 64 (a wait for it to be busy, not
-    // for something to happen).
-    std::thread::sleep(Duration::from_millis(300));
+    // Once the server holds all 64, only the probes are served.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let body = loop {
+        let (code, body) = http(port, "GET", "/metrics", &[], b"");
+        if code == 503 {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the slow bodies never filled the slots: {code} {body}"
+        );
+    };
+    assert!(body.starts_with("busy"), "{body}");
     for path in ["/healthz", "/readyz"] {
         let started = Instant::now();
         assert_eq!(http(port, "GET", path, &[], b"").0, 200, "{path}");

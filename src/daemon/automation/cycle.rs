@@ -6,6 +6,15 @@ use super::*;
 /// How many times a cycle's edits are made again on a branch that moved.
 const TRIES: usize = 3;
 
+/// What a cycle came to.
+pub(super) enum Cycle {
+    Nothing,
+    Pushed(String),
+    /// A newer fetch replaced the revision's checkout before it was read:
+    /// the cycle is made again on the newer one.
+    Replaced,
+}
+
 /// A cycle: the updates the registries allow, committed on the branch's
 /// head; made again on its new head while it moved (a few times), never
 /// forced.
@@ -16,9 +25,12 @@ pub(super) fn run_cycle(
     options: &render::Options,
     clients: &mut Clients,
     fenced: &dyn Fn() -> bool,
-) -> Result<Option<String>, String> {
+) -> Result<Cycle, String> {
     let (branch, first) = target(config, source, &snapshot)?;
-    let (updates, statuses) = decide(config, &snapshot, options, clients);
+    let Some((set, marked)) = read_tree(config, source, &snapshot, options)? else {
+        return Ok(Cycle::Replaced);
+    };
+    let (updates, statuses) = decide(config, set, marked, clients);
     keep_build_times(config, clients);
     let mut base = first.clone();
     for _ in 0..TRIES {
@@ -28,7 +40,7 @@ pub(super) fn run_cycle(
         };
         let Some((change, applied)) = commit_on(config, source, &edited, &updates, clients) else {
             clients.found.images = update::image_statuses(&statuses.0, &statuses.1, &[]);
-            return Ok(None);
+            return Ok(Cycle::Nothing);
         };
         clients.found.images = update::image_statuses(&statuses.0, &statuses.1, &applied);
         // The Lease may have gone while the registries were read.
@@ -42,7 +54,7 @@ pub(super) fn run_cycle(
             for u in &applied {
                 tracing::info!(object = %u.object, container = %u.container, "automation: {} → {}", u.from, u.to);
             }
-            return Ok(Some(revision));
+            return Ok(Cycle::Pushed(revision));
         }
         // Someone pushed meanwhile: the same edits on their head, if it
         // still holds the revision the edits were decided on.
@@ -118,20 +130,38 @@ pub(super) fn keep_build_times(config: &Config, clients: &mut Clients) {
 /// The candidates and the tags their registries list.
 type Seen = (Vec<Candidate>, BTreeMap<String, Vec<(String, Option<i64>)>>);
 
-/// What moves in `snapshot`, as the registries say; and what was seen.
-pub(super) fn decide(
+/// The render of `snapshot` and what its markers name, read while no
+/// fetch can replace its checkout; `None` when one did already.
+pub(super) fn read_tree(
     config: &Config,
+    source: &GitSource,
     snapshot: &Snapshot,
     options: &render::Options,
+) -> Result<Option<(render::DesiredSet, update::Marked)>, String> {
+    let held = source
+        .hold(snapshot)
+        .map_err(|e| crate::model::error_chain(&e))?;
+    let Some(_held) = held else {
+        return Ok(None);
+    };
+    let set = render::render(&snapshot.tree, options);
+    let marked = marked(config, snapshot, &set, options);
+    Ok(Some((set, marked)))
+}
+
+/// What moves in the revision rendered, as the registries say; and what
+/// was seen.
+pub(super) fn decide(
+    config: &Config,
+    set: render::DesiredSet,
+    marked: update::Marked,
     clients: &mut Clients,
 ) -> (Vec<Update>, Seen) {
-    let set = render::render(&snapshot.tree, options);
     let (mut candidates, problems) = update::candidates(
         &set.manifests,
         &config.default_namespace,
         &config.allow_namespaces,
     );
-    let marked = marked(config, snapshot, &set, options);
     for p in problems.iter().chain(&marked.problems) {
         problem(&mut clients.found.errors, p.to_string());
     }

@@ -15,7 +15,7 @@ mod pull_secrets;
 mod registries;
 pub mod requests;
 
-use cycle::run_cycle;
+use cycle::{Cycle, run_cycle};
 use pull_secrets::pull_credentials;
 use registries::Clients;
 
@@ -196,10 +196,23 @@ pub fn start(
             if scanner.cluster.fenced().is_err() {
                 continue;
             }
-            if let Some(current) = current
-                && scanner.scan(current).await
-            {
-                triggers.fetch_now();
+            if let Some(current) = current {
+                let scanned = current.1.revision.clone();
+                let after = scanner.scan(current).await;
+                if after.fetch {
+                    triggers.fetch_now();
+                }
+                // Again only on a newer revision: never a loop on one whose
+                // checkout is gone.
+                let newer = latest
+                    .lock()
+                    .expect("latest")
+                    .current
+                    .as_ref()
+                    .is_some_and(|(_, s, _)| s.revision != scanned);
+                if after.again && newer {
+                    triggers.automate.notify_one();
+                }
             }
         }
     });
@@ -217,15 +230,11 @@ struct Scanner {
 }
 
 impl Scanner {
-    /// One cycle on the revision last fetched, recorded; true when it
-    /// pushed a commit, or found the branch moved: the daemon fetches.
-    async fn scan(
-        &mut self,
-        (source, snapshot, options): (GitSource, Snapshot, render::Options),
-    ) -> bool {
+    /// The cycle's registry credentials and signing, and a fresh record.
+    async fn prepare(&mut self, snapshot: &Snapshot, options: &render::Options) {
         let kube = self.cluster.client.clone();
         let (credentials, mut unread) =
-            pull_credentials(&kube, &self.config, &snapshot, &options).await;
+            pull_credentials(&kube, &self.config, snapshot, options).await;
         let signing = match self
             .config
             .signing
@@ -251,6 +260,14 @@ impl Scanner {
                 ..Found::default()
             };
         }
+    }
+
+    /// One cycle on the revision last fetched, recorded.
+    async fn scan(
+        &mut self,
+        (source, snapshot, options): (GitSource, Snapshot, render::Options),
+    ) -> After {
+        self.prepare(&snapshot, &options).await;
         let (config, clients) = (self.config.clone(), self.clients.clone());
         let cluster = self.cluster.detached();
         let done = tokio::task::spawn_blocking(move || {
@@ -269,13 +286,22 @@ impl Scanner {
         let now = crate::cluster::state::now();
         let mut pushed = false;
         match done {
-            Ok(Ok(Some(revision))) => {
+            Ok(Ok(Cycle::Pushed(revision))) => {
                 tracing::info!(revision = %revision, "automation: pushed; fetching it");
                 self.record.commit = Some(revision);
                 self.record.committed = Some(now.clone());
                 pushed = true;
             }
-            Ok(Ok(None)) => tracing::debug!("automation: no image moved"),
+            Ok(Ok(Cycle::Nothing)) => tracing::debug!("automation: no image moved"),
+            Ok(Ok(Cycle::Replaced)) => {
+                tracing::debug!(
+                    "automation: a newer revision came meanwhile; the cycle is made on it"
+                );
+                return After {
+                    fetch: false,
+                    again: true,
+                };
+            }
             Ok(Err(e)) => problem(&mut found.errors, e),
             Err(e) => problem(
                 &mut found.errors,
@@ -291,8 +317,19 @@ impl Scanner {
         self.metrics.automated(&self.record, pushed);
         // A branch that moved under the cycle is fetched, so the next
         // cycle decides on what it holds.
-        pushed || found.behind
+        After {
+            fetch: pushed || found.behind,
+            again: false,
+        }
     }
+}
+
+/// What the loop does after a cycle.
+struct After {
+    /// Fetch: a commit was pushed, or the branch moved.
+    fetch: bool,
+    /// Run the cycle again at once, on the newer revision.
+    again: bool,
 }
 
 /// The clients, whole even if a cycle panicked while holding them.

@@ -252,7 +252,8 @@ fn change(
     user: &str,
     clients: &mut Clients,
 ) -> Result<Option<(Change, String)>, String> {
-    let set = render::render(&snapshot.tree, options);
+    let (set, _) = cycle::read_tree(config, source, snapshot, options)?
+        .ok_or("the daemon fetched a newer revision meanwhile: ask again")?;
     let workload = Workload::parse(&request.workload)?;
     let m = workload
         .find(&set.manifests, &config.default_namespace)
