@@ -22,6 +22,26 @@ pub struct Edit {
     pub value: String,
 }
 
+/// What an object is, whatever its API version: kind, namespace, name.
+pub type Identity = (String, Option<String>, String);
+
+/// The identity of an object as parsed.
+pub fn identity_of(object: &Value) -> Option<Identity> {
+    let meta = &object["metadata"];
+    Some((
+        object["kind"].as_str()?.to_string(),
+        meta["namespace"].as_str().map(str::to_string),
+        meta["name"].as_str()?.to_string(),
+    ))
+}
+
+/// The identity of the object document `document` of `text` declares.
+pub fn identity(text: &str, document: usize) -> Option<Identity> {
+    let range = document_ranges(text).into_iter().nth(document)?;
+    let mut docs = parse_documents(&text[range], &ParseLimits::default()).ok()?;
+    identity_of(&docs.pop()?)
+}
+
 /// The file's text with the edits made, or why it cannot be edited safely.
 pub fn apply(text: &str, edits: &[Edit]) -> Result<String, String> {
     let ranges = document_ranges(text);
@@ -68,6 +88,12 @@ fn edit_document(text: &str, edits: &[&Edit]) -> Result<String, String> {
         ));
     }
     replacements.sort_by_key(|(r, _)| r.start);
+    // Two changes of one value (a workload automated both ways): one if
+    // they agree, else neither.
+    replacements.dedup();
+    if replacements.windows(2).any(|w| w[1].0.start < w[0].0.end) {
+        return Err("two changes of the same value disagree: not edited".into());
+    }
     let mut out = String::with_capacity(text.len());
     let mut done = 0;
     for (range, with) in &replacements {
@@ -277,6 +303,18 @@ metadata: {name: c}
 data:
   image: nginx:1.25
 ";
+
+    #[test]
+    fn two_changes_of_one_value_are_one_if_they_agree_and_none_if_not() {
+        let text = "image: reg.io/web:1\n";
+        let e = |v: &str| edit(0, "image", v);
+        assert_eq!(
+            apply(text, &[e("reg.io/web:2"), e("reg.io/web:2")]).unwrap(),
+            "image: reg.io/web:2\n"
+        );
+        let err = apply(text, &[e("reg.io/web:2"), e("reg.io/web:3")]).unwrap_err();
+        assert!(err.contains("disagree"), "{err}");
+    }
 
     #[test]
     fn only_the_image_bytes_change_in_each_quoting() {

@@ -74,6 +74,11 @@ pub fn setters(text: &str) -> (Vec<Setter>, Vec<MarkerError>) {
             let Some(comment) = marker_comment(line) else {
                 continue;
             };
+            // A `#` inside a value (a quoted or block string) is no comment.
+            let comment_at = line_start + comment;
+            if scalars.iter().any(|s| s.range.contains(&comment_at)) {
+                continue;
+            }
             let at = first_line + n;
             let marker = match parse_marker(&line[comment + 1..]) {
                 Ok(m) => m,
@@ -84,7 +89,6 @@ pub fn setters(text: &str) -> (Vec<Setter>, Vec<MarkerError>) {
             };
             // The value the comment follows: a scalar that ends on this
             // line before the comment.
-            let comment_at = line_start + comment;
             let value = scalars
                 .iter()
                 .filter(|s| s.range.end <= comment_at && s.range.end >= line_start)
@@ -218,6 +222,8 @@ c: 3 # {"$imagepolicy": "shop:web:digest"}
 d:   # {"$imagepolicy": "shop:web"}
   e: 4
 f: 5 # {"$imagepolicy": "shop:web"}
+g: 'a string
+  with # {"$imagepolicy": "shop:web"} in it'
 "#;
         let (found, errors) = setters(text);
         let reasons: Vec<String> = errors.iter().map(ToString::to_string).collect();

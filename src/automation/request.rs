@@ -25,6 +25,12 @@ pub struct Request {
     /// Say what would change; write nothing.
     #[serde(default)]
     pub dry_run: bool,
+    /// The daemon asked (its sync set and namespace): part of what is
+    /// signed into the request, so it cannot be sent to another.
+    #[serde(default)]
+    pub sync_set: String,
+    #[serde(default)]
+    pub namespace: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,6 +73,18 @@ impl Request {
                     return Err("policy: give at least one --tag CONTAINER=PATTERN".into());
                 }
                 for (container, pattern) in tags {
+                    let label = !container.is_empty()
+                        && container.len() <= 63
+                        && container
+                            .bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                        && !container.starts_with('-')
+                        && !container.ends_with('-');
+                    if !label {
+                        return Err(format!(
+                            "--tag {container}=…: {container:?} is not a container name (a DNS label)"
+                        ));
+                    }
                     Pattern::parse(pattern)
                         .map_err(|e| format!("--tag {container}={pattern}: {e}"))?;
                 }
@@ -243,6 +261,8 @@ mod tests {
                 message: Some("incident 42".into()),
             },
             dry_run: false,
+            sync_set: String::new(),
+            namespace: String::new(),
         };
         assert_eq!(lock.annotations("jane")[1].1.as_deref(), Some("jane"));
         assert_eq!(
@@ -261,6 +281,10 @@ mod tests {
             (
                 json!({"workload": "a:deployment/b", "action": "policy", "tags": {"w": "regex:(["}}),
                 "--tag w=",
+            ),
+            (
+                json!({"workload": "a:deployment/b", "action": "policy", "tags": {"a b": "glob:*"}}),
+                "not a container name",
             ),
         ] {
             let r: Request = serde_json::from_value(bad).unwrap();

@@ -15,7 +15,7 @@ use super::image_policy::{self, ImagePolicy};
 use super::markers::{self, Field};
 use super::policy::{self, Pattern, Policy};
 use crate::model::record::{ImageStatus, MAX_LISTED_TAGS};
-use crate::render::manifest::parse_documents;
+use crate::render::manifest::{document_ranges, parse_documents};
 use crate::render::{Manifest, ParseLimits};
 
 /// A container automation may move.
@@ -151,17 +151,7 @@ pub fn marked(
     allowed: &[String],
 ) -> Marked {
     let mut out = Marked::default();
-    for m in policies {
-        match ImagePolicy::from_object(&m.object.value(), default_namespace) {
-            Ok(p) if allowed.is_empty() || allowed.contains(&p.namespace) => out.policies.push(p),
-            Ok(_) => {}
-            Err(reason) => out.problems.push(Problem {
-                object: m.id.to_string(),
-                file: m.file.clone(),
-                reason,
-            }),
-        }
-    }
+    read_policies(&mut out, policies, default_namespace, allowed);
     for (file, text) in files {
         let (setters, errors) = markers::setters(text);
         let problem = |object: String, reason: String| Problem {
@@ -177,7 +167,7 @@ pub fn marked(
         if setters.is_empty() {
             continue;
         }
-        let documents = parse_documents(text, &ParseLimits::default()).unwrap_or_default();
+        let documents = each_document(text);
         for s in setters {
             let object = format!("$imagepolicy {}:{} (line {})", s.namespace, s.name, s.line);
             let policy = out
@@ -196,9 +186,23 @@ pub fn marked(
                 }
                 continue;
             };
-            let Some(document) = documents.get(s.document) else {
+            let Some(Some(document)) = documents.get(s.document) else {
+                out.problems.push(problem(
+                    object,
+                    "the document it is in cannot be read".into(),
+                ));
                 continue;
             };
+            // The object the marker is in must be one automation may edit.
+            let marked_ns = document["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or(default_namespace);
+            if document["kind"].is_string()
+                && !allowed.is_empty()
+                && !allowed.iter().any(|a| a == marked_ns)
+            {
+                continue;
+            }
             match setter_container(policy, &s, document) {
                 Ok(container) => out.candidates.push(Candidate {
                     workload: object.clone(),
@@ -219,6 +223,39 @@ pub fn marked(
         }
     }
     out
+}
+
+/// The policies in the allowed namespaces; what cannot be read, named.
+fn read_policies(
+    out: &mut Marked,
+    policies: &[Manifest],
+    default_namespace: &str,
+    allowed: &[String],
+) {
+    for m in policies {
+        match ImagePolicy::from_object(&m.object.value(), default_namespace) {
+            Ok(p) if allowed.is_empty() || allowed.contains(&p.namespace) => out.policies.push(p),
+            Ok(_) => {}
+            Err(reason) => out.problems.push(Problem {
+                object: m.id.to_string(),
+                file: m.file.clone(),
+                reason,
+            }),
+        }
+    }
+}
+
+/// Each document of a file as `document_ranges` counts them (empty ones
+/// too), `None` where one cannot be read.
+fn each_document(text: &str) -> Vec<Option<Value>> {
+    document_ranges(text)
+        .into_iter()
+        .map(|r| {
+            parse_documents(&text[r], &ParseLimits::default())
+                .ok()
+                .and_then(|mut d| d.pop())
+        })
+        .collect()
 }
 
 /// What a setter sets, as a container: the policy's image, with the tag
@@ -270,6 +307,9 @@ pub struct Update {
     /// The new reference, as it is written.
     pub to: String,
     pub edits: Vec<Edit>,
+    /// The object the edits were decided on (none for a marker in a file
+    /// that is no object): what the document edited must still be.
+    pub identity: Option<super::edit::Identity>,
 }
 
 /// Under which key a candidate's tags are looked up: its repository as
@@ -326,6 +366,7 @@ pub fn updates(
             }
             .to_string(),
             edits,
+            identity: super::edit::identity_of(object),
         });
     }
     out
@@ -591,7 +632,11 @@ spec:
 
     #[test]
     fn markers_move_as_their_image_policy_chooses_in_any_yaml_file() {
-        let deploy = r#"apiVersion: apps/v1
+        // A header document and a leading `---`: documents are counted as
+        // render counts them.
+        let deploy = r#"# The web tier.
+---
+apiVersion: apps/v1
 kind: Deployment
 metadata: {name: web, namespace: shop}
 spec:
@@ -643,7 +688,7 @@ images:
         assert_eq!(shown.len(), 2, "{shown:?}");
         assert!(shown[0].contains("ImagePolicy shop/broken: spec.policy names no order"));
         assert!(shown[1].starts_with(
-            "web.yaml: $imagepolicy shop:missing (line 11): no tidegate.dev/v1 ImagePolicy shop/missing"
+            "web.yaml: $imagepolicy shop:missing (line 13): no tidegate.dev/v1 ImagePolicy shop/missing"
         ));
         assert_eq!(marked.candidates.len(), 3);
         let listed = tags(&[
@@ -676,6 +721,34 @@ images:
     }
 
     #[test]
+    fn a_marker_in_an_object_outside_the_allowed_namespaces_moves_nothing() {
+        let text = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: dns, namespace: kube-system}\n\
+            spec: {template: {spec: {containers: [{name: c, image: reg.io/web:1}]}}}\n";
+        let text = text.replace(
+            "image: reg.io/web:1}]}}}",
+            "image: reg.io/web:1}]}}} # {\"$imagepolicy\": \"shop:web\"}",
+        );
+        let policy = manifest(
+            "p.yaml",
+            0,
+            json!({"apiVersion": "tidegate.dev/v1", "kind": "ImagePolicy",
+                "metadata": {"name": "web", "namespace": "shop"},
+                "spec": {"image": "reg.io/web", "policy": {"alphabetical": {}}}}),
+        );
+        let files = vec![(PathBuf::from("dns.yaml"), text)];
+        let allowed = ["shop".to_string()];
+        assert!(
+            marked(&files, std::slice::from_ref(&policy), "default", &allowed)
+                .candidates
+                .is_empty()
+        );
+        assert_eq!(
+            marked(&files, &[policy], "default", &[]).candidates.len(),
+            1
+        );
+    }
+
+    #[test]
     fn commit_messages_as_flux_wrote_them() {
         let update = |to: &str| Update {
             object: String::new(),
@@ -684,6 +757,7 @@ images:
             from: String::new(),
             to: to.into(),
             edits: Vec::new(),
+            identity: None,
         };
         assert_eq!(
             commit_message(&[update("b:2"), update("a:1"), update("b:2")], true),

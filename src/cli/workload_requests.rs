@@ -137,19 +137,21 @@ struct Shown {
 
 pub async fn run(asked: Asked, connection: Connection) -> anyhow::Result<ExitCode> {
     let (target, action, dry_run) = asked.split();
+    let (client, state) = connection
+        .state(target.sync_set_name.clone())
+        .await
+        .context("cannot connect to the cluster")?;
     let request = Request {
         workload: target.workload.clone(),
         action,
         dry_run,
+        sync_set: state.sync_set.clone(),
+        namespace: state.namespace.clone(),
     };
     if let Err(e) = request.check() {
         eprintln!("error: {e}");
         return Ok(ExitCode::from(EXIT_ERROR));
     }
-    let (client, state) = connection
-        .state(target.sync_set_name.clone())
-        .await
-        .context("cannot connect to the cluster")?;
     let deadline = tokio::time::Instant::now() + target.timeout;
     let answer = match ask(&client, &state, &request, deadline).await {
         Ok(a) => a,

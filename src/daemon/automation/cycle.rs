@@ -30,6 +30,7 @@ pub(super) fn run_cycle(
     let Some((set, marked)) = read_tree(config, source, &snapshot, options)? else {
         return Ok(Cycle::Replaced);
     };
+    let policy_files: Vec<PathBuf> = set.image_policies.iter().map(|m| m.file.clone()).collect();
     let (updates, statuses) = decide(config, set, marked, clients);
     keep_build_times(config, clients);
     let mut base = first.clone();
@@ -69,8 +70,18 @@ pub(super) fn run_cycle(
                 short(&first)
             ));
         }
-        tracing::info!(branch = %branch, head = %short(&head), "automation: the branch moved; the edits are made again on its head");
         clients.found.behind = true;
+        // A policy changed meanwhile may not allow what was decided.
+        let changed = policy_files
+            .iter()
+            .find(|f| source.read_file(&first, f).ok() != source.read_file(&head, f).ok());
+        if let Some(f) = changed {
+            let shown = crate::model::shown(f);
+            return Err(format!(
+                "branch {branch} moved, and {shown} (image policies) with it: the next cycle decides on it"
+            ));
+        }
+        tracing::info!(branch = %branch, head = %short(&head), "automation: the branch moved; the edits are made again on its head");
         base = head;
     }
     Err(format!(
@@ -178,6 +189,42 @@ pub(super) fn decide(
     (updates, (candidates, tags))
 }
 
+/// The file as the commit's parent has it (not the checkout, which the
+/// sync loop may be moving), if the updates may be made to it: a regular
+/// file; on a branch that moved, as it was where they were decided; each
+/// document edited still the object they were decided on.
+fn base_text(
+    source: &GitSource,
+    at: &Edited<'_>,
+    file: &std::path::Path,
+    ups: &[&Update],
+) -> Result<String, String> {
+    let text = source
+        .read_file(at.base, file)
+        .map_err(|e| format!("{e}; not edited"))?;
+    if at.base != at.decided_on {
+        let decided = source
+            .read_file(at.decided_on, file)
+            .map_err(|e| format!("{e}; not edited"))?;
+        if decided != text {
+            return Err("changed by someone else meanwhile; edited once that is synced".into());
+        }
+    }
+    let moved = ups.iter().find(|u| {
+        u.identity.is_some()
+            && u.edits
+                .iter()
+                .any(|e| edit::identity(&text, e.document) != u.identity)
+    });
+    if let Some(u) = moved {
+        return Err(format!(
+            "{} is no longer where it was decided on; not edited",
+            u.object
+        ));
+    }
+    Ok(text)
+}
+
 /// Where a commit is made: on `base`, with edits decided on `decided_on`
 /// (the same revision, unless the branch moved meanwhile).
 pub(super) struct Edited<'a> {
@@ -205,31 +252,10 @@ pub(super) fn commit_on(
     let mut applied: Vec<Update> = Vec::new();
     for (file, ups) in by_file {
         let shown = crate::model::shown(&file);
-        // The file as the commit has it (not the checkout, which the sync
-        // loop may be moving): a regular file, or it is not edited.
-        let text = source.read_file(base, &file).and_then(|text| {
-            if base == at.decided_on {
-                return Ok(Some(text));
-            }
-            let decided = source.read_file(at.decided_on, &file)?;
-            Ok((decided == text).then_some(text))
-        });
-        let text = match text {
-            Ok(Some(text)) => text,
-            Ok(None) => {
-                problem(
-                    &mut clients.found.errors,
-                    format!(
-                        "{shown} was changed by someone else meanwhile; edited once that is synced"
-                    ),
-                );
-                continue;
-            }
+        let text = match base_text(source, at, &file, &ups) {
+            Ok(text) => text,
             Err(e) => {
-                problem(
-                    &mut clients.found.errors,
-                    format!("{shown}: {e}; not edited"),
-                );
+                problem(&mut clients.found.errors, format!("{shown}: {e}"));
                 continue;
             }
         };

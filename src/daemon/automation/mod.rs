@@ -141,7 +141,10 @@ impl SignWith {
                 "the Secret {namespace}/{name} has no signing.key (an armored OpenPGP secret key)"
             )
         })?;
-        let key = OpenPgpKey::parse(&armored, &text("passphrase").unwrap_or_default())
+        // A passphrase written with `--from-file` ends in a newline.
+        let passphrase = text("passphrase").unwrap_or_default();
+        let passphrase = passphrase.trim_end_matches(['\n', '\r']);
+        let key = OpenPgpKey::parse(&armored, passphrase)
             .map_err(|e| format!("Secret {namespace}/{name}: signing.key: {e}"))?;
         Ok(Signing::OpenPgp(Arc::new(key)))
     }
@@ -171,6 +174,7 @@ pub fn start(
             cluster,
             state,
             record: AutomationStatus::default(),
+            answered: Default::default(),
             metrics,
         };
         let (asks, mut asked) = tokio::sync::mpsc::channel(16);
@@ -226,15 +230,22 @@ struct Scanner {
     state: StateRef,
     /// What the last cycle recorded.
     record: AutomationStatus,
+    /// The workload requests answered lately (their UIDs).
+    answered: std::collections::VecDeque<String>,
     metrics: Arc<super::metrics::Metrics>,
 }
 
 impl Scanner {
     /// The cycle's registry credentials and signing, and a fresh record.
-    async fn prepare(&mut self, snapshot: &Snapshot, options: &render::Options) {
+    async fn prepare(
+        &mut self,
+        source: &GitSource,
+        snapshot: &Snapshot,
+        options: &render::Options,
+    ) {
         let kube = self.cluster.client.clone();
         let (credentials, mut unread) =
-            pull_credentials(&kube, &self.config, snapshot, options).await;
+            pull_credentials(&kube, &self.config, (source, snapshot, options)).await;
         let signing = match self
             .config
             .signing
@@ -267,7 +278,7 @@ impl Scanner {
         &mut self,
         (source, snapshot, options): (GitSource, Snapshot, render::Options),
     ) -> After {
-        self.prepare(&snapshot, &options).await;
+        self.prepare(&source, &snapshot, &options).await;
         let (config, clients) = (self.config.clone(), self.clients.clone());
         let cluster = self.cluster.detached();
         let done = tokio::task::spawn_blocking(move || {

@@ -10,8 +10,7 @@ use crate::automation::credentials;
 pub(super) async fn pull_credentials(
     kube: &kube::Client,
     config: &Config,
-    snapshot: &Snapshot,
-    options: &render::Options,
+    (source, snapshot, options): (&GitSource, &Snapshot, &render::Options),
 ) -> (HashMap<String, Credentials>, Vec<String>) {
     use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
     let mut found: HashMap<String, Credentials> = HashMap::new();
@@ -30,11 +29,23 @@ pub(super) async fn pull_credentials(
             ),
         }
     }
-    let (tree, opts) = (snapshot.tree.clone(), options.clone());
-    let Ok(set) = tokio::task::spawn_blocking(move || render::render(&tree, &opts)).await else {
+    let read = {
+        let (config, source, snapshot, options) = (
+            config.clone(),
+            source.clone(),
+            snapshot.clone(),
+            options.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            super::cycle::read_tree(&config, &source, &snapshot, &options)
+        })
+        .await
+    };
+    // A checkout a newer fetch replaced: the cycle is made again anyway.
+    let Ok(Ok(Some((set, marked)))) = read else {
         return (found, errors);
     };
-    let (mut wanted, accounts) = wanted(config, snapshot, &set, options);
+    let (mut wanted, accounts) = wanted(config, &set, marked);
     for (ns, account) in accounts {
         let api: kube::Api<ServiceAccount> = kube::Api::namespaced(kube.clone(), &ns);
         if let Ok(Some(sa)) = api.get_opt(&account).await {
@@ -77,12 +88,7 @@ type Named = std::collections::BTreeSet<(String, String)>;
 /// The pull secrets named in Git: each automated workload's (with its
 /// namespace) and each ImagePolicy's `secretRef`; and the service
 /// accounts whose pull secrets count too.
-fn wanted(
-    config: &Config,
-    snapshot: &Snapshot,
-    set: &render::DesiredSet,
-    options: &render::Options,
-) -> (Named, Named) {
+fn wanted(config: &Config, set: &render::DesiredSet, marked: update::Marked) -> (Named, Named) {
     let (candidates, _) = update::candidates(
         &set.manifests,
         &config.default_namespace,
@@ -99,7 +105,7 @@ fn wanted(
         wanted.extend(secrets.into_iter().map(|s| (c.namespace.clone(), s)));
         accounts.insert((c.namespace.clone(), account));
     }
-    for p in super::cycle::marked(config, snapshot, set, options).policies {
+    for p in marked.policies {
         wanted.extend(p.secret.map(|s| (p.namespace.clone(), s)));
     }
     (wanted, accounts)

@@ -89,9 +89,23 @@ fn annotations(csr: &CertificateSigningRequest) -> BTreeMap<String, String> {
     csr.metadata.annotations.clone().unwrap_or_default()
 }
 
+/// How long a request may wait for its answer; older ones are refused
+/// and removed.
+pub const REQUEST_LIFETIME: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Whether the request was made longer ago than [`REQUEST_LIFETIME`]
+/// (by the API server's clock).
+fn stale(csr: &CertificateSigningRequest) -> bool {
+    let Some(made) = &csr.metadata.creation_timestamp else {
+        return true;
+    };
+    let age = k8s_openapi::jiff::Timestamp::now().duration_since(made.0);
+    age.as_secs() > REQUEST_LIFETIME.as_secs() as i64
+}
+
 /// The request and who made it, if the request is the one the
-/// certificate request was made for.
-fn read(csr: &CertificateSigningRequest) -> Result<(Request, UserInfo), String> {
+/// certificate request was made for, and for this daemon.
+fn read(csr: &CertificateSigningRequest, state: &StateRef) -> Result<(Request, UserInfo), String> {
     let text = annotations(csr)
         .remove(REQUEST_ANNOTATION)
         .ok_or("the request has no tidegate.dev/request annotation")?;
@@ -111,6 +125,12 @@ fn read(csr: &CertificateSigningRequest) -> Result<(Request, UserInfo), String> 
     }
     let request: Request =
         serde_json::from_str(&text).map_err(|e| format!("the request cannot be read: {e}"))?;
+    if request.sync_set != state.sync_set || request.namespace != state.namespace {
+        return Err(format!(
+            "the request is for sync set {} in namespace {}, not this daemon",
+            request.sync_set, request.namespace
+        ));
+    }
     request.check()?;
     let spec = &csr.spec;
     let user = UserInfo {
@@ -139,6 +159,23 @@ impl Scanner {
         if annotations(&csr).contains_key(ANSWER_ANNOTATION) || self.cluster.fenced().is_err() {
             return false;
         }
+        // Each request is answered once, even if its answer is taken off.
+        let uid = csr.metadata.uid.clone().unwrap_or_default();
+        if self.answered.contains(&uid) {
+            return false;
+        }
+        if stale(&csr) {
+            tracing::info!(
+                request = name,
+                "workload request: older than 10 minutes; removed unanswered"
+            );
+            let _ = api.delete(name, &Default::default()).await;
+            return false;
+        }
+        if self.answered.len() >= 1024 {
+            self.answered.pop_front();
+        }
+        self.answered.push_back(uid);
         let mut answer = Answer::default();
         let pushed = match self.decide(&csr, current, &mut answer).await {
             Ok(pushed) => pushed,
@@ -166,7 +203,7 @@ impl Scanner {
         current: Option<(GitSource, Snapshot, render::Options)>,
         answer: &mut Answer,
     ) -> Result<bool, String> {
-        let (request, user) = read(csr)?;
+        let (request, user) = read(csr, &self.state)?;
         let who = user.username.clone().unwrap_or_default();
         answer.user = who.clone();
         let workload = Workload::parse(&request.workload)?;
@@ -270,6 +307,14 @@ fn change(
         .read_file(base, &m.file)
         .map_err(|e| format!("{}: {e}", crate::model::shown(&m.file)))?;
     let shown = crate::model::shown(&m.file);
+    // The document edited is the object authorized, in the file as the
+    // commit's parent has it.
+    if edit::identity(&text, m.index) != edit::identity_of(&object) {
+        return Err(format!(
+            "{shown}: {} is not where the synced revision has it on this branch: merge the branch, then ask again",
+            m.id
+        ));
+    }
     let (new, images) = match &request.action {
         Action::Release { image } => {
             let (edits, images) = released(config, m, &object, request, image.as_deref(), clients)?;
@@ -345,7 +390,14 @@ fn newest(
     clients: &mut Clients,
 ) -> Vec<(containers::Path, String)> {
     let mut object = m.object.value();
-    object["metadata"]["annotations"]["fluxcd.io/automated"] = "true".into();
+    match object["metadata"]["annotations"].as_object_mut() {
+        Some(a) => {
+            a.insert("fluxcd.io/automated".into(), "true".into());
+        }
+        None => {
+            object["metadata"]["annotations"] = serde_json::json!({"fluxcd.io/automated": "true"})
+        }
+    }
     let forced = render::Manifest {
         object: crate::model::Json::new(&object),
         ..m.clone()
@@ -369,7 +421,11 @@ mod tests {
 
     #[test]
     fn a_request_changed_after_it_was_made_is_refused() {
-        let text = r#"{"workload":"shop:deployment/web","action":"automate"}"#;
+        let text = r#"{"workload":"shop:deployment/web","action":"automate","sync_set":"tidegate","namespace":"flux"}"#;
+        let state = StateRef {
+            namespace: "flux".into(),
+            sync_set: "tidegate".into(),
+        };
         let csr = |subject: &str, annotation: &str| {
             let key = openssl::pkey::PKey::from_ec_key(
                 openssl::ec::EcKey::generate(
@@ -397,11 +453,17 @@ mod tests {
             );
             csr
         };
-        let (request, user) = read(&csr(&fingerprint(text), text)).unwrap();
+        let (request, user) = read(&csr(&fingerprint(text), text), &state).unwrap();
         assert_eq!(request.action, Action::Automate);
         assert_eq!(user.username.as_deref(), Some("jane"));
         let changed = text.replace("automate", "deautomate");
-        let e = read(&csr(&fingerprint(text), &changed)).unwrap_err();
+        let e = read(&csr(&fingerprint(text), &changed), &state).unwrap_err();
         assert!(e.contains("changed after it was made"), "{e}");
+        let other = StateRef {
+            namespace: "elsewhere".into(),
+            sync_set: "tidegate".into(),
+        };
+        let e = read(&csr(&fingerprint(text), text), &other).unwrap_err();
+        assert!(e.contains("not this daemon"), "{e}");
     }
 }
