@@ -1690,3 +1690,78 @@ fn a_registry_that_asks_to_wait_is_waited_for_and_then_given_up_on() {
     let times = request_times(server);
     assert_eq!(times.len(), 3, "two waits, then it gives up: {times:?}");
 }
+
+#[tokio::test]
+async fn an_automated_helm_release_moves_its_values_image_and_helm_upgrades_it() {
+    use k8s_openapi::api::apps::v1::Deployment;
+
+    crate::helm_releases::crd_installed().await;
+    let registry = LocalRegistry::start();
+    registry.push_image("team/web", "1.0.0", "2026-01-01T00:00:00Z");
+    registry.push_image("team/web", "1.1.0", "2026-02-01T00:00:00Z");
+    registry.push_image("team/web", "2.0.0", "2026-03-01T00:00:00Z");
+    let ns = crate::support::unique("hr-automated");
+    let image = format!("{}/team/web", registry.host());
+    let repo = GitRepo::new();
+    crate::helm_releases::copy_chart(&repo);
+    repo.write("namespace.yaml", &crate::support::ns_yaml(&ns));
+    // helm-operator's `image: {repository, tag}` form: container chart-image.
+    let release = format!(
+        "apiVersion: helm.fluxcd.io/v1
+kind: HelmRelease
+metadata:
+  name: web
+  namespace: {ns}
+  annotations:
+    fluxcd.io/automated: \"true\"
+    filter.fluxcd.io/chart-image: semver:~1
+spec:
+  chart:
+    git: {}
+    ref: main
+    path: charts/web
+  values:
+    hook: {{enabled: false}}
+    image:
+      repository: {image}
+      tag: 1.0.0   # moved by automation
+",
+        repo.url()
+    );
+    repo.write("releases/web.yaml", &release);
+    let first = repo.push("an automated release");
+    let helm = crate::helm_releases::helm_binary();
+    let _daemon = repo.daemon(
+        &repo.url(),
+        &[
+            "--listen",
+            "off",
+            "--helm-binary",
+            &helm,
+            "--git-poll-interval",
+            "1h",
+            "--automation-interval",
+            "1s",
+            "--registry-insecure-host",
+            &registry.host(),
+        ],
+    );
+    let api: kube::Api<Deployment> = kube::Api::namespaced(crate::support::client().await, &ns);
+    let wanted = format!("{image}:1.1.0");
+    crate::support::eventually(
+        "the release upgraded to 1.1.0",
+        Duration::from_secs(120),
+        || async {
+            let d = api.get_opt(&format!("{ns}-web")).await.ok()??;
+            let live = d.spec?.template.spec?.containers.first()?.image.clone()?;
+            (live == wanted).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(git(&repo.bare, &["rev-parse", "main^"]), first);
+    assert_eq!(
+        format!("{}\n", git(&repo.bare, &["show", "main:releases/web.yaml"])),
+        release.replace("tag: 1.0.0   #", "tag: 1.1.0   #"),
+        "only the tag's bytes changed; 2.0.0 is outside ~1"
+    );
+}
