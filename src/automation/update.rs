@@ -194,14 +194,13 @@ pub fn marked(
                 continue;
             };
             // The object the marker is in must be one automation may edit.
-            let marked_ns = document["metadata"]["namespace"]
-                .as_str()
-                .unwrap_or(default_namespace);
-            if document["kind"].is_string()
-                && !allowed.is_empty()
-                && !allowed.iter().any(|a| a == marked_ns)
-            {
-                continue;
+            match marker_allowed(document, default_namespace, allowed) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(reason) => {
+                    out.problems.push(problem(object, reason));
+                    continue;
+                }
             }
             match setter_container(policy, &s, document) {
                 Ok(container) => out.candidates.push(Candidate {
@@ -223,6 +222,27 @@ pub fn marked(
         }
     }
     out
+}
+
+/// Whether a marker in `document` is followed under the namespaces
+/// `allowed` (empty: any): in an object there, yes; in a file that is no
+/// object (a kustomization), whose objects' namespaces cannot be known
+/// from it, an error.
+fn marker_allowed(
+    document: &Value,
+    default_namespace: &str,
+    allowed: &[String],
+) -> Result<bool, String> {
+    if allowed.is_empty() {
+        return Ok(true);
+    }
+    if !document["kind"].is_string() {
+        return Err("with --k8s-allow-namespace, only markers in objects are followed: this file is none, so the namespace of what it sets is not known".into());
+    }
+    let namespace = document["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or(default_namespace);
+    Ok(allowed.iter().any(|a| a == namespace))
 }
 
 /// The policies in the allowed namespaces; what cannot be read, named.
@@ -741,6 +761,28 @@ images:
             marked(&files, std::slice::from_ref(&policy), "default", &allowed)
                 .candidates
                 .is_empty()
+        );
+        assert_eq!(
+            marked(&files, std::slice::from_ref(&policy), "default", &[])
+                .candidates
+                .len(),
+            1
+        );
+        // A kustomization's marker: its objects' namespaces are not known.
+        let kustomization =
+            "images:\n- name: web\n  newTag: \"1\" # {\"$imagepolicy\": \"shop:web:tag\"}\n";
+        let files = vec![(
+            PathBuf::from("kustomization.yaml"),
+            kustomization.to_string(),
+        )];
+        let refused = marked(&files, std::slice::from_ref(&policy), "default", &allowed);
+        assert!(refused.candidates.is_empty());
+        assert!(
+            refused.problems[0]
+                .reason
+                .contains("only markers in objects"),
+            "{:?}",
+            refused.problems
         );
         assert_eq!(
             marked(&files, &[policy], "default", &[]).candidates.len(),
