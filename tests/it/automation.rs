@@ -348,6 +348,29 @@ fn a_push_fast_forwards_and_a_branch_that_moved_is_never_overwritten() {
     assert_eq!(git(&repo.bare, &["rev-parse", "main"]), on_top);
 }
 
+/// The daemon on `repo` automating every `interval` with images in
+/// `registry` (plain HTTP), no HTTP API, no poll; and `extra` flags.
+fn automation_daemon(
+    repo: &GitRepo,
+    registry: &LocalRegistry,
+    interval: &str,
+    extra: &[&str],
+) -> crate::support::Daemon {
+    let host = registry.host();
+    let mut args = vec![
+        "--listen",
+        "off",
+        "--git-poll-interval",
+        "1h",
+        "--automation-interval",
+        interval,
+        "--registry-insecure-host",
+        &host,
+    ];
+    args.extend_from_slice(extra);
+    repo.daemon(&repo.url(), &args)
+}
+
 /// Waits until Deployment `web` runs `image`.
 async fn applied(
     api: &kube::Api<k8s_openapi::api::apps::v1::Deployment>,
@@ -410,17 +433,11 @@ async fn an_automated_deployment_moves_to_the_newest_allowed_tag_by_a_commit() {
         .replace("name: web\n  namespace", "name: lost\n  namespace");
     repo.write("lost.yaml", &missing);
     let first = repo.push("first");
-    let _daemon = repo.daemon(
-        &repo.url(),
+    let _daemon = automation_daemon(
+        &repo,
+        &registry,
+        "1s",
         &[
-            "--listen",
-            "off",
-            "--git-poll-interval",
-            "1h",
-            "--automation-interval",
-            "1s",
-            "--registry-insecure-host",
-            &registry.host(),
             "--git-user",
             "automation-bot",
             "--git-email",
@@ -578,19 +595,7 @@ async fn a_marker_moves_its_value_as_the_image_policy_in_the_repository_says() {
     repo.write("web.yaml", &before);
     repo.write("policies/web.yaml", &policy);
     let first = repo.push("first");
-    let _daemon = repo.daemon(
-        &repo.url(),
-        &[
-            "--listen",
-            "off",
-            "--git-poll-interval",
-            "1h",
-            "--automation-interval",
-            "1s",
-            "--registry-insecure-host",
-            &registry.host(),
-        ],
-    );
+    let _daemon = automation_daemon(&repo, &registry, "1s", &[]);
     let api: kube::Api<Deployment> = kube::Api::namespaced(crate::support::client().await, &ns);
     applied(&api, &format!("{image}:1.3.0"), Duration::from_secs(60)).await;
     assert_eq!(git(&repo.bare, &["rev-parse", "main^"]), first);
@@ -1178,21 +1183,7 @@ async fn with_a_push_branch_commits_go_there_one_on_top_of_the_other_and_main_st
         &automated_deployment(&ns, &format!("{image}:1.0.0")),
     );
     let first = repo.push("first");
-    let _daemon = repo.daemon(
-        &repo.url(),
-        &[
-            "--listen",
-            "off",
-            "--git-poll-interval",
-            "1h",
-            "--automation-interval",
-            "1s",
-            "--registry-insecure-host",
-            &registry.host(),
-            "--git-push-branch",
-            "automation",
-        ],
-    );
+    let _daemon = automation_daemon(&repo, &registry, "1s", &["--git-push-branch", "automation"]);
     let head_of = |branch: &'static str| {
         let bare = repo.bare.clone();
         move || {
@@ -1290,17 +1281,11 @@ async fn the_workload_commands_commit_as_the_kubernetes_user_who_asked() {
         serde_json::json!({"signing.key": gpg_key(keyring.path(), "s3cret"), "passphrase": "s3cret"}),
     )
     .await;
-    let _daemon = repo.daemon(
-        &repo.url(),
+    let _daemon = automation_daemon(
+        &repo,
+        &registry,
+        "1h",
         &[
-            "--listen",
-            "off",
-            "--git-poll-interval",
-            "1h",
-            "--automation-interval",
-            "1h",
-            "--registry-insecure-host",
-            &registry.host(),
             "--git-user",
             "automation-bot",
             "--git-signing-key",
@@ -1516,21 +1501,7 @@ async fn a_branch_another_clone_moved_gets_the_edits_on_its_head_and_loses_nothi
     repo.push("first");
     // No watch and no poll: the daemon does not see the other push before
     // its own is refused.
-    let _daemon = repo.daemon(
-        &repo.url(),
-        &[
-            "--listen",
-            "off",
-            "--git-watch",
-            "false",
-            "--git-poll-interval",
-            "1h",
-            "--automation-interval",
-            "1s",
-            "--registry-insecure-host",
-            &registry.host(),
-        ],
-    );
+    let _daemon = automation_daemon(&repo, &registry, "1s", &["--git-watch", "false"]);
     let api: kube::Api<Deployment> = kube::Api::namespaced(crate::support::client().await, &ns);
     applied(&api, &format!("{image}:1.0.0"), Duration::from_secs(60)).await;
     // Someone else pushes, then a new image arrives.
@@ -1731,21 +1702,7 @@ spec:
     repo.write("releases/web.yaml", &release);
     let first = repo.push("an automated release");
     let helm = crate::helm_releases::helm_binary();
-    let _daemon = repo.daemon(
-        &repo.url(),
-        &[
-            "--listen",
-            "off",
-            "--helm-binary",
-            &helm,
-            "--git-poll-interval",
-            "1h",
-            "--automation-interval",
-            "1s",
-            "--registry-insecure-host",
-            &registry.host(),
-        ],
-    );
+    let _daemon = automation_daemon(&repo, &registry, "1s", &["--helm-binary", &helm]);
     let api: kube::Api<Deployment> = kube::Api::namespaced(crate::support::client().await, &ns);
     let wanted = format!("{image}:1.1.0");
     crate::support::eventually(
