@@ -59,8 +59,12 @@ pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode>
         };
         let listed = match api.list(&ListParams::default().labels(&selector)).await {
             Ok(list) => list,
-            // The HelmRelease CRD may not be installed.
-            Err(kube::Error::Api(s)) if s.code == 404 => continue,
+            // The HelmRelease CRD may not be installed (or not served yet).
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 503 => continue,
+            Err(e) if group == "helm.fluxcd.io" => {
+                eprintln!("warning: cannot list {plural}.{group}: {e}; listed without them");
+                continue;
+            }
             Err(e) => return Err(e).with_context(|| format!("cannot list {plural}")),
         };
         for object in listed {

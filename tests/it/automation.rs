@@ -119,6 +119,20 @@ impl LocalRegistry {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// A registry holding `team/web` 1.0.0, 1.1.0 and 2.0.0, built a
+    /// month apart in that order.
+    fn with_web() -> LocalRegistry {
+        let registry = LocalRegistry::start();
+        for (tag, created) in [
+            ("1.0.0", "2026-01-01T00:00:00Z"),
+            ("1.1.0", "2026-02-01T00:00:00Z"),
+            ("2.0.0", "2026-03-01T00:00:00Z"),
+        ] {
+            registry.push_image("team/web", tag, created);
+        }
+        registry
+    }
+
     /// GET requests the registry logged whose path holds `part`.
     fn gets(&self, part: &str) -> usize {
         std::fs::read_to_string(self.dir.path().join("access.log"))
@@ -413,14 +427,7 @@ spec:
 async fn an_automated_deployment_moves_to_the_newest_allowed_tag_by_a_commit() {
     use k8s_openapi::api::apps::v1::Deployment;
 
-    let registry = LocalRegistry::start();
-    for (tag, created) in [
-        ("1.0.0", "2026-01-01T00:00:00Z"),
-        ("1.1.0", "2026-02-01T00:00:00Z"),
-        ("2.0.0", "2026-03-01T00:00:00Z"),
-    ] {
-        registry.push_image("team/web", tag, created);
-    }
+    let registry = LocalRegistry::with_web();
     let ns = crate::support::unique("automation");
     let repo = GitRepo::new();
     let image = format!("{}/team/web", registry.host());
@@ -1255,14 +1262,7 @@ async fn the_workload_commands_commit_as_the_kubernetes_user_who_asked() {
     use k8s_openapi::api::apps::v1::Deployment;
     use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 
-    let registry = LocalRegistry::start();
-    for (tag, created) in [
-        ("1.0.0", "2026-01-01T00:00:00Z"),
-        ("1.1.0", "2026-02-01T00:00:00Z"),
-        ("2.0.0", "2026-03-01T00:00:00Z"),
-    ] {
-        registry.push_image("team/web", tag, created);
-    }
+    let registry = LocalRegistry::with_web();
     let ns = crate::support::unique("fluxctl");
     let image = format!("{}/team/web", registry.host());
     let before = automated_deployment(&ns, &format!("{image}:1.0.0")).replace(
@@ -1667,10 +1667,7 @@ async fn an_automated_helm_release_moves_its_values_image_and_helm_upgrades_it()
     use k8s_openapi::api::apps::v1::Deployment;
 
     crate::helm_releases::crd_installed().await;
-    let registry = LocalRegistry::start();
-    registry.push_image("team/web", "1.0.0", "2026-01-01T00:00:00Z");
-    registry.push_image("team/web", "1.1.0", "2026-02-01T00:00:00Z");
-    registry.push_image("team/web", "2.0.0", "2026-03-01T00:00:00Z");
+    let registry = LocalRegistry::with_web();
     let ns = crate::support::unique("hr-automated");
     let image = format!("{}/team/web", registry.host());
     let repo = GitRepo::new();
