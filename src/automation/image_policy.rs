@@ -22,6 +22,9 @@ use super::semver::{self, Constraint};
 /// The document's kind as people read it.
 pub const SHOWN: &str = "tidegate.dev/v1 ImagePolicy";
 
+/// The longest `filterTags.pattern` or `extract`, in characters.
+pub const MAX_FILTER: usize = 256;
+
 /// One policy as the repository declares it.
 #[derive(Debug, Clone)]
 pub struct ImagePolicy {
@@ -99,11 +102,20 @@ impl Rule {
             Value::Null => None,
             f => {
                 let pattern = f["pattern"].as_str().unwrap_or(".*");
+                let extract = f["extract"].as_str().unwrap_or("$0");
+                // Each tag is matched and expanded: both stay small.
+                if pattern.len() > MAX_FILTER || extract.len() > MAX_FILTER {
+                    return Err(format!(
+                        "spec.filterTags: a pattern or extract longer than {MAX_FILTER} characters"
+                    ));
+                }
                 let pattern = regex::Regex::new(pattern).map_err(|e| {
                     format!("spec.filterTags.pattern {pattern:?} is not a regular expression: {e}")
                 })?;
-                let extract = f["extract"].as_str().unwrap_or("$0").to_string();
-                Some(Filter { pattern, extract })
+                Some(Filter {
+                    pattern,
+                    extract: extract.to_string(),
+                })
             }
         };
         let policy = &spec["policy"];
@@ -317,6 +329,11 @@ mod tests {
             (
                 json!({"image": "reg.io/web", "filterTags": {"pattern": "(["}, "policy": {"alphabetical": {}}}),
                 "not a regular expression",
+            ),
+            (
+                json!({"image": "reg.io/web", "filterTags": {"pattern": "^(.*)$", "extract": "$1".repeat(200)},
+                    "policy": {"alphabetical": {}}}),
+                "longer than 256 characters",
             ),
         ];
         for (spec, expected) in cases {

@@ -6,7 +6,7 @@
 
 use super::containers::Path;
 use super::edit;
-use crate::render::manifest::document_ranges;
+use crate::render::manifest::{document_ranges, is_dns_label};
 
 const KEY: &str = "$imagepolicy";
 
@@ -146,8 +146,12 @@ fn parse_marker(comment: &str) -> Result<(String, String, Field), String> {
             ));
         }
     };
+    // Names as Kubernetes has them: nothing else is shown or looked up.
+    let named = |ns: &str, name: &str| {
+        is_dns_label(ns) && name.len() <= 253 && name.split('.').all(is_dns_label)
+    };
     match parts.as_slice() {
-        [ns, name, ..] if parts.len() <= 3 && !ns.is_empty() && !name.is_empty() => {
+        [ns, name, ..] if parts.len() <= 3 && named(ns, name) => {
             Ok((ns.to_string(), name.to_string(), field))
         }
         _ => Err(format!(
@@ -224,14 +228,20 @@ d:   # {"$imagepolicy": "shop:web"}
 f: 5 # {"$imagepolicy": "shop:web"}
 g: 'a string
   with # {"$imagepolicy": "shop:web"} in it'
+h: 6 # {"$imagepolicy": "shop:we\u001b[31mb"}
 "#;
         let (found, errors) = setters(text);
         let reasons: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        assert_eq!(reasons.len(), 4, "{reasons:?}");
+        assert_eq!(reasons.len(), 5, "{reasons:?}");
         assert!(reasons[0].starts_with("line 1: the $imagepolicy marker is not a JSON object"));
         assert!(reasons[1].contains("line 2") && reasons[1].contains("<namespace>:<name>"));
         assert!(reasons[2].contains("\"digest\" is not a field"));
         assert!(reasons[3].starts_with("line 4: the $imagepolicy marker follows no value"));
+        // Names as Kubernetes has them: no escape sequence reaches a log.
+        assert!(
+            reasons[4].starts_with("line 9: ") && reasons[4].contains("<namespace>:<name>"),
+            "{reasons:?}"
+        );
         assert_eq!(found.len(), 1);
         assert_eq!((found[0].line, &found[0].path), (6, &vec![key("f")]));
     }

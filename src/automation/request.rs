@@ -73,14 +73,7 @@ impl Request {
                     return Err("policy: give at least one --tag CONTAINER=PATTERN".into());
                 }
                 for (container, pattern) in tags {
-                    let label = !container.is_empty()
-                        && container.len() <= 63
-                        && container
-                            .bytes()
-                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                        && !container.starts_with('-')
-                        && !container.ends_with('-');
-                    if !label {
+                    if !crate::render::manifest::is_dns_label(container) {
                         return Err(format!(
                             "--tag {container}=…: {container:?} is not a container name (a DNS label)"
                         ));

@@ -14,7 +14,7 @@ use super::image::{self, ImageRef};
 use super::image_policy::{self, ImagePolicy};
 use super::markers::{self, Field};
 use super::policy::{self, Pattern, Policy};
-use crate::model::record::{ImageStatus, MAX_LISTED_TAGS};
+use crate::model::record::{ImageStatus, MAX_LISTED_IMAGES, MAX_LISTED_TAGS};
 use crate::render::manifest::{document_ranges, parse_documents};
 use crate::render::{Manifest, ParseLimits};
 
@@ -393,7 +393,8 @@ pub fn updates(
 }
 
 /// What each candidate runs (once the cycle's commit is synced: what
-/// `moved` it to) and may move to, for `tidegate list-images`.
+/// `moved` it to) and may move to, for `tidegate list-images`; the first
+/// [`MAX_LISTED_IMAGES`].
 pub fn image_statuses(
     candidates: &[Candidate],
     tags: &BTreeMap<String, Vec<(String, Option<i64>)>>,
@@ -401,6 +402,7 @@ pub fn image_statuses(
 ) -> Vec<ImageStatus> {
     candidates
         .iter()
+        .take(MAX_LISTED_IMAGES)
         .map(|c| {
             let current = moved
                 .iter()
@@ -788,6 +790,27 @@ images:
             marked(&files, &[policy], "default", &[]).candidates.len(),
             1
         );
+    }
+
+    #[test]
+    fn the_record_of_images_is_bounded() {
+        let automated = json!({"fluxcd.io/automated": "true"});
+        let manifests: Vec<Manifest> = (0..MAX_LISTED_IMAGES + 20)
+            .map(|i| {
+                let name = format!("w{i}");
+                manifest(
+                    "w.yaml",
+                    i,
+                    deployment(&name, automated.clone(), &[("c", "reg.io/c:1")]),
+                )
+            })
+            .collect();
+        let (found, _) = candidates(&manifests, "default", &[]);
+        assert_eq!(found.len(), MAX_LISTED_IMAGES + 20);
+        let listed = tags(&[("reg.io/c", "1", Some(1)), ("reg.io/c", "2", Some(2))]);
+        let statuses = image_statuses(&found, &listed, &[]);
+        assert_eq!(statuses.len(), MAX_LISTED_IMAGES);
+        assert_eq!(statuses[0].available, ["2", "1"]);
     }
 
     #[test]

@@ -205,3 +205,5 @@ pub struct ImageStatus {
 
 /// How many tags per container the record keeps.
 pub const MAX_LISTED_TAGS: usize = 10;
+/// How many containers the record lists (it lives in a ConfigMap).
+pub const MAX_LISTED_IMAGES: usize = 500;

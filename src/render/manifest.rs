@@ -416,8 +416,8 @@ fn is_list(api_version: &str, kind: &str) -> bool {
     kind.ends_with("List") && built_in
 }
 
-/// DNS-1123 label: what every namespace name must be.
-fn is_dns_label(s: &str) -> bool {
+/// DNS-1123 label: what every namespace name (and container name) must be.
+pub fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.bytes()

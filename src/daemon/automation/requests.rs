@@ -332,10 +332,7 @@ fn change(
     if new == text {
         return Ok(None);
     }
-    let diff = similar::TextDiff::from_lines(&text, &new)
-        .unified_diff()
-        .header(&shown, &shown)
-        .to_string();
+    let diff = document_diff(&shown, &text, &new, m.index);
     let change = Change {
         parent: base.to_string(),
         files: vec![(m.file.clone(), new.into_bytes())],
@@ -382,6 +379,36 @@ fn released(
     Ok((edits, images))
 }
 
+/// The longest diff an answer carries (it is an annotation).
+const MAX_DIFF: usize = 16 * 1024;
+
+/// The change to document `index` of a file, as a unified diff of that
+/// document alone: no line of another document (a Secret beside the
+/// workload) is shown. At most [`MAX_DIFF`] bytes.
+fn document_diff(file: &str, old: &str, new: &str, index: usize) -> String {
+    use crate::render::manifest::document_ranges;
+    let doc = |text: &str| {
+        document_ranges(text)
+            .into_iter()
+            .nth(index)
+            .map_or(String::new(), |r| text[r].to_string())
+    };
+    let (old, new) = (doc(old), doc(new));
+    let mut diff = similar::TextDiff::from_lines(&old, &new)
+        .unified_diff()
+        .header(file, file)
+        .to_string();
+    if diff.len() > MAX_DIFF {
+        let mut cut = MAX_DIFF;
+        while !diff.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        diff.truncate(cut);
+        diff.push_str("\n… (the diff is cut here)\n");
+    }
+    diff
+}
+
 /// `--update-all-images`: each container to the newest its filter allows,
 /// as if the workload were automated.
 fn newest(
@@ -418,6 +445,28 @@ fn newest(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_answer_shows_the_workload_document_alone_and_not_much_of_it() {
+        let secret =
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\nstringData: {password: hunter2}\n";
+        let old =
+            format!("{secret}---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n");
+        let new = old.replace(
+            "  name: web\n",
+            "  annotations:\n    fluxcd.io/locked: \"true\"\n  name: web\n",
+        );
+        let diff = document_diff("web.yaml", &old, &new, 1);
+        assert!(diff.contains("+    fluxcd.io/locked: \"true\""), "{diff}");
+        assert!(
+            !diff.contains("hunter2") && !diff.contains("Secret"),
+            "{diff}"
+        );
+        let big = "x: y\n".repeat(10_000);
+        let diff = document_diff("big.yaml", "", &big, 0);
+        assert!(diff.len() <= MAX_DIFF + 64, "{}", diff.len());
+        assert!(diff.ends_with("(the diff is cut here)\n"));
+    }
 
     #[test]
     fn a_request_changed_after_it_was_made_is_refused() {
