@@ -134,8 +134,11 @@ impl Registry {
             .provider(TlsProvider::NativeTls)
             .root_certs(roots)
             .build();
+        let proxy = ureq::Proxy::try_from_env();
+        // The proxy is the operator's: dialled wherever it is.
+        let proxy_host = proxy.as_ref().map(|p| p.host().to_string());
         let config = ureq::Agent::config_builder()
-            .proxy(ureq::Proxy::try_from_env())
+            .proxy(proxy)
             .tls_config(tls)
             .timeout_global(Some(settings.timeout))
             .http_status_as_error(false)
@@ -145,6 +148,7 @@ impl Registry {
         let guarded = Guarded {
             allow: settings.allow.clone(),
             own: allowed.then(|| settings.host.clone()),
+            proxy: proxy_host,
         };
         let agent = ureq::Agent::with_parts(
             config,
@@ -538,6 +542,8 @@ struct Guarded {
     allow: Vec<String>,
     /// The registry's own host, when listed as insecure (or Docker Hub).
     own: Option<String>,
+    /// The proxy's host, from the environment.
+    proxy: Option<String>,
 }
 
 impl ureq::unversioned::resolver::Resolver for Guarded {
@@ -570,16 +576,13 @@ impl Guarded {
         host: &str,
         resolved: &[std::net::SocketAddr],
     ) -> Vec<std::net::SocketAddr> {
-        use crate::model::address::{is_public, listed};
-        let own = self.own.as_deref().is_some_and(|o| o == host || o == name);
+        let own = self.own.as_deref().is_some_and(|o| o == host || o == name)
+            || self.proxy.as_deref() == Some(name);
         resolved
             .iter()
             .filter(|addr| {
                 let ip = addr.ip();
-                let ok = own
-                    || is_public(ip)
-                    || listed(&self.allow, name, ip)
-                    || listed(&self.allow, host, ip);
+                let ok = own || reachable(&self.allow, name, host, ip);
                 if !ok {
                     tracing::warn!(host, %ip, "registry: not dialled: a loopback, link-local or private address");
                 }
@@ -588,6 +591,13 @@ impl Guarded {
             .copied()
             .collect()
     }
+}
+
+/// The address rule: `ip`, what `host` (`name[:port]`) resolved to, is
+/// public, or listed in `--registry-allow` (by address, network or name).
+fn reachable(allow: &[String], name: &str, host: &str, ip: std::net::IpAddr) -> bool {
+    use crate::model::address::{is_public, listed};
+    is_public(ip) || listed(allow, name, ip) || listed(allow, host, ip)
 }
 
 /// Why `host` (`name[:port]`) may not be reached: it resolves to a
@@ -603,11 +613,10 @@ pub fn refusal(host: &str, allow: &[String]) -> Option<String> {
         Ok(addrs) => addrs.collect(),
         Err(e) => return Some(format!("cannot resolve {name}: {e}")),
     };
-    use crate::model::address::{is_public, listed};
     addrs
         .iter()
         .map(|a| a.ip())
-        .find(|ip| !is_public(*ip) && !listed(allow, name, *ip) && !listed(allow, host, *ip))
+        .find(|ip| !reachable(allow, name, host, *ip))
         .map(|ip| {
             format!(
                 "{host} resolves to {ip}, a loopback, link-local or private address; list the host or its network in --registry-allow to reach it"
@@ -703,14 +712,23 @@ mod tests {
         let guard = Guarded {
             allow: vec![],
             own: None,
+            proxy: Some("proxy.internal".into()),
         };
         assert_eq!(
             guard.dialled("reg.example", "reg.example", &resolved),
             [resolved[1]]
         );
+        assert_eq!(
+            guard
+                .dialled("proxy.internal", "proxy.internal:3128", &resolved)
+                .len(),
+            3,
+            "the proxy is dialled wherever it is"
+        );
         let listed = Guarded {
             allow: vec!["10.0.0.0/8".into()],
             own: None,
+            proxy: None,
         };
         assert_eq!(
             listed.dialled("reg.example", "reg.example", &resolved),
@@ -719,6 +737,7 @@ mod tests {
         let own = Guarded {
             allow: vec![],
             own: Some("mirror.local:5000".into()),
+            proxy: None,
         };
         assert_eq!(
             own.dialled("mirror.local", "mirror.local:5000", &resolved)
