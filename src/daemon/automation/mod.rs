@@ -124,27 +124,18 @@ impl SignWith {
             SignWith::DeployKey => return Ok(Signing::DeployKey),
             SignWith::Secret(name) => name,
         };
-        let api: kube::Api<k8s_openapi::api::core::v1::Secret> =
-            kube::Api::namespaced(client.clone(), namespace);
-        let secret = api
-            .get_opt(name)
+        // Read as every Secret value is, trimmed: a key or a passphrase
+        // written with `--from-file` ends in a newline.
+        let mut data = crate::daemon::access::secret_data(client, namespace, name)
             .await
-            .map_err(|e| format!("cannot read the signing key's Secret {namespace}/{name}: {e}"))?
-            .ok_or_else(|| format!("the signing key's Secret {namespace}/{name} is not there"))?;
-        let data = secret.data.unwrap_or_default();
-        let text = |key: &str| {
-            data.get(key)
-                .map(|b| String::from_utf8_lossy(&b.0).into_owned())
-        };
-        let armored = text("signing.key").ok_or_else(|| {
+            .map_err(|e| format!("the signing key: {}", crate::model::error_chain(&e)))?;
+        let armored = data.remove("signing.key").ok_or_else(|| {
             format!(
                 "the Secret {namespace}/{name} has no signing.key (an armored OpenPGP secret key)"
             )
         })?;
-        // A passphrase written with `--from-file` ends in a newline.
-        let passphrase = text("passphrase").unwrap_or_default();
-        let passphrase = passphrase.trim_end_matches(['\n', '\r']);
-        let key = OpenPgpKey::parse(&armored, passphrase)
+        let passphrase = data.remove("passphrase").unwrap_or_default();
+        let key = OpenPgpKey::parse(&armored, &passphrase)
             .map_err(|e| format!("Secret {namespace}/{name}: signing.key: {e}"))?;
         Ok(Signing::OpenPgp(Arc::new(key)))
     }
