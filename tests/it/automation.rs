@@ -385,6 +385,14 @@ fn automation_daemon(
     repo.daemon(&repo.url(), &args)
 }
 
+/// A namespace of its own, and a repository that declares it.
+fn namespaced_repo(prefix: &str) -> (String, GitRepo) {
+    let ns = crate::support::unique(prefix);
+    let repo = GitRepo::new();
+    repo.write("namespace.yaml", &crate::support::ns_yaml(&ns));
+    (ns, repo)
+}
+
 /// Waits until Deployment `web` runs `image`.
 async fn applied(
     api: &kube::Api<k8s_openapi::api::apps::v1::Deployment>,
@@ -428,11 +436,9 @@ async fn an_automated_deployment_moves_to_the_newest_allowed_tag_by_a_commit() {
     use k8s_openapi::api::apps::v1::Deployment;
 
     let registry = LocalRegistry::with_web();
-    let ns = crate::support::unique("automation");
-    let repo = GitRepo::new();
+    let (ns, repo) = namespaced_repo("automation");
     let image = format!("{}/team/web", registry.host());
     let before = automated_deployment(&ns, &format!("{image}:1.0.0"));
-    repo.write("namespace.yaml", &crate::support::ns_yaml(&ns));
     repo.write("web.yaml", &before);
     // A workload whose image the registry does not have: an error naming
     // it, and every other image still automated.
@@ -580,8 +586,7 @@ async fn a_marker_moves_its_value_as_the_image_policy_in_the_repository_says() {
     for tag in ["1.0.0", "1.3.0", "2.0.0"] {
         registry.push_image("team/web", tag, "2026-01-01T00:00:00Z");
     }
-    let ns = crate::support::unique("markers");
-    let repo = GitRepo::new();
+    let (ns, repo) = namespaced_repo("markers");
     let image = format!("{}/team/web", registry.host());
     // Flux v2's way: no annotation, a marker naming a policy.
     let before = automated_deployment(&ns, &format!("{image}:1.0.0"))
@@ -598,7 +603,6 @@ async fn a_marker_moves_its_value_as_the_image_policy_in_the_repository_says() {
         "apiVersion: tidegate.dev/v1\nkind: ImagePolicy\nmetadata: {{name: web, namespace: {ns}}}\n\
          spec:\n  image: {image}\n  policy:\n    semver: {{range: ^1}}\n"
     );
-    repo.write("namespace.yaml", &crate::support::ns_yaml(&ns));
     repo.write("web.yaml", &before);
     repo.write("policies/web.yaml", &policy);
     let first = repo.push("first");
@@ -632,13 +636,11 @@ async fn a_restarted_daemon_reads_no_build_time_it_knew() {
     let registry = LocalRegistry::start();
     registry.push_image("team/tool", "a", "2026-01-01T00:00:00Z");
     registry.push_image("team/tool", "b", "2026-02-01T00:00:00Z");
-    let ns = crate::support::unique("automation-cache");
-    let repo = GitRepo::new();
+    let (ns, repo) = namespaced_repo("automation-cache");
     let image = format!("{}/team/tool", registry.host());
     // No semver filter: the newest build wins, so build times are read.
     let deployment = automated_deployment(&ns, &format!("{image}:a"))
         .replace("fluxcd.io/tag.web: semver:~1", "fluxcd.io/tag.web: glob:*");
-    repo.write("namespace.yaml", &crate::support::ns_yaml(&ns));
     repo.write("web.yaml", &deployment);
     repo.push("first");
     let args = [
@@ -745,10 +747,8 @@ async fn a_registry_notification_brings_the_new_image_without_waiting_for_the_in
     );
     let registry = LocalRegistry::start_with(false, &notifications);
     registry.push_image("team/hooked", "1.0.0", "2026-01-01T00:00:00Z");
-    let ns = crate::support::unique("automation-hook");
+    let (ns, repo) = namespaced_repo("automation-hook");
     let image = format!("{}/team/hooked", registry.host());
-    let repo = GitRepo::new();
-    repo.write("namespace.yaml", &crate::support::ns_yaml(&ns));
     repo.write(
         "web.yaml",
         &automated_deployment(&ns, &format!("{image}:1.0.0")),
@@ -1044,10 +1044,8 @@ async fn a_refused_push_is_an_error_on_the_status_and_the_sync_goes_on() {
     let registry = LocalRegistry::start();
     registry.push_image("team/guarded", "1.0.0", "2026-01-01T00:00:00Z");
     registry.push_image("team/guarded", "1.1.0", "2026-02-01T00:00:00Z");
-    let ns = crate::support::unique("automation-refused");
-    let repo = GitRepo::new();
+    let (ns, repo) = namespaced_repo("automation-refused");
     let image = format!("{}/team/guarded", registry.host());
-    repo.write("namespace.yaml", &crate::support::ns_yaml(&ns));
     repo.write(
         "web.yaml",
         &automated_deployment(&ns, &format!("{image}:1.0.0")),
@@ -1181,10 +1179,8 @@ async fn with_a_push_branch_commits_go_there_one_on_top_of_the_other_and_main_st
     let registry = LocalRegistry::start();
     registry.push_image("team/review", "1.0.0", "2026-01-01T00:00:00Z");
     registry.push_image("team/review", "1.1.0", "2026-02-01T00:00:00Z");
-    let ns = crate::support::unique("automation-branch");
+    let (ns, repo) = namespaced_repo("automation-branch");
     let image = format!("{}/team/review", registry.host());
-    let repo = GitRepo::new();
-    repo.write("namespace.yaml", &crate::support::ns_yaml(&ns));
     repo.write(
         "web.yaml",
         &automated_deployment(&ns, &format!("{image}:1.0.0")),
@@ -1263,14 +1259,12 @@ async fn the_workload_commands_commit_as_the_kubernetes_user_who_asked() {
     use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 
     let registry = LocalRegistry::with_web();
-    let ns = crate::support::unique("fluxctl");
+    let (ns, repo) = namespaced_repo("fluxctl");
     let image = format!("{}/team/web", registry.host());
     let before = automated_deployment(&ns, &format!("{image}:1.0.0")).replace(
         "    fluxcd.io/automated: \"true\"\n    fluxcd.io/tag.web: semver:~1\n",
         "    team: web\n",
     );
-    let repo = GitRepo::new();
-    repo.write("namespace.yaml", &crate::support::ns_yaml(&ns));
     repo.write("web.yaml", &before);
     repo.push("first");
     // Commits signed with an OpenPGP key from a Secret.
@@ -1486,7 +1480,7 @@ async fn a_branch_another_clone_moved_gets_the_edits_on_its_head_and_loses_nothi
 
     let registry = LocalRegistry::start();
     registry.push_image("team/web", "1.0.0", "2026-01-01T00:00:00Z");
-    let ns = crate::support::unique("moved");
+    let (ns, repo) = namespaced_repo("moved");
     let image = format!("{}/team/web", registry.host());
     let web = automated_deployment(&ns, &format!("{image}:1.0.0"));
     let other = |greeting: &str| {
@@ -1494,8 +1488,6 @@ async fn a_branch_another_clone_moved_gets_the_edits_on_its_head_and_loses_nothi
             "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: other, namespace: {ns}}}\ndata: {{greeting: {greeting}}}\n"
         )
     };
-    let repo = GitRepo::new();
-    repo.write("namespace.yaml", &crate::support::ns_yaml(&ns));
     repo.write("web.yaml", &web);
     repo.write("other.yaml", &other("hello"));
     repo.push("first");
@@ -1668,11 +1660,9 @@ async fn an_automated_helm_release_moves_its_values_image_and_helm_upgrades_it()
 
     crate::helm_releases::crd_installed().await;
     let registry = LocalRegistry::with_web();
-    let ns = crate::support::unique("hr-automated");
+    let (ns, repo) = namespaced_repo("hr-automated");
     let image = format!("{}/team/web", registry.host());
-    let repo = GitRepo::new();
     crate::helm_releases::copy_chart(&repo);
-    repo.write("namespace.yaml", &crate::support::ns_yaml(&ns));
     // helm-operator's `image: {repository, tag}` form: container chart-image.
     let release = format!(
         "apiVersion: helm.fluxcd.io/v1
