@@ -765,6 +765,7 @@ mod tests {
             ),
             object: Json::new(&object),
             checksum: "abc".into(),
+            built: None,
         }
     }
 
@@ -941,6 +942,7 @@ mod tests {
             origin: Origin {
                 file: "f.yaml".into(),
                 index: 0,
+                built: None,
             },
             id,
             object: Json::new(&object),

@@ -18,6 +18,11 @@ use crate::model::record::{ImageStatus, MAX_LISTED_IMAGES, MAX_LISTED_TAGS};
 use crate::render::manifest::{document_ranges, parse_documents};
 use crate::render::{Manifest, ParseLimits};
 
+/// Why an automated workload a build made is not updated by its annotations.
+const BUILT: &str = "is built (by kustomize or a .flux.yaml), so automation cannot edit it where it is written: \
+     mark its image with a setter marker ({\"$imagepolicy\": \"NAMESPACE:NAME\"}) in the kustomization's images:, \
+     or generate it with a .flux.yaml patchUpdated, whose patch file automation writes";
+
 /// A container automation may move.
 #[derive(Debug, Clone)]
 pub struct Candidate {
@@ -97,6 +102,10 @@ pub fn candidates(
             file: m.file.clone(),
             reason,
         };
+        if m.built.is_some() {
+            problems.push(problem(BUILT.into()));
+            continue;
+        }
         problems.extend(errors.iter().map(|e| problem(e.to_string())));
         let broken: Vec<&str> = errors
             .iter()
@@ -469,6 +478,7 @@ mod tests {
                 meta["name"].as_str().unwrap(),
             ),
             checksum: String::new(),
+            built: None,
             object: Json::new(&object),
         }
     }

@@ -71,6 +71,54 @@ pub struct SyncArgs {
     pub values_url_allow: Vec<String>,
     #[command(flatten)]
     pub limits: LimitArgs,
+    #[command(flatten)]
+    pub build: BuildArgs,
+}
+
+/// How directories that are built (kustomize roots, `.flux.yaml` paths) are.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BuildArgs {
+    /// The kustomize binary that builds directories holding a kustomization.yaml
+    #[arg(long, env = "TIDEGATE_KUSTOMIZE_BINARY", default_value = "kustomize")]
+    pub kustomize_binary: PathBuf,
+    /// Let kustomizations load remote bases and resources (Git repositories, URLs)
+    #[arg(long, env = "TIDEGATE_KUSTOMIZE_ALLOW_REMOTE")]
+    pub kustomize_allow_remote: bool,
+    /// Let kustomizations inflate helmCharts (with --helm-binary)
+    #[arg(long, env = "TIDEGATE_KUSTOMIZE_ENABLE_HELM")]
+    pub kustomize_enable_helm: bool,
+    /// Longest one kustomize build (or .flux.yaml command) may run
+    #[arg(long, env = "TIDEGATE_KUSTOMIZE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub kustomize_timeout: Duration,
+    /// Generate the objects of a path from its .flux.yaml (Flux v1's --manifest-generation)
+    #[arg(long, env = "TIDEGATE_MANIFEST_GENERATION")]
+    pub manifest_generation: bool,
+    /// Let .flux.yaml run commands other than kustomize builds (without a shell, in a scratch copy)
+    #[arg(long, env = "TIDEGATE_MANIFEST_GENERATION_ALLOW_COMMANDS")]
+    pub manifest_generation_allow_commands: bool,
+}
+
+impl BuildArgs {
+    /// The settings of a render's builds; `helm` inflates helmCharts when
+    /// that is enabled.
+    pub fn settings(
+        &self,
+        helm: &std::path::Path,
+    ) -> (render::kustomize::Settings, render::flux_yaml::Generation) {
+        (
+            render::kustomize::Settings {
+                binary: self.kustomize_binary.clone(),
+                allow_remote: self.kustomize_allow_remote,
+                helm: self.kustomize_enable_helm.then(|| helm.to_path_buf()),
+                timeout: self.kustomize_timeout,
+                cache: Default::default(),
+            },
+            render::flux_yaml::Generation {
+                enabled: self.manifest_generation,
+                allow_commands: self.manifest_generation_allow_commands,
+            },
+        )
+    }
 }
 
 /// Bounds on what a render reads; a file past one is an error naming it.
@@ -109,7 +157,10 @@ impl LimitArgs {
 
 impl SyncArgs {
     pub fn render_options(&self) -> render::Options {
+        let (kustomize, generation) = self.build.settings(&self.helm_binary);
         render::Options {
+            kustomize,
+            generation,
             paths: self.git_path.clone(),
             upgrade_removed_apis: self.upgrade_removed_apis,
             limits: self.limits.limits(),

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use super::EXIT_FAILED;
-use super::daemon::LimitArgs;
+use super::daemon::{BuildArgs, LimitArgs};
 use crate::model::ObjectRef;
 use crate::{helm, render};
 
@@ -35,10 +35,15 @@ pub struct Args {
     values_url_allow: Vec<String>,
     #[command(flatten)]
     limits: LimitArgs,
+    #[command(flatten)]
+    build: BuildArgs,
 }
 
 pub fn run(args: Args) -> ExitCode {
+    let (kustomize, generation) = args.build.settings(&args.helm_binary);
     let options = render::Options {
+        kustomize,
+        generation,
         paths: args.git_path.clone(),
         upgrade_removed_apis: args.upgrade_removed_apis,
         limits: args.limits.limits(),

@@ -16,6 +16,8 @@ pub struct Found {
     pub files: Vec<PathBuf>,
     pub errors: Vec<Error>,
     pub warnings: Vec<String>,
+    /// Directories holding a kustomization: built, not walked.
+    pub kustomize_roots: Vec<PathBuf>,
 }
 
 fn is_yaml(path: &Path) -> bool {
@@ -106,6 +108,10 @@ fn walk(
     }
     if real.join("Chart.yaml").is_file() {
         tracing::debug!(dir = %rel.display(), "skipping Helm chart directory");
+        return Ok(());
+    }
+    if super::kustomize::kustomization_file(&real).is_some() {
+        found.kustomize_roots.push(rel.to_path_buf());
         return Ok(());
     }
     let mut entries: Vec<_> = std::fs::read_dir(&real)

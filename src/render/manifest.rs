@@ -18,6 +18,8 @@ pub struct Parsed {
     pub index: usize,
     pub id: ObjectRef,
     pub object: Value,
+    /// As in [`Manifest`].
+    pub built: Option<Builder>,
 }
 
 /// One object of a rendered desired set.
@@ -32,6 +34,18 @@ pub struct Manifest {
     pub object: Json,
     /// The sha256 of the object as Git has it (its proxy settings injected).
     pub checksum: String,
+    /// What made it, when it is not written as it is: `file` is then the
+    /// kustomize root (or the `.flux.yaml`) and `index` its place in the
+    /// output.
+    pub built: Option<Builder>,
+}
+
+/// What builds objects from the files of a directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Builder {
+    Kustomize,
+    /// A `.flux.yaml`'s generators (and its patch file, if it has one).
+    FluxYaml,
 }
 
 impl Parsed {
@@ -39,6 +53,7 @@ impl Parsed {
         Origin {
             file: self.file.clone(),
             index: self.index,
+            built: self.built,
         }
     }
 }
@@ -48,25 +63,30 @@ impl Manifest {
         Origin {
             file: self.file.clone(),
             index: self.index,
+            built: self.built,
         }
     }
 }
 
-/// Where in Git an object is written: `apps/web.yaml (document 2)`.
+/// Where in Git an object is written: `apps/web.yaml (document 2)`, or
+/// what built it: `overlays/prod (kustomize build, object 2)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Origin {
     pub file: PathBuf,
     pub index: usize,
+    pub built: Option<Builder>,
 }
 
 impl std::fmt::Display for Origin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} (document {})",
-            crate::model::shown(&self.file),
-            self.index
-        )
+        let file = crate::model::shown(&self.file);
+        match self.built {
+            None => write!(f, "{file} (document {})", self.index),
+            Some(Builder::Kustomize) => {
+                write!(f, "{file} (kustomize build, object {})", self.index)
+            }
+            Some(Builder::FluxYaml) => write!(f, "{file} (generated, object {})", self.index),
+        }
     }
 }
 
@@ -511,6 +531,7 @@ fn collect(
         index,
         id,
         object: value,
+        built: None,
     });
     Ok(())
 }

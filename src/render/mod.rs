@@ -4,7 +4,11 @@
 //! its documents. Pure apart from reading files.
 
 pub mod files;
+pub mod flux_yaml;
+mod generated;
+pub mod kustomize;
 pub mod manifest;
+pub mod process;
 pub mod proxy;
 pub mod removed;
 
@@ -12,7 +16,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub use manifest::{Manifest, Origin, ParseError, ParseLimits};
+pub use manifest::{Builder, Manifest, Origin, ParseError, ParseLimits};
 
 use crate::model::checksum::{checksum, object_checksum};
 use crate::model::marks::is_ignored;
@@ -39,8 +43,12 @@ pub struct DesiredSet {
     /// The repository's `tidegate.dev/v1 ImagePolicy` documents: read by
     /// image automation, never applied.
     pub image_policies: Vec<Manifest>,
-    /// The files read, in order (where automation looks for markers).
+    /// The files read, in order (where automation looks for markers),
+    /// those kustomize builds read included.
     pub files: Vec<PathBuf>,
+    /// The patch files of `.flux.yaml` `patchUpdated` paths, by the
+    /// `.flux.yaml`: where automation writes for the objects built there.
+    pub patch_files: Vec<(PathBuf, PathBuf)>,
 }
 
 /// The kind of the image policies a repository declares for automation.
@@ -53,6 +61,21 @@ pub fn is_image_policy(api_version: &str, kind: &str) -> bool {
 impl DesiredSet {
     pub fn is_clean(&self) -> bool {
         self.errors.is_empty()
+    }
+
+    /// Keeps what finished documents became: objects into `manifests`,
+    /// the rest into the set.
+    fn take(&mut self, documents: Vec<Finished>, manifests: &mut Vec<Manifest>) {
+        for document in documents {
+            match document {
+                Finished::Manifest(m, warning) => {
+                    self.warnings.extend(warning);
+                    manifests.push(m);
+                }
+                Finished::Ignored(id) => self.ignored.push(id),
+                Finished::Failed(e) => self.errors.push(e),
+            }
+        }
     }
 }
 
@@ -90,6 +113,10 @@ pub struct Options {
     /// The instance's key for Secrets' checksums: an HMAC, so that the
     /// `tidegate.dev/checksum` a diff prints is no oracle for their data.
     pub secret_key: Option<std::sync::Arc<Vec<u8>>>,
+    /// How kustomize roots are built (and the builds kept).
+    pub kustomize: kustomize::Settings,
+    /// Whether `.flux.yaml` files generate their paths' objects.
+    pub generation: flux_yaml::Generation,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -131,12 +158,29 @@ pub enum Error {
         "proxy settings are defined twice: in {first} and in {second}; none are injected until one is left"
     )]
     ProxySettingsTwice { first: Origin, second: Origin },
+    #[error("{}", build_error(.origin, *.builder, .reason))]
+    Build {
+        /// The kustomize root, or the `.flux.yaml`.
+        origin: PathBuf,
+        builder: Builder,
+        reason: String,
+    },
     #[error("{id} is defined twice: in {first} and in {second}; neither is applied")]
     Duplicate {
         id: Box<ObjectRef>,
         first: Origin,
         second: Origin,
     },
+}
+
+fn build_error(origin: &Path, builder: Builder, reason: &str) -> String {
+    let origin = crate::model::shown(origin);
+    match builder {
+        Builder::Kustomize => {
+            format!("{origin} (kustomize build): {reason}; nothing of it is applied")
+        }
+        Builder::FluxYaml => format!("{origin}: {reason}; nothing of its path is applied"),
+    }
 }
 
 impl Error {
@@ -198,19 +242,7 @@ impl fmt::Display for Errors<'_> {
 /// for each file or document that is not.
 pub fn render(root: &Path, options: &Options) -> DesiredSet {
     let mut set = DesiredSet::default();
-    let mut found = files::Found::default();
-    let roots: Vec<PathBuf> = if options.paths.is_empty() {
-        vec![PathBuf::new()]
-    } else {
-        options.paths.clone()
-    };
-    for rel in &roots {
-        if std::fs::symlink_metadata(root.join(rel)).is_err() {
-            set.errors.push(Error::MissingPath { path: rel.clone() });
-            continue;
-        }
-        files::find(root, rel, &mut found);
-    }
+    let (mut found, built) = find_paths(root, options, &mut set);
     set.errors.append(&mut found.errors);
     set.warnings.append(&mut found.warnings);
     let mut files = found.files;
@@ -241,16 +273,14 @@ pub fn render(root: &Path, options: &Options) -> DesiredSet {
             tracing::debug!(file = %file.display(), "skipped: no Kubernetes objects in it");
         }
         set.errors.extend(errors);
-        for document in found {
-            match document {
-                Finished::Manifest(m, warning) => {
-                    set.warnings.extend(warning);
-                    manifests.push(m);
-                }
-                Finished::Ignored(id) => set.ignored.push(id),
-                Finished::Failed(e) => set.errors.push(e),
-            }
-        }
+        set.take(found, &mut manifests);
+    }
+    let mut built_files = Vec::new();
+    for g in built {
+        set.errors.extend(g.errors);
+        built_files.extend(g.files);
+        set.patch_files.extend(g.patch_files);
+        set.take(g.finished, &mut manifests);
     }
     set.manifests = reject_duplicates(manifests, &mut set.errors);
     set.marked_for = options.sync_set.clone();
@@ -259,8 +289,51 @@ pub fn render(root: &Path, options: &Options) -> DesiredSet {
         .partition(|m| is_image_policy(&m.id.api_version(), &m.id.kind));
     (set.image_policies, set.manifests) = (policies, rest);
     set.files = within;
+    set.files.extend(built_files);
+    set.files.sort();
+    set.files.dedup();
     inject_proxy(&mut set);
     set
+}
+
+/// Walks the configured paths: the plain files found, and what the paths'
+/// `.flux.yaml` files and the kustomize roots below them build.
+fn find_paths(
+    root: &Path,
+    options: &Options,
+    set: &mut DesiredSet,
+) -> (files::Found, Vec<generated::Generated>) {
+    let mut found = files::Found::default();
+    let roots: Vec<PathBuf> = if options.paths.is_empty() {
+        vec![PathBuf::new()]
+    } else {
+        options.paths.clone()
+    };
+    let mut built = Vec::new();
+    for rel in &roots {
+        if std::fs::symlink_metadata(root.join(rel)).is_err() {
+            set.errors.push(Error::MissingPath { path: rel.clone() });
+            continue;
+        }
+        let config = options
+            .generation
+            .enabled
+            .then(|| flux_yaml::find(root, rel))
+            .flatten();
+        if let Some(g) = config.and_then(|c| generated::flux_yaml(root, rel, &c, options)) {
+            built.push(g);
+            continue;
+        }
+        files::find(root, rel, &mut found);
+    }
+    found.kustomize_roots.sort();
+    found.kustomize_roots.dedup();
+    built.push(generated::kustomize_roots(
+        root,
+        &found.kustomize_roots,
+        options,
+    ));
+    (found, built)
 }
 
 /// What a parsed document becomes.
@@ -297,6 +370,7 @@ fn finish(mut d: manifest::Parsed, options: &Options) -> Finished {
             id: d.id,
             object: Json::new(&d.object),
             checksum,
+            built: d.built,
         },
         warning,
     )

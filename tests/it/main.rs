@@ -14,6 +14,7 @@ mod faults;
 mod git_access;
 mod helm_releases;
 mod in_cluster;
+mod kustomize;
 #[path = "../controlplane/launch.rs"]
 mod launch;
 mod leader;

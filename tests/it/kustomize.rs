@@ -1,0 +1,201 @@
+//! Kustomize roots and Flux v1's `.flux.yaml`, built by the pinned
+//! kustomize binary and applied to the real control plane.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::Api;
+use kube::api::ListParams;
+
+use crate::support::{GitRepo, client, ns_yaml, stderr, stdout, tools_dir, unique};
+
+pub fn kustomize() -> String {
+    tools_dir().join("kustomize").display().to_string()
+}
+
+fn deployment(name: &str, config: &str) -> String {
+    format!(
+        "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {name}
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {{app: {name}}}
+  template:
+    metadata:
+      labels: {{app: {name}}}
+    spec:
+      containers:
+      - name: {name}
+        image: nginx:1.27
+        volumeMounts: [{{name: config, mountPath: /config}}]
+      volumes:
+      - name: config
+        configMap: {{name: {config}}}
+"
+    )
+}
+
+fn cm(name: &str) -> String {
+    format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  k: v\n")
+}
+
+/// The name of the one ConfigMap in `ns` whose name starts with `prefix`.
+async fn hashed(ns: &str, prefix: &str) -> Vec<String> {
+    let api: Api<ConfigMap> = Api::namespaced(client().await, ns);
+    let mut names: Vec<String> = api
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|c| c.metadata.name)
+        .filter(|n| n.starts_with(prefix))
+        .collect();
+    names.sort();
+    names
+}
+
+fn mounted(d: &Deployment) -> String {
+    let spec = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let volumes = spec.volumes.as_ref().unwrap();
+    volumes[0].config_map.as_ref().unwrap().name.clone()
+}
+
+/// Issue 22: a base with two overlays (one per environment) and a
+/// component, a configMapGenerator whose hash suffix the Deployment follows,
+/// a secretGenerator, a patch, namePrefix and namespace; the base is not
+/// applied by itself, plain files beside the roots are; an overlay that
+/// drops an object prunes it.
+#[tokio::test]
+async fn overlays_are_built_and_follow_their_inputs() {
+    let (prod, staging) = (unique("kz-prod"), unique("kz-staging"));
+    let repo = GitRepo::new();
+    repo.write(
+        "namespaces.yaml",
+        &format!("{}---\n{}", ns_yaml(&prod), ns_yaml(&staging)),
+    )
+    .write(
+        "apps/base/kustomization.yaml",
+        "resources: [web.yaml]\nconfigMapGenerator:\n- name: web-config\n  literals: [color=blue]\n",
+    )
+    .write("apps/base/web.yaml", &deployment("web", "web-config"))
+    .write(
+        "apps/components/audit/kustomization.yaml",
+        "apiVersion: kustomize.config.k8s.io/v1alpha1\nkind: Component\nresources: [audit.yaml]\n",
+    )
+    .write("apps/components/audit/audit.yaml", &cm("audit"))
+    .write(
+        "apps/prod/kustomization.yaml",
+        &format!(
+            "namespace: {prod}\nnamePrefix: prod-\nresources: [../base, extra.yaml]\ncomponents: [../components/audit]\n\
+             patches: [{{path: replicas.yaml}}]\nsecretGenerator:\n- name: db\n  literals: [password=prod-password]\n"
+        ),
+    )
+    .write("apps/prod/extra.yaml", &cm("extra"))
+    .write(
+        "apps/prod/replicas.yaml",
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec: {replicas: 2}\n",
+    )
+    .write(
+        "apps/staging/kustomization.yaml",
+        &format!("namespace: {staging}\nresources: [../base]\n"),
+    );
+    repo.push("base and two overlays");
+    let binary = kustomize();
+    let args = [
+        "--kustomize-binary",
+        binary.as_str(),
+        "--sync-garbage-collection",
+    ];
+    let out = repo.sync_once(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains(&format!("created apps/v1 Deployment {prod}/prod-web")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("created apps/v1 Deployment {staging}/web")),
+        "{text}"
+    );
+    assert!(
+        !text.contains("Deployment default/web"),
+        "the base alone is not applied: {text}"
+    );
+
+    let client = client().await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &prod);
+    let web = deployments.get("prod-web").await.unwrap();
+    assert_eq!(web.spec.as_ref().unwrap().replicas, Some(2), "the patch");
+    let first = hashed(&prod, "prod-web-config-").await;
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(
+        mounted(&web),
+        first[0],
+        "the Deployment mounts the hashed name"
+    );
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &prod);
+    configmaps
+        .get("prod-audit")
+        .await
+        .expect("the component's object");
+    configmaps
+        .get("prod-extra")
+        .await
+        .expect("the overlay's own resource");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &prod);
+    let db: Vec<String> = secrets
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|s| s.metadata.name)
+        .filter(|n| n.starts_with("prod-db-"))
+        .collect();
+    assert_eq!(db.len(), 1, "the generated Secret: {db:?}");
+    let staging_web = Api::<Deployment>::namespaced(client.clone(), &staging)
+        .get("web")
+        .await
+        .unwrap();
+    assert_eq!(staging_web.spec.as_ref().unwrap().replicas, Some(1));
+
+    // The generator's literal changes: a new hash, the Deployment follows,
+    // the old ConfigMap is pruned.
+    repo.write(
+        "apps/base/kustomization.yaml",
+        "resources: [web.yaml]\nconfigMapGenerator:\n- name: web-config\n  literals: [color=green]\n",
+    );
+    repo.write(
+        "apps/prod/kustomization.yaml",
+        &format!(
+            "namespace: {prod}\nnamePrefix: prod-\nresources: [../base]\ncomponents: [../components/audit]\n\
+             patches: [{{path: replicas.yaml}}]\nsecretGenerator:\n- name: db\n  literals: [password=prod-password]\n"
+        ),
+    );
+    repo.push("green, and no extra");
+    let out = repo.sync_once(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let second = hashed(&prod, "prod-web-config-").await;
+    assert_eq!(second.len(), 1, "the old one is pruned: {second:?}");
+    assert_ne!(second, first);
+    let web = deployments.get("prod-web").await.unwrap();
+    assert_eq!(mounted(&web), second[0]);
+    let text = stdout(&out);
+    assert!(
+        text.contains(&format!("pruned v1 ConfigMap {prod}/prod-extra")),
+        "{text}"
+    );
+    assert!(configmaps.get_opt("prod-extra").await.unwrap().is_none());
+
+    // Nothing changed: kustomize runs again (a new process), nothing is written.
+    let out = repo.sync_once(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        !stdout(&out).contains("created") && !stdout(&out).contains("configured"),
+        "{}",
+        stdout(&out)
+    );
+}
