@@ -114,7 +114,7 @@ async fn run_as_deployment(namespace: &str, extra: &[&str]) -> Output {
     args.extend(["--once".to_string()]);
     args.extend(extra.iter().map(|a| a.to_string()));
     // Private mounts: the service account at its standard path, the
-    // Deployment's emptyDirs, and helm where the image has it.
+    // Deployment's emptyDirs, and helm and kustomize where the image has them.
     let script = r#"set -e
 mount -t tmpfs tmpfs /run
 mkdir -p /run/secrets/kubernetes.io/serviceaccount
@@ -122,8 +122,9 @@ cp "$SECRETS"/token "$SECRETS"/ca.crt "$SECRETS"/namespace /run/secrets/kubernet
 mount -t tmpfs tmpfs /var/cache
 mkdir -p /var/cache/tidegate
 mount -t tmpfs tmpfs /usr/local/bin
-touch /usr/local/bin/helm
+touch /usr/local/bin/helm /usr/local/bin/kustomize
 mount --bind "$HELM" /usr/local/bin/helm
+mount --bind "$KUSTOMIZE" /usr/local/bin/kustomize
 exec env -i "$@"
 "#;
     let mut cmd = Command::new("unshare");
@@ -140,7 +141,8 @@ exec env -i "$@"
     .arg(binary())
     .args(&args)
     .env("SECRETS", secrets.path())
-    .env("HELM", helm_binary());
+    .env("HELM", helm_binary())
+    .env("KUSTOMIZE", crate::kustomize::kustomize());
     cmd.output().expect("unshare")
 }
 
@@ -181,6 +183,8 @@ async fn as_the_deployment_runs_it_with_its_service_account() {
         text.contains("v1 Namespace demo") && text.contains("release demo/web"),
         "{text}"
     );
+    // kustomize, where the image has it, built the example's overlay.
+    assert!(text.contains("apps/v1 Deployment shop/redis"), "{text}");
     // It found its state namespace and identity in-cluster.
     let state = crate::support::configmap(&ns, "tidegate-state").await;
     assert!(

@@ -213,6 +213,7 @@ fn demo() -> Result<()> {
     let tidegate = target_dir().join("debug/tidegate");
     let helm = tools.join("helm");
     let helm_text = helm.display().to_string();
+    let kustomize_text = tools.join("kustomize").display().to_string();
     let args = [
         "daemon",
         "--once",
@@ -222,6 +223,8 @@ fn demo() -> Result<()> {
         "main",
         "--helm-binary",
         &helm_text,
+        "--kustomize-binary",
+        &kustomize_text,
     ];
     println!("\n$ tidegate {}", args.join(" "));
     run(Command::new(&tidegate)
