@@ -199,3 +199,147 @@ async fn overlays_are_built_and_follow_their_inputs() {
         stdout(&out)
     );
 }
+
+/// A server that accepts connections and never answers.
+fn silent_server() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming() {
+            held.push(conn);
+        }
+    });
+    port
+}
+
+/// Issue 22: each bad root is an error naming it and why (a patch that
+/// matches nothing, a remote base, a plugin, a build that never ends, no
+/// kustomize at all); the rest is applied; nothing is pruned; no Secret
+/// value of a broken overlay reaches the output or the status record.
+#[tokio::test]
+async fn bad_roots_are_named_and_prune_nothing() {
+    let ns = unique("kz-bad");
+    let repo = GitRepo::new();
+    let in_ns = |name: &str| {
+        format!(
+            "{}  namespace: {ns}\n",
+            cm(name).replace("data:\n  k: v\n", "")
+        )
+    };
+    repo.write("namespace.yaml", &ns_yaml(&ns))
+        .write("plain/keep.yaml", &in_ns("keep"))
+        .write(
+            "good/kustomization.yaml",
+            &format!("namespace: {ns}\nresources: [cm.yaml]\n"),
+        )
+        .write("good/cm.yaml", &cm("good"));
+    repo.push("good");
+    let binary = kustomize();
+    let args = [
+        "--kustomize-binary",
+        binary.as_str(),
+        "--sync-garbage-collection",
+    ];
+    let out = repo.sync_once(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    std::fs::remove_file(repo.work.join("plain/keep.yaml")).unwrap();
+    repo.write(
+        "broken/kustomization.yaml",
+        &format!("namespace: {ns}\nresources: [secret.yaml]\npatches: [{{path: patch.yaml}}]\n"),
+    )
+    .write(
+        "broken/secret.yaml",
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: db}\nstringData: {password: first-hunter2}\n",
+    )
+    .write(
+        "broken/patch.yaml",
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: nothere}\nstringData: {password: second-hunter2}\n",
+    )
+    .write(
+        "remote/kustomization.yaml",
+        "resources: [github.com/example/cluster//base?ref=v1]\n",
+    )
+    .write("plugin/kustomization.yaml", "generators: [gen.yaml]\n")
+    .write(
+        "plugin/gen.yaml",
+        "apiVersion: example.com/v1\nkind: Inflator\nmetadata: {name: x}\n",
+    )
+    .write(
+        "more/kustomization.yaml",
+        &format!("namespace: {ns}\nresources: [cm.yaml]\n"),
+    )
+    .write("more/cm.yaml", &cm("more"));
+    repo.push("bad roots beside good ones");
+    let out = repo.sync_once(&args);
+    let (text, err) = (stdout(&out), stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "{text}{err}");
+    for says in [
+        "broken (kustomize build): no resource matches strategic merge patch \"Secret.v1.[noGrp]/nothere",
+        "remote (kustomize build): remote/kustomization.yaml: \"github.com/example/cluster//base?ref=v1\" is remote: remote bases and resources are refused (--kustomize-allow-remote allows them)",
+        "plugin (kustomize build): loading generator plugins: failed to load generator: external plugins disabled",
+    ] {
+        assert!(err.contains(says), "{says}: {err}");
+    }
+    assert!(
+        text.contains(&format!("created v1 ConfigMap {ns}/more")),
+        "the rest is applied: {text}"
+    );
+    let configmaps: Api<ConfigMap> = Api::namespaced(client().await, &ns);
+    assert!(
+        configmaps.get_opt("keep").await.unwrap().is_some(),
+        "a sync with build errors prunes nothing"
+    );
+    let status = crate::support::status_json(&repo.sync_set).to_string();
+    assert!(status.contains("broken (kustomize build)"), "{status}");
+    for shown in [&text, &err, &status] {
+        assert!(
+            !shown.contains("hunter2"),
+            "a Secret value is shown: {shown}"
+        );
+    }
+
+    // A build that never ends is stopped; without kustomize only the roots fail.
+    for dir in ["broken", "remote", "plugin"] {
+        std::fs::remove_dir_all(repo.work.join(dir)).unwrap();
+    }
+    let port = silent_server();
+    repo.write(
+        "slow/kustomization.yaml",
+        &format!("resources: ['http://127.0.0.1:{port}/never.yaml']\n"),
+    );
+    repo.push("a remote resource that never comes");
+    let slow = [
+        &args[..],
+        &["--kustomize-allow-remote", "--kustomize-timeout", "2s"],
+    ]
+    .concat();
+    let out = repo.sync_once(&slow);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("slow (kustomize build): kustomize build did not finish in 2s; stopped (--kustomize-timeout)"),
+        "{err}"
+    );
+    let missing = [
+        "--kustomize-binary",
+        "/nonexistent/kustomize",
+        "--sync-garbage-collection",
+    ];
+    let out = repo.sync_once(&missing);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("good (kustomize build): cannot run /nonexistent/kustomize"),
+        "{err}"
+    );
+    assert!(
+        err.contains("(install kustomize, or name it with --kustomize-binary)"),
+        "{err}"
+    );
+    assert!(
+        configmaps.get_opt("keep").await.unwrap().is_some(),
+        "still nothing pruned"
+    );
+}
