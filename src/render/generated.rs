@@ -142,10 +142,12 @@ pub(super) fn flux_yaml(
     for g in &generators {
         match generate(&real, &workdir, g, options, &mut out) {
             Ok(text) => {
-                if !stream.is_empty() && !stream.ends_with('\n') {
-                    stream.push('\n');
+                if !stream.is_empty() {
+                    if !stream.ends_with('\n') {
+                        stream.push('\n');
+                    }
+                    stream.push_str("---\n");
                 }
-                stream.push_str("---\n");
                 stream.push_str(&text);
             }
             Err(e) => {

@@ -343,3 +343,129 @@ async fn bad_roots_are_named_and_prune_nothing() {
         "still nothing pruned"
     );
 }
+
+/// The files below `dir`, at any depth.
+fn all_files(dir: &std::path::Path) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(all_files(&path));
+        } else {
+            found.push(path.display().to_string());
+        }
+    }
+    found
+}
+
+/// Issue 22: Flux v1's `.flux.yaml`, found at a parent of the synced path:
+/// `commandUpdated` with a kustomize build, `patchUpdated` with its patch
+/// file merged over what the build made (a patch naming nothing is an
+/// error of its path), and another command refused unless allowed, then
+/// run without tidegate's environment in a scratch copy.
+#[tokio::test]
+async fn flux_yaml_generators_in_both_modes() {
+    let ns = unique("flux-yaml");
+    let repo = GitRepo::new();
+    let kustomize_build =
+        "version: 1\ncommandUpdated:\n  generators:\n  - command: kustomize build .\n";
+    repo.write("namespaces/ns.yaml", &ns_yaml(&ns))
+        .write("fluxv1/.flux.yaml", kustomize_build)
+        .write(
+            "fluxv1/cmd/kustomization.yaml",
+            &format!("namespace: {ns}\nresources: [cm.yaml]\n"),
+        )
+        .write("fluxv1/cmd/cm.yaml", &cm("from-command"))
+        .write(
+            "fluxv1/patched/.flux.yaml",
+            "version: 1\npatchUpdated:\n  generators:\n  - command: kustomize build .\n  patchFile: flux-patch.yaml\n",
+        )
+        .write(
+            "fluxv1/patched/kustomization.yaml",
+            &format!("namespace: {ns}\nresources: [web.yaml]\n"),
+        )
+        .write("fluxv1/patched/web.yaml", &deployment("web", "settings"))
+        .write(
+            "fluxv1/patched/flux-patch.yaml",
+            &format!(
+                "---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  namespace: {ns}\n  annotations:\n    fluxcd.io/automated: \"true\"\nspec:\n  replicas: 3\n"
+            ),
+        )
+        .write(
+            "fluxv1/script/.flux.yaml",
+            "version: 1\ncommandUpdated:\n  generators:\n  - command: sh generate.sh\n",
+        )
+        .write(
+            "fluxv1/script/generate.sh",
+            &format!(
+                "touch written-by-generator\nprintf 'apiVersion: v1\\nkind: ConfigMap\\nmetadata: {{name: from-script, namespace: {ns}}}\\ndata: {{kubeconfig: \"%s\"}}\\n' \"${{KUBECONFIG:-none}}\"\n"
+            ),
+        );
+    repo.push("three paths, three .flux.yaml");
+    let binary = kustomize();
+    let mut args = vec![
+        "--kustomize-binary",
+        binary.as_str(),
+        "--manifest-generation",
+        "--git-path",
+        "namespaces",
+    ];
+    // namespaces/ has no .flux.yaml: plain files; the others have theirs.
+    for path in ["fluxv1/cmd", "fluxv1/patched", "fluxv1/script"] {
+        args.extend(["--git-path", path]);
+    }
+    let out = repo.sync_once(&args);
+    let (text, err) = (stdout(&out), stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "{text}\n{err}");
+    assert!(
+        err.contains("fluxv1/script/.flux.yaml: generator \"sh generate.sh\": only kustomize builds run; other commands run only with --manifest-generation-allow-commands"),
+        "{err}"
+    );
+    assert!(
+        text.contains(&format!("created v1 ConfigMap {ns}/from-command")),
+        "{text}"
+    );
+    let web = Api::<Deployment>::namespaced(client().await, &ns)
+        .get("web")
+        .await
+        .unwrap();
+    assert_eq!(
+        web.spec.as_ref().unwrap().replicas,
+        Some(3),
+        "the patch file"
+    );
+    assert_eq!(
+        web.metadata.annotations.unwrap()["fluxcd.io/automated"],
+        "true"
+    );
+
+    args.push("--manifest-generation-allow-commands");
+    let out = repo.sync_once(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let configmaps: Api<ConfigMap> = Api::namespaced(client().await, &ns);
+    let script = configmaps.get("from-script").await.unwrap();
+    assert_eq!(
+        script.data.unwrap()["kubeconfig"],
+        "none",
+        "the command gets none of tidegate's environment"
+    );
+    assert!(
+        !all_files(&repo.cache)
+            .iter()
+            .any(|f| f.ends_with("written-by-generator")),
+        "the command ran in a scratch copy"
+    );
+
+    repo.write(
+        "fluxv1/patched/flux-patch.yaml",
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: gone}\nspec: {replicas: 3}\n",
+    );
+    repo.push("a patch for nothing");
+    let out = repo.sync_once(&args);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("fluxv1/patched/.flux.yaml: patchFile fluxv1/patched/flux-patch.yaml: no resource matches strategic merge patch \"Deployment.v1.apps/gone"),
+        "{err}"
+    );
+}
