@@ -14,6 +14,7 @@ pub mod edit;
 pub mod image;
 pub mod image_policy;
 pub mod markers;
+pub mod patch_file;
 pub mod policy;
 pub mod request;
 pub mod semver;

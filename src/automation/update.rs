@@ -19,7 +19,7 @@ use crate::render::manifest::{document_ranges, parse_documents};
 use crate::render::{Manifest, ParseLimits};
 
 /// Why an automated workload a build made is not updated by its annotations.
-const BUILT: &str = "is built (by kustomize or a .flux.yaml), so automation cannot edit it where it is written: \
+const BUILT: &str = "is built by kustomize, so automation cannot edit it where it is written: \
      mark its image with a setter marker ({\"$imagepolicy\": \"NAMESPACE:NAME\"}) in the kustomization's images:, \
      or generate it with a .flux.yaml patchUpdated, whose patch file automation writes";
 
@@ -102,9 +102,14 @@ pub fn candidates(
             file: m.file.clone(),
             reason,
         };
-        if m.built.is_some() {
-            problems.push(problem(BUILT.into()));
-            continue;
+        // Those a .flux.yaml generates move through its patch file.
+        match m.built {
+            None => {}
+            Some(crate::render::Builder::FluxYaml) => continue,
+            Some(crate::render::Builder::Kustomize) => {
+                problems.push(problem(BUILT.into()));
+                continue;
+            }
         }
         problems.extend(errors.iter().map(|e| problem(e.to_string())));
         let broken: Vec<&str> = errors
@@ -276,7 +281,7 @@ fn read_policies(
 
 /// Each document of a file as `document_ranges` counts them (empty ones
 /// too), `None` where one cannot be read.
-fn each_document(text: &str) -> Vec<Option<Value>> {
+pub(super) fn each_document(text: &str) -> Vec<Option<Value>> {
     document_ranges(text)
         .into_iter()
         .map(|r| {

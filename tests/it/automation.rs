@@ -1709,3 +1709,91 @@ spec:
         "only the tag's bytes changed; 2.0.0 is outside ~1"
     );
 }
+
+/// Issue 22: automation on built directories. A setter marker in a
+/// kustomization's `images:` moves its tag, and kustomize builds the
+/// Deployment with it; a Flux v1 automated workload a `.flux.yaml`
+/// `patchUpdated` generates moves through its patch file, and the files
+/// the generator reads are left as they are.
+#[tokio::test]
+async fn automation_writes_kustomization_images_and_flux_yaml_patch_files() {
+    use k8s_openapi::api::apps::v1::Deployment;
+
+    let registry = LocalRegistry::start();
+    for tag in ["1.0.0", "1.3.0", "2.0.0"] {
+        registry.push_image("team/web", tag, "2026-01-01T00:00:00Z");
+    }
+    let ns = crate::support::unique("auto-built");
+    let repo = GitRepo::new();
+    let image = format!("{}/team/web", registry.host());
+    let deployment = |name: &str, image: &str| {
+        automated_deployment(&ns, image)
+            .replace(
+                "  annotations:\n    fluxcd.io/automated: \"true\"\n    fluxcd.io/tag.web: semver:~1\n",
+                "",
+            )
+            .replace("web", name)
+    };
+    let kustomization = format!(
+        "namespace: {ns}\nresources: [web.yaml]\nimages:\n- name: {image}\n  newTag: 1.0.0 # {{\"$imagepolicy\": \"{ns}:web:tag\"}}\n"
+    );
+    let patch = format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: api\n  namespace: {ns}\n  annotations:\n    fluxcd.io/automated: \"true\"\n    fluxcd.io/tag.api: semver:~1\n\
+         spec:\n  template:\n    spec:\n      containers:\n      - name: api\n        image: {image}:1.0.0\n"
+    );
+    let api_base = deployment("api", &format!("{image}:0.1.0"));
+    repo.write("namespaces/ns.yaml", &crate::support::ns_yaml(&ns))
+        .write(
+            "policies/web.yaml",
+            &format!(
+                "apiVersion: tidegate.dev/v1\nkind: ImagePolicy\nmetadata: {{name: web, namespace: {ns}}}\n\
+                 spec:\n  image: {image}\n  policy:\n    semver: {{range: ^1}}\n"
+            ),
+        )
+        .write("shop/kustomization.yaml", &kustomization)
+        .write("shop/web.yaml", &deployment("web", &format!("{image}:0.1.0")))
+        .write(
+            "legacy/.flux.yaml",
+            "version: 1\npatchUpdated:\n  generators:\n  - command: kustomize build .\n  patchFile: flux-patch.yaml\n",
+        )
+        .write("legacy/kustomization.yaml", "resources: [api.yaml]\n")
+        .write("legacy/api.yaml", &api_base)
+        .write("legacy/flux-patch.yaml", &patch);
+    repo.push("built directories");
+    let kustomize = crate::kustomize::kustomize();
+    let _daemon = automation_daemon(
+        &repo,
+        &registry,
+        "1s",
+        &[
+            "--kustomize-binary",
+            &kustomize,
+            "--manifest-generation",
+            "--git-path",
+            "namespaces,policies,shop,legacy",
+        ],
+    );
+    let api: kube::Api<Deployment> = kube::Api::namespaced(crate::support::client().await, &ns);
+    applied(&api, &format!("{image}:1.3.0"), Duration::from_secs(60)).await;
+    crate::support::eventually("api moved", Duration::from_secs(60), || async {
+        let d = api.get_opt("api").await.ok()??;
+        let live = d.spec?.template.spec?.containers.first()?.image.clone()?;
+        (live == format!("{image}:1.3.0")).then_some(())
+    })
+    .await;
+    let show = |file: &str| format!("{}\n", git(&repo.bare, &["show", &format!("main:{file}")]));
+    assert_eq!(
+        show("shop/kustomization.yaml"),
+        kustomization.replace("newTag: 1.0.0", "newTag: 1.3.0")
+    );
+    assert_eq!(
+        show("legacy/flux-patch.yaml"),
+        patch.replace(":1.0.0", ":1.3.0"),
+        "the patch file, only its image"
+    );
+    assert_eq!(
+        show("legacy/api.yaml"),
+        api_base,
+        "the generator's input is left alone"
+    );
+}

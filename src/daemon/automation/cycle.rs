@@ -2,6 +2,7 @@
 
 use super::registries::look_up;
 use super::*;
+use crate::automation::patch_file;
 
 /// How many times a cycle's edits are made again on a branch that moved.
 const TRIES: usize = 3;
@@ -305,10 +306,28 @@ pub(super) fn marked(
             text.contains("$imagepolicy").then(|| (f.clone(), text))
         })
         .collect();
-    update::marked(
+    let mut marked = update::marked(
         &files,
         &set.image_policies,
         &config.default_namespace,
         &config.allow_namespaces,
-    )
+    );
+    let patches: Vec<_> = set
+        .patch_files
+        .iter()
+        .filter_map(|(config, patch)| {
+            let text = render::files::read(&snapshot.tree, patch, &options.limits).ok()?;
+            Some((config.clone(), patch.clone(), text))
+        })
+        .collect();
+    let patched = patch_file::patched(
+        &set.manifests,
+        &patches,
+        &config.default_namespace,
+        &config.allow_namespaces,
+    );
+    marked.candidates.extend(patched.candidates);
+    marked.objects.extend(patched.objects);
+    marked.problems.extend(patched.problems);
+    marked
 }
