@@ -65,18 +65,7 @@ pub fn patched(
         let documents = each_document(text);
         let (list, _) = containers::containers(&object);
         for container in list.into_iter().filter(|c| c.image.digest.is_none()) {
-            // The patch document of this object that writes this
-            // container's image.
-            let found = documents.iter().enumerate().find_map(|(index, doc)| {
-                let doc = doc.as_ref()?;
-                let (kind, ns, name) = identity_of(doc)?;
-                let same =
-                    kind == id.kind && name == id.name && (ns.is_none() || ns == id.namespace);
-                let (written, _) = containers::containers(doc);
-                let c = written.into_iter().find(|c| c.name == container.name);
-                same.then_some(c).flatten().map(|c| (index, doc, c))
-            });
-            let Some((index, doc, written)) = found else {
+            let Some((index, doc, written)) = writing(&documents, m, &container.name) else {
                 out.problems.push(problem(
                     patch,
                     format!(
@@ -100,4 +89,22 @@ pub fn patched(
         }
     }
     out
+}
+
+/// The patch document of `m` that writes container `name`'s image: its
+/// index, value, and the container as written there.
+fn writing<'a>(
+    documents: &'a [Option<serde_json::Value>],
+    m: &Manifest,
+    name: &str,
+) -> Option<(usize, &'a serde_json::Value, containers::Container)> {
+    let id = &m.id;
+    documents.iter().enumerate().find_map(|(index, doc)| {
+        let doc = doc.as_ref()?;
+        let (kind, ns, object) = identity_of(doc)?;
+        let same = kind == id.kind && object == id.name && (ns.is_none() || ns == id.namespace);
+        let (written, _) = containers::containers(doc);
+        let c = written.into_iter().find(|c| c.name == name);
+        same.then_some(c).flatten().map(|c| (index, doc, c))
+    })
 }
