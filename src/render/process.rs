@@ -109,10 +109,12 @@ fn kill_group(pid: i32) {
     }
 }
 
-/// A program named without a directory, found on PATH as a shell would.
+/// A program named without a directory, found on PATH as a shell would;
+/// one named with a relative directory, from where tidegate runs (a
+/// command runs elsewhere).
 pub fn on_path(program: &Path) -> PathBuf {
     if program.components().count() > 1 {
-        return program.to_path_buf();
+        return std::path::absolute(program).unwrap_or_else(|_| program.to_path_buf());
     }
     std::env::var_os("PATH")
         .into_iter()
@@ -171,5 +173,22 @@ mod tests {
             max_output: 1,
         });
         assert!(matches!(missing, Err(Failure::Missing(_))), "{missing:?}");
+    }
+
+    #[test]
+    fn a_relative_program_is_found_from_where_tidegate_runs() {
+        let here = std::env::current_dir().unwrap();
+        assert_eq!(
+            on_path(Path::new("bin/kustomize")),
+            here.join("bin/kustomize")
+        );
+        assert_eq!(
+            on_path(Path::new("/usr/bin/env")),
+            Path::new("/usr/bin/env")
+        );
+        assert!(
+            on_path(Path::new("sh")).is_absolute(),
+            "sh is found on PATH"
+        );
     }
 }

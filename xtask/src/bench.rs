@@ -9,6 +9,7 @@
 //! same way; peak RSS comes from `wait4`, or `VmHWM` for the daemon.
 
 mod automation;
+mod kustomize;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -57,6 +58,7 @@ fn measure(cmd: &mut Command) -> Result<(Duration, i64)> {
 struct Bench {
     controlplane: PathBuf,
     helm: PathBuf,
+    kustomize: PathBuf,
     kubeconfig: PathBuf,
     tidegate: PathBuf,
     /// `bench/peers`: the ceiling, Flux's engine, and the probes.
@@ -479,7 +481,7 @@ fn mib(kib: i64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
 
-const USAGE: &str = "usage: cargo xtask bench [--quick | --automation]";
+const USAGE: &str = "usage: cargo xtask bench [--quick | --automation | --kustomize]";
 
 /// A part of the benchmark alone.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -488,6 +490,8 @@ enum Only {
     Quick,
     /// Image automation alone.
     Automation,
+    /// Kustomize roots alone.
+    Kustomize,
 }
 
 pub fn bench(args: &[&str]) -> Result<()> {
@@ -495,6 +499,7 @@ pub fn bench(args: &[&str]) -> Result<()> {
         [] => None,
         ["--quick"] => Some(Only::Quick),
         ["--automation"] => Some(Only::Automation),
+        ["--kustomize"] => Some(Only::Kustomize),
         _ => return Err(USAGE.into()),
     };
     let tools = tools_dir()?;
@@ -507,6 +512,7 @@ pub fn bench(args: &[&str]) -> Result<()> {
     let bench = Bench {
         controlplane: tools.join("tidegate-controlplane"),
         helm: tools.join("helm"),
+        kustomize: tools.join("kustomize"),
         kubeconfig,
         tidegate: target_dir().join("release/tidegate"),
         peers,
@@ -566,14 +572,19 @@ fn limit_figure(name: &'static str, what: &str, value: f64, unit: &str, limit: f
 fn run_all(b: &Bench, only: Option<Only>) -> Result<String> {
     let mut figures = Vec::new();
     let mut out = String::new();
-    if only != Some(Only::Automation) {
+    if only.is_none() || only == Some(Only::Quick) {
         size(b, 1000, &mut figures, &mut out)?;
     }
     if only.is_none() {
         size(b, 10_000, &mut figures, &mut out)?;
         out.push_str(&helm_releases(b, 1000)?);
     }
-    out.push_str(&automation::automation(b, &mut figures)?);
+    if only != Some(Only::Automation) {
+        out.push_str(&kustomize::kustomize(b, &mut figures)?);
+    }
+    if only != Some(Only::Kustomize) {
+        out.push_str(&automation::automation(b, &mut figures)?);
+    }
     let _ = writeln!(
         out,
         "\n| figure | tidegate | baseline | ratio | target | met |"
