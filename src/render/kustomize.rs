@@ -306,11 +306,16 @@ pub fn inside(repo: &Path, path: &Path) -> Result<PathBuf, String> {
 fn input_files(repo: &Path, graph: &Graph, limits: &Limits) -> Result<Vec<PathBuf>, String> {
     let mut files = BTreeSet::new();
     let mut total = 0u64;
+    let mut visited = std::collections::HashSet::new();
     for dir in &graph.dirs {
         let mut todo = vec![(dir.clone(), 0usize)];
         while let Some((rel, depth)) = todo.pop() {
             if depth > super::files::MAX_DEPTH {
                 return Err(format!("{}: too deep", crate::model::shown(&rel)));
+            }
+            // A directory reached again (through a link) is read once.
+            if !visited.insert(inside(repo, &repo.join(&rel))?) {
+                continue;
             }
             let entries = std::fs::read_dir(repo.join(&rel))
                 .map_err(|e| format!("{}: cannot be read ({e})", crate::model::shown(&rel)))?;
@@ -320,13 +325,23 @@ fn input_files(repo: &Path, graph: &Graph, limits: &Limits) -> Result<Vec<PathBu
                     continue;
                 }
                 let child = rel.join(&name);
-                let Ok(kind) = entry.file_type() else {
+                let Ok(mut kind) = entry.file_type() else {
                     continue;
                 };
+                if kind.is_symlink() {
+                    // Followed as kustomize follows it, if it stays inside.
+                    let shown = crate::model::shown(&child);
+                    inside(repo, &repo.join(&child))
+                        .map_err(|e| format!("{shown}: symlink {e}"))?;
+                    let Ok(meta) = std::fs::metadata(repo.join(&child)) else {
+                        continue;
+                    };
+                    kind = meta.file_type();
+                }
                 if kind.is_dir() {
                     todo.push((child, depth + 1));
                 } else if kind.is_file() {
-                    total += entry.metadata().map_or(0, |m| m.len());
+                    total += std::fs::metadata(repo.join(&child)).map_or(0, |m| m.len());
                     files.insert(child);
                 }
             }

@@ -576,6 +576,96 @@ mod tests {
         format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: demo\n")
     }
 
+    /// A stand-in for kustomize: prints the root's `out.yaml`.
+    fn fake_kustomize(dir: &Path) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let script = dir.join("fake-kustomize");
+        std::fs::write(&script, "#!/bin/sh\ncat \"$2/out.yaml\"\n").unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        script
+    }
+
+    /// Issue 22: the topmost kustomization of a branch is built, a base
+    /// goes with the overlay that loads it, nothing below a root is read
+    /// loose; a build runs again only when an input changed (a file
+    /// reached through a link included); an object built and written
+    /// plainly is refused, naming the root.
+    #[test]
+    fn kustomize_roots_are_built_once_per_content_of_their_inputs() {
+        let tools = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        write(root, "base/kustomization.yaml", "resources: [cm.yaml]\n");
+        write(root, "base/cm.yaml", &cm("loose"));
+        write(root, "base/out.yaml", &cm("base-alone"));
+        write(root, "prod/kustomization.yaml", "resources: [../base]\n");
+        write(root, "prod/out.yaml", &cm("prod-built"));
+        write(root, "prod/nested/kustomization.yaml", "resources: []\n");
+        write(root, "plain/cm.yaml", &cm("plain"));
+        write(root, "shared/values.txt", "one\n");
+        let options = Options {
+            kustomize: kustomize::Settings {
+                binary: fake_kustomize(tools.path()),
+                ..Default::default()
+            },
+            ..Options::default()
+        };
+        let runs = || options.kustomize.cache.runs();
+        let set = clean(root, &options);
+        let names: Vec<&str> = set.manifests.iter().map(|m| m.id.name.as_str()).collect();
+        assert_eq!(names, ["plain", "prod-built"]);
+        let built = &set.manifests[1];
+        assert_eq!(
+            (built.file.as_path(), built.built),
+            (Path::new("prod"), Some(Builder::Kustomize))
+        );
+        assert_eq!(
+            built.origin().to_string(),
+            "prod (kustomize build, object 0)"
+        );
+        assert!(
+            set.files
+                .contains(&PathBuf::from("base/kustomization.yaml")),
+            "{:?}",
+            set.files
+        );
+        assert_eq!(runs(), 1);
+        clean(root, &options);
+        assert_eq!(runs(), 1, "nothing changed: no build");
+        write(
+            root,
+            "plain/cm.yaml",
+            &format!("{}data: {{a: b}}\n", cm("plain")),
+        );
+        clean(root, &options);
+        assert_eq!(runs(), 1, "a plain file is no input");
+        write(
+            root,
+            "base/cm.yaml",
+            &format!("{}data: {{a: b}}\n", cm("loose")),
+        );
+        clean(root, &options);
+        assert_eq!(runs(), 2, "the base is the overlay's input");
+        std::os::unix::fs::symlink("../shared/values.txt", root.join("prod/values.txt")).unwrap();
+        clean(root, &options);
+        assert_eq!(runs(), 3);
+        write(root, "shared/values.txt", "two\n");
+        clean(root, &options);
+        assert_eq!(runs(), 4, "what a link reaches is an input");
+
+        write(root, "plain/dup.yaml", &cm("prod-built"));
+        let (set, msg) = failing(root, &options);
+        assert!(msg.contains("in prod (kustomize build, object 0)"), "{msg}");
+        assert!(set.manifests.iter().all(|m| m.id.name != "prod-built"));
+        std::fs::remove_file(root.join("plain/dup.yaml")).unwrap();
+        std::os::unix::fs::symlink("/etc", root.join("prod/etc")).unwrap();
+        let (_, msg) = failing(root, &options);
+        assert!(
+            msg.contains("prod (kustomize build): prod/etc: symlink points outside the repository"),
+            "{msg}"
+        );
+    }
+
     #[test]
     fn checksum_ignores_key_order() {
         let a: serde_json::Value = serde_json::from_str(r#"{"a":1,"b":{"c":2,"d":3}}"#).unwrap();
