@@ -7,8 +7,7 @@ use std::path::PathBuf;
 
 use super::containers;
 use super::edit::identity_of;
-use super::policy::Policy;
-use super::update::{Candidate, Marked, Problem, each_document};
+use super::update::{Candidate, Marked, Problem, automated, each_document};
 use crate::render::{Builder, Manifest};
 
 /// A `.flux.yaml`'s patch file: the `.flux.yaml`, the patch file, its text.
@@ -29,25 +28,10 @@ pub fn patched(
         .filter(|m| m.built == Some(Builder::FluxYaml))
     {
         let id = &m.id;
-        let namespace = id
-            .namespace
-            .clone()
-            .unwrap_or_else(|| default_namespace.to_string());
-        if !allowed.is_empty() && !allowed.contains(&namespace) {
-            continue;
-        }
-        if !containers::is_workload(&id.api_version(), &id.kind) {
-            continue;
-        }
         let object = m.object.value();
-        let empty = serde_json::Map::new();
-        let annotations = object["metadata"]["annotations"]
-            .as_object()
-            .unwrap_or(&empty);
-        let (policy, _) = Policy::from_annotations(annotations);
-        if !policy.is_automated() {
+        let Some((namespace, policy, _)) = automated(m, &object, default_namespace, allowed) else {
             continue;
-        }
+        };
         let problem = |file: &PathBuf, reason: String| Problem {
             object: id.to_string(),
             file: file.clone(),

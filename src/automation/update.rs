@@ -79,24 +79,10 @@ pub fn candidates(
         }
         let object = m.object.value();
         let id = &m.id;
-        let namespace = id
-            .namespace
-            .clone()
-            .unwrap_or_else(|| default_namespace.to_string());
-        if !allowed.is_empty() && !allowed.contains(&namespace) {
+        let Some((namespace, policy, errors)) = automated(m, &object, default_namespace, allowed)
+        else {
             continue;
-        }
-        if !containers::is_workload(&id.api_version(), &id.kind) {
-            continue;
-        }
-        let empty = serde_json::Map::new();
-        let annotations = object["metadata"]["annotations"]
-            .as_object()
-            .unwrap_or(&empty);
-        let (policy, errors) = Policy::from_annotations(annotations);
-        if !policy.is_automated() {
-            continue;
-        }
+        };
         let problem = |reason: String| Problem {
             object: id.to_string(),
             file: m.file.clone(),
@@ -141,6 +127,33 @@ pub fn candidates(
         }
     }
     (found, problems)
+}
+
+/// The namespace and policy of an automated workload in the namespaces
+/// `allowed` (empty: any), and what of its annotations cannot be read.
+pub(super) fn automated(
+    m: &Manifest,
+    object: &Value,
+    default_namespace: &str,
+    allowed: &[String],
+) -> Option<(String, Policy, Vec<super::policy::PolicyError>)> {
+    let id = &m.id;
+    let namespace = id
+        .namespace
+        .clone()
+        .unwrap_or_else(|| default_namespace.to_string());
+    if !allowed.is_empty() && !allowed.contains(&namespace) {
+        return None;
+    }
+    if !containers::is_workload(&id.api_version(), &id.kind) {
+        return None;
+    }
+    let empty = serde_json::Map::new();
+    let annotations = object["metadata"]["annotations"]
+        .as_object()
+        .unwrap_or(&empty);
+    let (policy, errors) = Policy::from_annotations(annotations);
+    policy.is_automated().then_some((namespace, policy, errors))
 }
 
 /// What setter markers name: the candidates, the documents of the marked

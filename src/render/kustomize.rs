@@ -434,21 +434,7 @@ pub fn build(
             key: Some(key),
         }
     };
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if threads == 1 || roots.len() < 2 {
-        return roots.iter().map(one).collect();
-    }
-    let chunk = roots.len().div_ceil(threads);
-    std::thread::scope(|scope| {
-        let workers: Vec<_> = roots
-            .chunks(chunk)
-            .map(|part| scope.spawn(move || part.iter().map(one).collect::<Vec<_>>()))
-            .collect();
-        workers
-            .into_iter()
-            .flat_map(|w| w.join().expect("a build thread panicked"))
-            .collect()
-    })
+    super::on_every_core(roots, 2, one)
 }
 
 /// The environment kustomize gets: nothing of tidegate's (no credentials,

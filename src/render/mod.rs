@@ -426,19 +426,30 @@ fn read_and_parse(root: &Path, files: &[PathBuf], options: &Options) -> Vec<Pars
         }
         Err(e) => (Vec::new(), vec![e]),
     };
+    on_every_core(files, 64, one)
+}
+
+/// `one` of each item, in their order, on every core once there are at
+/// least `at_least` of them.
+fn on_every_core<T: Sync, R: Send>(
+    items: &[T],
+    at_least: usize,
+    one: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if threads == 1 || files.len() < 64 {
-        return files.iter().map(one).collect();
+    if threads == 1 || items.len() < at_least {
+        return items.iter().map(one).collect();
     }
-    let chunk = files.len().div_ceil(threads);
+    let chunk = items.len().div_ceil(threads);
+    let one = &one;
     std::thread::scope(|scope| {
-        let workers: Vec<_> = files
+        let workers: Vec<_> = items
             .chunks(chunk)
             .map(|part| scope.spawn(move || part.iter().map(one).collect::<Vec<_>>()))
             .collect();
         workers
             .into_iter()
-            .flat_map(|w| w.join().expect("a parser thread panicked"))
+            .flat_map(|w| w.join().expect("a render thread panicked"))
             .collect()
     })
 }
