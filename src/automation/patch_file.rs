@@ -86,7 +86,12 @@ fn writing<'a>(
     documents.iter().enumerate().find_map(|(index, doc)| {
         let doc = doc.as_ref()?;
         let (kind, ns, object) = identity_of(doc)?;
-        let same = kind == id.kind && object == id.name && (ns.is_none() || ns == id.namespace);
+        // A patch naming no namespace patches what has none, or `default`
+        // (as kustomize matches it), nothing else.
+        let unnamed = || id.namespace.as_deref().is_none_or(|n| n == "default");
+        let same = kind == id.kind
+            && object == id.name
+            && (ns == id.namespace || (ns.is_none() && unnamed()));
         let (written, _) = containers::containers(doc);
         let c = written.into_iter().find(|c| c.name == name);
         same.then_some(c).flatten().map(|c| (index, doc, c))

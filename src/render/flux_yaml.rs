@@ -241,12 +241,19 @@ pub fn run_command(
         .tempdir()
         .map_err(|e| format!("cannot make a scratch directory: {e}"))?;
     let tree = scratch.path().join("repo");
-    copy_tree(repo, &tree, 0)
+    let mut budget = limits.max_total_bytes;
+    copy_tree(repo, &tree, 0, &mut budget)
         .map_err(|e| format!("cannot copy the repository for the command: {e}"))?;
     let home = scratch.path().join("home");
     std::fs::create_dir_all(&home).map_err(|e| e.to_string())?;
+    // `./gen.sh` is the path's own; `sh` is found on PATH.
+    let program = if words[0].contains('/') {
+        tree.join(workdir).join(&words[0])
+    } else {
+        process::on_path(Path::new(&words[0]))
+    };
     let run = Run {
-        program: process::on_path(Path::new(&words[0])),
+        program,
         args: words[1..].to_vec(),
         dir: tree.join(workdir),
         env: vec![
@@ -268,16 +275,23 @@ pub fn run_command(
         }
         Err(process::Failure::Failed { status, stderr }) => Err(format!(
             "failed ({status}): {}",
-            kustomize::shown_error(&stderr, &tree, &[])
+            kustomize::shown_error(
+                &stderr,
+                &tree,
+                &kustomize::secrets_below(&tree, Path::new(""))
+            )
         )),
     }
 }
 
-/// Copies the tree (regular files and directories; links only where they
-/// stay inside, as their targets' copies; not `.git`).
-fn copy_tree(from: &Path, to: &Path, depth: usize) -> std::io::Result<()> {
+/// Copies the tree: regular files and directories, not links, not `.git`;
+/// at most `budget` bytes and as deep as render reads.
+fn copy_tree(from: &Path, to: &Path, depth: usize, budget: &mut u64) -> std::io::Result<()> {
     if depth > super::files::MAX_DEPTH {
-        return Ok(());
+        return Err(std::io::Error::other(format!(
+            "more than {} directory levels deep",
+            super::files::MAX_DEPTH
+        )));
     }
     std::fs::create_dir_all(to)?;
     for entry in std::fs::read_dir(from)? {
@@ -288,8 +302,12 @@ fn copy_tree(from: &Path, to: &Path, depth: usize) -> std::io::Result<()> {
         let kind = entry.file_type()?;
         let (src, dst) = (entry.path(), to.join(entry.file_name()));
         if kind.is_dir() {
-            copy_tree(&src, &dst, depth + 1)?;
+            copy_tree(&src, &dst, depth + 1, budget)?;
         } else if kind.is_file() {
+            let size = entry.metadata()?.len();
+            *budget = budget.checked_sub(size).ok_or_else(|| {
+                std::io::Error::other("the repository is larger than --max-total-bytes")
+            })?;
             std::fs::copy(&src, &dst)?;
         }
     }
@@ -320,6 +338,7 @@ pub fn merge_patch(
     )?;
     let graph = kustomize::Graph {
         dirs: [PathBuf::new()].into_iter().collect(),
+        ..Default::default()
     };
     let settings = kustomize::Settings {
         helm: None,

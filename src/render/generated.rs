@@ -52,8 +52,21 @@ impl Generated {
 /// built by itself.
 pub(super) fn kustomize_roots(repo: &Path, roots: &[PathBuf], options: &Options) -> Generated {
     let mut out = Generated::default();
-    let Ok(real) = repo.canonicalize() else {
+    if roots.is_empty() {
         return out;
+    }
+    let real = match repo.canonicalize() {
+        Ok(real) => real,
+        Err(e) => {
+            for root in roots {
+                out.failed(
+                    root,
+                    Builder::Kustomize,
+                    format!("the checkout cannot be resolved ({e})"),
+                );
+            }
+            return out;
+        }
     };
     let mut scanned: Vec<(PathBuf, Graph)> = Vec::new();
     for root in roots {
@@ -82,8 +95,19 @@ pub(super) fn kustomize_roots(repo: &Path, roots: &[PathBuf], options: &Options)
             );
         }
     }
+    // Logged, not only done: a root that starts loading another takes
+    // the other's objects as it transforms them.
     for (root, _) in scanned.iter().filter(|s| !kept.contains(s)) {
-        tracing::debug!(dir = %root.display(), "kustomization loaded by another root: built there");
+        let by: Vec<String> = kept
+            .iter()
+            .filter(|(_, g)| g.dirs.contains(root))
+            .map(|(k, _)| crate::model::shown(k))
+            .collect();
+        tracing::info!(
+            dir = %crate::model::shown(root),
+            by = %by.join(", "),
+            "a kustomization another root loads: built as part of that, not by itself"
+        );
     }
     let built = kustomize::build(&real, &kept, &options.kustomize, &options.limits);
     for b in built {
@@ -114,8 +138,16 @@ pub(super) fn flux_yaml(
     options: &Options,
 ) -> Option<Generated> {
     let mut out = Generated::default();
-    let Ok(real) = repo.canonicalize() else {
-        return Some(out);
+    let real = match repo.canonicalize() {
+        Ok(real) => real,
+        Err(e) => {
+            out.failed(
+                config,
+                Builder::FluxYaml,
+                format!("the checkout cannot be resolved ({e})"),
+            );
+            return Some(out);
+        }
     };
     let parsed = match read_config(&real, config, options) {
         Ok(Config::ScanForFiles) => return None,
@@ -138,28 +170,13 @@ pub(super) fn flux_yaml(
         } => (generators, Some(patch_file)),
         Config::ScanForFiles => unreachable!("returned above"),
     };
-    let mut stream = String::new();
-    for g in &generators {
-        match generate(&real, &workdir, g, options, &mut out) {
-            Ok(text) => {
-                if !stream.is_empty() {
-                    if !stream.ends_with('\n') {
-                        stream.push('\n');
-                    }
-                    stream.push_str("---\n");
-                }
-                stream.push_str(&text);
-            }
-            Err(e) => {
-                out.failed(
-                    config,
-                    Builder::FluxYaml,
-                    format!("generator {:?}: {e}", g.command),
-                );
-                return Some(out);
-            }
+    let mut stream = match generate_all(&real, &workdir, &generators, options, &mut out) {
+        Ok(stream) => stream,
+        Err(e) => {
+            out.failed(config, Builder::FluxYaml, e);
+            return Some(out);
         }
-    }
+    };
     if let Some(patch_file) = patch_file {
         let Some(at) = flux_yaml::within(&workdir, &patch_file) else {
             out.failed(
@@ -187,6 +204,30 @@ pub(super) fn flux_yaml(
     Some(out)
 }
 
+/// The generators' outputs, one YAML stream, in their order; the first
+/// that fails is the error.
+fn generate_all(
+    repo: &Path,
+    workdir: &Path,
+    generators: &[flux_yaml::Command],
+    options: &Options,
+    out: &mut Generated,
+) -> Result<String, String> {
+    let mut stream = String::new();
+    for g in generators {
+        let text = generate(repo, workdir, g, options, out)
+            .map_err(|e| format!("generator {:?}: {e}", g.command))?;
+        if !stream.is_empty() {
+            if !stream.ends_with('\n') {
+                stream.push('\n');
+            }
+            stream.push_str("---\n");
+        }
+        stream.push_str(&text);
+    }
+    Ok(stream)
+}
+
 /// A `.flux.yaml`, read from inside the repository.
 fn read_config(repo: &Path, config: &Path, options: &Options) -> Result<Config, Error> {
     let failed = |reason| Error::Build {
@@ -197,6 +238,12 @@ fn read_config(repo: &Path, config: &Path, options: &Options) -> Result<Config, 
     kustomize::inside(repo, &repo.join(config)).map_err(failed)?;
     let text = super::files::read(repo, config, &options.limits)?;
     flux_yaml::parse(&text).map_err(failed)
+}
+
+/// A generator's own timeout, never longer than `--kustomize-timeout`.
+fn deadline(g: &flux_yaml::Command, options: &Options) -> std::time::Duration {
+    let most = options.kustomize.timeout;
+    g.timeout.map_or(most, |t| t.min(most))
 }
 
 /// One generator's output.
@@ -213,7 +260,7 @@ fn generate(
             flux_yaml::within(workdir, &dir).ok_or("its directory is outside the repository")?;
         let graph = kustomize::scan(repo, &root, options.kustomize.allow_remote)?;
         let settings = kustomize::Settings {
-            timeout: g.timeout.unwrap_or(options.kustomize.timeout),
+            timeout: deadline(g, options),
             ..options.kustomize.clone()
         };
         let built = kustomize::build(repo, &[(root, graph)], &settings, &options.limits);
@@ -227,8 +274,7 @@ fn generate(
                 .into(),
         );
     }
-    let timeout = g.timeout.unwrap_or(options.kustomize.timeout);
-    flux_yaml::run_command(repo, workdir, &words, timeout, &options.limits)
+    flux_yaml::run_command(repo, workdir, &words, deadline(g, options), &options.limits)
 }
 
 /// The generated objects with the patch file merged over them; a patch

@@ -304,10 +304,20 @@ fn find_paths(
     set: &mut DesiredSet,
 ) -> (files::Found, Vec<generated::Generated>) {
     let mut found = files::Found::default();
+    // `.` is the root, and `./apps` is `apps`: one spelling per path, or
+    // a path would not be known for the same one.
     let roots: Vec<PathBuf> = if options.paths.is_empty() {
         vec![PathBuf::new()]
     } else {
-        options.paths.clone()
+        options
+            .paths
+            .iter()
+            .map(|p| {
+                p.components()
+                    .filter(|c| *c != std::path::Component::CurDir)
+                    .collect()
+            })
+            .collect()
     };
     let mut built = Vec::new();
     for rel in &roots {

@@ -57,48 +57,58 @@ pub fn run(run: &Run) -> Result<Vec<u8>, Failure> {
         .spawn()
         .map_err(|e| Failure::Missing(format!("cannot run {}: {e}", run.program.display())))?;
     let pid = child.id() as i32;
-    let (done, finished) = mpsc::channel();
+    let deadline = std::time::Instant::now() + run.timeout;
+    let left = || deadline.saturating_duration_since(std::time::Instant::now());
+    // The readers send what they read; none is waited for past the
+    // deadline (a process that left the group may hold a pipe open).
+    let (out_tx, out_rx) = mpsc::channel();
+    let (err_tx, err_rx) = mpsc::channel();
     let stdout = child.stdout.take().expect("piped");
     let stderr = child.stderr.take().expect("piped");
     let limit = run.max_output;
-    let out_done = done.clone();
-    let out = std::thread::spawn(move || {
+    std::thread::spawn(move || {
         let mut bytes = Vec::new();
         let read = stdout.take(limit + 1).read_to_end(&mut bytes);
-        let over = bytes.len() as u64 > limit;
-        let _ = out_done.send(over);
-        read.map(|_| bytes)
+        let _ = out_tx.send(read.map(|_| bytes));
     });
-    let err = std::thread::spawn(move || {
+    std::thread::spawn(move || {
         let mut bytes = Vec::new();
         let _ = stderr.take(MAX_STDERR).read_to_end(&mut bytes);
-        bytes
+        let _ = err_tx.send(bytes);
     });
-    drop(done);
-    let outcome = match finished.recv_timeout(run.timeout) {
-        Ok(true) => Some(Failure::TooLarge(limit)),
-        Ok(false) => None,
-        Err(_) => Some(Failure::TimedOut(run.timeout)),
-    };
-    if outcome.is_some() {
+    // Reaped by a thread of its own, so that waiting has a deadline too.
+    let (status_tx, status_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = status_tx.send(child.wait());
+    });
+    let stop = |failure: Failure| {
         kill_group(pid);
-    }
-    let status = child.wait();
-    // The group is gone by now, or its pipes were closed on its own exit.
+        // Killed, it is reaped at once.
+        let _ = status_rx.recv_timeout(Duration::from_secs(1));
+        Err(failure)
+    };
+    let stdout = match out_rx.recv_timeout(left()) {
+        Ok(Ok(bytes)) if bytes.len() as u64 > limit => return stop(Failure::TooLarge(limit)),
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(e)) => return stop(Failure::Missing(format!("cannot read its output: {e}"))),
+        Err(_) => return stop(Failure::TimedOut(run.timeout)),
+    };
+    // Its output is complete; it has until the deadline to exit.
+    let status = match status_rx.recv_timeout(left()) {
+        Ok(Ok(status)) => status,
+        Ok(Err(e)) => return stop(Failure::Missing(e.to_string())),
+        Err(_) => return stop(Failure::TimedOut(run.timeout)),
+    };
+    // Whatever it left behind in its group goes with it.
     kill_group(pid);
-    let stdout = out.join().expect("a reader thread panicked");
-    let stderr = err.join().expect("a reader thread panicked");
-    if let Some(failure) = outcome {
-        return Err(failure);
-    }
-    let status = status.map_err(|e| Failure::Missing(e.to_string()))?;
     if !status.success() {
+        let stderr = err_rx.recv_timeout(left()).unwrap_or_default();
         return Err(Failure::Failed {
             status: status.to_string(),
             stderr: String::from_utf8_lossy(&stderr).into_owned(),
         });
     }
-    stdout.map_err(|e| Failure::Missing(format!("cannot read its output: {e}")))
+    Ok(stdout)
 }
 
 fn kill_group(pid: i32) {
@@ -155,6 +165,23 @@ mod tests {
         // A child that keeps the pipe open is killed with its group.
         let slow = sh("sleep 30 & sleep 30", Duration::from_millis(300), 100);
         assert_eq!(slow, Err(Failure::TimedOut(Duration::from_millis(300))));
+        // One that closes its output and stays, and one that leaves the
+        // group holding the pipe: neither holds the caller past the
+        // deadline (30 s would be a hang).
+        let started = std::time::Instant::now();
+        let closed = sh("exec >&-; sleep 30", Duration::from_millis(300), 100);
+        assert_eq!(closed, Err(Failure::TimedOut(Duration::from_millis(300))));
+        let escaped = sh(
+            "setsid sleep 30 & echo started",
+            Duration::from_millis(300),
+            100,
+        );
+        assert_eq!(escaped, Err(Failure::TimedOut(Duration::from_millis(300))));
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{:?}",
+            started.elapsed()
+        );
         let big = sh("yes", Duration::from_secs(10), 1000);
         assert_eq!(big, Err(Failure::TooLarge(1000)));
         match sh("echo nope >&2; exit 3", Duration::from_secs(10), 100) {

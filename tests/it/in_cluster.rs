@@ -185,6 +185,8 @@ async fn as_the_deployment_runs_it_with_its_service_account() {
     );
     // kustomize, where the image has it, built the example's overlay.
     assert!(text.contains("apps/v1 Deployment shop/redis"), "{text}");
+    // deploy/ syncs `--git-path=.`: the base goes with its overlay there too.
+    assert!(!text.contains("Deployment default/redis"), "{text}");
     // It found its state namespace and identity in-cluster.
     let state = crate::support::configmap(&ns, "tidegate-state").await;
     assert!(

@@ -316,7 +316,12 @@ pub(super) fn marked(
         .patch_files
         .iter()
         .filter_map(|(config, patch)| {
-            let text = render::files::read(&snapshot.tree, patch, &options.limits).ok()?;
+            // A patch file not written yet is empty, as render read it.
+            let text = if snapshot.tree.join(patch).exists() {
+                render::files::read(&snapshot.tree, patch, &options.limits).ok()?
+            } else {
+                String::new()
+            };
             Some((config.clone(), patch.clone(), text))
         })
         .collect();

@@ -10,7 +10,7 @@
 //! `--enable-alpha-plugins`), `helmCharts` without `--enable-helm`, and
 //! files out of a kustomization's own directory.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,23 +22,10 @@ use sha2::{Digest, Sha256};
 use super::process::{self, Failure, Run};
 use super::{Limits, manifest};
 
-/// The names kustomize reads a kustomization from, in its order.
-pub const KUSTOMIZATION_FILES: [&str; 3] =
-    ["kustomization.yaml", "kustomization.yml", "Kustomization"];
+mod scan;
 
-/// Most bytes of one kustomization file read here.
-const MAX_KUSTOMIZATION_BYTES: u64 = 1024 * 1024;
-
-/// Most kustomizations one root may load (bases of bases included).
-const MAX_KUSTOMIZATIONS: usize = 1000;
-
-/// The kustomization file of `dir`, if it is a kustomize root.
-pub fn kustomization_file(dir: &Path) -> Option<PathBuf> {
-    KUSTOMIZATION_FILES
-        .iter()
-        .map(|name| dir.join(name))
-        .find(|f| f.is_file())
-}
+use scan::entries;
+pub use scan::{Graph, KUSTOMIZATION_FILES, inside, kustomization_file, scan};
 
 /// How kustomize is run, and the builds already made.
 #[derive(Debug, Clone)]
@@ -111,13 +98,6 @@ impl Cache {
     }
 }
 
-/// What one kustomization graph reads: the kustomization directories it
-/// loads (the root first), repository-relative.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Graph {
-    pub dirs: BTreeSet<PathBuf>,
-}
-
 /// One kustomize root's build: its output, or why there is none; the
 /// files it read (where automation looks for markers); the build's key.
 #[derive(Debug)]
@@ -128,186 +108,13 @@ pub struct Built {
     pub key: Option<[u8; 32]>,
 }
 
-/// Reads the kustomization graph of `dir` (repository-relative), refusing
-/// what would leave the repository.
-pub fn scan(repo: &Path, dir: &Path, allow_remote: bool) -> Result<Graph, String> {
-    let mut graph = Graph::default();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(next) = todo.pop() {
-        if !graph.dirs.insert(next.clone()) {
-            continue;
-        }
-        if graph.dirs.len() > MAX_KUSTOMIZATIONS {
-            return Err(format!(
-                "loads more than {MAX_KUSTOMIZATIONS} kustomizations"
-            ));
-        }
-        let Some(file) = kustomization_file(&repo.join(&next)) else {
-            return Err(format!(
-                "{}: no kustomization.yaml in it",
-                crate::model::shown(&next)
-            ));
-        };
-        let rel_file = next.join(file.file_name().expect("a file name"));
-        let shown = crate::model::shown(&rel_file);
-        let text = read_bounded(&file).map_err(|e| format!("{shown}: {e}"))?;
-        let k = parse_kustomization(&text).map_err(|e| format!("{shown}: {e}"))?;
-        for entry in entries(&k, &["resources", "bases", "components"]) {
-            let at =
-                local(repo, &next, &entry, allow_remote).map_err(|e| format!("{shown}: {e}"))?;
-            if let Some(at) = at.filter(|at| repo.join(at).is_dir()) {
-                todo.push(at);
-            }
-        }
-        for entry in file_fields(&k) {
-            if is_remote(&entry) && !allow_remote {
-                return Err(format!(
-                    "{shown}: {entry:?} is remote: remote files are refused (--kustomize-allow-remote allows them)"
-                ));
-            }
-            let path = repo.join(&next).join(&entry);
-            if std::fs::symlink_metadata(&path).is_ok() {
-                inside(repo, &path).map_err(|e| format!("{shown}: {entry:?} {e}"))?;
-            }
-        }
-    }
-    Ok(graph)
-}
-
-fn read_bounded(file: &Path) -> Result<String, String> {
-    use std::io::Read;
-    let mut bytes = Vec::new();
-    std::fs::File::open(file)
-        .and_then(|f| f.take(MAX_KUSTOMIZATION_BYTES + 1).read_to_end(&mut bytes))
-        .map_err(|e| format!("cannot be read: {e}"))?;
-    if bytes.len() as u64 > MAX_KUSTOMIZATION_BYTES {
-        return Err(format!("more than {MAX_KUSTOMIZATION_BYTES} bytes"));
-    }
-    String::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_string())
-}
-
-fn parse_kustomization(text: &str) -> Result<Value, String> {
-    let limits = manifest::ParseLimits::default();
-    let mut docs = manifest::parse_documents(text, &limits)?;
-    match docs.len() {
-        0 => Ok(Value::Object(Default::default())),
-        1 if docs[0].is_object() || docs[0].is_null() => Ok(docs.remove(0)),
-        1 => Err("not a mapping".into()),
-        _ => Err("more than one YAML document".into()),
-    }
-}
-
-/// The string entries of these list fields.
-fn entries(k: &Value, fields: &[&str]) -> Vec<String> {
-    fields
-        .iter()
-        .filter_map(|f| k.get(*f).and_then(Value::as_array))
-        .flatten()
-        .filter_map(|v| v.as_str().map(str::to_string))
-        .collect()
-}
-
-/// Every file a kustomization names outside `resources`: patches,
-/// generators' files and env files, CRDs, configurations, OpenAPI schema,
-/// replacements, values files, plugin configurations.
-fn file_fields(k: &Value) -> Vec<String> {
-    let mut found = Vec::new();
-    let str_of = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).map(str::to_string);
-    let list = |v: &Value, key: &str| entries(v, &[key]);
-    for key in ["patches", "patchesJson6902", "replacements"] {
-        for item in k.get(key).and_then(Value::as_array).into_iter().flatten() {
-            found.extend(str_of(item, "path"));
-        }
-    }
-    for key in ["configMapGenerator", "secretGenerator"] {
-        for item in k.get(key).and_then(Value::as_array).into_iter().flatten() {
-            for file in list(item, "files") {
-                let path = file.split_once('=').map_or(file.as_str(), |(_, p)| p);
-                found.push(path.to_string());
-            }
-            found.extend(list(item, "envs"));
-            found.extend(str_of(item, "env"));
-        }
-    }
-    for item in k
-        .get("helmCharts")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        found.extend(str_of(item, "valuesFile"));
-        found.extend(list(item, "additionalValuesFiles"));
-    }
-    if let Some(globals) = k.get("helmGlobals") {
-        found.extend(str_of(globals, "chartHome"));
-    }
-    if let Some(openapi) = k.get("openapi") {
-        found.extend(str_of(openapi, "path"));
-    }
-    // A one-line entry is a file; a multi-line one is inline YAML.
-    let one_line = |s: &String| !s.contains('\n');
-    for key in [
-        "patchesStrategicMerge",
-        "generators",
-        "transformers",
-        "validators",
-    ] {
-        found.extend(list(k, key).into_iter().filter(one_line));
-    }
-    found.extend(list(k, "crds"));
-    found.extend(list(k, "configurations"));
-    found
-}
-
-fn is_remote(entry: &str) -> bool {
-    entry.contains("://") || entry.starts_with("git@") || entry.contains("?ref=")
-}
-
-/// Where a resource entry of kustomization directory `dir` is inside the
-/// repository; `None` for a remote one that is allowed.
-fn local(
-    repo: &Path,
-    dir: &Path,
-    entry: &str,
-    allow_remote: bool,
-) -> Result<Option<PathBuf>, String> {
-    let path = repo.join(dir).join(entry);
-    if is_remote(entry) || std::fs::symlink_metadata(&path).is_err() {
-        if allow_remote {
-            return Ok(None);
-        }
-        return Err(if is_remote(entry) {
-            format!(
-                "{entry:?} is remote: remote bases and resources are refused (--kustomize-allow-remote allows them)"
-            )
-        } else {
-            format!(
-                "{entry:?} does not exist in the repository (a path kustomize cannot find it fetches as a remote base, which is refused)"
-            )
-        });
-    }
-    inside(repo, &path)
-        .map(Some)
-        .map_err(|e| format!("{entry:?} {e}"))
-}
-
-/// `path`'s place in the repository, if it is in it once links are followed.
-pub fn inside(repo: &Path, path: &Path) -> Result<PathBuf, String> {
-    let real = path
-        .canonicalize()
-        .map_err(|e| format!("cannot be resolved ({e})"))?;
-    real.strip_prefix(repo)
-        .map(Path::to_path_buf)
-        .map_err(|_| "points outside the repository".to_string())
-}
-
 /// The files below the graph's directories (hidden ones too, but not
 /// `.git`), in order: what the build may read.
 fn input_files(repo: &Path, graph: &Graph, limits: &Limits) -> Result<Vec<PathBuf>, String> {
     let mut files = BTreeSet::new();
     let mut total = 0u64;
     let mut visited = std::collections::HashSet::new();
-    for dir in &graph.dirs {
+    for dir in graph.dirs.iter().chain(&graph.inputs) {
         let mut todo = vec![(dir.clone(), 0usize)];
         while let Some((rel, depth)) = todo.pop() {
             if depth > super::files::MAX_DEPTH {
@@ -365,15 +172,21 @@ fn key(
     settings: &Settings,
 ) -> Result<[u8; 32], String> {
     let mut h = Sha256::new();
-    let binary = process::on_path(&settings.binary);
-    let meta = std::fs::metadata(&binary).ok();
+    let program = |p: &Path| {
+        let binary = process::on_path(p);
+        let meta = std::fs::metadata(&binary).ok();
+        format!(
+            "{}\0{:?}\0{:?}",
+            binary.display(),
+            meta.as_ref().map(|m| m.len()),
+            meta.and_then(|m| m.modified().ok())
+        )
+    };
     h.update(format!(
-        "{}\0{:?}\0{:?}\0{}\0{:?}\0{}\0",
-        binary.display(),
-        meta.as_ref().map(|m| m.len()),
-        meta.and_then(|m| m.modified().ok()),
+        "{}\0{}\0{:?}\0{}\0",
+        program(&settings.binary),
         settings.allow_remote,
-        settings.helm,
+        settings.helm.as_deref().map(program),
         root.display()
     ));
     for file in files {
@@ -418,12 +231,16 @@ pub fn build(
                 };
             }
         };
-        let output = match settings.cache.get(&key) {
+        // What a remote base holds is no input here: never kept.
+        let cached = (!graph.remote).then(|| settings.cache.get(&key)).flatten();
+        let output = match cached {
             Some(output) => (*output).clone(),
             None => {
                 settings.cache.runs.fetch_add(1, Ordering::Relaxed);
-                let output = run(repo, root, &files, settings, limits);
-                settings.cache.put(key, std::sync::Arc::new(output.clone()));
+                let (output, lasting) = run(repo, root, &files, settings, limits);
+                if lasting && !graph.remote {
+                    settings.cache.put(key, std::sync::Arc::new(output.clone()));
+                }
                 output
             }
         };
@@ -467,14 +284,15 @@ pub fn environment(allow_remote: bool) -> Vec<(String, String)> {
     env
 }
 
-/// Runs kustomize for one root.
+/// Runs kustomize for one root: its output, and whether the same inputs
+/// would give it again (not so for a deadline, or a binary missing now).
 fn run(
     repo: &Path,
     root: &Path,
     files: &[PathBuf],
     settings: &Settings,
     limits: &Limits,
-) -> Result<String, String> {
+) -> (Result<String, String>, bool) {
     let mut args = vec![
         "build".to_string(),
         repo.join(root).display().to_string(),
@@ -497,12 +315,14 @@ fn run(
     };
     let failure = match process::run(&run) {
         Ok(out) => {
-            return String::from_utf8(out)
+            let text = String::from_utf8(out)
                 .map_err(|_| "kustomize wrote output that is not UTF-8".into());
+            return (text, true);
         }
         Err(failure) => failure,
     };
-    Err(match failure {
+    let lasting = matches!(failure, Failure::Failed { .. });
+    let shown = match failure {
         Failure::Missing(e) => {
             format!("{e} (install kustomize, or name it with --kustomize-binary)")
         }
@@ -517,15 +337,29 @@ fn run(
             let secrets = secret_values(repo, files);
             shown_error(&stderr, repo, &secrets)
         }
-    })
+    };
+    (Err(shown), lasting)
+}
+
+/// The secret values of the files below `dir` of `tree` (what a command
+/// run there may print).
+pub fn secrets_below(tree: &Path, dir: &Path) -> Vec<String> {
+    let graph = Graph {
+        inputs: [dir.to_path_buf()].into_iter().collect(),
+        ..Graph::default()
+    };
+    let Ok(real) = tree.canonicalize() else {
+        return Vec::new();
+    };
+    let files = input_files(&real, &graph, &Limits::default()).unwrap_or_default();
+    secret_values(&real, &files)
 }
 
 /// Values in a build's inputs that must never be shown: those of Secret
 /// documents and of `secretGenerator` literals, env files and files.
 fn secret_values(repo: &Path, files: &[PathBuf]) -> Vec<String> {
-    let mut values = BTreeSet::new();
+    let mut found = Secrets::default();
     let limits = manifest::ParseLimits::default();
-    let mut generated: BTreeMap<PathBuf, ()> = BTreeMap::new();
     for file in files {
         let Ok(text) = std::fs::read_to_string(repo.join(file)) else {
             continue;
@@ -533,54 +367,114 @@ fn secret_values(repo: &Path, files: &[PathBuf]) -> Vec<String> {
         let Ok(docs) = manifest::parse_documents(&text, &limits) else {
             continue;
         };
+        let dir = file.parent().unwrap_or(Path::new(""));
         for doc in &docs {
-            if doc["kind"] == "Secret" {
-                for key in ["data", "stringData"] {
-                    for v in doc[key].as_object().into_iter().flat_map(|m| m.values()) {
-                        values.extend(v.as_str().map(str::to_string));
-                    }
-                }
-            }
-            for g in doc["secretGenerator"].as_array().into_iter().flatten() {
-                for literal in entries(g, &["literals"]) {
-                    if let Some((_, v)) = literal.split_once('=') {
-                        values.insert(v.to_string());
-                    }
-                }
-                let dir = file.parent().unwrap_or(Path::new(""));
-                for f in entries(g, &["files", "envs"])
-                    .into_iter()
-                    .chain(g["env"].as_str().map(str::to_string))
-                {
-                    let path = f.split_once('=').map_or(f.as_str(), |(_, p)| p);
-                    generated.insert(dir.join(path), ());
-                }
-            }
+            found.collect(doc, dir, 0);
         }
     }
-    for file in generated.keys() {
-        let Ok(text) = std::fs::read_to_string(repo.join(file)) else {
+    for file in std::mem::take(&mut found.generated) {
+        let Ok(text) = std::fs::read_to_string(repo.join(&file)) else {
             continue;
         };
+        found.value(&text);
         for line in text.lines() {
-            values.insert(line.split_once('=').map_or(line, |(_, v)| v).to_string());
-            values.insert(line.to_string());
+            found.value(line.split_once('=').map_or(line, |(_, v)| v));
         }
     }
-    let mut values: Vec<String> = values
-        .into_iter()
-        .map(|v| v.trim().to_string())
-        .filter(|v| v.len() >= 3)
-        .collect();
+    let mut values: Vec<String> = found.values.into_iter().collect();
     // Longest first, so a value is never left half shown.
     values.sort_by_key(|v| std::cmp::Reverse(v.len()));
     values
+}
+
+/// Secret values found in a build's inputs, and the files of secret
+/// generators to read for more.
+#[derive(Default)]
+struct Secrets {
+    values: BTreeSet<String>,
+    generated: BTreeSet<PathBuf>,
+}
+
+impl Secrets {
+    /// A value, and each of its lines (a key's one line shown is too much).
+    fn value(&mut self, v: &str) {
+        for part in std::iter::once(v).chain(v.lines()) {
+            let part = part.trim();
+            if part.len() >= 3 {
+                self.values.insert(part.to_string());
+            }
+        }
+    }
+
+    /// Secrets (also in a `List`), secret generators (in a kustomization
+    /// or as a plugin configuration), and what inline patches and plugin
+    /// configurations hold, of one document.
+    fn collect(&mut self, doc: &Value, dir: &Path, depth: usize) {
+        if depth > 4 {
+            return;
+        }
+        if doc["kind"] == "Secret" {
+            for key in ["data", "stringData"] {
+                for v in doc[key].as_object().into_iter().flat_map(|m| m.values()) {
+                    let Some(v) = v.as_str() else { continue };
+                    self.value(v);
+                    if key == "data" {
+                        use base64::Engine as _;
+                        if let Ok(plain) = base64::engine::general_purpose::STANDARD.decode(v) {
+                            self.value(&String::from_utf8_lossy(&plain));
+                        }
+                    }
+                }
+            }
+        }
+        for item in doc["items"].as_array().into_iter().flatten() {
+            self.collect(item, dir, depth + 1);
+        }
+        let generators = doc["secretGenerator"].as_array().into_iter().flatten();
+        let own = (doc["kind"] == "SecretGenerator").then_some(doc);
+        for g in generators.chain(own) {
+            for literal in entries(g, &["literals"]) {
+                self.value(literal.split_once('=').map_or("", |(_, v)| v));
+            }
+            let named = entries(g, &["files", "envs"])
+                .into_iter()
+                .chain(g["env"].as_str().map(str::to_string));
+            for f in named {
+                let path = f.split_once('=').map_or(f.as_str(), |(_, p)| p);
+                self.generated.insert(dir.join(path));
+            }
+        }
+        // Inline YAML: patches, and plugin configurations.
+        let inline = doc["patches"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["patch"].as_str())
+            .chain(
+                ["patchesStrategicMerge", "generators", "transformers"]
+                    .iter()
+                    .flat_map(|k| doc[*k].as_array().into_iter().flatten())
+                    .filter_map(Value::as_str)
+                    .filter(|s| s.contains('\n')),
+            );
+        let limits = manifest::ParseLimits::default();
+        for text in inline.map(str::to_string).collect::<Vec<_>>() {
+            for inner in manifest::parse_documents(&text, &limits).unwrap_or_default() {
+                self.collect(&inner, dir, depth + 1);
+            }
+        }
+    }
 }
 
 /// kustomize's error as it may be shown: its first line, nothing it quotes
 /// between backticks, the repository's path and every secret value taken
 /// out, at most 400 characters.
 pub fn shown_error(stderr: &str, repo: &Path, secrets: &[String]) -> String {
+    // Values first: one holding a backtick must not upset the quoting.
+    let mut stderr = stderr.to_string();
+    for secret in secrets {
+        stderr = stderr.replace(secret.as_str(), "***");
+    }
     let mut text = String::new();
     let mut quoted = false;
     for c in stderr.chars() {
@@ -603,9 +497,6 @@ pub fn shown_error(stderr: &str, repo: &Path, secrets: &[String]) -> String {
     line = line
         .replace(&prefix, "")
         .replace(&repo.display().to_string(), ".");
-    for secret in secrets {
-        line = line.replace(secret.as_str(), "***");
-    }
     if line.chars().count() > 400 {
         line = line.chars().take(400).collect::<String>() + "…";
     }
@@ -659,6 +550,36 @@ mod tests {
         let e = refused("resources: [out]\n");
         assert!(e.contains("points outside the repository"), "{e}");
         assert!(e.starts_with("bad/kustomization.yaml: "), "{e}");
+        // Spelled as kustomize reads it (case-insensitively), still read.
+        let e = refused("Resources: ['http://127.0.0.1:3030/metrics']\n");
+        assert!(
+            e.contains("field \"Resources\" is read by kustomize as \"resources\""),
+            "{e}"
+        );
+        let e = refused("configMapGenerator: [{name: x, Files: [a]}]\n");
+        assert!(e.contains("\"Files\""), "{e}");
+        let e = refused(
+            "transformers:\n- |\n  apiVersion: builtin\n  kind: PatchTransformer\n  metadata: {name: p}\n  path: http://127.0.0.1/x\n",
+        );
+        assert!(e.contains("is remote"), "{e}");
+        let e = refused("resources: ['https://user:s3cret@example.com/all.yaml']\n");
+        assert!(
+            e.contains("https://***@example.com/all.yaml") && !e.contains("s3cret"),
+            "{e}"
+        );
+        let e = refused("helmCharts: [{name: web, repo: 'http://127.0.0.1:8879'}]\n");
+        assert!(e.contains("helm chart repository"), "{e}");
+        let e = refused("helmCharts: [{name: ../web}]\n");
+        assert!(e.contains("is a path"), "{e}");
+        // `..` is taken away as text before links are followed, as
+        // kustomize does: through a link, that can still leave.
+        write(&repo, "x/kustomization.yaml", "resources: []\n");
+        std::fs::create_dir_all(repo.join("deep/a/b")).unwrap();
+        std::os::unix::fs::symlink(repo.join("deep/a/b"), repo.join("bad/d")).unwrap();
+        // The kernel finds x in the repository; kustomize looks beside it.
+        assert!(repo.join("bad/d/../../../x").is_dir());
+        let e = refused("resources: [d/../../../x]\n");
+        assert!(e.contains("points outside the repository"), "{e}");
         // With remote allowed, a remote base is kustomize's to load.
         write(
             &repo,
