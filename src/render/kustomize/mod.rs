@@ -580,6 +580,16 @@ mod tests {
         assert!(repo.join("bad/d/../../../x").is_dir());
         let e = refused("resources: [d/../../../x]\n");
         assert!(e.contains("points outside the repository"), "{e}");
+        // Label and annotation keys are the user's, whatever their case.
+        write(
+            &repo,
+            "bad/kustomization.yaml",
+            "commonLabels: {Name: web, Path: x}\n",
+        );
+        assert!(
+            scan(&repo, Path::new("bad"), false).is_ok(),
+            "labels are the user's"
+        );
         // With remote allowed, a remote base is kustomize's to load.
         write(
             &repo,

@@ -53,6 +53,8 @@ const FIELDS: &[&str] = &[
     "additionalValuesFiles",
     "chartHome",
     "repo",
+    "chartRepoUrl",
+    "chartName",
     "name",
 ];
 
@@ -214,7 +216,11 @@ impl Kustomization<'_> {
     /// its name no path, its chart home inside and read whole.
     fn chart(&mut self, chart: &Value) -> Result<(), String> {
         spelled(chart)?;
-        if let Some(repo) = chart.get("repo").and_then(Value::as_str)
+        // `helmChartInflationGenerator` (deprecated) names them otherwise.
+        let repo = ["repo", "chartRepoUrl"]
+            .iter()
+            .find_map(|k| chart.get(*k).and_then(Value::as_str));
+        if let Some(repo) = repo
             && !repo.is_empty()
         {
             if !self.allow_remote {
@@ -225,7 +231,10 @@ impl Kustomization<'_> {
             }
             self.graph.remote = true;
         }
-        let name = chart.get("name").and_then(Value::as_str).unwrap_or("");
+        let name = ["name", "chartName"]
+            .iter()
+            .find_map(|k| chart.get(*k).and_then(Value::as_str))
+            .unwrap_or("");
         if name.contains('/') || name.contains("..") {
             return Err(format!(
                 "helm chart name {} is a path: name the chart, and its directory with helmGlobals.chartHome",
@@ -249,12 +258,23 @@ fn spelled(k: &Value) -> Result<(), String> {
             .flat_map(char::to_lowercase)
             .collect()
     };
+    // The top, and where this scan reads below it (not label or
+    // annotation maps, whose keys are the user's).
     let mut maps: Vec<&serde_json::Map<String, Value>> = k.as_object().into_iter().collect();
-    for (_, v) in k.as_object().into_iter().flatten() {
-        maps.extend(v.as_object());
-        for item in v.as_array().into_iter().flatten() {
-            maps.extend(item.as_object());
-        }
+    for key in ["helmGlobals", "openapi"] {
+        maps.extend(k.get(key).and_then(Value::as_object));
+    }
+    let lists = [
+        "patches",
+        "patchesJson6902",
+        "replacements",
+        "configMapGenerator",
+        "secretGenerator",
+        "helmCharts",
+        "helmChartInflationGenerator",
+    ];
+    for key in lists {
+        maps.extend(items(k, key).filter_map(Value::as_object));
     }
     for key in maps.into_iter().flat_map(|m| m.keys()) {
         if let Some(known) = FIELDS.iter().find(|f| fold(f) == fold(key))
