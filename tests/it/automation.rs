@@ -1796,4 +1796,19 @@ async fn automation_writes_kustomization_images_and_flux_yaml_patch_files() {
         api_base,
         "the generator's input is left alone"
     );
+    // A workload command on a built workload is refused, saying where to change it.
+    let head = git(&repo.bare, &["rev-parse", "main"]);
+    let workload = format!("{ns}:deployment/web");
+    let (code, out, err) =
+        workload_command(&repo.sync_set, &["lock", "--workload", &workload], None);
+    assert_ne!(code, Some(0), "{out}");
+    assert!(
+        format!("{out}{err}").contains("is built from shop (kustomize or a .flux.yaml)"),
+        "{out}{err}"
+    );
+    assert_eq!(
+        git(&repo.bare, &["rev-parse", "main"]),
+        head,
+        "nothing committed"
+    );
 }

@@ -295,6 +295,14 @@ fn change(
     let m = workload
         .find(&set.manifests, &config.default_namespace)
         .ok_or_else(|| format!("no workload {} in the synced paths", request.workload))?;
+    if m.built.is_some() {
+        return Err(format!(
+            "{} is built from {} (kustomize or a .flux.yaml), not written in one file: \
+             change it there (image automation moves kustomization images: markers and .flux.yaml patch files itself)",
+            m.id,
+            crate::model::shown(&m.file)
+        ));
+    }
     if !config.allow_namespaces.is_empty() && !config.allow_namespaces.contains(&workload.namespace)
     {
         return Err(format!(
