@@ -64,8 +64,17 @@ pub struct Cache {
 
 type Output = std::sync::Arc<Result<String, String>>;
 
-/// Most builds a cache holds; the least recently used go first.
+/// Most builds a cache holds, and most bytes of output together (256
+/// builds of the largest output allowed would be a gigabyte); the least
+/// recently used go first.
 const MAX_CACHED: usize = 256;
+const MAX_CACHED_BYTES: usize = 128 * 1024 * 1024;
+
+fn size(output: &Output) -> usize {
+    match output.as_ref() {
+        Ok(text) | Err(text) => text.len(),
+    }
+}
 
 impl Cache {
     /// How many kustomize processes this cache's renders have run.
@@ -86,14 +95,15 @@ impl Cache {
         let now = self.uses.fetch_add(1, Ordering::Relaxed);
         let mut builds = self.builds.lock().expect("the build cache lock");
         builds.insert(key, (output, now));
-        if builds.len() > MAX_CACHED {
+        let total =
+            |b: &HashMap<[u8; 32], (Output, u64)>| b.values().map(|(o, _)| size(o)).sum::<usize>();
+        while builds.len() > 1 && (builds.len() > MAX_CACHED || total(&builds) > MAX_CACHED_BYTES) {
             let oldest = builds
                 .iter()
                 .min_by_key(|(_, (_, used))| *used)
                 .map(|(k, _)| *k);
-            if let Some(oldest) = oldest {
-                builds.remove(&oldest);
-            }
+            let Some(oldest) = oldest else { break };
+            builds.remove(&oldest);
         }
     }
 }
@@ -597,6 +607,22 @@ mod tests {
             "resources: [https://example.com/all.yaml]\n",
         );
         assert!(scan(&repo, Path::new("bad"), true).is_ok());
+    }
+
+    /// However many builds, the cache holds at most its bytes; the one
+    /// just used stays.
+    #[test]
+    fn the_cache_is_bounded_in_bytes() {
+        let cache = Cache::default();
+        let big = std::sync::Arc::new(Ok("x".repeat(MAX_CACHED_BYTES / 3)));
+        for i in 0..10u8 {
+            cache.put([i; 32], big.clone());
+            assert!(cache.get(&[i; 32]).is_some(), "the newest is kept");
+        }
+        let held = cache.builds.lock().unwrap();
+        let total: usize = held.values().map(|(o, _)| size(o)).sum();
+        assert!(total <= MAX_CACHED_BYTES, "{total}");
+        assert_eq!(held.len(), 3);
     }
 
     #[test]
