@@ -542,7 +542,8 @@ mod tests {
     use super::*;
     use crate::model::marks::is_prune_protected;
 
-    fn write(root: &Path, rel: &str, text: &str) {
+    /// Writes `text` at `rel` below `root`, making its directories.
+    pub(super) fn write(root: &Path, rel: &str, text: &str) {
         let path = root.join(rel);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, text).unwrap();

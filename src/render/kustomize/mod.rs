@@ -516,12 +516,7 @@ pub fn shown_error(stderr: &str, repo: &Path, secrets: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn write(root: &Path, rel: &str, text: &str) {
-        let path = root.join(rel);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, text).unwrap();
-    }
+    use crate::render::tests::write;
 
     #[test]
     fn the_graph_follows_bases_and_refuses_what_leaves_the_repository() {
