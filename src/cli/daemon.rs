@@ -96,9 +96,59 @@ pub struct BuildArgs {
     /// Let .flux.yaml run commands other than kustomize builds (without a shell, in a scratch copy)
     #[arg(long, env = "TIDEGATE_MANIFEST_GENERATION_ALLOW_COMMANDS")]
     pub manifest_generation_allow_commands: bool,
+    /// Decrypt SOPS-encrypted files (Flux v1's --sops), with the keys of --sops-secret, --sops-keys or SOPS_AGE_KEY_FILE
+    #[arg(long, env = "TIDEGATE_SOPS")]
+    pub sops: bool,
+    /// Secret (in the daemon's namespace) with the decryption keys: entries `*.agekey` (age identities), `*.asc` (OpenPGP secret keys)
+    #[arg(long, env = "TIDEGATE_SOPS_SECRET")]
+    pub sops_secret: Option<String>,
+    /// Directory (or file) with the decryption keys, named as in the Secret
+    #[arg(long, env = "TIDEGATE_SOPS_KEYS")]
+    pub sops_keys: Option<PathBuf>,
 }
 
 impl BuildArgs {
+    /// Where the SOPS keys are, when decryption is on: the Secret (read
+    /// by the daemon only), the files, else sops' own SOPS_AGE_KEY_FILE.
+    pub fn sops_keys(&self) -> anyhow::Result<Option<daemon::access::KeySource>> {
+        if !self.sops && self.sops_secret.is_none() && self.sops_keys.is_none() {
+            return Ok(None);
+        }
+        let mut keys = daemon::access::KeySource {
+            secret: self.sops_secret.clone(),
+            path: self.sops_keys.clone(),
+        };
+        if keys.secret.is_none() && keys.path.is_none() {
+            let Some(file) = std::env::var_os("SOPS_AGE_KEY_FILE") else {
+                anyhow::bail!(
+                    "--sops needs the decryption keys: give --sops-secret, --sops-keys or SOPS_AGE_KEY_FILE"
+                );
+            };
+            keys.path = Some(PathBuf::from(file));
+        }
+        Ok(Some(keys))
+    }
+
+    /// The SOPS keys from files alone (for commands that read no Secret).
+    pub fn local_sops(&self) -> anyhow::Result<render::sops::Settings> {
+        let Some(source) = self.sops_keys()? else {
+            return Ok(Default::default());
+        };
+        if source.secret.is_some() && source.path.is_none() {
+            anyhow::bail!(
+                "--sops-secret is read by the daemon; give this command the keys with --sops-keys"
+            );
+        }
+        let entries = source.files()?;
+        let keys = render::sops::Keys::from_entries(
+            entries.iter().map(|(k, v)| (k.as_str(), v.as_slice())),
+        )?;
+        Ok(render::sops::Settings {
+            keys: Some(std::sync::Arc::new(keys)),
+            structure_only: false,
+        })
+    }
+
     /// The settings of a render's builds; `helm` inflates helmCharts when
     /// that is enabled.
     pub fn settings(
@@ -166,6 +216,7 @@ impl SyncArgs {
             limits: self.limits.limits(),
             sync_set: Some(self.sync_set_name.clone()),
             secret_key: None,
+            sops: Default::default(),
         }
     }
 
@@ -267,6 +318,52 @@ pub struct Args {
     once: bool,
     #[command(flatten)]
     automation: AutomationArgs,
+    #[command(flatten)]
+    verify: VerifyArgs,
+}
+
+/// Commit signatures: which commits must carry a trusted signature before
+/// they are synced, and the keys that are trusted.
+#[derive(Debug, Clone, clap::Args)]
+pub struct VerifyArgs {
+    /// Which commits must carry a trusted signature: none, head, all (every commit since the last verified revision) or first-parent
+    #[arg(
+        long,
+        env = "TIDEGATE_GIT_VERIFY_SIGNATURES_MODE",
+        value_enum,
+        default_value = "none"
+    )]
+    git_verify_signatures_mode: crate::source::verify::Mode,
+    /// Flux v1's switch: --git-verify-signatures-mode=all
+    #[arg(long, env = "TIDEGATE_GIT_VERIFY_SIGNATURES")]
+    git_verify_signatures: bool,
+    /// Secret (in the daemon's namespace) with the trusted keys: entries `*.asc` (OpenPGP public keys), `*.sshpub` (SSH public keys), `allowed_signers`
+    #[arg(long, env = "TIDEGATE_GIT_VERIFY_SIGNATURES_SECRET")]
+    git_verify_signatures_secret: Option<String>,
+    /// Directory (or file) with the trusted keys, named as in the Secret
+    #[arg(long, env = "TIDEGATE_GIT_VERIFY_SIGNATURES_KEYS")]
+    git_verify_signatures_keys: Option<PathBuf>,
+}
+
+impl VerifyArgs {
+    fn config(&self) -> anyhow::Result<Option<daemon::access::Verify>> {
+        use crate::source::verify::Mode;
+        let mode = match (self.git_verify_signatures_mode, self.git_verify_signatures) {
+            (Mode::None, true) => Mode::All,
+            (mode, _) => mode,
+        };
+        let keys = daemon::access::KeySource {
+            secret: self.git_verify_signatures_secret.clone(),
+            path: self.git_verify_signatures_keys.clone(),
+        };
+        match (mode, keys.secret.is_some() || keys.path.is_some()) {
+            (Mode::None, _) => Ok(None),
+            (_, false) => anyhow::bail!(
+                "verifying signatures needs the trusted keys: give --git-verify-signatures-secret or --git-verify-signatures-keys"
+            ),
+            (mode, true) => Ok(Some(daemon::access::Verify { mode, keys })),
+        }
+    }
 }
 
 /// Image automation: Flux v1's `fluxcd.io/automated` workloads kept at the
@@ -527,6 +624,8 @@ pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode>
             .git_sync_tag
             .clone()
             .filter(|_| !args.automation.git_readonly && !args.once),
+        verify: args.verify.config()?,
+        sops: args.sync.build.sops_keys()?,
     };
     let cluster = Cluster::new(client);
     let mut config = config;

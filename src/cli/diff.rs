@@ -47,6 +47,13 @@ pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode>
             "warning: cannot read the daemon's key for Secrets' checksums ({e}); Secrets may show a changed tidegate.dev/checksum"
         ),
     }
+    if let Some(keys) = args.sync.build.sops_keys()? {
+        let keys = keys
+            .sops_keys(&client, &settings.state.namespace)
+            .await
+            .context("cannot read the SOPS decryption keys")?;
+        settings.render.sops.keys = Some(std::sync::Arc::new(keys));
+    }
     let set = render::render(&args.path, &settings.render);
     for w in &set.warnings {
         eprintln!("warning: {w}");

@@ -70,6 +70,9 @@ fn text(status: &SyncStatus) -> String {
         "revision:  {}\n",
         status.revision.as_deref().unwrap_or("(none)")
     ));
+    if let Some(signer) = &status.signed_by {
+        out.push_str(&format!("signed by: {signer}\n"));
+    }
     out.push_str(&format!("result:    {}\n", status.result));
     out.push_str(&format!("started:   {}\n", status.started));
     out.push_str(&format!("finished:  {}\n", status.finished));

@@ -41,6 +41,17 @@ pub struct Args {
 
 pub fn run(args: Args) -> ExitCode {
     let (kustomize, generation) = args.build.settings(&args.helm_binary);
+    // Without keys, encrypted files are checked for structure only.
+    let sops = match args.build.local_sops() {
+        Ok(sops) => render::sops::Settings {
+            structure_only: true,
+            ..sops
+        },
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     let options = render::Options {
         kustomize,
         generation,
@@ -49,6 +60,7 @@ pub fn run(args: Args) -> ExitCode {
         limits: args.limits.limits(),
         sync_set: None,
         secret_key: None,
+        sops,
     };
     let set = render::render(&args.path, &options);
     for w in &set.warnings {

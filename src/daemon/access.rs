@@ -57,6 +57,125 @@ pub enum Error {
     KnownHostsFrom(String),
     #[error(transparent)]
     Identity(#[from] identity::Error),
+    #[error("cannot read the keys in {path}")]
+    KeyFiles {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    VerifyKeys(#[from] crate::source::verify::Error),
+    #[error(transparent)]
+    SopsKeys(#[from] crate::render::sops::KeyError),
+}
+
+/// Commit signature verification: the mode and where its keys are.
+#[derive(Debug, Clone)]
+pub struct Verify {
+    pub mode: crate::source::verify::Mode,
+    pub keys: KeySource,
+}
+
+/// Where the keys of signatures (or of decryption) are kept: a Secret in
+/// the daemon's namespace, and a directory (or one file).
+#[derive(Debug, Clone, Default)]
+pub struct KeySource {
+    pub secret: Option<String>,
+    pub path: Option<PathBuf>,
+}
+
+/// Entries past this size are not keys.
+const MAX_KEY_BYTES: u64 = 1 << 20;
+
+impl KeySource {
+    /// Every entry, by name: the Secret's keys and the files.
+    pub async fn entries(
+        &self,
+        client: &kube::Client,
+        namespace: &str,
+    ) -> Result<Vec<(String, Vec<u8>)>, Error> {
+        let mut entries = Vec::new();
+        if let Some(name) = &self.secret {
+            let api: kube::Api<Secret> = kube::Api::namespaced(client.clone(), namespace);
+            let secret = api.get(name).await.map_err(|source| Error::Secret {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+                source,
+            })?;
+            entries.extend(
+                secret
+                    .data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.0)),
+            );
+        }
+        entries.extend(self.files()?);
+        Ok(entries)
+    }
+
+    /// The entries of the files alone.
+    pub fn files(&self) -> Result<Vec<(String, Vec<u8>)>, Error> {
+        let Some(path) = &self.path else {
+            return Ok(Vec::new());
+        };
+        key_files(path).map_err(|source| Error::KeyFiles {
+            path: path.clone(),
+            source,
+        })
+    }
+
+    /// The SOPS decryption keys.
+    pub async fn sops_keys(
+        &self,
+        client: &kube::Client,
+        namespace: &str,
+    ) -> Result<crate::render::sops::Keys, Error> {
+        let entries = self.entries(client, namespace).await?;
+        Ok(crate::render::sops::Keys::from_entries(
+            entries.iter().map(|(k, v)| (k.as_str(), v.as_slice())),
+        )?)
+    }
+
+    /// The signature verification keys.
+    pub async fn verify_keys(
+        &self,
+        client: &kube::Client,
+        namespace: &str,
+    ) -> Result<crate::source::verify::Keys, Error> {
+        let entries = self.entries(client, namespace).await?;
+        Ok(crate::source::verify::Keys::from_entries(
+            entries.iter().map(|(k, v)| (k.as_str(), v.as_slice())),
+        )?)
+    }
+}
+
+/// The files of a directory (a mounted Secret: its `..data` links are
+/// skipped), or one file.
+fn key_files(path: &std::path::Path) -> std::io::Result<Vec<(String, Vec<u8>)>> {
+    let read = |file: &std::path::Path| -> std::io::Result<Vec<u8>> {
+        use std::io::Read as _;
+        let mut bytes = Vec::new();
+        std::fs::File::open(file)?
+            .take(MAX_KEY_BYTES)
+            .read_to_end(&mut bytes)?;
+        Ok(bytes)
+    };
+    let name = |p: &std::path::Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
+    if std::fs::metadata(path)?.is_file() {
+        return Ok(vec![(name(path).unwrap_or_default(), read(path)?)]);
+    }
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(path)? {
+        let file = entry?.path();
+        let Some(name) = name(&file).filter(|n| !n.starts_with('.')) else {
+            continue;
+        };
+        if std::fs::metadata(&file)?.is_file() {
+            files.push((name, read(&file)?));
+        }
+    }
+    Ok(files)
 }
 
 impl AccessConfig {

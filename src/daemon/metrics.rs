@@ -38,6 +38,13 @@ struct ObjectHealthLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UnverifiedLabel {
+    commit: String,
+    author: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RevisionLabel {
     revision: String,
 }
@@ -50,6 +57,7 @@ pub struct Metrics {
     objects: Family<ActionLabel, Counter>,
     last_success: Gauge<f64, AtomicU64>,
     last_revision: Family<RevisionLabel, Gauge>,
+    unverified: Family<UnverifiedLabel, Gauge>,
     health: Family<HealthLabel, Gauge>,
     unhealthy: Family<ObjectHealthLabel, Gauge>,
     healthy: Gauge,
@@ -136,6 +144,7 @@ impl Default for Metrics {
             "The revision the last successful sync applied (value 1)",
             last_revision.clone(),
         );
+        let unverified = register_unverified(&mut registry);
         let health = Family::<HealthLabel, Gauge>::default();
         registry.register(
             "managed_objects",
@@ -181,8 +190,19 @@ impl Default for Metrics {
             objects,
             last_success,
             last_revision,
+            unverified,
         }
     }
+}
+
+fn register_unverified(registry: &mut Registry) -> Family<UnverifiedLabel, Gauge> {
+    let unverified = Family::<UnverifiedLabel, Gauge>::default();
+    registry.register(
+        "git_unverified_commit",
+        "The commit whose signature was refused, holding syncs at the last verified revision (value 1)",
+        unverified.clone(),
+    );
+    unverified
 }
 
 impl Metrics {
@@ -217,6 +237,16 @@ impl Metrics {
                     action: action.clone(),
                 })
                 .inc_by(*n as u64);
+        }
+        self.unverified.clear();
+        if let Some(u) = &status.unverified {
+            self.unverified
+                .get_or_create(&UnverifiedLabel {
+                    commit: u.commit.clone(),
+                    author: u.author.clone(),
+                    reason: u.reason.clone(),
+                })
+                .set(1);
         }
         if status.result == Outcome::Succeeded {
             let now = std::time::SystemTime::now()
@@ -266,5 +296,66 @@ impl Metrics {
         let mut text = String::new();
         encode(&mut text, &self.registry).expect("metrics encode");
         text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::record::Unverified;
+
+    fn status(unverified: Option<Unverified>) -> SyncStatus {
+        SyncStatus {
+            revision: Some("a".repeat(40)),
+            started: String::new(),
+            finished: String::new(),
+            result: Outcome::Failed,
+            message: None,
+            counts: Default::default(),
+            errors: Vec::new(),
+            errors_total: 0,
+            warnings: Vec::new(),
+            writes: 0,
+            requests: Vec::new(),
+            releases: Vec::new(),
+            signed_by: None,
+            unverified,
+        }
+    }
+
+    #[test]
+    fn an_unverified_commit_is_named_until_a_sync_has_none() {
+        let metrics = Metrics::default();
+        metrics.observe(
+            &status(Some(Unverified {
+                commit: "b".repeat(40),
+                author: "Mallory <m@example.com>".into(),
+                reason: "the commit is not signed".into(),
+            })),
+            1.0,
+        );
+        let text = metrics.render();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("tidegate_git_unverified_commit{"))
+            .unwrap_or_else(|| panic!("{text}"));
+        assert!(
+            line.contains(&format!("commit=\"{}\"", "b".repeat(40))),
+            "{line}"
+        );
+        assert!(
+            line.contains("author=\"Mallory <m@example.com>\""),
+            "{line}"
+        );
+        assert!(
+            line.contains("reason=\"the commit is not signed\""),
+            "{line}"
+        );
+        assert!(line.ends_with(" 1"), "{line}");
+        metrics.observe(&status(None), 1.0);
+        assert!(
+            !metrics.render().contains("tidegate_git_unverified_commit{"),
+            "cleared once a sync has no unverified commit"
+        );
     }
 }

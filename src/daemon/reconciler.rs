@@ -48,6 +48,10 @@ pub struct Config {
     pub automation: Option<super::automation::Config>,
     /// `--git-sync-tag`: a tag moved to each revision synced successfully.
     pub sync_tag: Option<String>,
+    /// Commit signature verification, when on.
+    pub verify: Option<access::Verify>,
+    /// Where the SOPS decryption keys are, when decryption is on.
+    pub sops: Option<access::KeySource>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -173,6 +177,9 @@ struct Daemon {
     not_before: Option<Instant>,
     /// What image automation works on: the revision last fetched.
     automated: Arc<Mutex<super::automation::Latest>>,
+    /// The revision last verified: where the next verification starts.
+    verified: Option<String>,
+    verify_cache: crate::source::verify::Cache,
 }
 
 /// What one turn leaves for the wait.
@@ -238,6 +245,10 @@ async fn start(mut config: Config, cluster: Cluster) -> Result<Daemon, Error> {
     }
     let source = config.source.clone();
     tracing::info!(url = %source.shown_url(), branch = %source.branch, "starting");
+    let verified = match &config.verify {
+        Some(_) => last_verified(&cluster, &config).await,
+        None => None,
+    };
     let backoff = Box::new(failure_backoff(config.poll_interval));
     Ok(Daemon {
         config,
@@ -257,6 +268,8 @@ async fn start(mut config: Config, cluster: Cluster) -> Result<Daemon, Error> {
         backoff,
         not_before: None,
         automated,
+        verified,
+        verify_cache: Default::default(),
     })
 }
 
@@ -440,17 +453,48 @@ impl Daemon {
         turn
     }
 
-    /// Fills in the Git access, then fetches.
+    /// Fills in the Git access and the verification keys, then fetches.
     async fn fetch(&mut self) -> Result<crate::source::Snapshot, crate::source::Error> {
-        fetch_source(
+        let policy = match &self.config.verify {
+            Some(verify) => {
+                let namespace = &self.config.settings.state.namespace;
+                let keys = verify
+                    .keys
+                    .verify_keys(&self.cluster.client, namespace)
+                    .await
+                    .map_err(|e| crate::source::Error::Access(Box::new(e)))?;
+                Some(crate::source::verify::Policy {
+                    mode: verify.mode,
+                    keys: Arc::new(keys),
+                    base: self.verified.clone(),
+                    cache: self.verify_cache.clone(),
+                })
+            }
+            None => None,
+        };
+        if let Some(keys) = &self.config.sops {
+            let namespace = &self.config.settings.state.namespace;
+            let keys = keys
+                .sops_keys(&self.cluster.client, namespace)
+                .await
+                .map_err(|e| crate::source::Error::Access(Box::new(e)))?;
+            self.config.settings.render.sops.keys = Some(Arc::new(keys));
+        }
+        let verifying = policy.is_some();
+        let snapshot = fetch_source(
             &self.config,
             &self.cluster.client,
             &mut self.source,
             &self.repo_proxy,
             &self.metrics,
             self.shared.as_ref(),
+            policy,
         )
-        .await
+        .await;
+        if let (true, Ok(s)) = (verifying, &snapshot) {
+            self.verified = Some(s.revision.clone());
+        }
+        snapshot
     }
 
     /// Syncs a fetched snapshot (or its failure), answering the `tidegate
@@ -614,6 +658,7 @@ async fn fetch_source(
     repo_proxy: &Option<crate::model::proxy::ProxySettings>,
     metrics: &Metrics,
     shared: Option<&Arc<Shared>>,
+    policy: Option<crate::source::verify::Policy>,
 ) -> Result<crate::source::Snapshot, crate::source::Error> {
     let namespace = &config.settings.state.namespace;
     match config.access.access(client, namespace, &source.url).await {
@@ -624,9 +669,23 @@ async fn fetch_source(
             source.access = access;
             source.access.repo_proxy = repo_proxy.clone();
             metrics.fetched();
-            sync::fetch(source).await
+            sync::fetch(source, policy).await
         }
         Err(e) => Err(crate::source::Error::Access(Box::new(e))),
+    }
+}
+
+/// The revision the last recorded sync verified: where verification
+/// starts after a restart. None when that sync did not verify signatures
+/// (the head alone is then judged, as on a first start).
+async fn last_verified(cluster: &Cluster, config: &Config) -> Option<String> {
+    match cluster.read_status(&config.settings.state).await {
+        Ok(Some(status)) if status.signed_by.is_some() => status.revision,
+        Ok(_) => None,
+        Err(e) => {
+            tracing::warn!("cannot read the last sync's record: {e}; verifying the head alone");
+            None
+        }
     }
 }
 

@@ -86,6 +86,67 @@ pub struct SyncStatus {
     /// What the sync did with each Helm release.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub releases: Vec<ReleaseStatus>,
+    /// Whose signature the revision carries, when signatures are verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_by: Option<Signer>,
+    /// The commit that stopped the sync at the last verified revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unverified: Option<Unverified>,
+}
+
+/// The two signature formats git writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SignatureFormat {
+    #[serde(rename = "openpgp")]
+    OpenPgp,
+    Ssh,
+}
+
+/// Who signed a commit, by the key that verified it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Signer {
+    pub format: SignatureFormat,
+    /// The OpenPGP primary key fingerprint, or the SSH key's `SHA256:…`.
+    pub fingerprint: String,
+    /// The key's user ID (OpenPGP), the allowed principal or key comment (SSH).
+    pub name: String,
+}
+
+impl std::fmt::Display for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let format = match self.format {
+            SignatureFormat::OpenPgp => "OpenPGP",
+            SignatureFormat::Ssh => "SSH",
+        };
+        if self.name.is_empty() {
+            write!(f, "{format} key {}", self.fingerprint)
+        } else {
+            write!(f, "{} ({format} key {})", self.name, self.fingerprint)
+        }
+    }
+}
+
+/// A commit whose signature was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unverified {
+    /// Full commit SHA.
+    pub commit: String,
+    /// `Name <email>` of its author.
+    pub author: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for Unverified {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "commit {} by {} is not verified: {}",
+            &self.commit[..self.commit.len().min(12)],
+            self.author,
+            self.reason
+        )
+    }
 }
 
 impl SyncStatus {

@@ -20,10 +20,12 @@ pub struct Found {
     pub kustomize_roots: Vec<PathBuf>,
 }
 
+/// YAML files, and JSON files (read when they hold a JSON object: SOPS
+/// writes JSON manifests).
 fn is_yaml(path: &Path) -> bool {
     matches!(
         path.extension().and_then(|e| e.to_str()),
-        Some("yaml" | "yml")
+        Some("yaml" | "yml" | "json")
     )
 }
 

@@ -37,7 +37,8 @@ impl Generated {
             Builder::FluxYaml => "generated",
         };
         let shown = PathBuf::from(format!("{} ({what})", crate::model::shown(origin)));
-        let (parsed, errors) = manifest::parse_file(&shown, text, &options.limits.parse);
+        let (parsed, errors) =
+            manifest::parse_file(&shown, text, &options.limits.parse, &options.sops);
         self.errors.extend(errors.into_iter().map(Error::from));
         for mut d in parsed {
             d.file = origin.to_path_buf();

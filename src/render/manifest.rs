@@ -137,6 +137,14 @@ pub enum ParseError {
         index: usize,
         line: usize,
     },
+    /// The reason never quotes a value, encrypted or not.
+    #[error("{file_shown}: document {index} (line {line}): cannot decrypt with SOPS: {reason}", file_shown = crate::model::shown(.file))]
+    Decrypt {
+        file: PathBuf,
+        index: usize,
+        line: usize,
+        reason: String,
+    },
 }
 
 /// The API server refuses request bodies past 3 MiB: a document that parses
@@ -238,9 +246,15 @@ fn is_blank(text: &str) -> bool {
 /// Documents that are empty or are not Kubernetes objects at all (no
 /// `apiVersion` and no `kind`) are skipped; a document that has one of them but
 /// lacks the other, or lacks a name, is an error.
-pub fn parse_file(file: &Path, text: &str, limits: &ParseLimits) -> (Vec<Parsed>, Vec<ParseError>) {
+pub fn parse_file(
+    file: &Path,
+    text: &str,
+    limits: &ParseLimits,
+    sops: &super::sops::Settings,
+) -> (Vec<Parsed>, Vec<ParseError>) {
     let mut manifests = Vec::new();
     let mut errors = Vec::new();
+    let mut values = Vec::new();
     let docs = documents(text);
     if counted(&docs) > limits.max_documents {
         errors.push(ParseError::TooManyDocuments {
@@ -297,11 +311,101 @@ pub fn parse_file(file: &Path, text: &str, limits: &ParseLimits) -> (Vec<Parsed>
             });
             continue;
         }
-        if let Err(e) = collect(file, index, doc.line, value, &mut manifests) {
+        values.push((index, doc.line, value));
+    }
+    if let Err(e) = decrypt(file, &mut values, sops) {
+        errors.push(e);
+        return (manifests, errors);
+    }
+    for (index, line, value) in values {
+        if let Err(e) = collect(file, index, line, value, &mut manifests) {
             errors.push(e);
         }
     }
     (manifests, errors)
+}
+
+/// Decrypts what SOPS encrypted: the whole file when its first document
+/// holds the metadata (one MAC covers every document), else each document
+/// that holds its own (a build's output); and the Secret data values that
+/// are encrypted files (a generator's `files`). Any error refuses the file.
+fn decrypt(
+    file: &Path,
+    values: &mut [(usize, usize, Value)],
+    sops: &super::sops::Settings,
+) -> Result<(), ParseError> {
+    use super::sops as s;
+    let failed = |(index, line): (usize, usize), reason: String| ParseError::Decrypt {
+        file: file.to_path_buf(),
+        index,
+        line,
+        reason,
+    };
+    let Some(first) = values.first() else {
+        return Ok(());
+    };
+    if s::is_encrypted(&first.2) && !s::opted_out(&first.2) {
+        let at = (first.0, first.1);
+        let mut docs: Vec<Value> = values
+            .iter_mut()
+            .map(|v| std::mem::take(&mut v.2))
+            .collect();
+        let decrypted = s::decrypt_documents(&mut docs, sops);
+        for (v, doc) in values.iter_mut().zip(docs) {
+            v.2 = doc;
+        }
+        if decrypted.map_err(|why| failed(at, why))? == s::Decrypted::Checked {
+            for v in values.iter_mut() {
+                v.2 = Value::Null;
+            }
+            return Ok(());
+        }
+    }
+    for (index, line, value) in values.iter_mut() {
+        let at = (*index, *line);
+        if s::is_encrypted(value) && !s::opted_out(value) {
+            let decrypted = s::decrypt_documents(std::slice::from_mut(value), sops);
+            if decrypted.map_err(|why| failed(at, why))? == s::Decrypted::Checked {
+                *value = Value::Null;
+                continue;
+            }
+        }
+        if value.get("kind").and_then(Value::as_str) == Some("Secret") && !s::opted_out(value) {
+            decrypt_secret_files(value, sops).map_err(|why| failed(at, why))?;
+        }
+    }
+    Ok(())
+}
+
+/// A Secret's data values that are files SOPS encrypted, decrypted as the
+/// format their key names.
+fn decrypt_secret_files(secret: &mut Value, sops: &super::sops::Settings) -> Result<(), String> {
+    use base64::Engine as _;
+    let engine = base64::engine::general_purpose::STANDARD;
+    let Some(Value::Object(data)) = secret.get_mut("data") else {
+        return Ok(());
+    };
+    if sops.keys.is_none() && sops.structure_only {
+        return Ok(());
+    }
+    if data.contains_key("sops_mac") && data.contains_key("sops_lastmodified") {
+        return Err("it is generated from a SOPS-encrypted env file (`envs:`), which is not supported: list the file under `files:` instead".into());
+    }
+    for (key, value) in data.iter_mut() {
+        // kustomize folds long values over lines, as Go's decoder allows.
+        let unfolded = |v: &str| v.split_ascii_whitespace().collect::<String>();
+        let Some(bytes) = value.as_str().and_then(|v| engine.decode(unfolded(v)).ok()) else {
+            continue;
+        };
+        if !super::sops::looks_encrypted(&bytes) {
+            continue;
+        }
+        let format = super::sops::Format::for_name(key);
+        let plain = super::sops::decrypt_file(&bytes, format, sops)
+            .map_err(|why| format!("data {key}: {why}"))?;
+        *value = Value::String(engine.encode(plain));
+    }
+    Ok(())
 }
 
 /// Parses YAML that is not a manifest file (Helm values, a rendered chart)
@@ -558,7 +662,7 @@ mod tests {
                 format!("{}---\n", docs(1000).join("---\n")),
             ),
         ] {
-            let (objects, errors) = parse_file(file, &text, &limits);
+            let (objects, errors) = parse_file(file, &text, &limits, &Default::default());
             assert!(errors.is_empty(), "{how}: {errors:?}");
             assert_eq!(objects.len(), 1000, "{how}");
             assert_eq!(
@@ -567,7 +671,12 @@ mod tests {
                 "{how}"
             );
         }
-        let (_, errors) = parse_file(file, &docs(1001).join("---\n"), &limits);
+        let (_, errors) = parse_file(
+            file,
+            &docs(1001).join("---\n"),
+            &limits,
+            &Default::default(),
+        );
         assert!(
             matches!(errors[..], [ParseError::TooManyDocuments { .. }]),
             "{errors:?}"
@@ -577,8 +686,12 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Vec<Parsed>, ParseError> {
-        let (manifests, mut errors) =
-            parse_file(Path::new("dir/file.yaml"), text, &ParseLimits::default());
+        let (manifests, mut errors) = parse_file(
+            Path::new("dir/file.yaml"),
+            text,
+            &ParseLimits::default(),
+            &Default::default(),
+        );
         if errors.is_empty() {
             Ok(manifests)
         } else {
@@ -683,7 +796,12 @@ items:
     #[test]
     fn only_built_in_lists_are_expanded() {
         let text = "apiVersion: networking.example.com/v1\nkind: IPAllowList\nmetadata: {name: office}\nitems: [10.0.0.0/8]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBindingList\nitems:\n- apiVersion: rbac.authorization.k8s.io/v1\n  kind: RoleBinding\n  metadata: {name: rb, namespace: x}\n---\napiVersion: example.com/v1\nkind: List\nitems:\n- {apiVersion: v1, kind: ConfigMap, metadata: {name: c}}\n";
-        let (found, errors) = parse_file(Path::new("l.yaml"), text, &ParseLimits::default());
+        let (found, errors) = parse_file(
+            Path::new("l.yaml"),
+            text,
+            &ParseLimits::default(),
+            &Default::default(),
+        );
         let ids: Vec<String> = found.iter().map(|m| m.id.to_string()).collect();
         assert_eq!(
             ids,

@@ -11,6 +11,7 @@ pub mod manifest;
 pub mod process;
 pub mod proxy;
 pub mod removed;
+pub mod sops;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -117,6 +118,8 @@ pub struct Options {
     pub kustomize: kustomize::Settings,
     /// Whether `.flux.yaml` files generate their paths' objects.
     pub generation: flux_yaml::Generation,
+    /// The keys SOPS-encrypted files are decrypted with, when on.
+    pub sops: sops::Settings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -427,8 +430,23 @@ type Parsed = (Vec<Finished>, Vec<Error>);
 fn read_and_parse(root: &Path, files: &[PathBuf], options: &Options) -> Vec<Parsed> {
     let limits = &options.limits;
     let one = |rel: &PathBuf| match files::read(root, rel, limits) {
+        // Other JSON files (package.json, dashboards) are not manifests and
+        // were never read: one that is not a JSON object is passed over.
+        Ok(text) if rel.extension().is_some_and(|e| e == "json") => {
+            match serde_json::from_str::<serde_json::Value>(&text) {
+                Ok(value @ serde_json::Value::Object(_)) => {
+                    let (found, errors) =
+                        manifest::parse_file(rel, &value.to_string(), &limits.parse, &options.sops);
+                    (
+                        found.into_iter().map(|d| finish(d, options)).collect(),
+                        errors.into_iter().map(Error::from).collect(),
+                    )
+                }
+                _ => (Vec::new(), Vec::new()),
+            }
+        }
         Ok(text) => {
-            let (found, errors) = manifest::parse_file(rel, &text, &limits.parse);
+            let (found, errors) = manifest::parse_file(rel, &text, &limits.parse, &options.sops);
             (
                 found.into_iter().map(|d| finish(d, options)).collect(),
                 errors.into_iter().map(Error::from).collect(),

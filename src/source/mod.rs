@@ -8,6 +8,7 @@
 pub mod checkout;
 pub mod push;
 pub mod remote;
+pub mod verify;
 
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
@@ -31,6 +32,10 @@ pub struct Snapshot {
     pub repo: PathBuf,
     /// What the checkout left out (submodules), for the sync's warnings.
     pub skipped: checkout::Skipped,
+    /// Whose signature the revision carries, when signatures are verified.
+    pub signed_by: Option<verify::Signer>,
+    /// The commit that held the sync back at this (verified) revision.
+    pub unverified: Option<verify::Unverified>,
 }
 
 impl Snapshot {
@@ -97,6 +102,8 @@ pub enum Error {
         #[source]
         source: git2::Error,
     },
+    #[error("{0}; no commit of the branch is trusted yet, so nothing is synced")]
+    Unverified(verify::Unverified),
     #[error("cannot prepare Git access")]
     Access(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("cannot fetch branch {branch} from {url}")]
@@ -163,11 +170,22 @@ pub struct GitSource {
 impl GitSource {
     /// Fetches the branch and checks out its head commit.
     pub fn fetch(&self) -> Result<Snapshot, Error> {
+        self.fetch_verified(None)
+    }
+
+    /// Fetches the branch and checks out the newest commit `policy` trusts
+    /// (the head, without a policy).
+    pub fn fetch_verified(&self, policy: Option<&verify::Policy>) -> Result<Snapshot, Error> {
         // One writer per cache at a time: two checkouts updating one
         // directory at once could each undo what the other verified.
         let _lock = self.lock()?;
         let repo = self.open_cache()?;
-        let oid = self.fetch_branch(&repo)?;
+        let head = self.fetch_branch(&repo)?;
+        let verified = match policy {
+            Some(policy) => Some(policy.check(&repo, head).map_err(Error::Unverified)?),
+            None => None,
+        };
+        let oid = verified.as_ref().map_or(head, |v| v.revision);
         let revision = oid.to_string();
         let tree_dir = self.cache_dir.join("checkouts").join(&revision);
         let unchanged = tree_dir.join(checkout::COMPLETE).exists();
@@ -178,7 +196,7 @@ impl GitSource {
         // Repacking takes a while: done when nothing new came, unless the
         // packs pile up (a long run of pushes).
         let limit = if unchanged { MAX_PACKS } else { 4 * MAX_PACKS };
-        if let Err(e) = compact(&repo, oid, limit) {
+        if let Err(e) = compact(&repo, &[oid, head], limit) {
             // The cache still works, only larger: say so and go on.
             tracing::warn!("cannot compact the Git cache: {e}");
         }
@@ -187,6 +205,8 @@ impl GitSource {
             tree: tree_dir,
             repo: self.cache_dir.join("repo.git"),
             skipped,
+            signed_by: verified.as_ref().and_then(|v| v.signer.clone()),
+            unverified: verified.and_then(|v| v.unverified),
         })
     }
 
@@ -532,7 +552,7 @@ const MAX_PACKS: usize = 8;
 /// than `limit`, everything reachable from the synced commit is written
 /// into one pack and the rest (other packs, loose objects, history a
 /// force-push dropped) is removed, as `git gc` would.
-fn compact(repo: &Repository, head: Oid, limit: usize) -> Result<(), git2::Error> {
+fn compact(repo: &Repository, heads: &[Oid], limit: usize) -> Result<(), git2::Error> {
     let objects = repo.path().join("objects");
     let pack_dir = objects.join("pack");
     let packs = |dir: &Path| -> Vec<PathBuf> {
@@ -549,7 +569,9 @@ fn compact(repo: &Repository, head: Oid, limit: usize) -> Result<(), git2::Error
         return Ok(());
     }
     let mut walk = repo.revwalk()?;
-    walk.push(head)?;
+    for head in heads {
+        walk.push(*head)?;
+    }
     let mut builder = repo.packbuilder()?;
     builder.insert_walk(&mut walk)?;
     builder.write(&pack_dir, 0o444)?;

@@ -32,7 +32,11 @@ impl RenderCache {
         let (snap, options) = (snapshot.clone(), options.clone());
         let cache = self.0.clone();
         tokio::task::spawn_blocking(move || {
-            let key = snap.tree_ids(&options.paths);
+            // Other decryption keys may decrypt otherwise.
+            let key = snap.tree_ids(&options.paths).map(|mut key| {
+                key.extend(options.sops.digest().map(|d| format!("sops keys {d}")));
+                key
+            });
             {
                 let mut cached = cache.lock().expect("render cache");
                 if let (Some(key), Some((cached_key, set))) = (&key, &*cached)

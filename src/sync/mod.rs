@@ -334,11 +334,15 @@ pub async fn apply_set(
     (report, next)
 }
 
-/// Fetches a Git source (off the async threads: libgit2 blocks).
-pub async fn fetch(source: &GitSource) -> Result<Snapshot, crate::source::Error> {
+/// Fetches a Git source (off the async threads: libgit2 blocks), and
+/// checks out the newest commit `policy` trusts.
+pub async fn fetch(
+    source: &GitSource,
+    policy: Option<crate::source::verify::Policy>,
+) -> Result<Snapshot, crate::source::Error> {
     let phase = std::time::Instant::now();
     let source = source.clone();
-    let snapshot = tokio::task::spawn_blocking(move || source.fetch())
+    let snapshot = tokio::task::spawn_blocking(move || source.fetch_verified(policy.as_ref()))
         .await
         .expect("fetch task");
     tracing::debug!(ms = phase.elapsed().as_millis() as u64, "fetched");
@@ -389,8 +393,13 @@ async fn sync_snapshot(
     let snapshot = match snapshot {
         Ok(s) => s,
         Err(e) => {
+            let unverified = match &e {
+                crate::source::Error::Unverified(u) => Some(u.clone()),
+                _ => None,
+            };
             let report = SyncReport {
                 message: Some(crate::model::error_chain(&e)),
+                unverified,
                 ..SyncReport::default()
             };
             return (report, None);
@@ -454,6 +463,11 @@ async fn sync_revision(
         report.warnings.push(w);
     }
     report.revision = Some(snapshot.revision);
+    report.signed_by = snapshot.signed_by;
+    report.unverified = snapshot.unverified;
+    if let Some(why) = report.held_back() {
+        tracing::error!("{why}");
+    }
     report.proxy = set.proxy.clone();
     if rebuilt {
         let warning = rebuilt_warning(&set, &inventory, settings);

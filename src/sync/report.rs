@@ -23,6 +23,10 @@ pub struct SyncReport {
     pub releases: Vec<ReleaseStatus>,
     /// The repository's proxy settings, as this revision declares them.
     pub proxy: Option<render::proxy::ProxySettings>,
+    /// Whose signature the revision carries, when signatures are verified.
+    pub signed_by: Option<crate::model::record::Signer>,
+    /// The commit that held the sync back at this revision: the sync fails.
+    pub unverified: Option<crate::model::record::Unverified>,
 }
 
 impl SyncReport {
@@ -75,7 +79,10 @@ impl SyncReport {
     pub fn outcome(&self) -> Outcome {
         if self.interrupted {
             Outcome::Interrupted
-        } else if self.message.is_some() || !self.errors.is_empty() || self.record_failed.is_some()
+        } else if self.message.is_some()
+            || !self.errors.is_empty()
+            || self.record_failed.is_some()
+            || self.unverified.is_some()
         {
             Outcome::Failed
         } else {
@@ -123,7 +130,8 @@ impl SyncReport {
             result: self.outcome(),
             message: self
                 .message
-                .as_ref()
+                .clone()
+                .or_else(|| self.held_back())
                 .map(|m| m.chars().take(MAX_MESSAGE_CHARS).collect()),
             counts,
             errors: self
@@ -147,6 +155,17 @@ impl SyncReport {
                 .take(MAX_RECORDED_ERRORS)
                 .cloned()
                 .collect(),
+            signed_by: self.signed_by.clone(),
+            unverified: self.unverified.clone(),
         }
+    }
+
+    /// Why the sync stayed at the last verified revision.
+    pub fn held_back(&self) -> Option<String> {
+        let unverified = self.unverified.as_ref()?;
+        Some(format!(
+            "{unverified}; synced {}, the last verified revision, and nothing after it",
+            self.short_revision()
+        ))
     }
 }

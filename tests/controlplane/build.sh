@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the test control plane (tidegate-controlplane) and helm from the Go
-# module proxy, once per go.sum and Go version, and kustomize (tests/tools,
-# cached apart), and links them into target/tools/bin. Prints the directory holding the binaries.
+# module proxy, once per go.sum and Go version, and kustomize and sops
+# (tests/tools, cached apart), and links them into target/tools/bin. Prints the directory holding the binaries.
 #
 #   tests/controlplane/build.sh          build if not cached
 #   TIDEGATE_TOOLS_CACHE=DIR             where builds are cached
@@ -60,7 +60,7 @@ if [[ ! -x "$out/tidegate-controlplane" || ! -x "$out/helm" ]]; then
   echo "built in $(($(date +%s) - start))s into $out" >&2
 fi
 
-# kustomize, from a module of its own (tests/tools), cached apart.
+# kustomize and sops, each from a module of its own (tests/tools), cached apart.
 bash "$root/tests/tools/build.sh" "$out" "$cache-generators"
 
 mkdir -p "$target/tools"

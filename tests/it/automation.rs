@@ -872,6 +872,22 @@ fn a_signed_commit_is_verified_by_git_itself() {
         !verify(&first).status.success(),
         "an unsigned commit does not pass"
     );
+    // tidegate's own check accepts it, given the same allowed signers.
+    let allowed_signers = std::fs::read(&allowed).unwrap();
+    let keys = tidegate::source::verify::Keys::from_entries([(
+        "allowed_signers",
+        allowed_signers.as_slice(),
+    )])
+    .unwrap();
+    let cache = git2::Repository::open_bare(&repo.bare).unwrap();
+    let signer = tidegate::source::verify::verify_commit(
+        &cache,
+        git2::Oid::from_str(&signed).unwrap(),
+        &keys,
+        u64::MAX / 2,
+    )
+    .unwrap();
+    assert_eq!(signer.name, "tidegate@example.com");
 }
 
 /// An OpenPGP key made by gpg in a keyring of its own (`dir`), protected

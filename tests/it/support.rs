@@ -222,12 +222,13 @@ impl GitRepo {
         git(&self.work, args)
     }
 
-    /// Writes `bytes` as a Git object of `kind` (blob or tree, in `git
-    /// mktree`'s text form for a tree); its id.
+    /// Writes `bytes` as a Git object of `kind` (blob, commit, or tree in
+    /// `git mktree`'s text form); its id.
     pub fn object(&self, kind: &str, bytes: &[u8]) -> String {
         let mut child = Command::new("git")
             .args(match kind {
                 "tree" => vec!["mktree", "--missing"],
+                "commit" => vec!["hash-object", "-t", "commit", "-w", "--stdin"],
                 _ => vec!["hash-object", "-w", "--stdin"],
             })
             .current_dir(&self.work)

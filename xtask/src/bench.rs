@@ -10,6 +10,7 @@
 
 mod automation;
 mod kustomize;
+mod trust;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -59,6 +60,7 @@ struct Bench {
     controlplane: PathBuf,
     helm: PathBuf,
     kustomize: PathBuf,
+    sops: PathBuf,
     kubeconfig: PathBuf,
     tidegate: PathBuf,
     /// `bench/peers`: the ceiling, Flux's engine, and the probes.
@@ -481,7 +483,7 @@ fn mib(kib: i64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
 
-const USAGE: &str = "usage: cargo xtask bench [--quick | --automation | --kustomize]";
+const USAGE: &str = "usage: cargo xtask bench [--quick | --automation | --kustomize | --trust]";
 
 /// A part of the benchmark alone.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -492,6 +494,8 @@ enum Only {
     Automation,
     /// Kustomize roots alone.
     Kustomize,
+    /// Commit signatures and SOPS alone.
+    Trust,
 }
 
 pub fn bench(args: &[&str]) -> Result<()> {
@@ -500,6 +504,7 @@ pub fn bench(args: &[&str]) -> Result<()> {
         ["--quick"] => Some(Only::Quick),
         ["--automation"] => Some(Only::Automation),
         ["--kustomize"] => Some(Only::Kustomize),
+        ["--trust"] => Some(Only::Trust),
         _ => return Err(USAGE.into()),
     };
     let tools = tools_dir()?;
@@ -513,6 +518,7 @@ pub fn bench(args: &[&str]) -> Result<()> {
         controlplane: tools.join("tidegate-controlplane"),
         helm: tools.join("helm"),
         kustomize: tools.join("kustomize"),
+        sops: tools.join("sops"),
         kubeconfig,
         tidegate: target_dir().join("release/tidegate"),
         peers,
@@ -579,11 +585,15 @@ fn run_all(b: &Bench, only: Option<Only>) -> Result<String> {
         size(b, 10_000, &mut figures, &mut out)?;
         out.push_str(&helm_releases(b, 1000)?);
     }
-    if only != Some(Only::Automation) {
+    let alone = |part: Only| only.is_none_or(|o| o == part || o == Only::Quick);
+    if alone(Only::Kustomize) {
         out.push_str(&kustomize::kustomize(b, &mut figures)?);
     }
-    if only != Some(Only::Kustomize) {
+    if alone(Only::Automation) {
         out.push_str(&automation::automation(b, &mut figures)?);
+    }
+    if alone(Only::Trust) {
+        out.push_str(&trust::trust(b, &mut figures)?);
     }
     let _ = writeln!(
         out,

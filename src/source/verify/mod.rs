@@ -1,0 +1,348 @@
+//! Verify: a fetched branch head and the last verified revision in, the
+//! newest commit up to which every commit the mode asks for carries a
+//! trusted signature out, with the commit that stopped it, if one did.
+//!
+//! Fails closed: an unsigned commit, an unknown key, a bad, expired or
+//! revoked signature all stop the walk; nothing after them is trusted.
+
+pub mod openpgp;
+pub mod ssh;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use git2::{Oid, Repository};
+use sha2::Digest as _;
+
+pub use crate::model::record::{SignatureFormat as Format, Signer, Unverified};
+
+/// Which commits must carry a trusted signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// None: signatures are not checked.
+    None,
+    /// The branch head only (Flux v2's default).
+    Head,
+    /// Every commit between the last verified revision and the head.
+    All,
+    /// Every first-parent commit between the last verified revision and
+    /// the head (merged commits are trusted through the merge's signature).
+    FirstParent,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("verification key {entry}: {reason}")]
+    Key { entry: String, reason: String },
+    #[error(
+        "no verification keys: give OpenPGP keys (`.asc`), SSH keys (`.sshpub`) or an `allowed_signers` entry"
+    )]
+    NoKeys,
+}
+
+/// The keys signatures are checked against.
+#[derive(Debug, Clone, Default)]
+pub struct Keys {
+    openpgp: openpgp::Keyring,
+    ssh: ssh::Keyring,
+    /// Identifies the set: a verdict cached under other keys is not reused.
+    digest: String,
+}
+
+impl Keys {
+    /// Reads named entries (a Secret's keys, or files): `*.asc` OpenPGP
+    /// public keys, `*.sshpub` SSH public keys (trusted for any committer),
+    /// `allowed_signers` in git's format. Other entries are not keys.
+    pub fn from_entries<'a>(
+        entries: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    ) -> Result<Keys, Error> {
+        let mut keys = Keys::default();
+        let mut digest = sha2::Sha256::new();
+        let mut entries: Vec<(&str, &[u8])> = entries.into_iter().collect();
+        entries.sort();
+        for (entry, bytes) in entries {
+            let key_error = |reason: String| Error::Key {
+                entry: entry.to_string(),
+                reason,
+            };
+            let text = std::str::from_utf8(bytes).map_err(|_| key_error("is not text".into()));
+            let added = if entry.ends_with(".asc") {
+                keys.openpgp.add(text?)
+            } else if entry.ends_with(".sshpub") {
+                keys.ssh.add_keys(text?)
+            } else if entry == "allowed_signers" {
+                keys.ssh.add_allowed_signers(text?)
+            } else {
+                continue;
+            };
+            added.map_err(key_error)?;
+            digest.update(entry.as_bytes());
+            digest.update([0]);
+            digest.update(bytes);
+            digest.update([0]);
+        }
+        if keys.openpgp.is_empty() && keys.ssh.is_empty() {
+            return Err(Error::NoKeys);
+        }
+        keys.digest = crate::model::checksum::hex(&digest.finalize());
+        Ok(keys)
+    }
+}
+
+/// The verdict on each commit already judged, per key set: a poll that
+/// brings nothing new verifies nothing again.
+#[derive(Debug, Clone, Default)]
+pub struct Cache(Arc<Mutex<(String, Verdicts)>>);
+
+type Verdicts = HashMap<Oid, Result<Signer, String>>;
+
+impl Cache {
+    /// How many verdicts are kept.
+    pub fn len(&self) -> usize {
+        self.0.lock().expect("verify cache").1.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Verdicts kept at most; past that the cache starts over.
+const MAX_CACHED: usize = 100_000;
+
+/// How to verify a fetch.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub mode: Mode,
+    pub keys: Arc<Keys>,
+    /// The revision last verified (and synced), where the walk starts.
+    pub base: Option<String>,
+    pub cache: Cache,
+}
+
+/// The outcome: the commit to sync and who signed it, and the commit that
+/// stopped the walk short of the head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub revision: Oid,
+    /// `None` when the revision is the last verified one and its signature
+    /// no longer holds under the current keys.
+    pub signer: Option<Signer>,
+    pub unverified: Option<Unverified>,
+}
+
+impl Policy {
+    /// Judges the history from the last verified revision to `head`.
+    /// `Err` when no commit can be trusted and there is none to stay at.
+    pub fn check(&self, repo: &Repository, head: Oid) -> Result<Verified, Unverified> {
+        let started = std::time::Instant::now();
+        let before = self.cache.len();
+        let verdict = self.walk(repo, head);
+        tracing::debug!(
+            commits = self.cache.len().saturating_sub(before),
+            us = started.elapsed().as_micros() as u64,
+            "verified"
+        );
+        verdict
+    }
+
+    fn walk(&self, repo: &Repository, head: Oid) -> Result<Verified, Unverified> {
+        let base = self
+            .base
+            .as_deref()
+            .and_then(|b| Oid::from_str(b).ok())
+            .filter(|b| repo.find_commit(*b).is_ok());
+        let chain = match (self.mode, base) {
+            (Mode::Head | Mode::None, _) | (_, None) => vec![head],
+            (_, Some(base)) => first_parents(repo, base, head),
+        };
+        let mut verified: Option<(Oid, Signer)> = None;
+        for &step in &chain {
+            let brought = match self.mode {
+                Mode::All => brought_by(repo, step, base),
+                _ => vec![step],
+            };
+            if let Some(refused) = brought.iter().find_map(|c| self.judge(repo, *c).err()) {
+                let revision = verified.as_ref().map(|(c, _)| *c).or(base);
+                let Some(revision) = revision else {
+                    return Err(refused);
+                };
+                let signer = match &verified {
+                    Some((_, s)) => Some(s.clone()),
+                    None => self.judge(repo, revision).ok(),
+                };
+                return Ok(Verified {
+                    revision,
+                    signer,
+                    unverified: Some(refused),
+                });
+            }
+            verified = Some((step, self.judge(repo, step).expect("just verified")));
+        }
+        match verified {
+            Some((revision, signer)) => Ok(Verified {
+                revision,
+                signer: Some(signer),
+                unverified: None,
+            }),
+            // The head is the last verified revision.
+            None => Ok(Verified {
+                revision: head,
+                signer: self.judge(repo, head).ok(),
+                unverified: None,
+            }),
+        }
+    }
+
+    /// One commit's verdict, from the cache when it has one.
+    fn judge(&self, repo: &Repository, commit: Oid) -> Result<Signer, Unverified> {
+        let cached = {
+            let mut cache = self.cache.0.lock().expect("verify cache");
+            if cache.0 != self.keys.digest || cache.1.len() > MAX_CACHED {
+                *cache = (self.keys.digest.clone(), HashMap::new());
+            }
+            cache.1.get(&commit).cloned()
+        };
+        let verdict = match cached {
+            Some(v) => v,
+            None => {
+                let v = verify_commit(repo, commit, &self.keys, now());
+                let mut cache = self.cache.0.lock().expect("verify cache");
+                cache.1.insert(commit, v.clone());
+                v
+            }
+        };
+        verdict.map_err(|reason| Unverified {
+            commit: commit.to_string(),
+            author: author(repo, commit),
+            reason,
+        })
+    }
+}
+
+/// The first-parent commits from `head` back to (not including) the first
+/// one that `base` holds, oldest first. A head that `base` holds (a branch
+/// moved back) is judged itself: only `base` is trusted as it stands.
+fn first_parents(repo: &Repository, base: Oid, head: Oid) -> Vec<Oid> {
+    // Where the histories meet ends the chain; past it (a merge base off
+    // the first-parent line), an occasional ancestry check does.
+    let meet = repo.merge_base(base, head).ok();
+    let mut chain = Vec::new();
+    let mut next = Some(head);
+    while let Some(commit) = next {
+        let held_by_base = |c: Oid| repo.graph_descendant_of(base, c).unwrap_or(false);
+        if commit == base || (commit != head && Some(commit) == meet) {
+            break;
+        }
+        if commit != head && chain.len() % 64 == 63 && held_by_base(commit) {
+            // The ones walked since the last check may be held too.
+            while chain.last().is_some_and(|&c| c != head && held_by_base(c)) {
+                chain.pop();
+            }
+            break;
+        }
+        chain.push(commit);
+        next = repo
+            .find_commit(commit)
+            .ok()
+            .and_then(|c| c.parent_id(0).ok());
+    }
+    chain.reverse();
+    chain
+}
+
+/// The commits `step` brings that its first parent and `base` do not hold:
+/// itself and what it merges.
+fn brought_by(repo: &Repository, step: Oid, base: Option<Oid>) -> Vec<Oid> {
+    let walked = (|| -> Result<Vec<Oid>, git2::Error> {
+        let mut walk = repo.revwalk()?;
+        walk.push(step)?;
+        if let Ok(parent) = repo.find_commit(step).and_then(|c| c.parent_id(0)) {
+            walk.hide(parent)?;
+        }
+        if let Some(base) = base {
+            walk.hide(base)?;
+        }
+        let mut brought = vec![step];
+        for commit in walk {
+            let commit = commit?;
+            if commit != step {
+                brought.push(commit);
+            }
+        }
+        Ok(brought)
+    })();
+    // A walk that cannot be made checks the step alone, and the step's
+    // own verdict still decides.
+    walked.unwrap_or_else(|_| vec![step])
+}
+
+/// The verdict on one commit's signature under `keys` at `now`.
+pub fn verify_commit(repo: &Repository, oid: Oid, keys: &Keys, now: u64) -> Result<Signer, String> {
+    let commit = repo
+        .find_commit(oid)
+        .map_err(|e| format!("the commit cannot be read: {}", e.message()))?;
+    let (signature, data) = match repo.extract_signature(&oid, None) {
+        Ok(found) => found,
+        Err(e) if e.code() == git2::ErrorCode::NotFound => {
+            return Err("the commit is not signed".into());
+        }
+        Err(e) => return Err(format!("the signature cannot be read: {}", e.message())),
+    };
+    let signature =
+        std::str::from_utf8(&signature).map_err(|_| "the signature is not text".to_string())?;
+    let committer = commit.committer();
+    if signature.starts_with("-----BEGIN PGP SIGNATURE-----") {
+        if keys.openpgp.is_empty() {
+            return Err("signed with OpenPGP, and no OpenPGP key is trusted".into());
+        }
+        keys.openpgp.verify(signature, &data, now)
+    } else if signature.starts_with("-----BEGIN SSH SIGNATURE-----") {
+        let email = committer.email().unwrap_or_default();
+        let time = u64::try_from(committer.when().seconds()).unwrap_or(0);
+        keys.ssh.verify(signature, &data, email, time)
+    } else {
+        Err("the signature is neither OpenPGP nor SSH (X.509 signatures are not supported)".into())
+    }
+}
+
+fn author(repo: &Repository, commit: Oid) -> String {
+    repo.find_commit(commit)
+        .map(|c| {
+            let a = c.author();
+            format!(
+                "{} <{}>",
+                String::from_utf8_lossy(a.name_bytes()),
+                String::from_utf8_lossy(a.email_bytes())
+            )
+        })
+        .unwrap_or_else(|_| "(unknown)".into())
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Seconds since the epoch as `2026-12-01 10:00:00 UTC`.
+pub fn shown_time(seconds: u64) -> String {
+    let days = (seconds / 86_400) as i64;
+    let rest = seconds % 86_400;
+    // Civil date from days since the epoch (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
