@@ -270,6 +270,7 @@ impl SyncArgs {
             },
             helm: None,
             render_cache: Default::default(),
+            verified: None,
         }
     }
 }
@@ -478,6 +479,7 @@ impl AutomationArgs {
             allow_namespaces: allow_namespaces.to_vec(),
             include_images: self.registry_include_image.clone(),
             exclude_images: self.registry_exclude_image.clone(),
+            verified_only: false,
         })
     }
 }
@@ -592,14 +594,8 @@ pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode>
     // Charts come through the same proxy as Git.
     helm.binary.proxy = args.git.git_proxy.clone();
     settings.helm = Some(helm);
-    let automation = args
-        .automation
-        .config(
-            &cache_dir,
-            &args.sync.k8s_default_namespace,
-            &args.sync.k8s_allow_namespace,
-        )
-        .filter(|_| !args.once);
+    let verify = args.verify.config()?;
+    let automation = automation(&args, &cache_dir, verify.is_some());
     let config = daemon::Config {
         source: GitSource {
             cache_dir,
@@ -624,7 +620,7 @@ pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode>
             .git_sync_tag
             .clone()
             .filter(|_| !args.automation.git_readonly && !args.once),
-        verify: args.verify.config()?,
+        verify,
         sops: args.sync.build.sops_keys()?,
     };
     let cluster = Cluster::new(client);
@@ -650,6 +646,26 @@ pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode>
         Outcome::Succeeded => ExitCode::SUCCESS,
         _ => ExitCode::from(EXIT_FAILED),
     })
+}
+
+/// Image automation's settings, unless off (or `--once`); with signatures
+/// verified, it commits only on the verified revision.
+fn automation(
+    args: &Args,
+    cache_dir: &std::path::Path,
+    verifying: bool,
+) -> Option<daemon::automation::Config> {
+    args.automation
+        .config(
+            cache_dir,
+            &args.sync.k8s_default_namespace,
+            &args.sync.k8s_allow_namespace,
+        )
+        .filter(|_| !args.once)
+        .map(|automation| daemon::automation::Config {
+            verified_only: verifying,
+            ..automation
+        })
 }
 
 /// One line per object on stdout; failures and warnings on stderr.

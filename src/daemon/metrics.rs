@@ -320,6 +320,7 @@ mod tests {
             releases: Vec::new(),
             signed_by: None,
             unverified,
+            verified: None,
         }
     }
 

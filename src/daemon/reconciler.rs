@@ -177,8 +177,9 @@ struct Daemon {
     not_before: Option<Instant>,
     /// What image automation works on: the revision last fetched.
     automated: Arc<Mutex<super::automation::Latest>>,
-    /// The revision last verified: where the next verification starts.
-    verified: Option<String>,
+    /// The revision last verified: where the next verification starts;
+    /// `None` until the last record could be read.
+    verified: Option<Option<String>>,
     verify_cache: crate::source::verify::Cache,
 }
 
@@ -246,8 +247,8 @@ async fn start(mut config: Config, cluster: Cluster) -> Result<Daemon, Error> {
     let source = config.source.clone();
     tracing::info!(url = %source.shown_url(), branch = %source.branch, "starting");
     let verified = match &config.verify {
-        Some(_) => last_verified(&cluster, &config).await,
-        None => None,
+        Some(_) => last_verified(&cluster, &config).await.ok(),
+        None => Some(None),
     };
     let backoff = Box::new(failure_backoff(config.poll_interval));
     Ok(Daemon {
@@ -455,6 +456,12 @@ impl Daemon {
 
     /// Fills in the Git access and the verification keys, then fetches.
     async fn fetch(&mut self) -> Result<crate::source::Snapshot, crate::source::Error> {
+        if let (Some(_), None) = (&self.config.verify, &self.verified) {
+            // Without the record, where verification resumes is unknown:
+            // nothing is fetched until it can be read.
+            let last = last_verified(&self.cluster, &self.config).await;
+            self.verified = Some(last.map_err(|e| crate::source::Error::Access(e.into()))?);
+        }
         let policy = match &self.config.verify {
             Some(verify) => {
                 let namespace = &self.config.settings.state.namespace;
@@ -466,7 +473,7 @@ impl Daemon {
                 Some(crate::source::verify::Policy {
                     mode: verify.mode,
                     keys: Arc::new(keys),
-                    base: self.verified.clone(),
+                    base: self.verified.clone().flatten(),
                     cache: self.verify_cache.clone(),
                 })
             }
@@ -492,7 +499,7 @@ impl Daemon {
         )
         .await;
         if let (true, Ok(s)) = (verifying, &snapshot) {
-            self.verified = Some(s.revision.clone());
+            self.verified = Some(Some(s.revision.clone()));
         }
         snapshot
     }
@@ -516,6 +523,7 @@ impl Daemon {
         let started = Instant::now();
         // Charts in other repositories are fetched with this access.
         let mut settings = self.config.settings.clone();
+        settings.verified = self.verified.clone().flatten();
         if let Some(helm) = &mut settings.helm {
             helm.git = Some(self.source.clone());
             if helm.binary.proxy.is_none() && !crate::model::proxy::in_environment() {
@@ -676,15 +684,22 @@ async fn fetch_source(
 }
 
 /// The revision the last recorded sync verified: where verification
-/// starts after a restart. None when that sync did not verify signatures
-/// (the head alone is then judged, as on a first start).
-async fn last_verified(cluster: &Cluster, config: &Config) -> Option<String> {
+/// starts after a restart. None when no sync verified signatures yet (the
+/// head alone is then judged, as on a first start).
+async fn last_verified(cluster: &Cluster, config: &Config) -> Result<Option<String>, String> {
     match cluster.read_status(&config.settings.state).await {
-        Ok(Some(status)) if status.signed_by.is_some() => status.revision,
-        Ok(_) => None,
+        Ok(Some(status)) => Ok(status.verified.or(match status.signed_by {
+            Some(_) => status.revision,
+            None => None,
+        })),
+        Ok(None) => Ok(None),
         Err(e) => {
-            tracing::warn!("cannot read the last sync's record: {e}; verifying the head alone");
-            None
+            let why = format!(
+                "cannot read the last sync's record, which says where signature verification resumes: {}",
+                crate::model::error_chain(&e)
+            );
+            tracing::warn!("{why}");
+            Err(why)
         }
     }
 }

@@ -92,6 +92,9 @@ pub struct SyncStatus {
     /// The commit that stopped the sync at the last verified revision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unverified: Option<Unverified>,
+    /// The revision last verified: where verification resumes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified: Option<String>,
 }
 
 /// The two signature formats git writes.

@@ -257,6 +257,10 @@ pub fn render(root: &Path, options: &Options) -> DesiredSet {
     let mut within = Vec::new();
     for file in files {
         let size = std::fs::metadata(root.join(&file)).map_or(0, |m| m.len());
+        // A JSON file that large is no manifest (package-lock.json): not read.
+        if is_json(&file) && size > options.limits.max_file_bytes {
+            continue;
+        }
         total = total.saturating_add(size.min(options.limits.max_file_bytes + 1));
         if total > options.limits.max_total_bytes {
             set.errors.push(Error::TooLarge {
@@ -430,21 +434,20 @@ type Parsed = (Vec<Finished>, Vec<Error>);
 fn read_and_parse(root: &Path, files: &[PathBuf], options: &Options) -> Vec<Parsed> {
     let limits = &options.limits;
     let one = |rel: &PathBuf| match files::read(root, rel, limits) {
-        // Other JSON files (package.json, dashboards) are not manifests and
-        // were never read: one that is not a JSON object is passed over.
-        Ok(text) if rel.extension().is_some_and(|e| e == "json") => {
-            match serde_json::from_str::<serde_json::Value>(&text) {
-                Ok(value @ serde_json::Value::Object(_)) => {
-                    let (found, errors) =
-                        manifest::parse_file(rel, &value.to_string(), &limits.parse, &options.sops);
-                    (
-                        found.into_iter().map(|d| finish(d, options)).collect(),
-                        errors.into_iter().map(Error::from).collect(),
-                    )
-                }
-                _ => (Vec::new(), Vec::new()),
+        Ok(text) if is_json(rel) => match json_manifest(rel, &text) {
+            Some(Ok(text)) => {
+                let (found, errors) =
+                    manifest::parse_file(rel, &text, &limits.parse, &options.sops);
+                (
+                    found.into_iter().map(|d| finish(d, options)).collect(),
+                    errors.into_iter().map(Error::from).collect(),
+                )
             }
-        }
+            Some(Err(e)) => (Vec::new(), vec![e]),
+            None => (Vec::new(), Vec::new()),
+        },
+        // Other JSON files were never read: what cannot be read is not one.
+        Err(_) if is_json(rel) => (Vec::new(), Vec::new()),
         Ok(text) => {
             let (found, errors) = manifest::parse_file(rel, &text, &limits.parse, &options.sops);
             (
@@ -455,6 +458,33 @@ fn read_and_parse(root: &Path, files: &[PathBuf], options: &Options) -> Vec<Pars
         Err(e) => (Vec::new(), vec![e]),
     };
     on_every_core(files, 64, one)
+}
+
+fn is_json(rel: &Path) -> bool {
+    rel.extension().is_some_and(|e| e == "json")
+}
+
+/// A JSON file as a manifest: one object with `apiVersion` and `kind`, or
+/// SOPS metadata (compact, for the YAML parser). Other JSON files
+/// (package.json, dashboards) are not manifests: `None`. One that does not
+/// parse is an error only if it looks like one.
+fn json_manifest(rel: &Path, text: &str) -> Option<Result<String, Error>> {
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(value) => {
+            let object = value.get("apiVersion").is_some() && value.get("kind").is_some();
+            (object || sops::is_encrypted(&value)).then(|| Ok(value.to_string()))
+        }
+        Err(e) if text.contains("\"apiVersion\"") || text.contains("\"sops\"") => {
+            Some(Err(Error::Parse(ParseError::Yaml {
+                file: rel.to_path_buf(),
+                index: 0,
+                line: e.line(),
+                column: e.column(),
+                reason: "not valid JSON".into(),
+            })))
+        }
+        Err(_) => None,
+    }
 }
 
 /// `one` of each item, in their order, on every core once there are at
@@ -565,6 +595,40 @@ mod tests {
         let path = root.join(rel);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, text).unwrap();
+    }
+
+    /// JSON files are read as manifests when they are one (an object with
+    /// apiVersion and kind, or SOPS metadata); other JSON is left alone,
+    /// and one that looks like a manifest but does not parse is an error.
+    #[test]
+    fn json_files_are_manifests_only_when_they_look_like_one() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "package.json",
+            r#"{"name": "app", "version": "1.0.0"}"#,
+        );
+        write(dir.path(), "list.json", "[1, 2, 3]");
+        write(dir.path(), "notes.json", "{ not json");
+        write(
+            dir.path(),
+            "cm.json",
+            r#"{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "from-json"}}"#,
+        );
+        write(
+            dir.path(),
+            "broken.json",
+            r#"{"apiVersion": "v1", "kind": "#,
+        );
+        let set = render(dir.path(), &Options::default());
+        let names: Vec<&str> = set.manifests.iter().map(|m| m.id.name.as_str()).collect();
+        assert_eq!(names, ["from-json"]);
+        let text = Errors(&set.errors).to_string();
+        assert!(
+            text.contains("broken.json") && text.contains("not valid JSON"),
+            "{text}"
+        );
+        assert_eq!(set.errors.len(), 1, "{text}");
     }
 
     /// Issue 19, items 11 and 14: a deep tree is walked in time linear in

@@ -81,6 +81,9 @@ pub struct Settings {
     pub helm: Option<crate::helm::Settings>,
     /// The last render, by the Git tree hashes of the configured paths.
     pub render_cache: RenderCache,
+    /// The revision last verified, when signatures are: recorded with
+    /// every sync (a failed fetch too), so a restart resumes from it.
+    pub verified: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -363,6 +366,7 @@ pub async fn run(
     let (mut report, inventory) = sync_snapshot(cluster, snapshot, settings, stop, on).await;
     report.requests = requests;
     let mut status = report.status(started);
+    status.verified = settings.verified.clone();
     let phase = std::time::Instant::now();
     if let Err(e) = cluster
         .record(&settings.state, &status, inventory.as_ref())

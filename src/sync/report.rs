@@ -157,6 +157,7 @@ impl SyncReport {
                 .collect(),
             signed_by: self.signed_by.clone(),
             unverified: self.unverified.clone(),
+            verified: None,
         }
     }
 

@@ -706,6 +706,21 @@ fn all_mode_judges_what_a_merge_brings_and_first_parent_mode_trusts_the_merge() 
     assert_eq!(judged, 2, "the merge and the head: {merge}, {head}");
     first_parent.check(&git_repo, oid(&head)).unwrap();
     assert_eq!(first_parent.cache.len(), judged);
+    // A branch moved back to an older commit syncs it only if it is signed.
+    let at_head = verify::Policy {
+        base: Some(head.clone()),
+        ..policy(verify::Mode::All)
+    };
+    let back = at_head.check(&git_repo, oid(&unsigned)).unwrap();
+    assert_eq!(
+        back.revision,
+        oid(&head),
+        "an unsigned older commit is refused"
+    );
+    assert_eq!(back.unverified.unwrap().commit, unsigned);
+    let back = at_head.check(&git_repo, oid(&start)).unwrap();
+    assert_eq!(back.revision, oid(&start), "a signed older commit is taken");
+    assert_eq!(back.unverified, None);
     // Without a last verified revision, the head alone is judged.
     let fresh = verify::Policy {
         base: None,

@@ -58,6 +58,14 @@ pub(super) fn run_cycle(
             }
             return Ok(Cycle::Pushed(revision));
         }
+        // A head past the verified revision may hold unverified commits:
+        // a signed commit on it would vouch for them.
+        if config.verified_only {
+            return Err(format!(
+                "branch {branch} moved past the verified revision {}; with signatures verified, automation commits only on a verified revision: the next cycle decides on it",
+                short(&first)
+            ));
+        }
         // Someone pushed meanwhile: the same edits on their head, if it
         // still holds the revision the edits were decided on.
         let head = source
@@ -110,6 +118,12 @@ pub(super) fn target(
         .map_err(|e| crate::model::error_chain(&e))?;
     match head {
         None => Ok((branch.clone(), snapshot.revision.clone())),
+        Some(head) if config.verified_only && head != snapshot.revision => Err(format!(
+            "branch {branch} ({}) is not the verified revision {}: with signatures verified, automation commits on {branch} only while it is; delete it or reset it to {}",
+            short(&head),
+            short(&snapshot.revision),
+            source.branch
+        )),
         Some(head) if source.contains(&head, &snapshot.revision)? => Ok((branch.clone(), head)),
         Some(head) => Err(format!(
             "branch {branch} ({}) does not hold {}, the head of {}: merge {} into it, or delete it, and automation commits there again",

@@ -73,6 +73,9 @@ pub struct Config {
     /// image names (`docker.io/library/nginx`, `reg.io:5000/team/*`).
     pub include_images: Vec<String>,
     pub exclude_images: Vec<String>,
+    /// Commit signatures are verified: commit only on the verified
+    /// revision, never on a head that may hold unverified commits.
+    pub verified_only: bool,
 }
 
 impl Config {
@@ -408,6 +411,7 @@ mod tests {
             allow_namespaces: Vec::new(),
             include_images: include.iter().map(|s| s.to_string()).collect(),
             exclude_images: exclude.iter().map(|s| s.to_string()).collect(),
+            verified_only: false,
         }
     }
 

@@ -336,12 +336,17 @@ fn unflatten(flat: &serde_json::Map<String, Value>) -> Value {
             });
             at = match (index, child) {
                 (Some(i), Value::Array(items)) => {
-                    while items.len() <= i {
+                    // Items come in order: an index past the next is not sops'.
+                    if i > items.len() {
+                        break;
+                    }
+                    if i == items.len() {
                         items.push(Value::Object(Default::default()));
                     }
                     &mut items[i]
                 }
-                (_, child) => child,
+                (Some(_), _) => break,
+                (None, child) => child,
             };
             rest = after;
             if rest.is_empty() {
@@ -494,9 +499,7 @@ fn rule(sops: &serde_json::Map<String, Value>) -> Result<tree::Rule, String> {
             .map(|v| (k, v))
     })
     .collect();
-    let regex = |r: &str| {
-        regex::Regex::new(r).map_err(|e| format!("the SOPS rule's regex does not compile: {e}"))
-    };
+    let regex = compiled;
     Ok(match set.as_slice() {
         [] => tree::Rule::UnencryptedSuffix("_unencrypted".into()),
         [("unencrypted_suffix", s)] => tree::Rule::UnencryptedSuffix(s.to_string()),
@@ -506,6 +509,21 @@ fn rule(sops: &serde_json::Map<String, Value>) -> Result<tree::Rule, String> {
         [(_, _)] => tree::Rule::AsWritten,
         _ => return Err("the SOPS metadata sets more than one encryption rule".into()),
     })
+}
+
+/// A rule's regex, compiled once per pattern: files share their rule.
+fn compiled(pattern: &str) -> Result<regex::Regex, String> {
+    static SEEN: std::sync::Mutex<Vec<(String, regex::Regex)>> = std::sync::Mutex::new(Vec::new());
+    let mut seen = SEEN.lock().expect("sops regexes");
+    if let Some((_, r)) = seen.iter().find(|(p, _)| p == pattern) {
+        return Ok(r.clone());
+    }
+    let r = regex::Regex::new(pattern)
+        .map_err(|e| format!("the SOPS rule's regex does not compile: {e}"))?;
+    if seen.len() < 64 {
+        seen.push((pattern.to_string(), r.clone()));
+    }
+    Ok(r)
 }
 
 fn open_age(enc: &str, identities: &[age::x25519::Identity]) -> Option<Result<[u8; 32], String>> {
@@ -545,8 +563,12 @@ fn open_openpgp(
                 Err(_) => return Some(Err("the OpenPGP-encrypted data key is damaged".into())),
             };
         }
-        return Some(match message.as_data_vec() {
-            Ok(bytes) => data_key(bytes),
+        // A data key is 32 bytes: more is not read (a compressed message
+        // could expand without end).
+        use std::io::Read as _;
+        let mut bytes = Vec::new();
+        return Some(match message.by_ref().take(64).read_to_end(&mut bytes) {
+            Ok(_) => data_key(bytes),
             Err(_) => Err("the OpenPGP-encrypted data key is damaged".into()),
         });
     }

@@ -248,21 +248,26 @@ pub fn decrypt_raw<'t>(
             .map_err(|_| "the encrypted value is not base64".to_string())
     };
     let (data, iv, tag) = (b64(parts.data)?, b64(parts.iv)?, b64(parts.tag)?);
-    if iv.is_empty() || tag.len() != 16 {
+    if tag.len() != 16 {
         return Err("the encrypted value has a malformed iv or tag".into());
     }
-    let plain = openssl::symm::decrypt_aead(
-        openssl::symm::Cipher::aes_256_gcm(),
-        key,
-        Some(&iv),
-        aad,
-        &data,
-        &tag,
-    )
-    .map_err(|_| {
-        "it does not decrypt: the file was changed after encryption, or it belongs elsewhere"
-            .to_string()
-    })?;
+    // sops writes 32-byte IVs; GCM takes any length.
+    use aes_gcm::aead::{Aead as _, KeyInit as _, Payload};
+    let cipher =
+        aes_gcm::AesGcm::<aes_gcm::aes::Aes256, aes_gcm::aead::consts::U32>::new(key.into());
+    if iv.len() != 32 {
+        return Err("the encrypted value's iv is not the 32 bytes sops writes".into());
+    }
+    let sealed = [data.as_slice(), tag.as_slice()].concat();
+    let plain = cipher
+        .decrypt(
+            aes_gcm::aead::generic_array::GenericArray::from_slice(&iv),
+            Payload { msg: &sealed, aad },
+        )
+        .map_err(|_| {
+            "it does not decrypt: the file was changed after encryption, or it belongs elsewhere"
+                .to_string()
+        })?;
     Ok((plain, parts.kind))
 }
 

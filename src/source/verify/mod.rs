@@ -94,7 +94,13 @@ impl Keys {
 #[derive(Debug, Clone, Default)]
 pub struct Cache(Arc<Mutex<(String, Verdicts)>>);
 
-type Verdicts = HashMap<Oid, Result<Signer, String>>;
+type Verdicts = HashMap<Oid, (std::time::Instant, Result<Signer, String>)>;
+
+/// How long a verdict is reused.
+const VERDICT_LIFETIME: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Most commits judged between the last verified revision and the head.
+const MAX_CHAIN: usize = 100_000;
 
 impl Cache {
     /// How many verdicts are kept.
@@ -153,45 +159,62 @@ impl Policy {
             .and_then(|b| Oid::from_str(b).ok())
             .filter(|b| repo.find_commit(*b).is_ok());
         let chain = match (self.mode, base) {
-            (Mode::Head | Mode::None, _) | (_, None) => vec![head],
+            (Mode::Head | Mode::None, _) | (_, None) => Ok(vec![head]),
             (_, Some(base)) => first_parents(repo, base, head),
         };
         let mut verified: Option<(Oid, Signer)> = None;
-        for &step in &chain {
-            let brought = match self.mode {
-                Mode::All => brought_by(repo, step, base),
-                _ => vec![step],
-            };
-            if let Some(refused) = brought.iter().find_map(|c| self.judge(repo, *c).err()) {
-                let revision = verified.as_ref().map(|(c, _)| *c).or(base);
-                let Some(revision) = revision else {
-                    return Err(refused);
+        let refused = match chain {
+            Err(reason) => Some(unverified(repo, head, reason)),
+            Ok(chain) => chain.into_iter().find_map(|step| {
+                let brought = match self.mode {
+                    Mode::All => brought_by(repo, step, base),
+                    _ => Ok(vec![step]),
                 };
-                let signer = match &verified {
-                    Some((_, s)) => Some(s.clone()),
-                    None => self.judge(repo, revision).ok(),
+                let brought = match brought {
+                    Ok(brought) => brought,
+                    Err(reason) => return Some(unverified(repo, step, reason)),
                 };
-                return Ok(Verified {
+                // The step comes first: its signer is the revision's, once
+                // everything it brings holds.
+                let mut signed = None;
+                for commit in brought {
+                    match self.judge(repo, commit) {
+                        Ok(signer) if commit == step => signed = Some(signer),
+                        Ok(_) => {}
+                        Err(refused) => return Some(refused),
+                    }
+                }
+                verified = signed.map(|signer| (step, signer)).or(verified.take());
+                None
+            }),
+        };
+        let Some(refused) = refused else {
+            return Ok(match verified {
+                Some((revision, signer)) => Verified {
                     revision,
-                    signer,
-                    unverified: Some(refused),
-                });
-            }
-            verified = Some((step, self.judge(repo, step).expect("just verified")));
-        }
-        match verified {
-            Some((revision, signer)) => Ok(Verified {
-                revision,
-                signer: Some(signer),
-                unverified: None,
-            }),
-            // The head is the last verified revision.
-            None => Ok(Verified {
-                revision: head,
-                signer: self.judge(repo, head).ok(),
-                unverified: None,
-            }),
-        }
+                    signer: Some(signer),
+                    unverified: None,
+                },
+                // The head is the last verified revision.
+                None => Verified {
+                    revision: head,
+                    signer: self.judge(repo, head).ok(),
+                    unverified: None,
+                },
+            });
+        };
+        let Some(revision) = verified.as_ref().map(|(c, _)| *c).or(base) else {
+            return Err(refused);
+        };
+        let signer = match verified {
+            Some((_, s)) => Some(s),
+            None => self.judge(repo, revision).ok(),
+        };
+        Ok(Verified {
+            revision,
+            signer,
+            unverified: Some(refused),
+        })
     }
 
     /// One commit's verdict, from the cache when it has one.
@@ -201,45 +224,52 @@ impl Policy {
             if cache.0 != self.keys.digest || cache.1.len() > MAX_CACHED {
                 *cache = (self.keys.digest.clone(), HashMap::new());
             }
-            cache.1.get(&commit).cloned()
+            // Keys expire: a verdict is kept for an hour.
+            cache
+                .1
+                .get(&commit)
+                .filter(|(at, _)| at.elapsed() < VERDICT_LIFETIME)
+                .map(|(_, v)| v.clone())
         };
         let verdict = match cached {
             Some(v) => v,
             None => {
                 let v = verify_commit(repo, commit, &self.keys, now());
                 let mut cache = self.cache.0.lock().expect("verify cache");
-                cache.1.insert(commit, v.clone());
+                cache
+                    .1
+                    .insert(commit, (std::time::Instant::now(), v.clone()));
                 v
             }
         };
-        verdict.map_err(|reason| Unverified {
-            commit: commit.to_string(),
-            author: author(repo, commit),
-            reason,
-        })
+        verdict.map_err(|reason| unverified(repo, commit, reason))
     }
 }
 
 /// The first-parent commits from `head` back to (not including) the first
 /// one that `base` holds, oldest first. A head that `base` holds (a branch
 /// moved back) is judged itself: only `base` is trusted as it stands.
-fn first_parents(repo: &Repository, base: Oid, head: Oid) -> Vec<Oid> {
+fn first_parents(repo: &Repository, base: Oid, head: Oid) -> Result<Vec<Oid>, String> {
+    if head == base {
+        return Ok(Vec::new());
+    }
     // Where the histories meet ends the chain; past it (a merge base off
     // the first-parent line), an occasional ancestry check does.
     let meet = repo.merge_base(base, head).ok();
+    if meet == Some(head) {
+        return Ok(vec![head]);
+    }
+    let held = |c: Oid| repo.graph_descendant_of(base, c).unwrap_or(false);
     let mut chain = Vec::new();
     let mut next = Some(head);
     while let Some(commit) = next {
-        let held_by_base = |c: Oid| repo.graph_descendant_of(base, c).unwrap_or(false);
-        if commit == base || (commit != head && Some(commit) == meet) {
+        if commit == base || Some(commit) == meet || (chain.len() % 64 == 63 && held(commit)) {
             break;
         }
-        if commit != head && chain.len() % 64 == 63 && held_by_base(commit) {
-            // The ones walked since the last check may be held too.
-            while chain.last().is_some_and(|&c| c != head && held_by_base(c)) {
-                chain.pop();
-            }
-            break;
+        if chain.len() >= MAX_CHAIN {
+            return Err(format!(
+                "more than {MAX_CHAIN} commits since the last verified revision; nothing past it is trusted"
+            ));
         }
         chain.push(commit);
         next = repo
@@ -247,13 +277,19 @@ fn first_parents(repo: &Repository, base: Oid, head: Oid) -> Vec<Oid> {
             .ok()
             .and_then(|c| c.parent_id(0).ok());
     }
+    // The ones walked since the last check (or down to the root) that the
+    // base holds were trusted with it.
+    while chain.last().is_some_and(|&c| c != head && held(c)) {
+        chain.pop();
+    }
     chain.reverse();
-    chain
+    Ok(chain)
 }
 
 /// The commits `step` brings that its first parent and `base` do not hold:
-/// itself and what it merges.
-fn brought_by(repo: &Repository, step: Oid, base: Option<Oid>) -> Vec<Oid> {
+/// itself first, then what it merges. A history that cannot be walked is
+/// not trusted.
+fn brought_by(repo: &Repository, step: Oid, base: Option<Oid>) -> Result<Vec<Oid>, String> {
     let walked = (|| -> Result<Vec<Oid>, git2::Error> {
         let mut walk = repo.revwalk()?;
         walk.push(step)?;
@@ -269,12 +305,22 @@ fn brought_by(repo: &Repository, step: Oid, base: Option<Oid>) -> Vec<Oid> {
             if commit != step {
                 brought.push(commit);
             }
+            if brought.len() > MAX_CHAIN {
+                return Err(git2::Error::from_str("too many merged commits"));
+            }
         }
         Ok(brought)
     })();
-    // A walk that cannot be made checks the step alone, and the step's
-    // own verdict still decides.
-    walked.unwrap_or_else(|_| vec![step])
+    walked.map_err(|e| format!("the commits it merges cannot be read: {}", e.message()))
+}
+
+/// A refusal of `commit`, its author and reason cut to what a record holds.
+fn unverified(repo: &Repository, commit: Oid, reason: String) -> Unverified {
+    Unverified {
+        commit: commit.to_string(),
+        author: author(repo, commit).chars().take(200).collect(),
+        reason: reason.chars().take(500).collect(),
+    }
 }
 
 /// The verdict on one commit's signature under `keys` at `now`.

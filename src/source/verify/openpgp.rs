@@ -162,14 +162,17 @@ fn usable(
             }
             continue;
         }
-        let backed = s
-            .embedded_signature()
-            .is_some_and(|b| b.verify_primary_key_binding(&subkey.key, primary).is_ok());
-        if s.key_flags().sign() && backed && s.verify_subkey_binding(primary, &subkey.key).is_ok() {
+        if s.verify_subkey_binding(primary, &subkey.key).is_ok() {
             newest = newer(newest, s);
         }
     }
-    let Some(binding) = newest else {
+    // The newest binding says what the subkey may do now: signing, and
+    // cross-signed by the subkey itself.
+    let backed = |b: &Signature| {
+        b.embedded_signature()
+            .is_some_and(|e| e.verify_primary_key_binding(&subkey.key, primary).is_ok())
+    };
+    let Some(binding) = newest.filter(|b| b.key_flags().sign() && backed(b)) else {
         return Err("the subkey that signed is not bound to the key for signing".into());
     };
     let subkey_created = u64::from(subkey.key.created_at().as_secs());

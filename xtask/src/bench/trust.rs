@@ -116,7 +116,7 @@ fn verifying_sync(b: &Bench, repo: &Path, keys: &str) -> Result<(usize, u64)> {
         .env("RUST_LOG", "warn,tidegate::source::verify=debug")
         .output()
         .map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&stderr.stderr).into_owned();
+    let text = without_colours(&String::from_utf8_lossy(&stderr.stderr));
     if !stderr.status.success() {
         return Err(format!("the verifying sync failed: {text}"));
     }
@@ -131,6 +131,20 @@ fn verifying_sync(b: &Bench, repo: &Path, keys: &str) -> Result<(usize, u64)> {
             .ok_or_else(|| format!("no {name} in {line}"))
     };
     Ok((field("commits=")? as usize, field("us=")?))
+}
+
+/// `text` without terminal colour sequences (`ESC [ … m`).
+fn without_colours(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            chars.by_ref().find(|c| *c == 'm');
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn signatures(b: &Bench, dir: &Path, figures: &mut Vec<Figure>) -> Result<String> {
