@@ -680,7 +680,7 @@ fn print_progress(progress: Progress<'_>) {
 }
 
 fn print_summary(report: &SyncReport) {
-    if let Some(message) = &report.message {
+    if let Some(message) = report.message.clone().or_else(|| report.held_back()) {
         eprintln!("error: {message}");
     }
     if let Some(why) = &report.record_failed {
