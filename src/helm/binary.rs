@@ -73,7 +73,9 @@ pub struct UpgradeArgs<'a> {
     pub release: &'a str,
     pub namespace: &'a str,
     pub chart: &'a Path,
-    pub values_file: &'a Path,
+    /// The values as JSON: given to helm on its stdin, never in a file
+    /// (they may hold decrypted Secrets).
+    pub values: &'a [u8],
     pub timeout: Duration,
     pub wait: bool,
     pub force: bool,
@@ -177,6 +179,16 @@ impl Helm {
 
     /// Runs helm with `args`; its stdout on success.
     async fn run(&self, args: &[&str], deadline: Duration) -> Result<String, Error> {
+        self.run_with(args, deadline, None).await
+    }
+
+    /// Runs helm with `args` and `input` on its stdin; its stdout on success.
+    async fn run_with(
+        &self,
+        args: &[&str],
+        deadline: Duration,
+        input: Option<&[u8]>,
+    ) -> Result<String, Error> {
         // `upgrade`, `dependency build`: the command, not its arguments.
         let words = if matches!(args.first(), Some(&("dependency" | "repo"))) {
             2
@@ -185,13 +197,15 @@ impl Helm {
         };
         let command = args[..words.min(args.len())].join(" ");
         tracing::debug!(%command, "running helm");
-        let mut child = self
-            .command(args)
-            .spawn()
-            .map_err(|source| Error::Missing {
-                binary: self.binary.display().to_string(),
-                source,
-            })?;
+        let mut cmd = self.command(args);
+        if input.is_some() {
+            cmd.stdin(Stdio::piped());
+        }
+        let mut child = cmd.spawn().map_err(|source| Error::Missing {
+            binary: self.binary.display().to_string(),
+            source,
+        })?;
+        feed(&mut child, input);
         // Read at most the limit (and a byte more, to tell): a chart that
         // renders hundreds of MiB must not take the daemon's memory with it.
         let limit = self.max_output;
@@ -238,20 +252,7 @@ impl Helm {
                 });
             }
         };
-        if output.status.success() {
-            return Ok(String::from_utf8_lossy(&output.stdout).into_owned());
-        }
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let message: Vec<&str> = stderr
-            .lines()
-            .filter(|l| !l.trim().is_empty() && !l.starts_with("WARNING:"))
-            .collect();
-        let message = message.join("; ");
-        let message = message.strip_prefix("Error: ").unwrap_or(&message);
-        Err(Error::Failed {
-            command,
-            message: message.chars().take(2000).collect(),
-        })
+        finished(output, command)
     }
 
     /// `--post-renderer tidegate --post-renderer-args post-render …`.
@@ -314,7 +315,9 @@ impl Helm {
     pub async fn upgrade(&self, a: &UpgradeArgs<'_>) -> Result<(), Error> {
         let args = self.upgrade_args(a);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        self.run(&args, a.timeout + GRACE).await.map(drop)
+        self.run_with(&args, a.timeout + GRACE, Some(a.values))
+            .await
+            .map(drop)
     }
 
     /// What `upgrade` would install, rendered by helm against the cluster
@@ -333,7 +336,7 @@ impl Helm {
             "json".into(),
         ]);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        self.run(&args, GRACE * 2).await
+        self.run_with(&args, GRACE * 2, Some(a.values)).await
     }
 
     fn upgrade_args(&self, a: &UpgradeArgs<'_>) -> Vec<String> {
@@ -346,7 +349,6 @@ impl Helm {
             .collect::<Vec<_>>()
             .join(",");
         let chart = a.chart.to_string_lossy();
-        let values = a.values_file.to_string_lossy();
         let mut args = vec![
             "upgrade",
             "--install",
@@ -355,7 +357,7 @@ impl Helm {
             "--namespace",
             a.namespace,
             "--values",
-            &values,
+            "-",
             "--timeout",
             &timeout,
             "--history-max",
@@ -433,12 +435,11 @@ impl Helm {
         release: &str,
         namespace: &str,
         chart: &Path,
-        values_file: &Path,
+        values: &[u8],
         skip_crds: bool,
         proxy: Option<&crate::model::proxy::ProxySettings>,
     ) -> Result<String, Error> {
         let chart = chart.to_string_lossy();
-        let values = values_file.to_string_lossy();
         let mut args = vec![
             "template",
             release,
@@ -446,14 +447,14 @@ impl Helm {
             "--namespace",
             namespace,
             "--values",
-            &values,
+            "-",
         ];
         if !skip_crds {
             args.push("--include-crds");
         }
         let post_render = self.post_render_args(release, proxy, None);
         args.extend(post_render.iter().map(String::as_str));
-        self.run(&args, GRACE * 2).await
+        self.run_with(&args, GRACE * 2, Some(values)).await
     }
 
     /// Fetches a chart's dependencies into its `charts/` directory.
@@ -540,5 +541,35 @@ impl Helm {
         )
         .await
         .map(drop)
+    }
+}
+
+/// helm's stdout when it succeeded; else what it said, warnings left out.
+fn finished(output: std::process::Output, command: String) -> Result<String, Error> {
+    if output.status.success() {
+        return Ok(String::from_utf8_lossy(&output.stdout).into_owned());
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let message: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with("WARNING:"))
+        .collect();
+    let message = message.join("; ");
+    let message = message.strip_prefix("Error: ").unwrap_or(&message);
+    Err(Error::Failed {
+        command,
+        message: message.chars().take(2000).collect(),
+    })
+}
+
+/// Writes `input` to the child's stdin while it runs, then closes it:
+/// helm reads it to the end.
+fn feed(child: &mut tokio::process::Child, input: Option<&[u8]>) {
+    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+        let input = input.to_vec();
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt as _;
+            let _ = stdin.write_all(&input).await;
+        });
     }
 }

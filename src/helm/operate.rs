@@ -77,7 +77,7 @@ pub(super) async fn pull_credentials(
     })
 }
 
-/// Makes the chart ready and writes the values where only helm reads them.
+/// Makes the chart ready, and the values as helm takes them on its stdin.
 /// Without a cluster (offline checks) no chartPullSecret is read.
 pub(super) async fn prepare(
     cluster: Option<&Cluster>,
@@ -86,7 +86,7 @@ pub(super) async fn prepare(
     located: &chart::Located,
     values: &Value,
     work: &std::path::Path,
-) -> Result<(PathBuf, PathBuf), ReleaseError> {
+) -> Result<(PathBuf, Vec<u8>), ReleaseError> {
     let namespace = spec.id.namespace.clone().unwrap_or_default();
     let credentials = match cluster {
         Some(cluster) => pull_credentials(cluster, located, &namespace).await?,
@@ -101,13 +101,8 @@ pub(super) async fn prepare(
     )
     .await
     .map_err(|e| ReleaseError::ChartFetchFailed(crate::model::error_chain(&e)))?;
-    let values_file = work.join("values.json");
-    std::fs::write(
-        &values_file,
-        serde_json::to_vec(values).expect("values serialize"),
-    )
-    .map_err(|e| ReleaseError::DeployFailed(format!("cannot write the values file: {e}")))?;
-    Ok((chart, values_file))
+    // On helm's stdin, never on disk: values may hold decrypted Secrets.
+    Ok((chart, serde_json::to_vec(values).expect("values serialize")))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -125,7 +120,7 @@ pub(super) async fn install_or_upgrade(
         .fenced()
         .map_err(|e| ReleaseError::DeployFailed(e.to_string()))?;
     let work = work_dir(ctx.settings, spec)?;
-    let (chart, values_file) = prepare(
+    let (chart, values_json) = prepare(
         Some(ctx.cluster),
         ctx.settings,
         spec,
@@ -145,7 +140,7 @@ pub(super) async fn install_or_upgrade(
         release: &spec.release_name,
         namespace: &spec.target_namespace,
         chart: &chart,
-        values_file: &values_file,
+        values: &values_json,
         timeout: spec.timeout,
         wait: spec.wait,
         force: spec.force_upgrade,
@@ -288,7 +283,7 @@ async fn render_all(
             &spec.release_name,
             &spec.target_namespace,
             args.chart,
-            args.values_file,
+            args.values,
             spec.skip_crds,
             None,
         )

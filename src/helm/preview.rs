@@ -47,7 +47,7 @@ pub async fn preview(
         return Ok(preview);
     }
     let work = work_dir(settings, &spec)?;
-    let (chart, values_file) =
+    let (chart, values_json) =
         prepare(cluster, settings, &spec, &w.located, &w.values, work.path()).await?;
     let manifest = settings
         .binary
@@ -55,7 +55,7 @@ pub async fn preview(
             &spec.release_name,
             &spec.target_namespace,
             &chart,
-            &values_file,
+            &values_json,
             spec.skip_crds,
             sources.proxy_settings.as_ref(),
         )

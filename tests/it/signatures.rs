@@ -11,20 +11,10 @@ use crate::support::{
     GitRepo, cm_yaml, configmap, create_secret, ns_yaml, status_json, stderr, unique,
 };
 
-/// Runs `program` with `env`; its stdout, asserting success.
+/// Runs `program`; its stdout as text, trimmed.
 fn run(program: &str, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .current_dir(dir)
-        .envs(env.iter().copied())
-        .output()
-        .unwrap_or_else(|e| panic!("{program} runs: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    let out = crate::support::run_ok(program, dir, args, env);
+    String::from_utf8_lossy(&out).trim().to_string()
 }
 
 /// The keys and signing programs of the corpus, in a directory of their own.
@@ -265,6 +255,48 @@ fn commit(repo: &GitRepo, signers: &Signers, email: &str, sign: Sign<'_>, file: 
     commit_files(repo, signers, email, sign, &[(file, unique("content"))])
 }
 
+/// An unsigned commit on a branch `side`, merged into `main` by Alice with
+/// a signed merge (SSH, or else OpenPGP): the unsigned commit and the merge.
+fn unsigned_side_merged(repo: &GitRepo, signers: &Signers, ssh: bool) -> (String, String) {
+    run(
+        "git",
+        &repo.work,
+        &["checkout", "--quiet", "-b", "side"],
+        &[],
+    );
+    let side = commit(repo, signers, "alice@example.com", Sign::None, "side");
+    run("git", &repo.work, &["checkout", "--quiet", "main"], &[]);
+    let key = signers.path("alice-ssh").display().to_string();
+    let signing: Vec<String> = match ssh {
+        true => vec![
+            "-c".into(),
+            "gpg.format=ssh".into(),
+            "-c".into(),
+            format!("user.signingkey={key}"),
+        ],
+        false => vec!["-c".into(), "user.signingkey=alice@example.com".into()],
+    };
+    let mut args: Vec<&str> = vec![
+        "-c",
+        "user.name=Alice",
+        "-c",
+        "user.email=alice@example.com",
+    ];
+    args.extend(signing.iter().map(String::as_str));
+    args.extend([
+        "merge",
+        "--quiet",
+        "--no-ff",
+        "-S",
+        "-m",
+        "merge side",
+        "side",
+    ]);
+    let home = signers.path("keys").display().to_string();
+    run("git", &repo.work, &args, &[("GNUPGHOME", home.as_str())]);
+    (side, run("git", &repo.work, &["rev-parse", "HEAD"], &[]))
+}
+
 /// `git verify-commit`'s verdict, with the trusted keyring and the allowed
 /// signers: `Ok` with the principal it names for an SSH signature.
 fn git_verdict(repo: &GitRepo, signers: &Signers, commit: &str) -> Result<String, String> {
@@ -349,41 +381,8 @@ fn tidegate_judges_each_commit_of_the_corpus_as_git_verify_commit_does() {
     );
     add("tampered OpenPGP", tampered, false);
     // A signed merge of an unsigned commit.
-    run(
-        "git",
-        &repo.work,
-        &["checkout", "--quiet", "-b", "side"],
-        &[],
-    );
-    let side = commit(&repo, &signers, alice, Sign::None, "g");
-    run("git", &repo.work, &["checkout", "--quiet", "main"], &[]);
-    let merge_env = [("GNUPGHOME", signers.path("keys").display().to_string())];
-    let merge_env: Vec<(&str, &str)> = merge_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    run(
-        "git",
-        &repo.work,
-        &[
-            "-c",
-            "user.name=Alice",
-            "-c",
-            "user.email=alice@example.com",
-            "-c",
-            "user.signingkey=alice@example.com",
-            "merge",
-            "--quiet",
-            "--no-ff",
-            "-S",
-            "-m",
-            "merge side",
-            "side",
-        ],
-        &merge_env,
-    );
-    add(
-        "signed merge",
-        run("git", &repo.work, &["rev-parse", "HEAD"], &[]),
-        true,
-    );
+    let (side, merge) = unsigned_side_merged(&repo, &signers, false);
+    add("signed merge", merge, true);
     add("its unsigned parent", side, false);
     add(
         "good SSH",
@@ -639,38 +638,7 @@ fn all_mode_judges_what_a_merge_brings_and_first_parent_mode_trusts_the_merge() 
     let repo = GitRepo::new();
     let alice = "alice@example.com";
     let start = commit(&repo, &signers, alice, Sign::Ssh("alice"), "a");
-    run(
-        "git",
-        &repo.work,
-        &["checkout", "--quiet", "-b", "side"],
-        &[],
-    );
-    let unsigned = commit(&repo, &signers, alice, Sign::None, "b");
-    run("git", &repo.work, &["checkout", "--quiet", "main"], &[]);
-    let key = signers.path("alice-ssh").display().to_string();
-    run(
-        "git",
-        &repo.work,
-        &[
-            "-c",
-            "user.name=Alice",
-            "-c",
-            "user.email=alice@example.com",
-            "-c",
-            "gpg.format=ssh",
-            "-c",
-            &format!("user.signingkey={key}"),
-            "merge",
-            "--quiet",
-            "--no-ff",
-            "-S",
-            "-m",
-            "merge side",
-            "side",
-        ],
-        &[],
-    );
-    let merge = run("git", &repo.work, &["rev-parse", "HEAD"], &[]);
+    let (unsigned, merge) = unsigned_side_merged(&repo, &signers, true);
     let head = commit(&repo, &signers, alice, Sign::Ssh("alice"), "c");
     let entries = signers.entries("");
     let keys = Keys::from_entries(

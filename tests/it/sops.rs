@@ -3,7 +3,6 @@
 //! `sops -d` decrypts them, and applied with the values nowhere else.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 
 use tidegate::render::{self, sops};
@@ -19,20 +18,7 @@ struct Sops {
     fingerprint: String,
 }
 
-fn run(program: &str, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Vec<u8> {
-    let out = Command::new(program)
-        .args(args)
-        .current_dir(dir)
-        .envs(env.iter().copied())
-        .output()
-        .unwrap_or_else(|e| panic!("{program} runs: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
+use crate::support::run_ok as run;
 
 impl Sops {
     fn new() -> Sops {
@@ -502,4 +488,80 @@ async fn a_decrypted_secret_is_applied_and_its_value_is_nowhere_else() {
     let errors = status["errors"].to_string();
     assert!(errors.contains("kept"), "{status}");
     assert!(secrets.get("db").await.is_ok(), "the rest is applied");
+}
+
+#[tokio::test]
+async fn an_encrypted_helm_release_gives_helm_its_values_and_no_file_holds_them() {
+    use crate::helm_releases::{
+        copy_chart, crd_installed, helm_binary, helm_release, write_release,
+    };
+    use k8s_openapi::api::apps::v1::Deployment;
+    crd_installed().await;
+    let keys = Sops::new();
+    let ns = unique("sops-hr");
+    let value = unique("decrypted-annotation");
+    let repo = GitRepo::new();
+    copy_chart(&repo);
+    repo.write("ns.yaml", &ns_yaml(&ns));
+    let spec = format!("  values:\n    podAnnotations:\n      password: {value}\n");
+    let release = helm_release(&ns, "web", &spec).replace("REPO_URL", &repo.url());
+    let age = ["--age", &keys.recipient, "--encrypted-regex", "^(values)$"];
+    let encrypted = keys.encrypt("hr.yaml", release.as_bytes(), &age);
+    assert!(
+        !String::from_utf8_lossy(&encrypted).contains(&value),
+        "sops encrypted the value"
+    );
+    write_release(
+        &repo,
+        "releases/web.yaml",
+        std::str::from_utf8(&encrypted).unwrap(),
+    );
+    repo.push("an encrypted release");
+    let keys_dir = keys.keys_dir();
+    // helm, run through a wrapper that looks for the value in every file
+    // of the cache (where helm's work directories are) while helm runs.
+    let found = keys.dir.path().join("found");
+    let wrapper = keys.dir.path().join("helm-looking");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\ngrep -rlF '{value}' '{}' >> '{}' 2>/dev/null\nexec '{}' \"$@\"\n",
+            repo.cache.display(),
+            found.display(),
+            helm_binary()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let helm = wrapper.to_str().unwrap();
+    let out = repo.sync_once(&[
+        "--helm-binary",
+        helm,
+        "--sops-keys",
+        keys_dir.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let deployments: kube::Api<Deployment> = kube::Api::namespaced(client().await, &ns);
+    let web = deployments.get(&format!("{ns}-web")).await.unwrap();
+    let annotations = web
+        .spec
+        .unwrap()
+        .template
+        .metadata
+        .unwrap()
+        .annotations
+        .unwrap();
+    assert_eq!(
+        annotations["password"], value,
+        "helm had the decrypted values"
+    );
+    assert!(!stdout(&out).contains(&value) && !stderr(&out).contains(&value));
+    assert_eq!(
+        files_holding(&repo.cache, value.as_bytes()),
+        Vec::<PathBuf>::new(),
+        "no file holds the values"
+    );
+    let seen = std::fs::read_to_string(&found).unwrap_or_default();
+    assert_eq!(seen, "", "no file held the values while helm ran");
 }
