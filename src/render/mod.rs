@@ -256,11 +256,12 @@ pub fn render(root: &Path, options: &Options) -> DesiredSet {
     let mut total: u64 = 0;
     let mut within = Vec::new();
     for file in files {
-        let size = std::fs::metadata(root.join(&file)).map_or(0, |m| m.len());
-        // A JSON file that large is no manifest (package-lock.json): not read.
-        if is_json(&file) && size > options.limits.max_file_bytes {
+        // JSON that does not look like a manifest (package.json) is not
+        // one: never read, counted or reported.
+        if is_json(&file) && !looks_like_a_manifest(&root.join(&file)) {
             continue;
         }
+        let size = std::fs::metadata(root.join(&file)).map_or(0, |m| m.len());
         total = total.saturating_add(size.min(options.limits.max_file_bytes + 1));
         if total > options.limits.max_total_bytes {
             set.errors.push(Error::TooLarge {
@@ -446,8 +447,6 @@ fn read_and_parse(root: &Path, files: &[PathBuf], options: &Options) -> Vec<Pars
             Some(Err(e)) => (Vec::new(), vec![e]),
             None => (Vec::new(), Vec::new()),
         },
-        // Other JSON files were never read: what cannot be read is not one.
-        Err(_) if is_json(rel) => (Vec::new(), Vec::new()),
         Ok(text) => {
             let (found, errors) = manifest::parse_file(rel, &text, &limits.parse, &options.sops);
             (
@@ -464,26 +463,33 @@ fn is_json(rel: &Path) -> bool {
     rel.extension().is_some_and(|e| e == "json")
 }
 
+/// Whether a JSON file's start names an `apiVersion` or SOPS metadata: such
+/// a file is read, and any problem with it is an error like a YAML file's.
+fn looks_like_a_manifest(path: &Path) -> bool {
+    use std::io::Read as _;
+    let mut start = Vec::new();
+    let read = std::fs::File::open(path).and_then(|f| f.take(64 * 1024).read_to_end(&mut start));
+    let has = |needle: &[u8]| start.windows(needle.len()).any(|w| w == needle);
+    read.is_ok() && (has(b"\"apiVersion\"") || has(b"\"sops\""))
+}
+
 /// A JSON file as a manifest: one object with `apiVersion` and `kind`, or
-/// SOPS metadata (compact, for the YAML parser). Other JSON files
-/// (package.json, dashboards) are not manifests: `None`. One that does not
-/// parse is an error only if it looks like one.
+/// SOPS metadata (compact, for the YAML parser). Other JSON that parses
+/// (a dashboard that mentions an apiVersion) is not one: `None`. One that
+/// does not parse is an error.
 fn json_manifest(rel: &Path, text: &str) -> Option<Result<String, Error>> {
     match serde_json::from_str::<serde_json::Value>(text) {
         Ok(value) => {
             let object = value.get("apiVersion").is_some() && value.get("kind").is_some();
             (object || sops::is_encrypted(&value)).then(|| Ok(value.to_string()))
         }
-        Err(e) if text.contains("\"apiVersion\"") || text.contains("\"sops\"") => {
-            Some(Err(Error::Parse(ParseError::Yaml {
-                file: rel.to_path_buf(),
-                index: 0,
-                line: e.line(),
-                column: e.column(),
-                reason: "not valid JSON".into(),
-            })))
-        }
-        Err(_) => None,
+        Err(e) => Some(Err(Error::Parse(ParseError::Yaml {
+            file: rel.to_path_buf(),
+            index: 0,
+            line: e.line(),
+            column: e.column(),
+            reason: "not valid JSON".into(),
+        }))),
     }
 }
 

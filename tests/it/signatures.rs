@@ -689,6 +689,19 @@ fn all_mode_judges_what_a_merge_brings_and_first_parent_mode_trusts_the_merge() 
     let back = at_head.check(&git_repo, oid(&start)).unwrap();
     assert_eq!(back.revision, oid(&start), "a signed older commit is taken");
     assert_eq!(back.unverified, None);
+    // A recorded revision the repository does not hold vouches for
+    // nothing: every commit from the root is judged.
+    let missing = verify::Policy {
+        base: Some("1".repeat(40)),
+        ..policy(verify::Mode::All)
+    };
+    let verdict = missing.check(&git_repo, oid(&head)).unwrap();
+    assert_eq!(
+        verdict.revision,
+        oid(&start),
+        "the root alone verifies with all it brings"
+    );
+    assert_eq!(verdict.unverified.unwrap().commit, unsigned);
     // Without a last verified revision, the head alone is judged.
     let fresh = verify::Policy {
         base: None,

@@ -153,14 +153,19 @@ impl Policy {
     }
 
     fn walk(&self, repo: &Repository, head: Oid) -> Result<Verified, Unverified> {
+        // A last verified revision the repository no longer holds (a
+        // history rewritten while tidegate was away) vouches for nothing:
+        // the whole history is judged.
+        let recorded = self.base.is_some();
         let base = self
             .base
             .as_deref()
             .and_then(|b| Oid::from_str(b).ok())
             .filter(|b| repo.find_commit(*b).is_ok());
         let chain = match (self.mode, base) {
-            (Mode::Head | Mode::None, _) | (_, None) => Ok(vec![head]),
-            (_, Some(base)) => first_parents(repo, base, head),
+            (Mode::Head | Mode::None, _) => Ok(vec![head]),
+            (_, None) if !recorded => Ok(vec![head]),
+            (_, base) => first_parents(repo, base, head),
         };
         let mut verified: Option<(Oid, Signer)> = None;
         let refused = match chain {
@@ -247,41 +252,41 @@ impl Policy {
 }
 
 /// The first-parent commits from `head` back to (not including) the first
-/// one that `base` holds, oldest first. A head that `base` holds (a branch
-/// moved back) is judged itself: only `base` is trusted as it stands.
-fn first_parents(repo: &Repository, base: Oid, head: Oid) -> Result<Vec<Oid>, String> {
-    if head == base {
+/// one that `base` holds, oldest first; down to the root without a base.
+/// A head that `base` holds (a branch moved back) is judged itself: only
+/// `base` is trusted as it stands.
+fn first_parents(repo: &Repository, base: Option<Oid>, head: Oid) -> Result<Vec<Oid>, String> {
+    if Some(head) == base {
         return Ok(Vec::new());
     }
-    // Where the histories meet ends the chain; past it (a merge base off
-    // the first-parent line), an occasional ancestry check does.
-    let meet = repo.merge_base(base, head).ok();
-    if meet == Some(head) {
+    if let Some(base) = base
+        && repo.graph_descendant_of(base, head).unwrap_or(false)
+    {
         return Ok(vec![head]);
     }
-    let held = |c: Oid| repo.graph_descendant_of(base, c).unwrap_or(false);
-    let mut chain = Vec::new();
-    let mut next = Some(head);
-    while let Some(commit) = next {
-        if commit == base || Some(commit) == meet || (chain.len() % 64 == 63 && held(commit)) {
-            break;
+    // One pass: git's `--first-parent base..head`.
+    let walked = (|| -> Result<Vec<Oid>, git2::Error> {
+        let mut walk = repo.revwalk()?;
+        walk.simplify_first_parent()?;
+        walk.push(head)?;
+        if let Some(base) = base {
+            walk.hide(base)?;
         }
-        if chain.len() >= MAX_CHAIN {
-            return Err(format!(
-                "more than {MAX_CHAIN} commits since the last verified revision; nothing past it is trusted"
-            ));
+        let mut chain = Vec::new();
+        for commit in walk {
+            chain.push(commit?);
+            if chain.len() > MAX_CHAIN {
+                return Err(git2::Error::from_str("too long"));
+            }
         }
-        chain.push(commit);
-        next = repo
-            .find_commit(commit)
-            .ok()
-            .and_then(|c| c.parent_id(0).ok());
-    }
-    // The ones walked since the last check (or down to the root) that the
-    // base holds were trusted with it.
-    while chain.last().is_some_and(|&c| c != head && held(c)) {
-        chain.pop();
-    }
+        Ok(chain)
+    })();
+    let mut chain = walked.map_err(|e| match e.message() {
+        "too long" => format!(
+            "more than {MAX_CHAIN} commits since the last verified revision; nothing past it is trusted"
+        ),
+        other => format!("the history since the last verified revision cannot be read: {other}"),
+    })?;
     chain.reverse();
     Ok(chain)
 }
