@@ -166,7 +166,19 @@ async fn the_chart_lints_renders_and_applies() {
 
     for (name, extra) in [
         ("cluster", vec!["--include-crds"]),
-        ("namespaced", vec!["--set", "allowNamespaces={default}"]),
+        (
+            "namespaced",
+            vec![
+                "--set",
+                "allowNamespaces={default}",
+                "--set",
+                "git.verifySignatures.mode=all",
+                "--set",
+                "git.verifySignatures.secret=tidegate-git-verify",
+                "--set",
+                "sops.secret=tidegate-sops",
+            ],
+        ),
     ] {
         let ns = unique(&format!("tidegate-chart-{name}"));
         let mut args = vec![
@@ -200,9 +212,20 @@ async fn the_chart_lints_renders_and_applies() {
             );
         }
         if name == "namespaced" {
+            for wanted in [
+                "--k8s-allow-namespace=default",
+                "--git-verify-signatures-mode=all",
+                "--git-verify-signatures-secret=tidegate-git-verify",
+                "--sops-secret=tidegate-sops",
+            ] {
+                assert!(args.iter().any(|a| a == wanted), "{wanted} in {args:?}");
+            }
+        } else {
             assert!(
-                args.iter().any(|a| a == "--k8s-allow-namespace=default"),
-                "{args:?}"
+                !args
+                    .iter()
+                    .any(|a| a.starts_with("--git-verify") || a.starts_with("--sops")),
+                "off by default: {args:?}"
             );
         }
     }
