@@ -49,7 +49,9 @@ pub async fn run(args: Args, connection: Connection) -> anyhow::Result<ExitCode>
     }
     if let Some(keys) = args.sync.build.sops_keys()? {
         let keys = keys
-            .sops_keys(&client, &settings.state.namespace)
+            .read(&client, &settings.state.namespace, |e| {
+                render::sops::Keys::from_entries(e)
+            })
             .await
             .context("cannot read the SOPS decryption keys")?;
         settings.render.sops.keys = Some(std::sync::Arc::new(keys));

@@ -125,27 +125,22 @@ impl KeySource {
         })
     }
 
-    /// The SOPS decryption keys.
-    pub async fn sops_keys(
+    /// The keys `parse` reads from the entries (signature or SOPS keys).
+    pub async fn read<K, E>(
         &self,
         client: &kube::Client,
         namespace: &str,
-    ) -> Result<crate::render::sops::Keys, Error> {
+        parse: impl FnOnce(Vec<(&str, &[u8])>) -> Result<K, E>,
+    ) -> Result<K, Error>
+    where
+        Error: From<E>,
+    {
         let entries = self.entries(client, namespace).await?;
-        Ok(crate::render::sops::Keys::from_entries(
-            entries.iter().map(|(k, v)| (k.as_str(), v.as_slice())),
-        )?)
-    }
-
-    /// The signature verification keys.
-    pub async fn verify_keys(
-        &self,
-        client: &kube::Client,
-        namespace: &str,
-    ) -> Result<crate::source::verify::Keys, Error> {
-        let entries = self.entries(client, namespace).await?;
-        Ok(crate::source::verify::Keys::from_entries(
-            entries.iter().map(|(k, v)| (k.as_str(), v.as_slice())),
+        Ok(parse(
+            entries
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_slice()))
+                .collect(),
         )?)
     }
 }

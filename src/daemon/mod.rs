@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod reconciler;
 pub mod registry_hook;
 pub mod requests;
+mod tasks;
 pub mod watch;
 pub mod webhook;
 

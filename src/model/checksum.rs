@@ -57,6 +57,22 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
 }
 
+/// The SHA-256 of named entries (a Secret's keys, or files), whatever
+/// their order: what identifies a set of keys.
+pub fn entries_sha256(entries: &[(&str, &[u8])]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut sorted = entries.to_vec();
+    sorted.sort();
+    let mut hash = Sha256::new();
+    for (name, bytes) in sorted {
+        hash.update(name.as_bytes());
+        hash.update([0]);
+        hash.update(bytes);
+        hash.update([0]);
+    }
+    hex(&hash.finalize())
+}
+
 /// Bytes in lower-case hex.
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;

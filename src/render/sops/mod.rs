@@ -67,12 +67,10 @@ impl Keys {
         entries: impl IntoIterator<Item = (&'a str, &'a [u8])>,
     ) -> Result<Keys, KeyError> {
         use pgp::composed::Deserializable as _;
-        use sha2::Digest as _;
         let mut keys = Keys::default();
-        let mut digest = sha2::Sha256::new();
         let mut entries: Vec<(&str, &[u8])> = entries.into_iter().collect();
         entries.sort();
-        for (entry, bytes) in entries {
+        for &(entry, bytes) in &entries {
             let bad = |reason: String| KeyError::Entry {
                 entry: entry.to_string(),
                 reason,
@@ -99,15 +97,11 @@ impl Keys {
             } else {
                 continue;
             }
-            digest.update(entry.as_bytes());
-            digest.update([0]);
-            digest.update(bytes);
-            digest.update([0]);
         }
         if keys.age.is_empty() && keys.openpgp.is_empty() {
             return Err(KeyError::None);
         }
-        keys.digest = crate::model::checksum::hex(&digest.finalize());
+        keys.digest = crate::model::checksum::entries_sha256(&entries);
         Ok(keys)
     }
 }
@@ -625,6 +619,23 @@ mod tests {
         assert_eq!(meta["age"][0]["recipient"], "age1x");
         assert_eq!(meta["age"][0]["enc"], "E\nF");
         assert_eq!(meta["mac"], "ENC[x]");
+    }
+
+    /// Flattened metadata is attacker text: an index past the next item
+    /// makes nothing (no allocation to that index).
+    #[test]
+    fn flattened_list_indexes_are_bounded() {
+        let text =
+            "A=1\nsops_age__list_18446744073709551615__map_enc=x\nsops_pgp__list_3__map_fp=y\n";
+        let (_, meta) = dotenv_tree(text).unwrap();
+        assert_eq!(meta["age"], serde_json::json!([]));
+        assert_eq!(meta["pgp"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn a_data_key_is_32_bytes() {
+        assert!(data_key(vec![0; 32]).is_ok());
+        assert!(data_key(vec![0; 64]).is_err());
     }
 
     #[test]

@@ -12,7 +12,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use git2::{Oid, Repository};
-use sha2::Digest as _;
 
 pub use crate::model::record::{SignatureFormat as Format, Signer, Unverified};
 
@@ -57,10 +56,9 @@ impl Keys {
         entries: impl IntoIterator<Item = (&'a str, &'a [u8])>,
     ) -> Result<Keys, Error> {
         let mut keys = Keys::default();
-        let mut digest = sha2::Sha256::new();
         let mut entries: Vec<(&str, &[u8])> = entries.into_iter().collect();
         entries.sort();
-        for (entry, bytes) in entries {
+        for &(entry, bytes) in &entries {
             let key_error = |reason: String| Error::Key {
                 entry: entry.to_string(),
                 reason,
@@ -76,15 +74,11 @@ impl Keys {
                 continue;
             };
             added.map_err(key_error)?;
-            digest.update(entry.as_bytes());
-            digest.update([0]);
-            digest.update(bytes);
-            digest.update([0]);
         }
         if keys.openpgp.is_empty() && keys.ssh.is_empty() {
             return Err(Error::NoKeys);
         }
-        keys.digest = crate::model::checksum::hex(&digest.finalize());
+        keys.digest = crate::model::checksum::entries_sha256(&entries);
         Ok(keys)
     }
 }
@@ -165,7 +159,7 @@ impl Policy {
         let chain = match (self.mode, base) {
             (Mode::Head | Mode::None, _) => Ok(vec![head]),
             (_, None) if !recorded => Ok(vec![head]),
-            (_, base) => first_parents(repo, base, head),
+            (_, base) => first_parents(repo, base, head, MAX_CHAIN),
         };
         let mut verified: Option<(Oid, Signer)> = None;
         let refused = match chain {
@@ -255,7 +249,12 @@ impl Policy {
 /// one that `base` holds, oldest first; down to the root without a base.
 /// A head that `base` holds (a branch moved back) is judged itself: only
 /// `base` is trusted as it stands.
-fn first_parents(repo: &Repository, base: Option<Oid>, head: Oid) -> Result<Vec<Oid>, String> {
+fn first_parents(
+    repo: &Repository,
+    base: Option<Oid>,
+    head: Oid,
+    limit: usize,
+) -> Result<Vec<Oid>, String> {
     if Some(head) == base {
         return Ok(Vec::new());
     }
@@ -275,7 +274,7 @@ fn first_parents(repo: &Repository, base: Option<Oid>, head: Oid) -> Result<Vec<
         let mut chain = Vec::new();
         for commit in walk {
             chain.push(commit?);
-            if chain.len() > MAX_CHAIN {
+            if chain.len() > limit {
                 return Err(git2::Error::from_str("too long"));
             }
         }
@@ -283,7 +282,7 @@ fn first_parents(repo: &Repository, base: Option<Oid>, head: Oid) -> Result<Vec<
     })();
     let mut chain = walked.map_err(|e| match e.message() {
         "too long" => format!(
-            "more than {MAX_CHAIN} commits since the last verified revision; nothing past it is trusted"
+            "more than {limit} commits since the last verified revision; nothing past it is trusted"
         ),
         other => format!("the history since the last verified revision cannot be read: {other}"),
     })?;
@@ -396,4 +395,56 @@ pub fn shown_time(seconds: u64) -> String {
         rest % 3600 / 60,
         rest % 60
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A repository of `n` unsigned commits in a line; their ids, oldest first.
+    fn line(dir: &std::path::Path, n: usize) -> (Repository, Vec<Oid>) {
+        let repo = Repository::init(dir).unwrap();
+        let who = git2::Signature::now("t", "t@example.com").unwrap();
+        let tree = repo
+            .find_tree(repo.treebuilder(None).unwrap().write().unwrap())
+            .unwrap();
+        let mut ids: Vec<Oid> = Vec::new();
+        for i in 0..n {
+            let parents: Vec<git2::Commit> = ids
+                .last()
+                .map(|p| repo.find_commit(*p).unwrap())
+                .into_iter()
+                .collect();
+            let parents: Vec<&git2::Commit> = parents.iter().collect();
+            ids.push(
+                repo.commit(None, &who, &who, &format!("c{i}"), &tree, &parents)
+                    .unwrap(),
+            );
+        }
+        drop(tree);
+        (repo, ids)
+    }
+
+    #[test]
+    fn the_walk_is_bounded_and_stops_at_the_base() {
+        let dir = tempfile::tempdir().unwrap();
+        let (repo, ids) = line(dir.path(), 6);
+        let head = ids[5];
+        assert_eq!(
+            first_parents(&repo, Some(ids[2]), head, 10).unwrap(),
+            ids[3..].to_vec()
+        );
+        assert_eq!(first_parents(&repo, None, head, 10).unwrap(), ids);
+        let err = first_parents(&repo, None, head, 3).unwrap_err();
+        assert!(err.contains("more than 3 commits"), "{err}");
+        // A head the base holds is judged alone.
+        assert_eq!(
+            first_parents(&repo, Some(head), ids[1], 10).unwrap(),
+            vec![ids[1]]
+        );
+        assert_eq!(
+            first_parents(&repo, Some(head), head, 10).unwrap(),
+            Vec::<Oid>::new()
+        );
+    }
 }
